@@ -1,0 +1,65 @@
+// swift-tools-version: 6.1
+// ExitScope: record every VM exit, replay it through an x86 emulator, report the overhead.
+// The module layout follows DESIGN.md's table; dependencies only point down it.
+import PackageDescription
+
+let optimize: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
+
+let package = Package(
+    name: "ExitScope",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "exitscope", targets: ["exitscope"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        // C shims
+        .target(name: "CKVM"),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+
+        // Vocabulary, emulator, trace file
+        .target(name: "X86", swiftSettings: optimize),
+        .target(name: "X86Emulator", dependencies: ["X86"], swiftSettings: optimize),
+        .target(name: "Trace", dependencies: ["X86", "CZstd"], swiftSettings: optimize),
+
+        // The machine
+        .target(name: "KVM", dependencies: ["CKVM", "X86"], swiftSettings: optimize),
+        .target(name: "VMM", dependencies: ["KVM", "X86", "X86Emulator"], swiftSettings: optimize),
+
+        // Recording, replay, reports
+        .target(name: "Record", dependencies: ["VMM", "Trace", "X86Emulator"], swiftSettings: optimize),
+        .target(name: "Replay", dependencies: ["Trace", "X86Emulator"], swiftSettings: optimize),
+        .target(name: "Report", dependencies: ["Trace", "X86Emulator", .product(name: "GRDB", package: "GRDB.swift")],
+                swiftSettings: optimize),
+
+        // The command-line tool: argument parsing and printing only
+        .executableTarget(name: "exitscope", dependencies: [
+            "X86", "X86Emulator", "Trace", "KVM", "VMM", "Record", "Replay", "Report",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "X86Tests", dependencies: ["X86"]),
+        .testTarget(name: "X86EmulatorTests", dependencies: ["X86", "X86Emulator"]),
+        .testTarget(name: "TraceTests", dependencies: ["Trace", "X86"]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "X86"]),
+        .testTarget(name: "RecordTests", dependencies: ["Record", "VMM", "Trace"]),
+        .testTarget(name: "ReplayTests", dependencies: ["Replay", "Record", "VMM", "Trace", "X86Emulator"]),
+        .testTarget(name: "ReportTests", dependencies: ["Report", "Trace"]),
+        .testTarget(name: "CLITests", dependencies: ["exitscope"]),
+
+        .executableTarget(
+            name: "ExitScopeBenchmarks",
+            dependencies: [
+                "X86", "X86Emulator", "Trace", "KVM", "VMM", "Record", "Replay", "Report",
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/ExitScopeBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+    ]
+)

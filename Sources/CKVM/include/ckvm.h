@@ -1,0 +1,5 @@
+#ifndef CKVM_H
+#define CKVM_H
+#include <linux/kvm.h>
+#include <stdint.h>
+#endif

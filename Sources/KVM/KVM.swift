@@ -1,0 +1,1 @@
+// KVM: module scaffolding; see DESIGN.md's module table.

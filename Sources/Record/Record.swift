@@ -1,0 +1,1 @@
+// Record: module scaffolding; see DESIGN.md's module table.

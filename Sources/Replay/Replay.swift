@@ -1,0 +1,1 @@
+// Replay: module scaffolding; see DESIGN.md's module table.

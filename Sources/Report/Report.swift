@@ -1,0 +1,1 @@
+// Report: module scaffolding; see DESIGN.md's module table.

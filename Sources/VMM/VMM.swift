@@ -1,0 +1,1 @@
+// VMM: module scaffolding; see DESIGN.md's module table.

@@ -1,0 +1,1 @@
+// X86Emulator: module scaffolding; see DESIGN.md's module table.

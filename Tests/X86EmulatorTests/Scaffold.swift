@@ -1,0 +1,2 @@
+import XCTest
+final class X86EmulatorTestsScaffold: XCTestCase {}
