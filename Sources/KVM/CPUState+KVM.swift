@@ -1,0 +1,78 @@
+import CKVM
+import X86
+
+// Conversions between KVM's kvm_regs/kvm_sregs and ExitScope's one state schema.
+
+extension Segment {
+    /// From KVM's kvm_segment: the attribute bits are packed the way the VMCB packs them.
+    @inline(__always)
+    public init(kvm s: kvm_segment) {
+        var a = UInt16(s.type & 0xF)
+        a |= UInt16(s.s & 1) << 4
+        a |= UInt16(s.dpl & 3) << 5
+        a |= UInt16((s.unusable != 0 ? 0 : s.present) & 1) << 7
+        a |= UInt16(s.avl & 1) << 8
+        a |= UInt16(s.l & 1) << 9
+        a |= UInt16(s.db & 1) << 10
+        a |= UInt16(s.g & 1) << 11
+        self.init(selector: s.selector, base: s.base, limit: s.limit, attributes: a)
+    }
+
+    public var kvm: kvm_segment {
+        var s = kvm_segment()
+        s.base = base; s.limit = limit; s.selector = selector
+        s.type = type; s.s = isSystem ? 0 : 1; s.dpl = dpl; s.present = present ? 1 : 0
+        s.avl = UInt8((attributes >> 8) & 1); s.l = long ? 1 : 0; s.db = defaultBig ? 1 : 0
+        s.g = granularity ? 1 : 0
+        s.unusable = present ? 0 : 1
+        return s
+    }
+}
+
+extension CPUState {
+    /// The state as KVM reports it in kvm_regs and kvm_sregs (MSRs other than EFER and the
+    /// debug registers keep their defaults: they are not in those structures).
+    @inline(__always)
+    public init(regs r: kvm_regs, sregs s: kvm_sregs) {
+        self.init()
+        rax = r.rax; rcx = r.rcx; rdx = r.rdx; rbx = r.rbx
+        rsp = r.rsp; rbp = r.rbp; rsi = r.rsi; rdi = r.rdi
+        r8 = r.r8; r9 = r.r9; r10 = r.r10; r11 = r.r11
+        r12 = r.r12; r13 = r.r13; r14 = r.r14; r15 = r.r15
+        rip = r.rip; rflags = r.rflags
+        update(sregs: s)
+    }
+
+    /// Replaces the system part (segments, tables, control registers, EFER) from kvm_sregs.
+    @inline(__always)
+    public mutating func update(sregs s: kvm_sregs) {
+        es = Segment(kvm: s.es); cs = Segment(kvm: s.cs); ss = Segment(kvm: s.ss)
+        ds = Segment(kvm: s.ds); fs = Segment(kvm: s.fs); gs = Segment(kvm: s.gs)
+        ldtr = Segment(kvm: s.ldt); tr = Segment(kvm: s.tr)
+        gdtr = DescriptorTable(base: s.gdt.base, limit: s.gdt.limit)
+        idtr = DescriptorTable(base: s.idt.base, limit: s.idt.limit)
+        cr0 = s.cr0; cr2 = s.cr2; cr3 = s.cr3; cr4 = s.cr4; cr8 = s.cr8; efer = s.efer
+        if cr0 & CR0.pe == 0 { cpl = 0 } else if rflags & RFLAGS.vm != 0 { cpl = 3 } else { cpl = ss.dpl }
+    }
+
+    public var kvmRegs: kvm_regs {
+        var r = kvm_regs()
+        r.rax = rax; r.rcx = rcx; r.rdx = rdx; r.rbx = rbx
+        r.rsp = rsp; r.rbp = rbp; r.rsi = rsi; r.rdi = rdi
+        r.r8 = r8; r.r9 = r9; r.r10 = r10; r.r11 = r11
+        r.r12 = r12; r.r13 = r13; r.r14 = r14; r.r15 = r15
+        r.rip = rip; r.rflags = rflags
+        return r
+    }
+
+    /// kvm_sregs for this state on top of `base` (which keeps apic_base and the interrupt bitmap).
+    public func kvmSregs(base: kvm_sregs = kvm_sregs()) -> kvm_sregs {
+        var s = base
+        s.es = es.kvm; s.cs = cs.kvm; s.ss = ss.kvm; s.ds = ds.kvm; s.fs = fs.kvm; s.gs = gs.kvm
+        s.ldt = ldtr.kvm; s.tr = tr.kvm
+        s.gdt.base = gdtr.base; s.gdt.limit = gdtr.limit
+        s.idt.base = idtr.base; s.idt.limit = idtr.limit
+        s.cr0 = cr0; s.cr2 = cr2; s.cr3 = cr3; s.cr4 = cr4; s.cr8 = cr8; s.efer = efer
+        return s
+    }
+}

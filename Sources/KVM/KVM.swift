@@ -1,1 +1,0 @@
-// KVM: module scaffolding; see DESIGN.md's module table.
