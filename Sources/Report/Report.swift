@@ -1,1 +1,0 @@
-// Report: module scaffolding; see DESIGN.md's module table.
