@@ -1,0 +1,491 @@
+import X86
+
+/// Bits of a record's field mask (FORMAT.md, "Record item"). A clear bit means "as predicted":
+/// most fields are predicted to equal the previous record of the frame (the reference);
+/// seq and vcpuSeq are predicted to be the reference's plus one; group to be the record's own
+/// seq; fragment 0, last fragment, no state-after and no MSR writes.
+enum RecordField {
+    static let tscExit: UInt64 = 1 << 0
+    static let handling: UInt64 = 1 << 1
+    static let state: UInt64 = 1 << 2
+    static let accessData: UInt64 = 1 << 3
+    static let seq: UInt64 = 1 << 4
+    static let vcpuSeq: UInt64 = 1 << 5
+    static let kind: UInt64 = 1 << 6
+    static let kvmExitReason: UInt64 = 1 << 7
+    static let exitCode: UInt64 = 1 << 8
+    static let exitInfo1: UInt64 = 1 << 9
+    static let exitInfo2: UInt64 = 1 << 10
+    static let exitIntInfo: UInt64 = 1 << 11
+    static let nextRIP: UInt64 = 1 << 12
+    static let instructionStart: UInt64 = 1 << 13
+    static let instructionBytes: UInt64 = 1 << 14
+    static let candidates: UInt64 = 1 << 15
+    static let visibility: UInt64 = 1 << 16
+    static let group: UInt64 = 1 << 17
+    static let fragment: UInt64 = 1 << 18
+    static let notLast: UInt64 = 1 << 19
+    static let stateAfter: UInt64 = 1 << 20
+    static let accesses: UInt64 = 1 << 21
+    static let memory: UInt64 = 1 << 22
+    static let msrWrites: UInt64 = 1 << 23
+    static let code: UInt64 = 1 << 24
+    static let note: UInt64 = 1 << 25
+    /// Bits this version knows; a reader skips the rest of an item whose mask has higher bits.
+    static let known: UInt64 = (1 << 26) - 1
+}
+
+/// The reference a record is encoded against: the previous record of the frame, or at the
+/// start of a frame the "null record" (FORMAT.md).
+struct RecordReference {
+    var seq: UInt64 = 0
+    var vcpuSeq: UInt64 = 0
+    var tscExit: UInt64 = 0
+    var handling: UInt64 = 0
+    var kind: UInt8 = RecordKind.exit.rawValue
+    var kvmExitReason: UInt64 = 0
+    var exitCode: UInt64 = 0
+    var exitInfo1: UInt64 = 0
+    var exitInfo2: UInt64 = 0
+    var exitIntInfo: UInt64 = 0
+    var nextRIP: UInt64 = 0
+    var instructionStart: UInt64 = 0
+    var instructionBytes: [UInt8] = []
+    var candidates: UInt8 = 0
+    var visibility: UInt8 = 0
+    var accesses: [DeviceAccess] = []
+    var memory: [Int] = []
+    var code: UInt64 = 0
+    var note: String = ""
+
+    init(firstSeq: UInt64, firstVcpuSeq: UInt64) {
+        seq = firstSeq &- 1
+        vcpuSeq = firstVcpuSeq &- 1
+    }
+}
+
+private struct BlobKey: Hashable {
+    var role: UInt8
+    var gpa: UInt64
+    var bytes: [UInt8]
+}
+
+/// Encodes one frame's items (uncompressed) for one vCPU. Used by one thread at a time.
+final class FrameEncoder {
+    let vcpu: UInt16
+    private(set) var sink: ByteSink
+    private var payload = ByteSink(capacity: 256)
+    private(set) var recordCount: UInt32 = 0
+    private(set) var firstSeq: UInt64 = 0
+    private(set) var lastSeq: UInt64 = 0
+    private(set) var firstVcpuSeq: UInt64 = 0
+    private var ref = RecordReference(firstSeq: 0, firstVcpuSeq: 0)
+    private let refState = StateSlots()
+    private let curState = StateSlots()
+    private let afterState = StateSlots()
+    private let zeroState = StateSlots()
+    private var blobs: [BlobKey: Int] = [:]
+    private var blobIndices: [Int] = []
+
+    init(vcpu: UInt16, capacity: Int) {
+        self.vcpu = vcpu
+        sink = ByteSink(capacity: capacity)
+    }
+
+    var isEmpty: Bool { recordCount == 0 }
+    var byteCount: Int { sink.count }
+
+    /// Starts a new, empty frame.
+    func reset() {
+        sink.bytes.removeAll(keepingCapacity: true)
+        recordCount = 0
+        firstSeq = 0
+        lastSeq = 0
+        firstVcpuSeq = 0
+        hasStats = false
+        blobs.removeAll(keepingCapacity: true)
+    }
+
+    /// Whether the frame holds anything worth writing (records or stats).
+    private(set) var hasStats = false
+
+    private func item(_ tag: UInt8) {
+        sink.u8(tag)
+        sink.varint(UInt64(payload.count))
+        sink.append(payload.bytes)
+        payload.bytes.removeAll(keepingCapacity: true)
+    }
+
+    func append(_ r: TraceRecord) {
+        if recordCount == 0 {
+            firstSeq = r.seq
+            firstVcpuSeq = r.vcpuSeq
+            ref = RecordReference(firstSeq: r.seq, firstVcpuSeq: r.vcpuSeq)
+            // Keyframe: the first state in full (as a delta from the all-zero state).
+            refState.set(r.state)
+            StateCodec.encode(refState.p, against: zeroState.p, into: &payload)
+            item(TraceFormat.tagKeyframe)
+        }
+        // Guest bytes go in before the record that first needs them, once per frame.
+        blobIndices.removeAll(keepingCapacity: true)
+        for m in r.memory {
+            let key = BlobKey(role: m.role.rawValue, gpa: m.gpa, bytes: m.bytes)
+            if let i = blobs[key] {
+                blobIndices.append(i)
+            } else {
+                let i = blobs.count
+                blobs[key] = i
+                payload.u8(m.role.rawValue)
+                payload.varint(m.gpa)
+                payload.append(m.bytes)
+                item(TraceFormat.tagGuestBytes)
+                blobIndices.append(i)
+            }
+        }
+
+        var mask: UInt64 = 0
+        let handling = r.tscEntry &- r.tscExit
+        if r.tscExit != ref.tscExit { mask |= RecordField.tscExit }
+        if handling != ref.handling { mask |= RecordField.handling }
+        curState.set(r.state)
+        if !curState.equals(refState) { mask |= RecordField.state }
+        var sameShape = false
+        if r.accesses != ref.accesses {
+            sameShape = r.accesses.count == ref.accesses.count && zip(r.accesses, ref.accesses).allSatisfy {
+                $0.space == $1.space && $0.address == $1.address && $0.size == $1.size && $0.isWrite == $1.isWrite
+                    && $0.count == $1.count && $0.data.count == $1.data.count
+            }
+            mask |= sameShape ? RecordField.accessData : RecordField.accesses
+        }
+        if r.seq != ref.seq &+ 1 { mask |= RecordField.seq }
+        if r.vcpuSeq != ref.vcpuSeq &+ 1 { mask |= RecordField.vcpuSeq }
+        if r.kind.rawValue != ref.kind { mask |= RecordField.kind }
+        if UInt64(r.kvmExitReason) != ref.kvmExitReason { mask |= RecordField.kvmExitReason }
+        if r.exitCode.rawValue != ref.exitCode { mask |= RecordField.exitCode }
+        if r.exitInfo1 != ref.exitInfo1 { mask |= RecordField.exitInfo1 }
+        if r.exitInfo2 != ref.exitInfo2 { mask |= RecordField.exitInfo2 }
+        if r.exitIntInfo != ref.exitIntInfo { mask |= RecordField.exitIntInfo }
+        if r.nextRIP != ref.nextRIP { mask |= RecordField.nextRIP }
+        if r.instructionStart != ref.instructionStart { mask |= RecordField.instructionStart }
+        if r.instructionBytes != ref.instructionBytes { mask |= RecordField.instructionBytes }
+        if r.candidates != ref.candidates { mask |= RecordField.candidates }
+        if r.visibility.rawValue != ref.visibility { mask |= RecordField.visibility }
+        if r.group != r.seq { mask |= RecordField.group }
+        if r.fragment != 0 { mask |= RecordField.fragment }
+        if !r.lastFragment { mask |= RecordField.notLast }
+        if r.stateAfter != nil { mask |= RecordField.stateAfter }
+        if blobIndices != ref.memory { mask |= RecordField.memory }
+        if !r.msrWrites.isEmpty { mask |= RecordField.msrWrites }
+        if r.code != ref.code { mask |= RecordField.code }
+        if r.note != ref.note { mask |= RecordField.note }
+
+        payload.varint(mask)
+        if mask & RecordField.tscExit != 0 { payload.varint(delta(r.tscExit, ref.tscExit)) }
+        if mask & RecordField.handling != 0 { payload.varint(zigzag(Int64(bitPattern: handling))) }
+        if mask & RecordField.state != 0 {
+            StateCodec.encode(curState.p, against: refState.p, into: &payload)
+            refState.copy(from: curState)
+        }
+        if mask & RecordField.accessData != 0 { for a in r.accesses { payload.append(a.data) } }
+        if mask & RecordField.seq != 0 { payload.varint(delta(r.seq, ref.seq &+ 1)) }
+        if mask & RecordField.vcpuSeq != 0 { payload.varint(delta(r.vcpuSeq, ref.vcpuSeq &+ 1)) }
+        if mask & RecordField.kind != 0 { payload.u8(r.kind.rawValue) }
+        if mask & RecordField.kvmExitReason != 0 { payload.varint(UInt64(r.kvmExitReason)) }
+        if mask & RecordField.exitCode != 0 { payload.varint(r.exitCode.rawValue) }
+        if mask & RecordField.exitInfo1 != 0 { payload.varint(r.exitInfo1) }
+        if mask & RecordField.exitInfo2 != 0 { payload.varint(r.exitInfo2) }
+        if mask & RecordField.exitIntInfo != 0 { payload.varint(r.exitIntInfo) }
+        if mask & RecordField.nextRIP != 0 { payload.varint(r.nextRIP) }
+        if mask & RecordField.instructionStart != 0 { payload.varint(r.instructionStart) }
+        if mask & RecordField.instructionBytes != 0 {
+            payload.varint(UInt64(r.instructionBytes.count))
+            payload.append(r.instructionBytes)
+        }
+        if mask & RecordField.candidates != 0 { payload.u8(r.candidates) }
+        if mask & RecordField.visibility != 0 { payload.u8(r.visibility.rawValue) }
+        if mask & RecordField.group != 0 { payload.varint(r.seq &- r.group) }
+        if mask & RecordField.fragment != 0 { payload.varint(UInt64(r.fragment)) }
+        if mask & RecordField.stateAfter != 0, let after = r.stateAfter {
+            afterState.set(after)
+            StateCodec.encode(afterState.p, against: curState.p, into: &payload)
+        }
+        if mask & RecordField.accesses != 0 {
+            payload.varint(UInt64(r.accesses.count))
+            for a in r.accesses {
+                payload.u8(a.space.rawValue)
+                payload.u8(a.isWrite ? 1 : 0)
+                payload.varint(a.address)
+                payload.u8(a.size)
+                payload.varint(UInt64(a.count))
+                payload.varint(UInt64(a.data.count))
+                payload.append(a.data)
+            }
+        }
+        if mask & RecordField.memory != 0 {
+            payload.varint(UInt64(blobIndices.count))
+            for i in blobIndices { payload.varint(UInt64(i)) }
+        }
+        if mask & RecordField.msrWrites != 0 {
+            payload.varint(UInt64(r.msrWrites.count))
+            for w in r.msrWrites { payload.varint(UInt64(w.index)); payload.varint(w.value) }
+        }
+        if mask & RecordField.code != 0 { payload.varint(r.code) }
+        if mask & RecordField.note != 0 { payload.string(r.note) }
+        item(TraceFormat.tagRecord)
+
+        ref.seq = r.seq
+        ref.vcpuSeq = r.vcpuSeq
+        ref.tscExit = r.tscExit
+        ref.handling = handling
+        ref.kind = r.kind.rawValue
+        ref.kvmExitReason = UInt64(r.kvmExitReason)
+        ref.exitCode = r.exitCode.rawValue
+        ref.exitInfo1 = r.exitInfo1
+        ref.exitInfo2 = r.exitInfo2
+        ref.exitIntInfo = r.exitIntInfo
+        ref.nextRIP = r.nextRIP
+        ref.instructionStart = r.instructionStart
+        if mask & RecordField.instructionBytes != 0 { ref.instructionBytes = r.instructionBytes }
+        ref.candidates = r.candidates
+        ref.visibility = r.visibility.rawValue
+        if mask & (RecordField.accesses | RecordField.accessData) != 0 { ref.accesses = r.accesses }
+        if mask & RecordField.memory != 0 { ref.memory = blobIndices }
+        ref.code = r.code
+        if mask & RecordField.note != 0 { ref.note = r.note }
+
+        lastSeq = r.seq
+        recordCount += 1
+    }
+
+    func appendStats(_ s: VCPUFrameStats) {
+        payload.varint(UInt64(s.vcpu))
+        for d in [s.dr0, s.dr1, s.dr2, s.dr3, s.dr6, s.dr7] { payload.varint(d) }
+        let names = s.counters.keys.sorted()
+        payload.varint(UInt64(names.count))
+        for n in names {
+            payload.string(n)
+            payload.varint(s.counters[n] ?? 0)
+        }
+        item(TraceFormat.tagStats)
+        hasStats = true
+    }
+}
+
+/// A decompressed frame, decoded record by record (bounded memory: one frame at a time).
+public final class FrameDecoder {
+    public let info: FrameInfo
+    private let raw: UnsafeMutableRawBufferPointer
+    private var cursor: ByteCursor
+    private var ref: RecordReference
+    private let refState = StateSlots()
+    private let scratch = StateSlots()
+    private var haveKeyframe = false
+    private var blobs: [GuestBytes] = []
+    private var decoded: UInt32 = 0
+    /// The frame's per-vCPU stats, complete once `next()` has returned nil.
+    public private(set) var stats: [VCPUFrameStats] = []
+
+    /// Takes ownership of `raw` (allocated by the reader), which holds `info.rawSize` bytes.
+    init(info: FrameInfo, raw: UnsafeMutableRawBufferPointer) {
+        self.info = info
+        self.raw = raw
+        cursor = ByteCursor(UnsafeRawBufferPointer(raw), fileOffset: info.offset,
+                            context: "frame at byte offset \(info.offset)", positionsAreFileOffsets: false)
+        ref = RecordReference(firstSeq: info.firstSeq, firstVcpuSeq: info.firstVcpuSeq)
+    }
+
+    deinit { raw.deallocate() }
+
+    /// The tags of the frame's items in order (for tests and `show --frames`-style debugging).
+    func itemTags() -> [UInt8] {
+        var c = ByteCursor(UnsafeRawBufferPointer(raw), fileOffset: info.offset, context: "frame", positionsAreFileOffsets: false)
+        var tags: [UInt8] = []
+        while !c.atEnd {
+            guard let t = try? c.u8(), let n = try? c.count(max: c.remaining, "item length"), (try? c.skip(n)) != nil else { break }
+            tags.append(t)
+        }
+        return tags
+    }
+
+    /// Decodes the whole frame.
+    public func all() throws -> [TraceRecord] {
+        var out: [TraceRecord] = []
+        out.reserveCapacity(Int(info.recordCount))
+        while let r = try next() { out.append(r) }
+        return out
+    }
+
+    /// The next record of the frame, or nil at its end (after checking the record count).
+    public func next() throws -> TraceRecord? {
+        var c = cursor
+        defer { cursor = c }
+        while !c.atEnd {
+            let tag = try c.u8()
+            let len = try c.count(max: c.remaining, "item length")
+            let itemEnd = c.pos + len
+            switch tag {
+            case TraceFormat.tagKeyframe:
+                refState.zero()
+                try StateCodec.decode(&c, old: refState.p, into: refState.p)
+                haveKeyframe = true
+            case TraceFormat.tagGuestBytes:
+                let roleRaw = try c.u8()
+                guard let role = GuestBytes.Role(rawValue: roleRaw) else { throw c.corrupt("unknown guest-bytes role \(roleRaw)") }
+                let gpa = try c.varint()
+                guard itemEnd >= c.pos else { throw c.corrupt("guest-bytes item shorter than its fields") }
+                blobs.append(GuestBytes(role: role, gpa: gpa, bytes: try c.bytes(itemEnd - c.pos)))
+            case TraceFormat.tagRecord:
+                guard haveKeyframe else { throw c.corrupt("record before the frame's keyframe") }
+                guard decoded < info.recordCount else { throw c.corrupt("more records than the frame header's \(info.recordCount)") }
+                let r = try decodeRecord(&c, end: itemEnd)
+                c.pos = itemEnd
+                decoded += 1
+                return r
+            case TraceFormat.tagStats:
+                stats.append(try decodeStats(&c))
+            default:
+                break // an item of a newer minor version: skipped
+            }
+            guard c.pos <= itemEnd else { throw c.corrupt("item (tag \(tag)) longer than its length \(len)") }
+            c.pos = itemEnd
+        }
+        guard decoded == info.recordCount else {
+            throw c.corrupt("frame header announces \(info.recordCount) records, payload holds \(decoded)")
+        }
+        return nil
+    }
+
+    private func decodeStats(_ c: inout ByteCursor) throws -> VCPUFrameStats {
+        let vcpu = try c.varint()
+        guard vcpu <= UInt64(UInt16.max) else { throw c.corrupt("stats vCPU \(vcpu) out of range") }
+        var s = VCPUFrameStats(vcpu: UInt16(vcpu))
+        s.dr0 = try c.varint(); s.dr1 = try c.varint(); s.dr2 = try c.varint()
+        s.dr3 = try c.varint(); s.dr6 = try c.varint(); s.dr7 = try c.varint()
+        let n = try c.count(max: c.remaining, "stats counter count")
+        for _ in 0..<n {
+            let name = try c.string()
+            s.counters[name] = try c.varint()
+        }
+        return s
+    }
+
+    private func decodeRecord(_ c: inout ByteCursor, end: Int) throws -> TraceRecord {
+        let mask = try c.varint()
+        var r = TraceRecord(kind: .exit)
+        r.vcpu = info.vcpu
+        if mask & RecordField.tscExit != 0 { r.tscExit = undelta(try c.varint(), ref.tscExit) } else { r.tscExit = ref.tscExit }
+        var handling = ref.handling
+        if mask & RecordField.handling != 0 { handling = UInt64(bitPattern: unzigzag(try c.varint())) }
+        r.tscEntry = r.tscExit &+ handling
+        if mask & RecordField.state != 0 { try StateCodec.decode(&c, old: refState.p, into: refState.p) }
+        r.state = refState.state
+        if mask & RecordField.accessData != 0 {
+            r.accesses = ref.accesses
+            for i in r.accesses.indices { r.accesses[i].data = try c.bytes(r.accesses[i].data.count) }
+        } else {
+            r.accesses = ref.accesses
+        }
+        r.seq = mask & RecordField.seq != 0 ? undelta(try c.varint(), ref.seq &+ 1) : ref.seq &+ 1
+        r.vcpuSeq = mask & RecordField.vcpuSeq != 0 ? undelta(try c.varint(), ref.vcpuSeq &+ 1) : ref.vcpuSeq &+ 1
+        var kind = ref.kind
+        if mask & RecordField.kind != 0 { kind = try c.u8() }
+        guard let k = RecordKind(rawValue: kind) else { throw c.corrupt("unknown record kind \(kind)") }
+        r.kind = k
+        var kvm = ref.kvmExitReason
+        if mask & RecordField.kvmExitReason != 0 { kvm = try c.varint() }
+        guard kvm <= UInt64(UInt32.max) else { throw c.corrupt("KVM exit reason \(kvm) exceeds 32 bits") }
+        r.kvmExitReason = UInt32(kvm)
+        r.exitCode = SVMExitCode(mask & RecordField.exitCode != 0 ? try c.varint() : ref.exitCode)
+        r.exitInfo1 = mask & RecordField.exitInfo1 != 0 ? try c.varint() : ref.exitInfo1
+        r.exitInfo2 = mask & RecordField.exitInfo2 != 0 ? try c.varint() : ref.exitInfo2
+        r.exitIntInfo = mask & RecordField.exitIntInfo != 0 ? try c.varint() : ref.exitIntInfo
+        r.nextRIP = mask & RecordField.nextRIP != 0 ? try c.varint() : ref.nextRIP
+        r.instructionStart = mask & RecordField.instructionStart != 0 ? try c.varint() : ref.instructionStart
+        if mask & RecordField.instructionBytes != 0 {
+            let n = try c.count(max: 15, "instruction length")
+            ref.instructionBytes = try c.bytes(n)
+        }
+        r.instructionBytes = ref.instructionBytes
+        r.candidates = mask & RecordField.candidates != 0 ? try c.u8() : ref.candidates
+        var vis = ref.visibility
+        if mask & RecordField.visibility != 0 { vis = try c.u8() }
+        guard let v = Visibility(rawValue: vis) else { throw c.corrupt("unknown visibility \(vis)") }
+        r.visibility = v
+        r.group = mask & RecordField.group != 0 ? r.seq &- (try c.varint()) : r.seq
+        if mask & RecordField.fragment != 0 {
+            let f = try c.varint()
+            guard f <= UInt64(UInt32.max) else { throw c.corrupt("fragment \(f) exceeds 32 bits") }
+            r.fragment = UInt32(f)
+        }
+        r.lastFragment = mask & RecordField.notLast == 0
+        if mask & RecordField.stateAfter != 0 {
+            try StateCodec.decode(&c, old: refState.p, into: scratch.p)
+            r.stateAfter = scratch.state
+        }
+        if mask & RecordField.accesses != 0 {
+            let n = try c.count(max: c.remaining, "access count")
+            var list: [DeviceAccess] = []
+            list.reserveCapacity(n)
+            for _ in 0..<n {
+                let spaceRaw = try c.u8()
+                guard let space = DeviceAccess.Space(rawValue: spaceRaw) else { throw c.corrupt("unknown access space \(spaceRaw)") }
+                let flags = try c.u8()
+                let address = try c.varint()
+                let size = try c.u8()
+                let count = try c.varint()
+                guard count <= UInt64(UInt32.max) else { throw c.corrupt("access count \(count) exceeds 32 bits") }
+                let len = try c.count(max: c.remaining, "access data length")
+                list.append(DeviceAccess(space: space, address: address, size: size, isWrite: flags & 1 != 0,
+                                         count: UInt32(count), data: try c.bytes(len)))
+            }
+            r.accesses = list
+        }
+        if mask & (RecordField.accesses | RecordField.accessData) != 0 { ref.accesses = r.accesses }
+        if mask & RecordField.memory != 0 {
+            let n = try c.count(max: c.remaining, "guest-bytes count")
+            var list: [Int] = []
+            list.reserveCapacity(n)
+            for _ in 0..<n {
+                let i = try c.varint()
+                guard i < UInt64(blobs.count) else { throw c.corrupt("guest-bytes index \(i) but only \(blobs.count) stored so far") }
+                list.append(Int(i))
+            }
+            ref.memory = list
+        }
+        if !ref.memory.isEmpty {
+            r.memory.reserveCapacity(ref.memory.count)
+            for i in ref.memory { r.memory.append(blobs[i]) }
+        }
+        if mask & RecordField.msrWrites != 0 {
+            let n = try c.count(max: c.remaining, "MSR write count")
+            r.msrWrites.reserveCapacity(n)
+            for _ in 0..<n {
+                let index = try c.varint()
+                guard index <= UInt64(UInt32.max) else { throw c.corrupt("MSR index \(index) exceeds 32 bits") }
+                r.msrWrites.append(MSRWrite(index: UInt32(index), value: try c.varint()))
+            }
+        }
+        r.code = mask & RecordField.code != 0 ? try c.varint() : ref.code
+        if mask & RecordField.note != 0 { ref.note = try c.string() }
+        r.note = ref.note
+        guard c.pos <= end else { throw c.corrupt("record longer than its item length") }
+        // Higher mask bits are fields of a newer minor version: the caller skips to the item's end.
+
+        ref.seq = r.seq
+        ref.vcpuSeq = r.vcpuSeq
+        ref.tscExit = r.tscExit
+        ref.handling = handling
+        ref.kind = kind
+        ref.kvmExitReason = kvm
+        ref.exitCode = r.exitCode.rawValue
+        ref.exitInfo1 = r.exitInfo1
+        ref.exitInfo2 = r.exitInfo2
+        ref.exitIntInfo = r.exitIntInfo
+        ref.nextRIP = r.nextRIP
+        ref.instructionStart = r.instructionStart
+        ref.candidates = r.candidates
+        ref.visibility = vis
+        ref.code = r.code
+        return r
+    }
+}

@@ -1,0 +1,147 @@
+import X86
+
+/// The delta encoding of `CPUState` (FORMAT.md, "State encoding").
+///
+/// A state is 72 unsigned "slots" grouped into 46 fields; a segment register is one field of
+/// four slots (selector, base, limit, attributes), GDTR/IDTR one field of two (base, limit).
+/// A delta is a varint bit mask of the fields that changed, then for each changed field, in
+/// field order, each of its slots as zigzag(new − old) (wrapping 64-bit difference).
+/// Most exits change RIP, RAX and RFLAGS at most, so a delta is a few bytes.
+enum StateCodec {
+    static let slotCount = 72
+    static let fieldCount = 46
+
+    /// Field names in field-bit order (FORMAT.md's table; the JSON form's names).
+    static let fieldNames: [String] = GPR.names + ["rip", "rflags", "es", "cs", "ss", "ds", "fs", "gs",
+        "ldtr", "tr", "gdtr", "idtr", "cr0", "cr2", "cr3", "cr4", "cr8", "efer", "cpl", "dr6", "dr7",
+        "star", "lstar", "cstar", "sfmask", "kernel_gs_base", "sysenter_cs", "sysenter_esp",
+        "sysenter_eip", "pat"]
+
+    /// fieldStart[f] ..< fieldStart[f + 1] are field f's slots.
+    static let fieldStart: [Int] = {
+        var starts: [Int] = []
+        var s = 0
+        for f in 0..<fieldCount {
+            starts.append(s)
+            s += (18...25).contains(f) ? 4 : ((26...27).contains(f) ? 2 : 1)
+        }
+        starts.append(s)
+        precondition(s == slotCount)
+        return starts
+    }()
+
+    /// Width in bits of each slot: a decoded value wider than its slot is a corrupt frame.
+    static let slotWidth: [UInt8] = {
+        var w = [UInt8](repeating: 64, count: slotCount)
+        for f in 18...25 { let s = fieldStart[f]; w[s] = 16; w[s + 2] = 32; w[s + 3] = 16 }
+        for f in 26...27 { w[fieldStart[f] + 1] = 16 }
+        w[fieldStart[34]] = 8
+        return w
+    }()
+
+    @inline(__always)
+    static func flatten(_ s: CPUState, _ p: UnsafeMutablePointer<UInt64>) {
+        p[0] = s.rax; p[1] = s.rcx; p[2] = s.rdx; p[3] = s.rbx
+        p[4] = s.rsp; p[5] = s.rbp; p[6] = s.rsi; p[7] = s.rdi
+        p[8] = s.r8; p[9] = s.r9; p[10] = s.r10; p[11] = s.r11
+        p[12] = s.r12; p[13] = s.r13; p[14] = s.r14; p[15] = s.r15
+        p[16] = s.rip; p[17] = s.rflags
+        @inline(__always) func seg(_ i: Int, _ g: Segment) {
+            p[i] = UInt64(g.selector); p[i + 1] = g.base; p[i + 2] = UInt64(g.limit); p[i + 3] = UInt64(g.attributes)
+        }
+        seg(18, s.es); seg(22, s.cs); seg(26, s.ss); seg(30, s.ds); seg(34, s.fs); seg(38, s.gs)
+        seg(42, s.ldtr); seg(46, s.tr)
+        p[50] = s.gdtr.base; p[51] = UInt64(s.gdtr.limit)
+        p[52] = s.idtr.base; p[53] = UInt64(s.idtr.limit)
+        p[54] = s.cr0; p[55] = s.cr2; p[56] = s.cr3; p[57] = s.cr4; p[58] = s.cr8; p[59] = s.efer
+        p[60] = UInt64(s.cpl); p[61] = s.dr6; p[62] = s.dr7
+        p[63] = s.star; p[64] = s.lstar; p[65] = s.cstar; p[66] = s.sfmask; p[67] = s.kernelGSBase
+        p[68] = s.sysenterCS; p[69] = s.sysenterESP; p[70] = s.sysenterEIP; p[71] = s.pat
+    }
+
+    /// The inverse of `flatten`; slots must already fit their widths (checked by `decode`).
+    static func unflatten(_ p: UnsafePointer<UInt64>) -> CPUState {
+        var s = CPUState()
+        s.rax = p[0]; s.rcx = p[1]; s.rdx = p[2]; s.rbx = p[3]
+        s.rsp = p[4]; s.rbp = p[5]; s.rsi = p[6]; s.rdi = p[7]
+        s.r8 = p[8]; s.r9 = p[9]; s.r10 = p[10]; s.r11 = p[11]
+        s.r12 = p[12]; s.r13 = p[13]; s.r14 = p[14]; s.r15 = p[15]
+        s.rip = p[16]; s.rflags = p[17]
+        func seg(_ i: Int) -> Segment {
+            Segment(selector: UInt16(truncatingIfNeeded: p[i]), base: p[i + 1],
+                    limit: UInt32(truncatingIfNeeded: p[i + 2]), attributes: UInt16(truncatingIfNeeded: p[i + 3]))
+        }
+        s.es = seg(18); s.cs = seg(22); s.ss = seg(26); s.ds = seg(30); s.fs = seg(34); s.gs = seg(38)
+        s.ldtr = seg(42); s.tr = seg(46)
+        s.gdtr = DescriptorTable(base: p[50], limit: UInt16(truncatingIfNeeded: p[51]))
+        s.idtr = DescriptorTable(base: p[52], limit: UInt16(truncatingIfNeeded: p[53]))
+        s.cr0 = p[54]; s.cr2 = p[55]; s.cr3 = p[56]; s.cr4 = p[57]; s.cr8 = p[58]; s.efer = p[59]
+        s.cpl = UInt8(truncatingIfNeeded: p[60]); s.dr6 = p[61]; s.dr7 = p[62]
+        s.star = p[63]; s.lstar = p[64]; s.cstar = p[65]; s.sfmask = p[66]; s.kernelGSBase = p[67]
+        s.sysenterCS = p[68]; s.sysenterESP = p[69]; s.sysenterEIP = p[70]; s.pat = p[71]
+        return s
+    }
+
+    /// Appends the delta from `old` to `new` (both flattened).
+    @inline(__always)
+    static func encode(_ new: UnsafePointer<UInt64>, against old: UnsafePointer<UInt64>, into sink: inout ByteSink) {
+        var mask: UInt64 = 0
+        fieldStart.withUnsafeBufferPointer { fs in
+            for f in 0..<fieldCount {
+                var i = fs[f]
+                let e = fs[f + 1]
+                while i < e {
+                    if new[i] != old[i] { mask |= 1 << UInt64(f); break }
+                    i += 1
+                }
+            }
+            sink.varint(mask)
+            var m = mask
+            while m != 0 {
+                let f = m.trailingZeroBitCount
+                m &= m - 1
+                for i in fs[f]..<fs[f + 1] { sink.varint(delta(new[i], old[i])) }
+            }
+        }
+    }
+
+    /// Reads a delta and applies it to `old`, writing the result to `new` (which may be `old`).
+    @inline(__always)
+    static func decode(_ c: inout ByteCursor, old: UnsafePointer<UInt64>, into new: UnsafeMutablePointer<UInt64>) throws {
+        let mask = try c.varint()
+        if UnsafePointer(new) != old { new.update(from: old, count: slotCount) }
+        // Bits beyond the known fields would need a newer reader: this frame cannot be read.
+        guard mask >> UInt64(fieldCount) == 0 else { throw c.corrupt("state delta names unknown fields (mask 0x\(String(mask, radix: 16)))") }
+        var m = mask
+        while m != 0 {
+            let f = m.trailingZeroBitCount
+            m &= m - 1
+            for i in fieldStart[f]..<fieldStart[f + 1] {
+                let v = undelta(try c.varint(), new[i])
+                let w = slotWidth[i]
+                if w < 64 && v >> UInt64(w) != 0 {
+                    throw c.corrupt("\(fieldNames[f]) value 0x\(String(v, radix: 16)) does not fit \(w) bits")
+                }
+                new[i] = v
+            }
+        }
+    }
+}
+
+/// 72 slots of a flattened state, owned (no Swift array on the hot path).
+final class StateSlots {
+    let p: UnsafeMutablePointer<UInt64>
+    init() {
+        p = .allocate(capacity: StateCodec.slotCount)
+        p.initialize(repeating: 0, count: StateCodec.slotCount)
+    }
+    deinit { p.deallocate() }
+    func set(_ s: CPUState) { StateCodec.flatten(s, p) }
+    func zero() { p.update(repeating: 0, count: StateCodec.slotCount) }
+    func copy(from o: StateSlots) { p.update(from: o.p, count: StateCodec.slotCount) }
+    var state: CPUState { StateCodec.unflatten(p) }
+    @inline(__always) func equals(_ o: StateSlots) -> Bool {
+        for i in 0..<StateCodec.slotCount where p[i] != o.p[i] { return false }
+        return true
+    }
+}
