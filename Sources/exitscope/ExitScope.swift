@@ -8,6 +8,7 @@ struct ExitScope: ParsableCommand {
         commandName: "exitscope",
         abstract: "Record every VM exit of a guest, replay it through an x86 emulator, report the overhead.",
         subcommands: [
+            RunCommand.self,
         ]
     )
 }

@@ -67,6 +67,30 @@ static inline int ckvm_unblock_signal(int sig) {
     return pthread_sigmask(SIG_UNBLOCK, &s, NULL);
 }
 
+// Ctrl-C during a run: the handler only sets a flag the run's control thread polls.
+static volatile sig_atomic_t ckvm_sigint_flag = 0;
+static void ckvm_sigint_handler(int sig) { (void)sig; ckvm_sigint_flag = 1; }
+static inline int ckvm_install_sigint_handler(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = ckvm_sigint_handler;
+    sigemptyset(&sa.sa_mask);
+    ckvm_sigint_flag = 0;
+    return sigaction(SIGINT, &sa, NULL);
+}
+static inline int ckvm_restore_sigint(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    return sigaction(SIGINT, &sa, NULL);
+}
+static inline int ckvm_sigint_received(void) { return ckvm_sigint_flag != 0; }
+
+/// Starts a thread running fn(arg) (Swift closures go through an Unmanaged box).
+static inline int ckvm_thread_start(pthread_t *t, void *(*fn)(void *), void *arg) {
+    return pthread_create(t, NULL, fn, arg);
+}
+
 // MARK: request numbers (the macros use sizeof, which Swift cannot import)
 
 static const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;

@@ -1,0 +1,394 @@
+import CKVM
+import Dispatch
+import Glibc
+import KVM
+import Synchronization
+import X86
+
+/// Limits and controls of one run.
+public struct RunLimits: Sendable {
+    /// Stop after this many exits (all vCPUs together).
+    public var maxExits: UInt64?
+    /// Stop after this many seconds of wall time.
+    public var timeout: Double?
+    /// Stop cleanly on Ctrl-C (SIGINT) instead of dying.
+    public var handleInterrupt: Bool
+    public init(maxExits: UInt64? = nil, timeout: Double? = nil, handleInterrupt: Bool = false) {
+        self.maxExits = maxExits; self.timeout = timeout; self.handleInterrupt = handleInterrupt
+    }
+}
+
+/// A KVM machine built from a config and an image: guest memory, devices, vCPUs. `run` starts
+/// one thread per vCPU, each in the exit loop, and returns the summary when every vCPU has
+/// stopped.
+public final class Machine: @unchecked Sendable {
+    public let config: MachineConfig
+    public let system: KVMSystem
+    public let vm: VirtualMachine
+    public let memory: GuestMemory
+    public let bus: DeviceBus
+    public let uart: UART16550
+    public let scratch: ScratchMMIO
+    public let msrs: MSRFile
+    public let handler: ExitHandler
+    public let image: GuestImage
+    let vcpus: [VCPU]
+    let bootStates: [CPUState?]
+
+    /// Builds the machine. `serial` receives the UART's output; `serialInput` is what the guest
+    /// reads from it.
+    public init(config: MachineConfig, image: GuestImage, serial: SerialOutput, serialInput: [UInt8] = [],
+                system: KVMSystem? = nil) throws(VMMError) {
+        guard config.memoryMiB >= 1, config.memoryMiB <= MachineLayout.maxMemoryMiB else {
+            throw VMMError.config("memory \(config.memoryMiB) MiB: expected 1...\(MachineLayout.maxMemoryMiB)")
+        }
+        guard config.vcpus >= 1, config.vcpus <= MachineConfig.maxVCPUs else {
+            throw VMMError.config("vcpus \(config.vcpus): expected 1...\(MachineConfig.maxVCPUs)")
+        }
+        self.config = config
+        self.image = image
+        do {
+            let sys = try system ?? KVMSystem()
+            self.system = sys
+            memory = try GuestMemory(size: config.memoryBytes)
+            try Loader.load(image, into: memory, config: config)
+            vm = try sys.createVM()
+            try? vm.setTSSAddress(MachineLayout.tssAddress)  // VMX needs it for real mode; others ignore it
+            for r in memory.regions {
+                try vm.setUserMemoryRegion(slot: 0, guestPhysical: r.guestPhysical, size: r.size, host: r.host)
+            }
+            if config.irqchip == .kernel {
+                try vm.createIRQChip()
+                try vm.createPIT2()
+            }
+            let routed = config.routeSaveAreaMSRs && sys.has(.userSpaceMSR) && sys.has(.msrFilter)
+            if routed {
+                try vm.routeMSRs(MSRIndex.saveArea.map { MSRFilterRange(base: $0, count: 1, reads: false, writes: true) })
+            }
+            msrs = MSRFile(forwarded: routed ? Set(MSRIndex.saveArea) : [])
+
+            bus = DeviceBus()
+            uart = UART16550(output: serial, input: serialInput)
+            scratch = ScratchMMIO()
+            try bus.attach(uart, port: MachineLayout.serialPort, count: 8)
+            try bus.attach(scratch, address: MachineLayout.scratchMMIOBase, length: MachineLayout.scratchMMIOSize)
+            handler = ExitHandler(bus: bus, msrs: msrs, irqchip: config.irqchip)
+
+            let cpuid = try sys.supportedCPUID()
+            var vcpus: [VCPU] = []
+            var states: [CPUState?] = []
+            for i in 0..<config.vcpus {
+                let v = try vm.createVCPU(id: i)
+                try v.setCPUID(Self.cpuid(cpuid, apicID: UInt32(i)))
+                // With the in-kernel irqchip the APs wait for INIT/SIPI; without it every vCPU
+                // starts at the entry point with its own stack.
+                if i == 0 || config.irqchip == .none {
+                    let s = try Loader.bootState(image, memory: memory, config: config, vcpu: i)
+                    try v.setSregs(s.kvmSregs(base: try v.getSregs()))
+                    try v.setRegs(s.kvmRegs)
+                    states.append(s)
+                } else {
+                    states.append(nil)
+                }
+                vcpus.append(v)
+            }
+            self.vcpus = vcpus
+            bootStates = states
+        } catch let e as KVMError {
+            throw VMMError.kvm(e)
+        } catch let e as VMMError {
+            throw e
+        } catch {
+            throw VMMError.config("\(error)")
+        }
+    }
+
+    /// The supported CPUID with this vCPU's initial APIC ID in leaves 1 and 0xB.
+    static func cpuid(_ entries: [CPUIDEntry], apicID: UInt32) -> [CPUIDEntry] {
+        entries.map { e in
+            var e = e
+            if e.function == 1 { e.ebx = (e.ebx & 0x00FF_FFFF) | (apicID << 24) }
+            if e.function == 0xB || e.function == 0x1F { e.edx = apicID }
+            return e
+        }
+    }
+
+    /// Facts about the machine, for an observer's trace header.
+    public var info: MachineInfo {
+        MachineInfo(config: config, backend: KVMSystem.backendModule(), apiVersion: (try? system.apiVersion()) ?? 0,
+                    capabilities: KVMCapability.reported.map { ($0.name, (try? system.checkExtension($0)) ?? 0) },
+                    memory: GuestMemoryView(memory), tscHz: Self.tscHz())
+    }
+
+    /// The host TSC frequency from /proc/cpuinfo's "tsc" flag and "cpu MHz" is unreliable; KVM
+    /// reports the guest TSC rate per vCPU, which equals the host's unless scaled.
+    static func tscHz() -> UInt64? { nil }
+
+    // MARK: running
+
+    final class Runner: @unchecked Sendable {
+        let vcpu: VCPU
+        let index: Int
+        var thread = pthread_t()
+        var counts = [UInt64](repeating: 0, count: 64)
+        var exits: UInt64 = 0
+        var halted = false
+        init(vcpu: VCPU) { self.vcpu = vcpu; index = vcpu.index }
+    }
+
+    final class Control: @unchecked Sendable {
+        let stopRequested = Atomic<Bool>(false)
+        let reason = Mutex<StopReason?>(nil)
+        let totalExits = Atomic<UInt64>(0)
+        let markers = Atomic<UInt64>(0)
+        var runners: [Runner] = []
+
+        /// The first reason wins; every vCPU is kicked out of KVM_RUN.
+        func stop(_ r: StopReason) {
+            reason.withLock { if $0 == nil { $0 = r } }
+            stopRequested.store(true, ordering: .sequentiallyConsistent)
+            kick()
+        }
+
+        func kick() {
+            for r in runners {
+                r.vcpu.immediateExit = true
+                if r.thread != pthread_t() { _ = ckvm_pthread_kill(r.thread, ckvm_kick_signal()) }
+            }
+        }
+    }
+
+    /// Runs the machine until the guest ends it, a limit is hit, or Ctrl-C. Call once.
+    public func run(limits: RunLimits = RunLimits(), observer: ExitObserver? = nil,
+                    options: ObserverOptions = ObserverOptions()) -> RunSummary {
+        let control = Control()
+        control.runners = vcpus.map { Runner(vcpu: $0) }
+        _ = ckvm_install_kick_handler(ckvm_kick_signal())
+        if limits.handleInterrupt { _ = ckvm_install_sigint_handler() }
+        defer { if limits.handleInterrupt { _ = ckvm_restore_sigint() } }
+
+        if let observer {
+            let sync = system.has(.syncRegs)
+            for v in vcpus {
+                if sync { v.enableSyncRegs(regs: true, sregs: true, events: false) }
+                if options.singleStep {
+                    do { try v.setSingleStep(true) } catch {
+                        return finish(control, start: monotonicSeconds(), observer: observer,
+                                      forced: .vmmError(error.description))
+                    }
+                }
+            }
+            observer.runStarted(info)
+        }
+
+        let start = monotonicSeconds()
+        let finished = DispatchSemaphore(value: 0)
+        for r in control.runners {
+            let box = Unmanaged.passRetained(ThreadBox { [self] in
+                self.loop(r, control: control, limits: limits, observer: observer, options: options)
+                finished.signal()
+            })
+            var t = pthread_t()
+            let rc = ckvm_thread_start(&t, { arg in
+                let box = Unmanaged<ThreadBox>.fromOpaque(arg!).takeRetainedValue()
+                box.body()
+                return nil
+            }, box.toOpaque())
+            if rc != 0 {
+                box.release()
+                control.stop(.vmmError("cannot start vCPU thread: \(Errno(rc))"))
+                finished.signal()
+            } else {
+                r.thread = t
+            }
+        }
+
+        var done = 0
+        var lastKick = start
+        while done < control.runners.count {
+            if finished.wait(timeout: .now() + .milliseconds(10)) == .success { done += 1; continue }
+            let now = monotonicSeconds()
+            if let t = limits.timeout, now - start >= t, !control.stopRequested.load(ordering: .relaxed) {
+                control.stop(.timeout(seconds: t))
+            }
+            if limits.handleInterrupt && ckvm_sigint_received() != 0 && !control.stopRequested.load(ordering: .relaxed) {
+                control.stop(.interrupted)
+            }
+            // A kick can land between a vCPU's check and its KVM_RUN; kick again until all are out.
+            if control.stopRequested.load(ordering: .relaxed) && now - lastKick > 0.02 {
+                control.kick()
+                lastKick = now
+            }
+        }
+        for r in control.runners where r.thread != pthread_t() { pthread_join(r.thread, nil) }
+        return finish(control, start: start, observer: observer, forced: nil)
+    }
+
+    func finish(_ control: Control, start: Double, observer: ExitObserver?, forced: StopReason?) -> RunSummary {
+        bus.withLock { uart.output.flush() }
+        let reason = forced ?? control.reason.withLock { $0 } ?? .halted
+        var byReason: [String: UInt64] = [:]
+        var perVCPU: [VCPUSummary] = []
+        for r in control.runners {
+            var mine: [String: UInt64] = [:]
+            for (i, n) in r.counts.enumerated() where n > 0 {
+                let name = i == 63 ? "OTHER" : VMExit.name(ofReason: UInt32(i))
+                mine[name, default: 0] += n
+                byReason[name, default: 0] += n
+            }
+            perVCPU.append(VCPUSummary(index: r.index, exits: r.exits, exitsByReason: mine, halted: r.halted))
+        }
+        let s = bus.withLock {
+            RunSummary(stop: reason, totalExits: perVCPU.reduce(0) { $0 + $1.exits }, exitsByReason: byReason,
+                       vcpus: perVCPU, unclaimedReads: bus.unclaimedReads, unclaimedWrites: bus.unclaimedWrites,
+                       unclaimed: bus.unclaimedFirst, markers: control.markers.load(ordering: .relaxed),
+                       serialBytes: uart.output.totalBytes, elapsedSeconds: monotonicSeconds() - start)
+        }
+        observer?.runEnded(s)
+        return s
+    }
+
+    /// The exit loop of one vCPU, on its own thread.
+    func loop(_ r: Runner, control: Control, limits: RunLimits, observer: ExitObserver?, options: ObserverOptions) {
+        _ = ckvm_unblock_signal(ckvm_kick_signal())
+        let vcpu = r.vcpu
+        let index = r.index
+        let data = ExitDataArea(page: UnsafeMutableRawPointer(vcpu.runPointer), pageSize: vcpu.mmapSize,
+                                mmioData: vcpu.mmioData)
+        let maxExits = limits.maxExits ?? 0
+        let view = GuestMemoryView(memory)
+        let probe = VCPUProbe(vcpu)
+        let fidelityFull = observer != nil && options.fidelity == .full
+        let synced = vcpu.syncRegsEnabled && vcpu.syncSregsEnabled
+        if let observer {
+            observer.vcpuStarted(vcpu: index, state: bootStates[index] ?? currentState(vcpu))
+        }
+        var pending = false  // an exit the completing KVM_RUN (fidelity full) already returned
+        var counts = [UInt64](repeating: 0, count: 64)
+        var exits: UInt64 = 0
+        defer {
+            r.counts = counts
+            r.exits = exits
+            observer?.vcpuStopped(vcpu: index, exits: exits)
+        }
+
+        while true {
+            if !pending {
+                if control.stopRequested.load(ordering: .relaxed) { return }
+                let err = vcpu.runRaw()
+                if err != 0 {
+                    if err == EINTR || err == EAGAIN {
+                        // A kick (stop, or a stale immediate_exit), or an AP leaving wait-for-SIPI.
+                        if control.stopRequested.load(ordering: .relaxed) { return }
+                        vcpu.immediateExit = false
+                        continue
+                    }
+                    control.stop(.vmmError("vCPU \(index): \(KVMError.ioctl(name: "KVM_RUN", errno: Errno(err)))"))
+                    return
+                }
+            }
+            pending = false
+            let tscExit = observer != nil ? ckvm_rdtsc() : 0
+            let exit = vcpu.exit
+            let reason = Int(min(exit.reason, 63))
+            counts[reason] &+= 1
+            exits &+= 1
+
+            let outcome = handler.handle(exit, vcpu: index, data: data, interruptFlag: vcpu.interruptFlag)
+
+            switch exit {
+            case .rdmsr:
+                vcpu.completeMSR(data: outcome.msrData, error: outcome.msrError)
+            case let .wrmsr(msrIndex, _, value):
+                if outcome.forwardMSR {
+                    observer?.msrWritten(vcpu: index, index: msrIndex, value: value)
+                    let accepted = (try? vcpu.setMSRs([(msrIndex, value)])) ?? 0
+                    vcpu.completeMSR(data: value, error: accepted != 1)
+                } else {
+                    if !outcome.msrError { observer?.msrWritten(vcpu: index, index: msrIndex, value: value) }
+                    vcpu.completeMSR(data: value, error: outcome.msrError)
+                }
+            case .hypercall:
+                vcpu.completeHypercall(ret: UInt64(bitPattern: -1000))  // -KVM_ENOSYS
+            default:
+                break
+            }
+            if let m = outcome.marker {
+                control.markers.add(1, ordering: .relaxed)
+                observer?.marker(vcpu: index, phase: m)
+            }
+
+            if let observer {
+                let state = synced ? vcpu.syncedState() : currentState(vcpu)
+                var after: CPUState? = nil
+                if fidelityFull && outcome.action == .resume {
+                    vcpu.immediateExit = true
+                    let err = vcpu.runRaw()
+                    vcpu.immediateExit = control.stopRequested.load(ordering: .relaxed)
+                    if err == EINTR {
+                        after = synced ? vcpu.syncedState() : currentState(vcpu)
+                    } else if err == 0 {
+                        pending = true
+                    } else {
+                        control.stop(.vmmError("vCPU \(index): \(KVMError.ioctl(name: "KVM_RUN", errno: Errno(err)))"))
+                    }
+                }
+                var io: UnsafeRawBufferPointer? = nil
+                if case let .io(_, size, _, count, off) = exit,
+                   let p = data.bytes(at: off, length: Int(size) * Int(count)) {
+                    io = UnsafeRawBufferPointer(start: p, count: Int(size) * Int(count))
+                }
+                let observed = ObservedExit(vcpu: index, sequence: exits - 1, exit: exit, state: state,
+                                            tscAtExit: tscExit, tscAtReentry: ckvm_rdtsc(), access: outcome.access,
+                                            ioData: io, stateAfter: after, memory: view, probe: probe)
+                observer.exitHandled(observed)
+            }
+
+            if maxExits > 0 {
+                let total = control.totalExits.add(1, ordering: .relaxed).newValue
+                if total >= maxExits && outcome.action == .resume { control.stop(.maxExits(maxExits)); return }
+            }
+
+            switch outcome.action {
+            case .resume:
+                continue
+            case .haltVCPU:
+                r.halted = true
+                return
+            case let .exitStatus(source, value, _):
+                control.stop(source == MachineLayout.debugExitPort ? .debugExit(value: value) : .exitPort(value: value))
+                return
+            case let .guestEvent(kind, detail):
+                let state = synced ? vcpu.syncedState() : currentState(vcpu)
+                var bytes = memory.instructionBytes(state: state)
+                if case let .internalError(info) = exit, let b = info.instructionBytes, !b.isEmpty { bytes = b }
+                control.stop(.guestEvent(GuestEventReport(vcpu: index, kind: kind, detail: detail, state: state,
+                                                          instructionBytes: bytes)))
+                return
+            case let .systemEvent(info):
+                control.stop(.systemEvent(type: info.typeName))
+                return
+            case let .vmmError(s):
+                control.stop(.vmmError("vCPU \(index): \(s)"))
+                return
+            }
+        }
+    }
+
+    /// The vCPU's state by ioctl (when sync regs are off, or outside the exit path).
+    func currentState(_ vcpu: VCPU) -> CPUState {
+        guard let regs = try? vcpu.getRegs(), let sregs = try? vcpu.getSregs() else { return CPUState() }
+        return CPUState(regs: regs, sregs: sregs)
+    }
+}
+
+final class ThreadBox {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

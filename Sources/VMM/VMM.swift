@@ -1,1 +1,0 @@
-// VMM: module scaffolding; see DESIGN.md's module table.
