@@ -152,6 +152,13 @@ public enum ImageLocator {
         if ext == "elf" {
             sources = [srcDir.appendingPathComponent(base + ".S").path, srcDir.appendingPathComponent(base + ".c").path]
         }
+        // NAME-N: NAME.S built with N iterations (Samples/README.md), target build/NAME-N.elf.
+        if !sources.contains(where: { fm.fileExists(atPath: $0) }), ext != "S", ext != "c",
+           let dash = base.lastIndex(of: "-"), !base[base.index(after: dash)...].isEmpty,
+           base[base.index(after: dash)...].allSatisfy(\.isNumber) {
+            let stem = String(base[..<dash])
+            sources = [srcDir.appendingPathComponent(stem + ".S").path, srcDir.appendingPathComponent(stem + ".c").path]
+        }
         guard let source = sources.first(where: { fm.fileExists(atPath: $0) }) else {
             var isDir: ObjCBool = false
             if fm.fileExists(atPath: name, isDirectory: &isDir), !isDir.boolValue {

@@ -1,0 +1,158 @@
+import KVM
+import Synchronization
+import X86
+import XCTest
+@testable import VMM
+
+/// Tiny guests on /dev/kvm. CPL0 code runs in KVM's instruction emulator on kvm_pvm hosts,
+/// so the guests are a few instructions long.
+final class MachineTests: XCTestCase {
+    func requireKVM() throws {
+        guard KVMSystem.isAvailable else { throw XCTSkip("/dev/kvm is not available on this host") }
+    }
+
+    func run(_ code: [UInt8], mode: BootMode, at address: UInt64, vcpus: Int = 1, irqchip: IRQChipMode = .none,
+             limits: RunLimits = RunLimits(timeout: 20), observer: ExitObserver? = nil,
+             options: ObserverOptions = ObserverOptions(), input: [UInt8] = []) throws -> (RunSummary, String) {
+        try requireKVM()
+        let out = SerialOutput(fd: -1, captureLimit: 1 << 16)
+        let config = MachineConfig(mode: mode, vcpus: vcpus, irqchip: irqchip, memoryMiB: 4)
+        let m = try Machine(config: config, image: .flat(code, at: address), serial: out, serialInput: input)
+        let s = m.run(limits: limits, observer: observer, options: options)
+        return (s, out.capturedText)
+    }
+
+    // mov dx,0x3f8; mov al,'H'; out dx,al; mov al,'i'; out dx,al; cli; hlt
+    static let realHello: [UInt8] = [0xBA, 0xF8, 0x03, 0xB0, 0x48, 0xEE, 0xB0, 0x69, 0xEE, 0xFA, 0xF4]
+
+    func testRealModeSerialOutputAndHalt() throws {
+        let (s, text) = try run(Self.realHello, mode: .real, at: 0x1000)
+        XCTAssertEqual(text, "Hi")
+        XCTAssertEqual(s.stop, .halted)
+        XCTAssertEqual(s.exitStatus, 0)
+        XCTAssertEqual(s.exitsByReason, ["IO": 2, "HLT": 1])
+        XCTAssertEqual(s.serialBytes, 2)
+    }
+
+    func testLongModeExitPortStatus() throws {
+        // mov dx,0x501; mov al,7; out dx,al
+        let (s, _) = try run([0x66, 0xBA, 0x01, 0x05, 0xB0, 0x07, 0xEE], mode: .long64, at: 0x100000)
+        XCTAssertEqual(s.stop, .exitPort(value: 7))
+        XCTAssertEqual(s.exitStatus, 7)
+    }
+
+    func testProtectedModeDebugExitAndScratchMMIO() throws {
+        // mov dword [0xD0000010], 0x5a; mov eax,[0xD0000010]; out 0xf4,al  -> status (0x5a<<1)|1 = 0xb5
+        let code: [UInt8] = [0xC7, 0x05, 0x10, 0x00, 0x00, 0xD0, 0x5A, 0x00, 0x00, 0x00,
+                             0xA1, 0x10, 0x00, 0x00, 0xD0, 0xE6, 0xF4]
+        let (s, _) = try run(code, mode: .protected32, at: 0x100000)
+        XCTAssertEqual(s.stop, .debugExit(value: 0x5A))
+        XCTAssertEqual(s.exitStatus, 0xB5)
+        XCTAssertEqual(s.exitsByReason["MMIO"], 2)
+    }
+
+    func testRoutedMSRWriteIsAppliedAndObserved() throws {
+        // mov ecx,0xC0000081 (STAR); mov eax,0x1234; xor edx,edx; wrmsr; xor eax,eax; rdmsr; mov dx,0x501; out dx,al
+        let code: [UInt8] = [0xB9, 0x81, 0x00, 0x00, 0xC0, 0xB8, 0x34, 0x12, 0x00, 0x00, 0x31, 0xD2, 0x0F, 0x30,
+                             0x31, 0xC0, 0x0F, 0x32, 0x66, 0xBA, 0x01, 0x05, 0xEE]
+        let obs = Recorder()
+        let (s, _) = try run(code, mode: .long64, at: 0x100000, observer: obs)
+        XCTAssertEqual(s.exitStatus, 0x34, "RDMSR must read back the routed WRMSR's value")
+        XCTAssertEqual(obs.msrWrites.withLock { $0 }.first?.index, MSRIndex.star)
+        XCTAssertEqual(obs.msrWrites.withLock { $0 }.first?.value, 0x1234)
+    }
+
+    func testTripleFaultReportNamesRIPAndBytes() throws {
+        // Long mode with an empty IDT: UD2 cannot be delivered -> #DF -> triple fault.
+        let (s, _) = try run([0x90, 0x0F, 0x0B], mode: .long64, at: 0x100000)
+        guard case let .guestEvent(r) = s.stop else { return XCTFail("stopped by \(s.stop)") }
+        XCTAssertEqual(r.kind, .shutdown)
+        XCTAssertEqual(r.vcpu, 0)
+        XCTAssertEqual(r.state.rip, 0x100001)
+        XCTAssertEqual(Array(r.instructionBytes.prefix(2)), [0x0F, 0x0B])
+        XCTAssertEqual(s.exitStatus, RunExitStatus.shutdown)
+    }
+
+    func testTimeoutStopsAnEndlessLoop() throws {
+        let (s, _) = try run([0xEB, 0xFE], mode: .real, at: 0x1000, limits: RunLimits(timeout: 0.3))
+        XCTAssertEqual(s.stop, .timeout(seconds: 0.3))
+        XCTAssertEqual(s.exitStatus, RunExitStatus.timeout)
+    }
+
+    func testMaxExitsStopsAnIOLoop() throws {
+        // mov dx,0x3ff; l: out dx,al; jmp l
+        let (s, _) = try run([0xBA, 0xFF, 0x03, 0xEE, 0xEB, 0xFD], mode: .real, at: 0x1000,
+                             limits: RunLimits(maxExits: 50, timeout: 20))
+        XCTAssertEqual(s.stop, .maxExits(50))
+        XCTAssertEqual(s.totalExits, 50)
+        XCTAssertEqual(s.exitStatus, RunExitStatus.maxExits)
+    }
+
+    func testTwoVCPUsWithoutIrqchipBothHalt() throws {
+        let (s, text) = try run(Self.realHello, mode: .real, at: 0x1000, vcpus: 2)
+        XCTAssertEqual(text.count, 4)
+        XCTAssertEqual(s.stop, .halted)
+        XCTAssertEqual(s.vcpus.map(\.exits), [3, 3])
+        XCTAssertEqual(s.vcpus.map(\.halted), [true, true])
+    }
+
+    func testKernelIrqchipRun() throws {
+        // mov dx,0x501; mov al,3; out dx,al
+        let (s, _) = try run([0xBA, 0x01, 0x05, 0xB0, 0x03, 0xEE], mode: .real, at: 0x1000, vcpus: 2, irqchip: .kernel,
+                             limits: RunLimits(timeout: 5))
+        XCTAssertEqual(s.stop, .exitPort(value: 3))
+    }
+
+    final class Recorder: ExitObserver, @unchecked Sendable {
+        struct Seen { var exit: VMExit; var rip: UInt64; var after: UInt64?; var afterRAX: UInt64?; var access: DeviceAccess?
+                      var io: [UInt8]; var tscOrdered: Bool; var bytesAtRIP: [UInt8] }
+        let seen = Mutex<[Seen]>([])
+        let msrWrites = Mutex<[(index: UInt32, value: UInt64)]>([])
+        let markers = Mutex<[UInt64]>([])
+        let events = Mutex<[String]>([])
+        func runStarted(_ info: MachineInfo) { events.withLock { $0.append("run") } }
+        func vcpuStarted(vcpu: Int, state: CPUState) { events.withLock { $0.append("start \(vcpu)") } }
+        func vcpuStopped(vcpu: Int, exits: UInt64) { events.withLock { $0.append("stop \(vcpu) \(exits)") } }
+        func runEnded(_ summary: RunSummary) { events.withLock { $0.append("end") } }
+        func msrWritten(vcpu: Int, index: UInt32, value: UInt64) { msrWrites.withLock { $0.append((index, value)) } }
+        func marker(vcpu: Int, phase: UInt64) { markers.withLock { $0.append(phase) } }
+        func exitHandled(_ e: borrowing ObservedExit) {
+            let s = Seen(exit: e.exit, rip: e.state.rip, after: e.stateAfter?.rip, afterRAX: e.stateAfter?.rax,
+                         access: e.access, io: e.ioData.map { Array($0) } ?? [],
+                         tscOrdered: e.tscAtExit <= e.tscAtReentry, bytesAtRIP: e.memory.instructionBytes(state: e.state, maxBytes: 1))
+            seen.withLock { $0.append(s) }
+        }
+    }
+
+    func testObserverSeesEachExitWithStateDeviceSideAndMarkers() throws {
+        // mov dx,0x502; mov al,9; out dx,al; mov dx,0x3fd; in al,dx; mov dx,0x501; out dx,al
+        let code: [UInt8] = [0xBA, 0x02, 0x05, 0xB0, 0x09, 0xEE, 0xBA, 0xFD, 0x03, 0xEC, 0xBA, 0x01, 0x05, 0xEE]
+        let obs = Recorder()
+        let (s, _) = try run(code, mode: .real, at: 0x1000, observer: obs, options: ObserverOptions(fidelity: .full))
+        XCTAssertEqual(s.exitStatus, 0x60, "IN from LSR must give THRE|TEMT")
+        let seen = obs.seen.withLock { $0 }
+        XCTAssertEqual(seen.count, 3)
+        XCTAssertEqual(obs.markers.withLock { $0 }, [9])
+        XCTAssertEqual(obs.events.withLock { $0 }, ["run", "start 0", "stop 0 3", "end"])
+        // OUT: shown committed (RIP past it); IN: shown pending (RIP on it), completed by the
+        // immediate-exit re-entry (fidelity full) with AL = 0x60 and RIP past it.
+        XCTAssertEqual(seen[0].rip, 0x1006)
+        XCTAssertEqual(seen[0].access?.data, 9)
+        XCTAssertEqual(seen[0].io, [9])
+        XCTAssertEqual(seen[1].rip, 0x1009)
+        XCTAssertEqual(seen[1].bytesAtRIP, [0xEC])
+        XCTAssertEqual(seen[1].access, DeviceAccess(kind: .port, address: 0x3FD, size: 1, isWrite: false, data: 0x60))
+        XCTAssertEqual(seen[1].after, 0x100A)
+        XCTAssertEqual((seen[1].afterRAX ?? 0) & 0xFF, 0x60)
+        XCTAssertTrue(seen.allSatisfy(\.tscOrdered))
+    }
+
+    func testSingleStepDeliversDebugExits() throws {
+        let obs = Recorder()
+        let (s, text) = try run(Self.realHello, mode: .real, at: 0x1000, observer: obs, options: ObserverOptions(singleStep: true))
+        XCTAssertEqual(text, "Hi")
+        XCTAssertEqual(s.stop, .halted)
+        let debugs = obs.seen.withLock { $0 }.filter { if case .debug = $0.exit { return true } else { return false } }
+        XCTAssertGreaterThanOrEqual(debugs.count, 4, "expected a DEBUG exit per stepped instruction")
+    }
+}
