@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "Record", dependencies: ["VMM", "Trace", "X86Emulator"], swiftSettings: optimize),
         .target(name: "Replay", dependencies: ["Trace", "X86Emulator"], swiftSettings: optimize),
         .target(name: "Report", dependencies: ["Trace", "X86Emulator", .product(name: "GRDB", package: "GRDB.swift")],
-                swiftSettings: optimize),
+                exclude: ["CSV.md", "SCHEMA.md"], swiftSettings: optimize),
 
         // The command-line tool: argument parsing and printing only
         .executableTarget(name: "exitscope", dependencies: [

@@ -116,10 +116,6 @@ public struct Aggregator: Sendable {
         var exits = ExitStats()
         var firstSeq: UInt64 = .max
     }
-    struct OpenPhase: Sendable {
-        var phase: UInt64
-        var start: UInt64
-    }
     struct Bin: Sendable {
         var exits: UInt64 = 0
         var vmmCycles: UInt64 = 0
@@ -149,8 +145,8 @@ public struct Aggregator: Sendable {
     var completions: BoundedMap<String, ExitStats>
     var unmatchedPhaseEnds: UInt64 = 0
 
-    var lastEntry: [UInt16: UInt64] = [:]
-    var openPhases: [UInt16: [OpenPhase]] = [:]
+    var clock: RecordClock
+    var phaseTracker: PhaseTracker
     /// Last KVM counters seen per vCPU (they are cumulative, so the last frame's are the totals).
     var kvmCounters: [UInt16: [String: UInt64]] = [:]
 
@@ -168,6 +164,8 @@ public struct Aggregator: Sendable {
         self.header = header
         self.vcpuFilter = vcpu
         self.limits = limits
+        clock = RecordClock(maxVCPUs: limits.vcpus)
+        phaseTracker = PhaseTracker(maxVCPUs: limits.vcpus)
         vcpus = BoundedMap(capacity: limits.vcpus, empty: ExitStats(percentiles: true))
         ports = BoundedMap(capacity: limits.ports, empty: ExitStats())
         gpas = BoundedMap(capacity: limits.gpas, empty: ExitStats())
@@ -201,16 +199,8 @@ public struct Aggregator: Sendable {
         kindCounts[r.kind, default: 0] &+= 1
 
         // Timing: handling time of this record, guest time since the previous one on its vCPU.
-        let entered = r.tscEntry != 0 && r.tscEntry >= r.tscExit
-        let vmm: UInt64? = entered ? r.tscEntry - r.tscExit : nil
-        var guest: UInt64?
-        if let prev = lastEntry[r.vcpu], r.tscExit >= prev, r.tscExit != 0 { guest = r.tscExit - prev }
-        if entered {
-            if lastEntry[r.vcpu] != nil || lastEntry.count < limits.vcpus { lastEntry[r.vcpu] = r.tscEntry }
-        } else {
-            // The vCPU did not re-enter (or we cannot tell when): the next guest span is unknown.
-            lastEntry[r.vcpu] = nil
-        }
+        let (vmm, guest) = clock.times(r)
+        let entered = vmm != nil
         if r.tscExit != 0 {
             firstTSC = Swift.min(firstTSC, r.tscExit)
             lastTSC = Swift.max(lastTSC, entered ? r.tscEntry : r.tscExit)
@@ -254,8 +244,8 @@ public struct Aggregator: Sendable {
             RIPInfo(bytes: Array(r.instructionBytes.prefix(15)), bits: codeBits(r.state), reason: name)
         }) { $0.stats.add(vmm: vmm, guest: guest) }
 
-        if let open = openPhases[r.vcpu]?.last {
-            phases.update(open.phase, make: { PhaseStats() }) {
+        if let p = phaseTracker.current(r.vcpu) {
+            phases.update(p, make: { PhaseStats() }) {
                 $0.exits.add(vmm: vmm, guest: guest)
                 $0.firstSeq = Swift.min($0.firstSeq, r.seq)
             }
@@ -272,36 +262,19 @@ public struct Aggregator: Sendable {
         if r.tscExit != 0 { addToTimeline(r.tscExit) { $0.completions &+= 1 } }
     }
 
-    /// The marker convention (Samples/README.md): the guest writes P to port 0x502 when phase P
-    /// begins and 0x8000|P when it ends. Phases nest per vCPU; exits belong to the innermost.
-    public static let phaseEndBit: UInt64 = 0x8000
+    public static let phaseEndBit = PhaseTracker.endBit
 
     private mutating func addMarker(_ r: TraceRecord) {
-        let code = r.code
-        if code & Self.phaseEndBit != 0 {
-            let p = code & ~Self.phaseEndBit
-            guard var stack = openPhases[r.vcpu], let i = stack.lastIndex(where: { $0.phase == p }) else {
-                unmatchedPhaseEnds &+= 1
-                return
-            }
-            let begin = stack[i].start
-            let end = r.tscExit
-            stack.removeSubrange(i...)
-            openPhases[r.vcpu] = stack
+        switch phaseTracker.marker(r) {
+        case .began(let p):
+            phases.update(p, make: { PhaseStats() }) { $0.firstSeq = Swift.min($0.firstSeq, r.seq) }
+        case let .ended(p, cycles):
             phases.update(p, make: { PhaseStats() }) {
                 $0.occurrences &+= 1
-                if end >= begin { $0.durationCycles &+= end - begin }
-                $0.firstSeq = Swift.min($0.firstSeq, r.seq)
+                $0.durationCycles &+= cycles
             }
-        } else {
-            // The phase starts when the guest resumes after the marker's own exit.
-            let start = r.tscEntry != 0 ? r.tscEntry : r.tscExit
-            var stack = openPhases[r.vcpu] ?? []
-            // Bounded: a guest that never closes its phases cannot grow this without limit.
-            if stack.count >= 64 { stack.removeFirst() }
-            stack.append(OpenPhase(phase: code, start: start))
-            if openPhases[r.vcpu] != nil || openPhases.count < limits.vcpus { openPhases[r.vcpu] = stack }
-            phases.update(code, make: { PhaseStats() }) { $0.firstSeq = Swift.min($0.firstSeq, r.seq) }
+        case .unmatchedEnd:
+            unmatchedPhaseEnds &+= 1
         }
     }
 
