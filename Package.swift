@@ -23,7 +23,10 @@ let package = Package(
 
         // Vocabulary, emulator, trace file
         .target(name: "X86", swiftSettings: optimize),
-        .target(name: "X86Emulator", dependencies: ["X86"], swiftSettings: optimize),
+        .target(name: "X86Emulator", dependencies: ["X86"],
+                // the decoder's opcode table and its generator: Tables.generated.swift is built from them
+                exclude: ["Decoder/opcodes.tsv", "Decoder/gen_tables.py", "Decoder/DECODER.md"],
+                swiftSettings: optimize),
         .target(name: "Trace", dependencies: ["X86", "CZstd"], swiftSettings: optimize),
 
         // The machine

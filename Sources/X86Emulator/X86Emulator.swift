@@ -1,1 +1,0 @@
-// X86Emulator: module scaffolding; see DESIGN.md's module table.

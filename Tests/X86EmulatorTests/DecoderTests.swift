@@ -1,0 +1,177 @@
+import X86
+import XCTest
+@testable import X86Emulator
+
+func hexBytes(_ s: String) -> [UInt8] {
+    let d = Array(s.filter { !$0.isWhitespace })
+    return stride(from: 0, to: d.count, by: 2).map { UInt8(String(d[$0...$0 + 1]), radix: 16)! }
+}
+
+func decodeOK(_ hex: String, _ mode: DecoderMode = .bits64, vendor: CPUVendor = .amd,
+              file: StaticString = #filePath, line: UInt = #line) -> Instruction? {
+    switch decode(bytes: hexBytes(hex), mode: mode, vendor: vendor) {
+    case .success(let i): return i
+    case .failure(let e):
+        XCTFail("\(hex) failed to decode: \(e)", file: file, line: line)
+        return nil
+    }
+}
+
+final class DecoderTests: XCTestCase {
+    func testMemoryOperandWithSIB() throws {
+        let i = try XCTUnwrap(decodeOK("48 8b 44 8b 10"))
+        XCTAssertEqual(i.length, 5)
+        XCTAssertEqual(i.mnemonic, .mov)
+        XCTAssertEqual(i.operandSize, 64)
+        XCTAssertEqual(i.operand(0), .register(Register(.gpr64, 0)))
+        let m = try XCTUnwrap(i.operand(1).memory)
+        XCTAssertEqual(m.base, Register(.gpr64, 3))
+        XCTAssertEqual(m.index, Register(.gpr64, 1))
+        XCTAssertEqual(m.scale, 4)
+        XCTAssertEqual(m.displacement, 0x10)
+        XCTAssertEqual(m.size, 8)
+        XCTAssertEqual(m.segment, .ds)
+        XCTAssertEqual(i.text, "mov rax, qword ptr [rbx+rcx*4+0x10]")
+    }
+
+    func testStackSegmentDefaultAndOverride() throws {
+        let bp = try XCTUnwrap(decodeOK("8b 45 f8", .bits32))
+        XCTAssertEqual(bp.operand(1).memory?.segment, .ss)
+        XCTAssertEqual(bp.operand(1).memory?.displacement, -8)
+        let sp = try XCTUnwrap(decodeOK("8b 04 24", .bits32))
+        XCTAssertEqual(sp.operand(1).memory?.segment, .ss)
+        let r12 = try XCTUnwrap(decodeOK("41 8b 04 24"))  // r12 base: DS, not SS
+        XCTAssertEqual(r12.operand(1).memory?.segment, .ds)
+        let es = try XCTUnwrap(decodeOK("26 8b 46 02", .bits16))  // es:[bp+2]
+        XCTAssertEqual(es.operand(1).memory?.segment, .es)
+        XCTAssertEqual(es.operand(1).memory?.base, Register(.gpr16, 5))
+        let fs = try XCTUnwrap(decodeOK("64 48 8b 04 25 28 00 00 00"))
+        XCTAssertEqual(fs.operand(1).memory?.segment, .fs)
+        XCTAssertNil(fs.operand(1).memory?.base)
+        XCTAssertEqual(fs.text, "mov rax, qword ptr fs:0x28")
+        // In 64-bit mode a DS/ES/SS/CS override is ignored.
+        let cs = try XCTUnwrap(decodeOK("2e 8b 00"))
+        XCTAssertEqual(cs.operand(1).memory?.segmentOverridden, false)
+    }
+
+    func testRIPRelative() throws {
+        let i = try XCTUnwrap(decodeOK("48 8d 05 10 00 00 00"))
+        XCTAssertEqual(i.mnemonic, .lea)
+        XCTAssertEqual(i.operand(1).memory?.ripRelative, true)
+        XCTAssertEqual(i.operand(1).memory?.displacement, 0x10)
+        // the same bytes in 32-bit mode are an absolute disp32
+        let j = try XCTUnwrap(decodeOK("8d 05 10 00 00 00", .bits32))
+        XCTAssertEqual(j.operand(1).memory?.ripRelative, false)
+        XCTAssertNil(j.operand(1).memory?.base)
+    }
+
+    func testOperandSizeAttributes() throws {
+        XCTAssertEqual(decodeOK("50")?.operandSize, 64)               // push: default 64
+        XCTAssertEqual(decodeOK("66 50")?.operandSize, 16)
+        XCTAssertEqual(decodeOK("50", .bits32)?.operandSize, 32)
+        XCTAssertEqual(decodeOK("66 50", .bits16)?.operandSize, 32)
+        XCTAssertEqual(decodeOK("0f 20 c0")?.operandSize, 64)         // mov r64, cr0: forced 64
+        XCTAssertEqual(decodeOK("66 0f 20 c0")?.operand(0), .register(Register(.gpr64, 0)))
+        XCTAssertEqual(decodeOK("01 d8")?.operandSize, 32)
+        XCTAssertEqual(decodeOK("48 01 d8")?.operandSize, 64)
+        XCTAssertEqual(decodeOK("66 48 01 d8")?.operandSize, 64)      // REX.W beats 66
+        XCTAssertEqual(decodeOK("67 8b 00")?.addressSize, 32)
+        XCTAssertEqual(decodeOK("67 8b 00", .bits16)?.addressSize, 32)
+        // mov r64, imm64 is the only 8-byte immediate
+        let movabs = try XCTUnwrap(decodeOK("48 b8 88 77 66 55 44 33 22 11"))
+        XCTAssertEqual(movabs.length, 10)
+        XCTAssertEqual(movabs.operand(1), .immediate(0x1122334455667788, size: 8))
+        // Iz sign-extends to 64 bits
+        XCTAssertEqual(decodeOK("48 05 ff ff ff ff")?.operand(1), .immediate(-1, size: 8))
+        // Ib of 83 sign-extends to the operand size
+        XCTAssertEqual(decodeOK("83 c0 ff")?.operand(1), .immediate(-1, size: 4))
+    }
+
+    func testNearBranchVendorDifference() throws {
+        // AMD: 66 makes the near branch 16-bit (rel16); Intel ignores 66 in 64-bit mode (rel32).
+        let amd = try XCTUnwrap(decodeOK("66 e8 10 00 00 00", vendor: .amd))
+        XCTAssertEqual(amd.length, 4)
+        XCTAssertEqual(amd.operandSize, 16)
+        XCTAssertEqual(amd.operand(0), .relative(0x10))
+        let intel = try XCTUnwrap(decodeOK("66 e8 10 00 00 00", vendor: .intel))
+        XCTAssertEqual(intel.length, 6)
+        XCTAssertEqual(intel.operandSize, 64)
+        let jcc = try XCTUnwrap(decodeOK("66 0f 84 10 00 00 00", vendor: .intel))
+        XCTAssertEqual(jcc.length, 7)
+        XCTAssertEqual(decodeOK("66 0f 84 10 00 00 00", vendor: .amd)?.length, 5)
+        XCTAssertEqual(decodeOK("e8 10 00", .bits16)?.length, 3)
+    }
+
+    func testStringAndIOInstructions() throws {
+        let stos = try XCTUnwrap(decodeOK("f3 48 ab"))
+        XCTAssertEqual(stos.mnemonic, .stos)
+        XCTAssertTrue(stos.hasRep)
+        XCTAssertEqual(stos.operand(0).memory?.segment, .es)
+        XCTAssertEqual(stos.operand(0).memory?.base, Register(.gpr64, 7))
+        XCTAssertEqual(stos.operand(0).memory?.size, 8)
+        let outs = try XCTUnwrap(decodeOK("f3 26 6e", .bits16))  // rep outsb with es: override
+        XCTAssertEqual(outs.mnemonic, .outs)
+        XCTAssertEqual(outs.operand(1).memory?.segment, .es)
+        XCTAssertEqual(outs.operand(1).memory?.base, Register(.gpr16, 6))
+        let ins = try XCTUnwrap(decodeOK("67 6d"))
+        XCTAssertEqual(ins.mnemonic, .ins)
+        XCTAssertEqual(ins.operand(0).memory?.base, Register(.gpr32, 7))
+        XCTAssertEqual(ins.operand(0).memory?.size, 4)
+        XCTAssertEqual(decodeOK("e6 80")?.operand(0), .immediate(0x80, size: 1))
+        XCTAssertEqual(decodeOK("ed")?.operand(0), .register(Register(.gpr32, 0)))
+        XCTAssertEqual(decodeOK("66 ef")?.operand(1), .register(Register(.gpr16, 0)))
+    }
+
+    func testByteRegistersWithAndWithoutREX() throws {
+        XCTAssertEqual(decodeOK("88 e0")?.operand(0), .register(Register(.gpr8, 0)))
+        XCTAssertEqual(decodeOK("88 e0")?.operand(1), .register(Register(.gpr8, 4)))  // ah
+        XCTAssertEqual(decodeOK("40 88 e0")?.operand(1), .register(Register(.gpr8rex, 4)))  // spl
+        XCTAssertEqual(decodeOK("40 88 e0")?.text, "mov al, spl")
+        XCTAssertEqual(decodeOK("45 88 c8")?.text, "mov r8b, r9b")
+    }
+
+    func testNopPauseAndXchg() throws {
+        XCTAssertEqual(decodeOK("90")?.mnemonic, .nop)
+        XCTAssertEqual(decodeOK("f3 90")?.mnemonic, .pause)
+        XCTAssertEqual(decodeOK("41 90")?.mnemonic, .xchg)
+        XCTAssertEqual(decodeOK("0f 1f 44 00 00")?.length, 5)
+        XCTAssertEqual(decodeOK("66 2e 0f 1f 84 00 00 00 00 00")?.length, 10)
+    }
+
+    func testFailures() {
+        XCTAssertEqual(decode(bytes: hexBytes("48 8b"), mode: .bits64), .failure(.truncated))
+        XCTAssertEqual(decode(bytes: hexBytes("b8 00 00"), mode: .bits32), .failure(.truncated))
+        XCTAssertEqual(decode(bytes: [], mode: .bits32), .failure(.truncated))
+        XCTAssertEqual(decode(bytes: hexBytes("0f 0b"), mode: .bits64).map(\.mnemonic), .success(.ud2))
+        XCTAssertEqual(decode(bytes: hexBytes("06"), mode: .bits64), .failure(.invalid))       // push es
+        XCTAssertEqual(decode(bytes: hexBytes("06"), mode: .bits32).map(\.mnemonic), .success(.push))
+        XCTAssertEqual(decode(bytes: hexBytes("8d c0"), mode: .bits64), .failure(.invalid))    // lea reg,reg
+        XCTAssertEqual(decode(bytes: hexBytes("f0 01 c0"), mode: .bits64), .failure(.invalid)) // lock on reg
+        XCTAssertEqual(decode(bytes: hexBytes("8e c8"), mode: .bits64), .failure(.invalid))    // mov cs, ax
+        XCTAssertEqual(decode(bytes: [UInt8](repeating: 0x66, count: 14) + [0x90], mode: .bits64).map(\.length),
+                       .success(15))
+        XCTAssertEqual(decode(bytes: [UInt8](repeating: 0x66, count: 15) + [0x90], mode: .bits64), .failure(.tooLong))
+        XCTAssertEqual(decode(bytes: [UInt8](repeating: 0x66, count: 20), mode: .bits64), .failure(.tooLong))
+    }
+
+    func testSystemInstructions() throws {
+        XCTAssertEqual(decodeOK("0f 01 d8")?.mnemonic, .vmrun)
+        XCTAssertEqual(decodeOK("0f 01 f8")?.mnemonic, .swapgs)
+        XCTAssertEqual(decode(bytes: hexBytes("0f 01 f8"), mode: .bits32), .failure(.invalid))
+        let lgdt = try XCTUnwrap(decodeOK("0f 01 15 00 10 00 00", .bits32))
+        XCTAssertEqual(lgdt.mnemonic, .lgdt)
+        XCTAssertEqual(lgdt.operand(0).memory?.size, 6)
+        XCTAssertEqual(decodeOK("0f 01 10")?.operand(0).memory?.size, 10)
+        XCTAssertEqual(decodeOK("0f 22 d8", .bits32)?.operand(0), .register(Register(.control, 3)))
+        XCTAssertEqual(decodeOK("44 0f 22 c0")?.operand(0), .register(Register(.control, 8)))
+        XCTAssertEqual(decodeOK("f0 0f 22 c0", .bits32)?.operand(0), .register(Register(.control, 8)))
+        let far = try XCTUnwrap(decodeOK("ea 00 7c 00 00 08 00", .bits32))
+        XCTAssertEqual(far.operand(0), .farPointer(selector: 8, offset: 0x7c00))
+        XCTAssertEqual(decodeOK("66 ea 00 7c 08 00", .bits32)?.length, 6)
+        XCTAssertEqual(decodeOK("0f c7 0e")?.mnemonic, .cmpxchg8b)
+        XCTAssertEqual(decodeOK("f0 48 0f c7 0e")?.mnemonic, .cmpxchg16b)
+        XCTAssertEqual(decodeOK("0f 38 f0 07")?.mnemonic, .movbe)
+        XCTAssertEqual(decodeOK("cf")?.mnemonic, .iretd)
+        XCTAssertEqual(decodeOK("48 cf")?.mnemonic, .iretq)
+    }
+}
