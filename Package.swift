@@ -10,6 +10,8 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "exitscope", targets: ["exitscope"]),
+        // libFuzzer target over the trace reader; build command in Sources/Trace/FORMAT.md.
+        .executable(name: "TraceFuzz", targets: ["TraceFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -45,9 +47,11 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
+        .executableTarget(name: "TraceFuzz", dependencies: ["Trace"], path: "Tests/Fuzz/TraceFuzz"),
+
         .testTarget(name: "X86Tests", dependencies: ["X86"]),
         .testTarget(name: "X86EmulatorTests", dependencies: ["X86", "X86Emulator"]),
-        .testTarget(name: "TraceTests", dependencies: ["Trace", "X86"]),
+        .testTarget(name: "TraceTests", dependencies: ["Trace", "X86"], exclude: ["Fixtures"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "X86"]),
         .testTarget(name: "RecordTests", dependencies: ["Record", "VMM", "Trace"]),

@@ -489,3 +489,20 @@ public final class FrameDecoder {
         return r
     }
 }
+
+extension FrameDecoder {
+    /// Decodes an uncompressed frame payload with a made-up frame header: lets the fuzzer and
+    /// debugging tools reach the item and record decoders past zstd and the checksums.
+    public static func decodeUncompressed(_ bytes: [UInt8], vcpu: UInt16 = 0, recordCount: UInt32,
+                                          firstSeq: UInt64 = 0) throws -> DecodedFrame {
+        guard bytes.count <= TraceFormat.maxFrameBytes else { throw TraceError.corrupted(offset: 0, what: "frame too large") }
+        let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 8)
+        bytes.withUnsafeBytes { raw.copyMemory(from: $0) }
+        let info = FrameInfo(offset: 0, compressedSize: 0, rawSize: UInt32(bytes.count), recordCount: recordCount,
+                             firstSeq: firstSeq, lastSeq: firstSeq &+ UInt64(recordCount), firstVcpuSeq: 0,
+                             vcpu: vcpu, flags: 0, checksum: 0)
+        let d = FrameDecoder(info: info, raw: UnsafeMutableRawBufferPointer(rebasing: raw[0..<bytes.count]))
+        let records = try d.all()
+        return DecodedFrame(info: info, records: records, stats: d.stats)
+    }
+}

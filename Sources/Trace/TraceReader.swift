@@ -50,30 +50,28 @@ public final class TraceReader: @unchecked Sendable {
     /// The guest symbols of the header, sorted for lookup.
     public let symbols: SymbolTable
 
-    private let fd: Int32
+    private let src: ByteSource
     /// End of the frame area (index offset, or end of the last complete frame).
     private let dataEnd: UInt64
     private let dataStart: UInt64
 
-    public init(path: String) throws {
+    /// Opens a trace file.
+    public convenience init(path: String) throws {
+        try self.init(source: try ByteSource(path: path), name: path)
+    }
+
+    /// Reads a trace held in memory (tests, the fuzzer, a trace received over a pipe).
+    public convenience init(bytes: [UInt8], name: String = "<memory>") throws {
+        try self.init(source: ByteSource(bytes: bytes), name: name)
+    }
+
+    private init(source src: ByteSource, name path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw TraceError.io(path: path, message: "cannot open: \(String(cString: strerror(errno)))") }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else {
-            let e = String(cString: strerror(errno))
-            close(fd)
-            throw TraceError.io(path: path, message: "cannot stat: \(e)")
-        }
-        if (st.st_mode & S_IFMT) == S_IFDIR {
-            close(fd)
-            throw TraceError.io(path: path, message: "is a directory, not a trace file")
-        }
-        self.fd = fd
-        let size = UInt64(st.st_size)
+        self.src = src
+        let size = src.size
         fileSize = size
         do {
-            let fixed = try TraceReader.pread(fd, 0, min(Int(size), TraceFormat.fileHeaderFixedSize))
+            let fixed = try src.read(0, min(Int(size), TraceFormat.fileHeaderFixedSize))
             let magicLen = min(fixed.count, TraceFormat.fileMagic.count)
             guard magicLen == TraceFormat.fileMagic.count, Array(fixed[0..<magicLen]) == TraceFormat.fileMagic else {
                 if !fixed.isEmpty && fixed.count < TraceFormat.fileMagic.count && Array(fixed) == Array(TraceFormat.fileMagic.prefix(fixed.count)) {
@@ -98,7 +96,7 @@ public final class TraceReader: @unchecked Sendable {
             guard hstart + UInt64(hlen) <= size else {
                 throw TraceError.truncated(offset: size, what: "file ends inside the \(hlen)-byte header JSON starting at offset \(hstart)")
             }
-            let json = try TraceReader.pread(fd, hstart, hlen)
+            let json = try src.read(hstart, hlen)
             let crc = CRC32C.checksum(json)
             guard crc == fixed.le32(16) else {
                 throw TraceError.corrupted(offset: hstart, what: "header checksum mismatch (stored 0x\(String(fixed.le32(16), radix: 16)), computed 0x\(String(crc, radix: 16)))")
@@ -107,14 +105,14 @@ public final class TraceReader: @unchecked Sendable {
             symbols = SymbolTable(header.symbols)
             dataStart = hstart + UInt64(hlen)
 
-            if let indexed = try TraceReader.readIndex(fd: fd, size: size, dataStart: dataStart) {
+            if let indexed = try TraceReader.readIndex(src: src, size: size, dataStart: dataStart) {
                 frames = indexed.frames
                 vcpus = indexed.vcpus
                 recordCount = indexed.records
                 dataEnd = indexed.indexOffset
                 cutShort = nil
             } else {
-                let scanned = try TraceReader.scan(fd: fd, size: size, dataStart: dataStart)
+                let scanned = try TraceReader.scan(src: src, size: size, dataStart: dataStart)
                 frames = scanned.frames
                 dataEnd = scanned.end
                 cutShort = CutShort(offset: scanned.end, reason: scanned.reason)
@@ -132,33 +130,10 @@ public final class TraceReader: @unchecked Sendable {
                 vcpus = per.values.sorted { $0.vcpu < $1.vcpu }
                 recordCount = scanned.frames.reduce(0) { $0 + UInt64($1.recordCount) }
             }
-        } catch {
-            close(fd)
-            throw error
         }
     }
-
-    deinit { close(fd) }
 
     // MARK: file access
-
-    static func pread(_ fd: Int32, _ offset: UInt64, _ count: Int) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        var done = 0
-        try out.withUnsafeMutableBytes { p in
-            while done < count {
-                let n = Glibc.pread(fd, p.baseAddress! + done, count - done, off_t(offset) + off_t(done))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw TraceError.io(path: "trace", message: "read at offset \(offset) failed: \(String(cString: strerror(errno)))")
-                }
-                if n == 0 { break }
-                done += n
-            }
-        }
-        if done < count { out.removeSubrange(done...) }
-        return out
-    }
 
     private struct Indexed {
         var frames: [FrameIndexEntry]
@@ -168,11 +143,11 @@ public final class TraceReader: @unchecked Sendable {
     }
 
     /// Reads trailer and index; nil when the file has no trailer (cut short).
-    private static func readIndex(fd: Int32, size: UInt64, dataStart: UInt64) throws -> Indexed? {
+    private static func readIndex(src: ByteSource, size: UInt64, dataStart: UInt64) throws -> Indexed? {
         let tsize = UInt64(TraceFormat.trailerSize)
         guard size >= dataStart + tsize else { return nil }
         let toff = size - tsize
-        let t = try pread(fd, toff, TraceFormat.trailerSize)
+        let t = try src.read(toff, TraceFormat.trailerSize)
         guard t.count == TraceFormat.trailerSize, Array(t[24..<32]) == TraceFormat.trailerMagic else { return nil }
         let crc = CRC32C.checksum(t[0..<20])
         guard crc == t.le32(20) else {
@@ -184,7 +159,7 @@ public final class TraceReader: @unchecked Sendable {
         guard indexOffset >= dataStart, indexOffset + UInt64(TraceFormat.indexHeaderSize) <= toff else {
             throw TraceError.corrupted(offset: toff, what: "trailer points at index offset \(indexOffset), outside \(dataStart)..<\(toff)")
         }
-        let ih = try pread(fd, indexOffset, TraceFormat.indexHeaderSize)
+        let ih = try src.read(indexOffset, TraceFormat.indexHeaderSize)
         guard Array(ih[0..<4]) == TraceFormat.indexMagic else {
             throw TraceError.corrupted(offset: indexOffset, what: "expected the index (magic \"ESIX\"), found \(hexPreview(ih[0..<4]))")
         }
@@ -193,7 +168,7 @@ public final class TraceReader: @unchecked Sendable {
         guard len <= UInt64(TraceFormat.maxIndexBytes), pstart + len <= toff else {
             throw TraceError.corrupted(offset: indexOffset + 4, what: "index length \(len) runs past the trailer at \(toff)")
         }
-        let payload = try pread(fd, pstart, Int(len))
+        let payload = try src.read(pstart, Int(len))
         let pcrc = CRC32C.checksum(payload)
         guard pcrc == ih.le32(8) else {
             throw TraceError.corrupted(offset: indexOffset, what: "index checksum mismatch (stored 0x\(String(ih.le32(8), radix: 16)), computed 0x\(String(pcrc, radix: 16)))")
@@ -234,24 +209,24 @@ public final class TraceReader: @unchecked Sendable {
 
     /// Walks the frames of a file without a trailer: each must have the frame magic, fit in the
     /// file and match its checksum. Stops at the first one that does not.
-    private static func scan(fd: Int32, size: UInt64, dataStart: UInt64) throws -> (frames: [FrameIndexEntry], end: UInt64, reason: String) {
+    private static func scan(src: ByteSource, size: UInt64, dataStart: UInt64) throws -> (frames: [FrameIndexEntry], end: UInt64, reason: String) {
         var frames: [FrameIndexEntry] = []
         var off = dataStart
         let hsize = UInt64(TraceFormat.frameHeaderSize)
         while off < size {
             if size - off < hsize {
-                let head = try pread(fd, off, Int(size - off))
+                let head = try src.read(off, Int(size - off))
                 if head.count >= 4 && Array(head[0..<4]) != TraceFormat.frameMagic && Array(head[0..<4]) != TraceFormat.indexMagic {
                     throw TraceError.corrupted(offset: off, what: "expected a frame (magic \"ESFR\"), found \(hexPreview(head[0..<4]))")
                 }
                 return (frames, off, "file ends inside a frame header")
             }
-            let h = try pread(fd, off, Int(hsize))
+            let h = try src.read(off, Int(hsize))
             if Array(h[0..<4]) == TraceFormat.indexMagic { return (frames, off, "index present but the trailer is missing") }
             let info = try FrameInfo.parse(h, offset: off)
             let end = off + info.fileSize
             if end > size { return (frames, off, "file ends inside the frame at offset \(off)") }
-            let payload = try pread(fd, off + hsize, Int(info.compressedSize))
+            let payload = try src.read(off + hsize, Int(info.compressedSize))
             let crc = payload.withUnsafeBytes { FrameInfo.checksum(header: h, payload: $0) }
             if crc != info.checksum {
                 if end == size { return (frames, off, "last frame incomplete (checksum mismatch)") }
@@ -271,7 +246,7 @@ public final class TraceReader: @unchecked Sendable {
         guard frames.indices.contains(i) else { throw TraceError.notFound("frame \(i) does not exist (the trace has \(frames.count))") }
         let e = frames[i]
         let hsize = TraceFormat.frameHeaderSize
-        let h = try TraceReader.pread(fd, e.offset, hsize)
+        let h = try src.read(e.offset, hsize)
         guard h.count == hsize else { throw TraceError.truncated(offset: e.offset, what: "frame header cut short") }
         let info = try FrameInfo.parse(h, offset: e.offset)
         guard info.vcpu == e.vcpu, info.firstSeq == e.firstSeq, info.recordCount == e.recordCount, info.lastSeq == e.lastSeq,
@@ -281,7 +256,7 @@ public final class TraceReader: @unchecked Sendable {
         guard e.offset + info.fileSize <= dataEnd else {
             throw TraceError.corrupted(offset: e.offset, what: "frame of \(info.compressedSize) bytes runs past the frame area's end at \(dataEnd)")
         }
-        let payload = try TraceReader.pread(fd, e.offset + UInt64(hsize), Int(info.compressedSize))
+        let payload = try src.read(e.offset + UInt64(hsize), Int(info.compressedSize))
         guard payload.count == Int(info.compressedSize) else { throw TraceError.truncated(offset: e.offset, what: "frame payload cut short") }
         return try payload.withUnsafeBytes { p in
             let crc = FrameInfo.checksum(header: h, payload: p)
@@ -367,5 +342,66 @@ public struct RecordIterator {
             active.remove(at: best)
         }
         return r
+    }
+}
+
+/// Where a reader's bytes come from: a file read with pread (thread-safe, nothing held in
+/// memory) or an array.
+final class ByteSource: @unchecked Sendable {
+    private let fd: Int32
+    private let bytes: [UInt8]?
+    let size: UInt64
+    let path: String
+
+    init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw TraceError.io(path: path, message: "cannot open: \(String(cString: strerror(errno)))") }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = String(cString: strerror(errno))
+            close(fd)
+            throw TraceError.io(path: path, message: "cannot stat: \(e)")
+        }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            close(fd)
+            throw TraceError.io(path: path, message: "is a directory, not a trace file")
+        }
+        self.fd = fd
+        bytes = nil
+        size = UInt64(st.st_size)
+    }
+
+    init(bytes: [UInt8]) {
+        fd = -1
+        self.bytes = bytes
+        size = UInt64(bytes.count)
+        path = "<memory>"
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    /// Up to `count` bytes at `offset` (fewer at the end of the data).
+    func read(_ offset: UInt64, _ count: Int) throws -> [UInt8] {
+        if let b = bytes {
+            guard offset < UInt64(b.count) else { return [] }
+            let start = Int(offset)
+            return Array(b[start..<min(b.count, start + count)])
+        }
+        var out = [UInt8](repeating: 0, count: count)
+        var done = 0
+        try out.withUnsafeMutableBytes { p in
+            while done < count {
+                let n = Glibc.pread(fd, p.baseAddress! + done, count - done, off_t(offset) + off_t(done))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw TraceError.io(path: path, message: "read at offset \(offset) failed: \(String(cString: strerror(errno)))")
+                }
+                if n == 0 { break }
+                done += n
+            }
+        }
+        if done < count { out.removeSubrange(done...) }
+        return out
     }
 }

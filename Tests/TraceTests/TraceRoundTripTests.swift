@@ -4,6 +4,21 @@ import X86
 @testable import Trace
 
 final class TraceRoundTripTests: XCTestCase {
+    func testPrimitiveEncodingsMatchTheSpec() {
+        // FORMAT.md's check value, and a continued CRC equals the CRC of the concatenation.
+        XCTAssertEqual(CRC32C.checksum(Array("123456789".utf8)), 0xE306_9283)
+        let a = Array("hello, ".utf8), b = Array("frames".utf8)
+        XCTAssertEqual(CRC32C.checksum(b, continuing: CRC32C.checksum(a)), CRC32C.checksum(a + b))
+        var s = ByteSink()
+        s.varint(300)
+        s.varint(UInt64.max)
+        XCTAssertEqual(s.bytes, [0xAC, 0x02] + Array(repeating: 0xFF, count: 9) + [0x01])
+        XCTAssertEqual(zigzag(-1), 1)
+        XCTAssertEqual(zigzag(1), 2)
+        XCTAssertEqual(unzigzag(zigzag(Int64.min)), Int64.min)
+        XCTAssertEqual(undelta(delta(3, 0xFFFF_FFFF_FFFF_FFFE), 0xFFFF_FFFF_FFFF_FFFE), 3)
+    }
+
     func testEveryKindAndFieldRoundTrips() throws {
         let dir = TempDir()
         let path = dir.file("all.estrace")
