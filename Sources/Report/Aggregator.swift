@@ -154,6 +154,9 @@ public struct Aggregator: Sendable {
     // width doubles.
     var binWidth: UInt64
     var bins: [Bin] = []
+    /// Where interval 0 starts; by default the first record's TSC. Set it before adding records
+    /// when records do not arrive in global time order (one vCPU's frames after another's).
+    public var timelineOrigin: UInt64?
 
     /// Operation names and iteration counts per phase (the microbenchmark view), when known.
     public var phaseNames: [UInt64: String] = [:]
@@ -279,7 +282,8 @@ public struct Aggregator: Sendable {
     }
 
     private mutating func addToTimeline(_ tsc: UInt64, _ body: (inout Bin) -> Void) {
-        let origin = firstTSC == .max ? tsc : firstTSC
+        if timelineOrigin == nil { timelineOrigin = tsc }
+        let origin = timelineOrigin ?? tsc
         let offset = tsc >= origin ? tsc - origin : 0
         var i = offset / binWidth
         while i >= UInt64(limits.timelineBins) {

@@ -140,7 +140,7 @@ public final class ExitDatabase {
     @discardableResult
     public func ingest(header h: TraceHeader, name: String, tracePath: String, replace: Bool = false,
                        feed: ((TraceRecord) throws -> Void) throws -> Void) throws -> Int64 {
-        let symbols = SymbolTable(h.symbols.map { ($0.address, $0.size, $0.name) })
+        let symbols = SymbolTable(h.symbols)
         let hz = h.tscHz
         func ns(_ c: UInt64?) -> Int64? {
             guard let c, hz > 0 else { return nil }
@@ -221,7 +221,7 @@ public final class ExitDatabase {
                         r.exitCode == .none ? nil : Self.int(r.exitCode.rawValue),
                         hasExit ? Self.int(r.exitInfo1) : nil, hasExit ? Self.int(r.exitInfo2) : nil,
                         Self.int(rip), Self.int(r.instructionStart), Disassembly.hexBytes(r.instructionBytes), text,
-                        symbols.name(for: rip), String(describing: r.visibility), Self.int(r.group), Int64(r.fragment),
+                        symbols.describe(rip), String(describing: r.visibility), Self.int(r.group), Int64(r.fragment),
                         port, gpa, msr, dir, size, count, data,
                         Self.int(r.tscExit), Self.int(r.tscEntry), ns(vmm), ns(guest),
                         phases.current(r.vcpu).map(Self.int), Self.int(r.code), r.note,

@@ -12,7 +12,7 @@ public enum Export {
         var paths: [String] = []
         for v in views {
             // A key only sorts the views that have that column; the others keep their order.
-            let t = try report.table(v, key: key.flatMap { k in hasKey(report, v, k) ? k : nil }, top: top)
+            let t = try report.table(v, key: key.flatMap { Report.accepts(key: $0, view: v) ? $0 : nil }, top: top)
             let path = (directory as NSString).appendingPathComponent(v.rawValue + ".csv")
             guard fm.createFile(atPath: path, contents: Data(t.renderCSV().utf8)) else {
                 throw ReportError.badArgument("cannot write \(path)")
@@ -22,15 +22,13 @@ public enum Export {
         return paths
     }
 
-    static func hasKey(_ r: Report, _ v: View, _ k: String) -> Bool {
-        let cols = Report.columns[v] ?? []
-        return cols.contains(k) || keyAliases[k].map(cols.contains) == true
-    }
-
     /// {"header": {...}, "views": {name: table}} for the given views.
     public static func json(_ report: Report, views: [View], key: String? = nil, top: Int? = nil) throws(ReportError) -> String {
         var out: [String: Any] = [:]
-        for v in views { out[v.rawValue] = try report.table(v, key: key, top: top).jsonObject() }
+        for v in views {
+            let k = key.flatMap { Report.accepts(key: $0, view: v) ? $0 : nil }
+            out[v.rawValue] = try report.table(v, key: k, top: top).jsonObject()
+        }
         let h = report.aggregate.header
         let header: [String: Any] = [
             "format_version": Int(h.formatVersion), "tsc_hz": h.tscHz, "host_cpu": h.hostCPU, "kernel": h.kernel,

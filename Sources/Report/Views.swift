@@ -42,7 +42,7 @@ public struct Report: Sendable {
 
     public init(_ aggregate: Aggregator) {
         self.aggregate = aggregate
-        symbols = SymbolTable(aggregate.header.symbols.map { ($0.address, $0.size, $0.name) })
+        symbols = SymbolTable(aggregate.header.symbols)
     }
 
     var hz: UInt64 { aggregate.header.tscHz }
@@ -263,7 +263,7 @@ public struct Report: Sendable {
         if a.rips.otherUsed { total.merge(a.rips.other.stats) }
         var rows: [[Cell]] = a.rips.entries.sorted { $0.key < $1.key }.map { rip, info in
             let d = Disassembly.decode(info.bytes, bits: info.bits, rip: rip)
-            return [.text(hex(rip)), .text(symbols.name(for: rip) ?? ""), .text(info.reason),
+            return [.text(hex(rip)), .text(symbols.describe(rip) ?? ""), .text(info.reason),
                     .text(d?.intel ?? ""), .text(Disassembly.hexBytes(info.bytes))]
                 + statCells(info.stats, of: total, percentiles: false)
         }
@@ -369,4 +369,14 @@ extension Table {
         if var tot = totals, i < tot.count { tot.remove(at: i); t.totals = tot }
         return t
     }
+}
+
+extension Report {
+    /// The keys `--key` accepts for a view: its columns and perf's aliases of them.
+    public static func validKeys(_ v: View) -> [String] {
+        let cols = columns[v] ?? []
+        return cols + keyAliases.filter { cols.contains($0.value) }.keys.sorted()
+    }
+
+    public static func accepts(key: String, view v: View) -> Bool { validKeys(v).contains(key) }
 }

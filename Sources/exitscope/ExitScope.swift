@@ -10,6 +10,8 @@ struct ExitScope: ParsableCommand {
         subcommands: [
             RunCommand.self,
             DecodeCommand.self,
+            ReportCommand.self,
+            IngestCommand.self,
         ]
     )
 }
