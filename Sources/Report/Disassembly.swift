@@ -13,7 +13,9 @@ public enum Disassembly {
     /// Nil when the bytes do not decode (or there are none): the report then shows the bytes.
     public static func decode(_ bytes: [UInt8], bits: Int, rip: UInt64) -> Text? {
         guard !bytes.isEmpty else { return nil }
-        return nil
+        let mode: DecoderMode = bits == 64 ? .bits64 : (bits == 32 ? .bits32 : .bits16)
+        guard case .success(let i) = X86Emulator.decode(bytes: bytes, mode: mode) else { return nil }
+        return Text(mnemonic: i.mnemonic.name, intel: i.text(address: rip))
     }
 
     public static func hexBytes<C: Collection>(_ b: C) -> String where C.Element == UInt8 {

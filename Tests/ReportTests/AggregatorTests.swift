@@ -367,3 +367,21 @@ final class AggregatorTests: XCTestCase {
         XCTAssertEqual(row["guest_ns"], .uint(90))
     }
 }
+
+final class DisassemblyTests: XCTestCase {
+    func testHotRIPsAndCompletionsShowTheDecodedInstruction() throws {
+        var long = CPUState()
+        long.cr0 |= CR0.pe
+        long.efer |= EFER.lma
+        long.cs.attributes |= 0x200   // L
+        let r = Make.aggregate([
+            Make.out(port: 0x3F8, seq: 0, exit: 100, entry: 150),
+            TraceRecord(kind: .completion, seq: 1, instructionStart: 0x3000,
+                        instructionBytes: [0xF0, 0x48, 0x0F, 0xC7, 0x0E], state: long, tscExit: 200, tscEntry: 300),
+        ])
+        XCTAssertEqual(try r.table(.rip).row("0x1010")?["instruction"], .text("out dx, al"))
+        let c = try r.table(.completion)
+        XCTAssertEqual(c.rows.first?.first, .text("cmpxchg16b"))   // decoded in 64-bit mode from the state
+        XCTAssertEqual(c.sum("samples"), 1)
+    }
+}
