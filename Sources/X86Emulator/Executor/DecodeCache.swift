@@ -1,0 +1,68 @@
+import X86
+
+/// Decoded instructions keyed by the physical address of their first byte and the decoding
+/// mode (direct-mapped). Only instructions that lie within one page are cached. A write to a
+/// page that holds cached code drops the entries the written bytes could overlap, so
+/// self-modifying code sees its new bytes.
+final class DecodeCache {
+    static let size = 8192
+    static let pageBits = 1 << 16
+    let tag: UnsafeMutablePointer<UInt64>
+    let insn: UnsafeMutablePointer<Instruction>
+    /// Per physical page (hashed): 1 when some entry may come from it.
+    let codePages: UnsafeMutablePointer<UInt8>
+    var enabled = true
+
+    init() {
+        tag = .allocate(capacity: DecodeCache.size)
+        tag.initialize(repeating: 0, count: DecodeCache.size)
+        insn = .allocate(capacity: DecodeCache.size)
+        codePages = .allocate(capacity: DecodeCache.pageBits)
+        codePages.initialize(repeating: 0, count: DecodeCache.pageBits)
+    }
+
+    deinit {
+        for i in 0..<DecodeCache.size where tag[i] != 0 { (insn + i).deinitialize(count: 1) }
+        tag.deallocate()
+        insn.deallocate()
+        codePages.deallocate()
+    }
+
+    @inline(__always) static func key(_ pa: UInt64, _ mode: Int) -> UInt64 { (pa << 7 | UInt64(mode)) &+ 1 }
+    @inline(__always) static func index(_ pa: UInt64) -> Int { Int(pa & UInt64(size - 1)) }
+
+    @inline(__always) func lookup(_ pa: UInt64, _ mode: Int) -> Instruction? {
+        let i = DecodeCache.index(pa)
+        return tag[i] == DecodeCache.key(pa, mode) ? insn[i] : nil
+    }
+
+    func insert(_ pa: UInt64, _ mode: Int, _ x: Instruction) {
+        guard enabled else { return }
+        let i = DecodeCache.index(pa)
+        if tag[i] == 0 { (insn + i).initialize(to: x) } else { insn[i] = x }
+        tag[i] = DecodeCache.key(pa, mode)
+        codePages[Int((pa >> 12) & UInt64(DecodeCache.pageBits - 1))] = 1
+    }
+
+    /// Drops entries whose instruction could overlap [pa, pa + count).
+    func invalidate(_ pa: UInt64, _ count: Int) {
+        let start = pa >= 14 ? pa - 14 : 0
+        var a = start
+        while a < pa &+ UInt64(count) {
+            let i = DecodeCache.index(a)
+            if tag[i] > 1 && (tag[i] &- 1) >> 7 == a { markEmpty(i) }
+            a += 1
+        }
+    }
+
+    @inline(__always) private func markEmpty(_ i: Int) {
+        // Keep the slot initialised (tag 1 never matches a real key: pa<<7|mode+1 >= 1 only for
+        // pa 0 mode 0, which lookups of mode 0 never use since modes are 16/32/64).
+        tag[i] = 1
+    }
+
+    func flushAll() {
+        for i in 0..<DecodeCache.size where tag[i] != 0 { tag[i] = 1 }
+        codePages.update(repeating: 0, count: DecodeCache.pageBits)
+    }
+}

@@ -1,0 +1,218 @@
+import X86
+
+/// The x86 executor: one virtual processor with a fast register file, stepping through guest
+/// code in every mode. Memory, ports, CPUID, MSRs and the TSC come from protocols; the state
+/// goes in and out as `CPUState` (the project's one state schema).
+///
+/// The hot state (general-purpose registers, RIP, flags, segment registers, vector registers)
+/// lives in unsafe buffers and plain stored properties; everything else sits in `sys`, a
+/// `CPUState` whose hot fields are ignored until `state` is read.
+public final class X86Executor {
+    // MARK: environment
+    public let memory: GuestMemory
+    public var ports: IOPorts?
+    public var cpuidSource: CPUIDSource?
+    public var msrBus: MSRBus?
+    public var tsc: TimeStampCounter?
+    /// Deliver exceptions through the IVT/IDT (true) or return them with the state unchanged (false).
+    public var deliverExceptions = false
+    /// Features the executor implements only when CPUID reports them (BMI1, BMI2, MOVBE...);
+    /// read from `cpuidSource` when it is set, else everything is enabled.
+    public var features: Features = .all
+    /// Port and MSR accesses, in order, for callers that compare them (replay, `exec`);
+    /// appended only by I/O and MSR instructions, cleared by the caller.
+    public var accessLog: [AccessEvent] = []
+    /// The vendor whose behaviour the executor follows where AMD and Intel differ.
+    public var vendor: CPUVendor = .amd
+    /// XCR0 (XGETBV/XSETBV).
+    public var xcr0: UInt64 = 1
+    /// Instructions retired by `step`/`run`.
+    public private(set) var retired: UInt64 = 0
+
+    // MARK: hot register file
+    @usableFromInline let gpr: UnsafeMutablePointer<UInt64>
+    @usableFromInline let seg: UnsafeMutablePointer<Segment>
+    /// 16 vector registers of 256 bits (4 quadwords each): XMM in the low half.
+    @usableFromInline let vreg: UnsafeMutablePointer<UInt64>
+    @usableFromInline var rip: UInt64 = 0
+    /// RFLAGS with the six status flags valid only when `lazyOp == .none`.
+    @usableFromInline var flagsRest: UInt64 = 2
+    @usableFromInline var lazy = LazyFlags()
+    @usableFromInline var mode: CPUMode = .real
+    public var mxcsr: UInt32 = 0x1F80
+    /// DR0-DR3 (not part of the state schema).
+    public var dr0to3: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    /// Everything not in the hot file: system registers, MSRs, CPL.
+    @usableFromInline var sys = CPUState()
+    /// Interrupt shadow after MOV SS/POP SS/STI (one instruction).
+    public internal(set) var interruptShadow = false
+
+    // Per-instruction scratch
+    @usableFromInline var insnStart: UInt64 = 0
+    @usableFromInline var nextRIP: UInt64 = 0
+    /// What the current instruction ends with when it completes (HLT, VMMCALL set it).
+    var outcome: StepResult = .ok
+
+    let tlb: TLB
+    let cache: DecodeCache
+
+    public init(state: CPUState, memory: GuestMemory, ports: IOPorts? = nil, cpuid: CPUIDSource? = nil,
+                msrs: MSRBus? = nil, tsc: TimeStampCounter? = nil) {
+        self.ports = ports
+        self.cpuidSource = cpuid
+        self.msrBus = msrs
+        self.tsc = tsc
+        self.memory = memory
+        gpr = .allocate(capacity: 16)
+        gpr.initialize(repeating: 0, count: 16)
+        seg = .allocate(capacity: 6)
+        seg.initialize(repeating: Segment(), count: 6)
+        vreg = .allocate(capacity: 64)
+        vreg.initialize(repeating: 0, count: 64)
+        tlb = TLB()
+        cache = DecodeCache()
+        self.state = state
+        if let c = cpuid, let f = Features.from(c) { features = f }
+    }
+
+    deinit {
+        gpr.deallocate()
+        seg.deallocate()
+        vreg.deallocate()
+    }
+
+    /// The architectural state in the project's schema.
+    public var state: CPUState {
+        get {
+            var s = sys
+            for i in 0..<16 { s.setGPR(i, gpr[i]) }
+            s.rip = rip
+            s.rflags = rflags
+            s.es = seg[0]; s.cs = seg[1]; s.ss = seg[2]; s.ds = seg[3]; s.fs = seg[4]; s.gs = seg[5]
+            return s
+        }
+        set {
+            sys = newValue
+            for i in 0..<16 { gpr[i] = newValue.gpr(i) }
+            rip = newValue.rip
+            rflags = newValue.rflags
+            seg[0] = newValue.es; seg[1] = newValue.cs; seg[2] = newValue.ss
+            seg[3] = newValue.ds; seg[4] = newValue.fs; seg[5] = newValue.gs
+            updateMode()
+            tlb.flushAll()
+            cache.flushAll()
+        }
+    }
+
+    /// XMM/YMM register `n` as four little-endian quadwords.
+    public func vectorRegister(_ n: Int) -> (UInt64, UInt64, UInt64, UInt64) {
+        let p = vreg + (n & 15) * 4
+        return (p[0], p[1], p[2], p[3])
+    }
+    public func setVectorRegister(_ n: Int, _ v: (UInt64, UInt64, UInt64, UInt64)) {
+        let p = vreg + (n & 15) * 4
+        p[0] = v.0; p[1] = v.1; p[2] = v.2; p[3] = v.3
+    }
+
+    public var currentMode: CPUMode { mode }
+    public var cpl: UInt8 { sys.cpl }
+
+    @inline(__always) func updateMode() {
+        let cs = seg[1]
+        if sys.cr0 & CR0.pe == 0 { mode = .real }
+        else if sys.efer & EFER.lma != 0 && cs.long { mode = .long64 }
+        else if flagsRest & RFLAGS.vm != 0 && sys.efer & EFER.lma == 0 { mode = .virtual8086 }
+        else if sys.efer & EFER.lma != 0 { mode = cs.defaultBig ? .compat32 : .compat16 }
+        else { mode = cs.defaultBig ? .protected32 : .protected16 }
+        if mode == .real { sys.cpl = 0 } else if mode == .virtual8086 { sys.cpl = 3 }
+    }
+
+    /// Called when paging-relevant state changes (CR0, CR3, CR4, EFER): drop cached translations.
+    func pagingChanged() {
+        tlb.flushAll()
+        cache.flushAll()
+    }
+
+    // MARK: stepping
+
+    /// Executes one instruction.
+    public func step() -> StepResult {
+        insnStart = rip
+        let r = executeOne()
+        switch r {
+        case .ok, .halted, .hypercall:
+            retired &+= 1
+            return r
+        case .exception(let e, _):
+            if deliverExceptions {
+                return deliver(exception: e)
+            }
+            return r
+        default:
+            return r
+        }
+    }
+
+    /// Runs until `count` instructions retired or something other than `.ok` happens.
+    public func run(count: Int) -> (executed: Int, last: StepResult) {
+        var n = 0
+        while n < count {
+            let r = step()
+            if r != .ok {
+                if case .exception(_, true) = r { n += 1; continue }
+                return (n + ((r == .halted || r == .hypercall) ? 1 : 0), r)
+            }
+            n += 1
+        }
+        return (n, .ok)
+    }
+}
+
+/// One port or MSR access in `X86Executor.accessLog`.
+public enum AccessEvent: Equatable, Sendable {
+    case port(PortAccess)
+    case msrRead(index: UInt32, value: UInt64)
+    case msrWrite(index: UInt32, value: UInt64)
+}
+
+/// CPUID-gated features the executor checks before running an instruction.
+public struct Features: OptionSet, Sendable {
+    public var rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let bmi1 = Features(rawValue: 1 << 0)
+    public static let bmi2 = Features(rawValue: 1 << 1)
+    public static let lzcnt = Features(rawValue: 1 << 2)
+    public static let popcnt = Features(rawValue: 1 << 3)
+    public static let movbe = Features(rawValue: 1 << 4)
+    public static let cmpxchg16b = Features(rawValue: 1 << 5)
+    public static let rdtscp = Features(rawValue: 1 << 6)
+    public static let avx = Features(rawValue: 1 << 7)
+    public static let fsgsbase = Features(rawValue: 1 << 8)
+    public static let all = Features(rawValue: 0xFFFF_FFFF)
+
+    /// The features a CPUID source reports (leaves 1, 7 and 0x80000001); nil when it cannot answer.
+    public static func from(_ c: CPUIDSource) -> Features? {
+        guard let l1 = c.cpuid(leaf: 1, subleaf: 0) else { return nil }
+        var f: Features = []
+        if l1.ecx & (1 << 23) != 0 { f.insert(.popcnt) }
+        if l1.ecx & (1 << 22) != 0 { f.insert(.movbe) }
+        if l1.ecx & (1 << 13) != 0 { f.insert(.cmpxchg16b) }
+        if l1.ecx & (1 << 28) != 0 { f.insert(.avx) }
+        if let l7 = c.cpuid(leaf: 7, subleaf: 0) {
+            if l7.ebx & (1 << 3) != 0 { f.insert(.bmi1) }
+            if l7.ebx & (1 << 8) != 0 { f.insert(.bmi2) }
+            if l7.ebx & 1 != 0 { f.insert(.fsgsbase) }
+        }
+        if let e1 = c.cpuid(leaf: 0x8000_0001, subleaf: 0) {
+            if e1.ecx & (1 << 5) != 0 { f.insert(.lzcnt) }
+            if e1.edx & (1 << 27) != 0 { f.insert(.rdtscp) }
+        }
+        return f
+    }
+}
+
+/// The decoder entry point the executor uses.
+@inline(__always)
+func decodeInstruction(_ bytes: UnsafeRawBufferPointer, mode: DecoderMode, vendor: CPUVendor = .amd) -> DecodeResult {
+    decode(bytes: bytes, mode: mode, vendor: vendor)
+}
