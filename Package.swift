@@ -27,7 +27,8 @@ let package = Package(
         .target(name: "X86", swiftSettings: optimize),
         .target(name: "X86Emulator", dependencies: ["X86"],
                 // the decoder's opcode table and its generator: Tables.generated.swift is built from them
-                exclude: ["Decoder/opcodes.tsv", "Decoder/gen_tables.py", "Decoder/DECODER.md"],
+                exclude: ["Decoder/opcodes.tsv", "Decoder/gen_tables.py", "Decoder/DECODER.md",
+                          "Executor/EXEC.md", "Executor/UNDEFINED_FLAGS.md"],
                 swiftSettings: optimize),
         .target(name: "Trace", dependencies: ["X86", "CZstd"], swiftSettings: optimize),
 

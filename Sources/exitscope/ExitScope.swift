@@ -12,6 +12,7 @@ struct ExitScope: ParsableCommand {
             DecodeCommand.self,
             ReportCommand.self,
             IngestCommand.self,
+            ExecCommand.self,
         ]
     )
 }
