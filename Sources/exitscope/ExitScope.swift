@@ -13,6 +13,7 @@ struct ExitScope: ParsableCommand {
             ReportCommand.self,
             IngestCommand.self,
             ExecCommand.self,
+            ShowCommand.self,
         ]
     )
 }
