@@ -223,6 +223,8 @@ public enum X86Decoder {
             if let e = need(i + 1) { return .failure(e) }
             modrm = u8(i); i += 1
             mod = modrm >> 6; regField = (modrm >> 3) & 7; rmField = modrm & 7
+            // MOV to/from CRn/DRn ignore ModRM.mod: the r/m operand is always a register.
+            if map == 1 && op & 0xFC == 0x20 { mod = 3 }
             if mod != 3 {
                 if asize == 16 {
                     switch rmField {
@@ -319,7 +321,7 @@ public enum X86Decoder {
         let rexR: UInt8 = (rex & 4) << 1
         let rexB: UInt8 = (rex & 1) << 3
         var imm: Int64 = 0, immSize: UInt8 = 0, imm2: Int64 = 0, imm2Size: UInt8 = 0
-        let opCount = Int(ops >> 62)
+        let opCount = Int(attrs >> 13)
         var out: (Operand, Operand, Operand, Operand) = (.none, .none, .none, .none)
 
         @inline(__always) func sizeBytes(_ code: UInt8) -> Int {
@@ -566,7 +568,7 @@ public enum X86Decoder {
         // LOCK is #UD unless the form allows it and its destination is memory.
         if pfx.contains(.lock) {
             let ok = (attrs & FormAttr.lock != 0 && mod != 3)
-                || (kindOf(ops, 0) == OperandKind.C.rawValue || kindOf(ops, 1) == OperandKind.C.rawValue)
+                || (opCount == 2 && (kindOf(ops, 0) == OperandKind.C.rawValue || kindOf(ops, 1) == OperandKind.C.rawValue))
             if !ok { return .failure(.invalid) }
         }
 
@@ -581,6 +583,6 @@ public enum X86Decoder {
     }
 
     @inline(__always) static func kindOf(_ ops: UInt64, _ j: Int) -> UInt8 {
-        Int(ops >> 62) > j ? UInt8(truncatingIfNeeded: ops >> (16 * UInt64(j) + 8)) : 0xFF
+        UInt8(truncatingIfNeeded: ops >> (16 * UInt64(j) + 8))
     }
 }

@@ -54,7 +54,7 @@ extension Instruction {
             if m.ripRelative { s += m.addressSize == 64 ? "rip" : "eip"; first = false }
             if let b = m.base { s += b.name; first = false }
             if let x = m.index {
-                s += (first ? "" : "+") + x.name + "*\(m.scale)"
+                s += (first ? "" : "+") + x.name + (m.addressSize == 16 ? "" : "*\(m.scale)")
                 first = false
             }
             if m.displacement != 0 || first {

@@ -11,384 +11,1159 @@ public enum Mnemonic: UInt16, Sendable, CaseIterable {
     case adc = 5
     case adcx = 6
     case add = 7
-    case adox = 8
-    case and = 9
-    case arpl = 10
-    case bound = 11
-    case bsf = 12
-    case bsr = 13
-    case bswap = 14
-    case bt = 15
-    case btc = 16
-    case btr = 17
-    case bts = 18
-    case call = 19
-    case cbw = 20
-    case cdq = 21
-    case cdqe = 22
-    case clac = 23
-    case clc = 24
-    case cld = 25
-    case clflush = 26
-    case clflushopt = 27
-    case clgi = 28
-    case cli = 29
-    case clts = 30
-    case clwb = 31
-    case clzero = 32
-    case cmc = 33
-    case cmova = 34
-    case cmovae = 35
-    case cmovb = 36
-    case cmovbe = 37
-    case cmove = 38
-    case cmovg = 39
-    case cmovge = 40
-    case cmovl = 41
-    case cmovle = 42
-    case cmovne = 43
-    case cmovno = 44
-    case cmovnp = 45
-    case cmovns = 46
-    case cmovo = 47
-    case cmovp = 48
-    case cmovs = 49
-    case cmp = 50
-    case cmps = 51
-    case cmpxchg = 52
-    case cmpxchg16b = 53
-    case cmpxchg8b = 54
-    case cpuid = 55
-    case cqo = 56
-    case crc32 = 57
-    case cwd = 58
-    case cwde = 59
-    case daa = 60
-    case das = 61
-    case dec = 62
-    case div = 63
-    case encls = 64
-    case enclu = 65
-    case enclv = 66
-    case endbr32 = 67
-    case endbr64 = 68
-    case enqcmd = 69
-    case enter = 70
-    case f2xm1 = 71
-    case fabs = 72
-    case fadd = 73
-    case faddp = 74
-    case fbld = 75
-    case fbstp = 76
-    case fchs = 77
-    case fcmovb = 78
-    case fcmovbe = 79
-    case fcmove = 80
-    case fcmovnb = 81
-    case fcmovnbe = 82
-    case fcmovne = 83
-    case fcmovnu = 84
-    case fcmovu = 85
-    case fcom = 86
-    case fcom2 = 87
-    case fcomi = 88
-    case fcomip = 89
-    case fcomp = 90
-    case fcomp3 = 91
-    case fcomp5 = 92
-    case fcompp = 93
-    case fcos = 94
-    case fdecstp = 95
-    case fdiv = 96
-    case fdivp = 97
-    case fdivr = 98
-    case fdivrp = 99
-    case femms = 100
-    case ffree = 101
-    case ffreep = 102
-    case fiadd = 103
-    case ficom = 104
-    case ficomp = 105
-    case fidiv = 106
-    case fidivr = 107
-    case fild = 108
-    case fimul = 109
-    case fincstp = 110
-    case fist = 111
-    case fistp = 112
-    case fisttp = 113
-    case fisub = 114
-    case fisubr = 115
-    case fld = 116
-    case fld1 = 117
-    case fldcw = 118
-    case fldenv = 119
-    case fldl2e = 120
-    case fldl2t = 121
-    case fldlg2 = 122
-    case fldln2 = 123
-    case fldpi = 124
-    case fldz = 125
-    case fmul = 126
-    case fmulp = 127
-    case fnclex = 128
-    case fndisi = 129
-    case fneni = 130
-    case fninit = 131
-    case fnop = 132
-    case fnsave = 133
-    case fnsetpm = 134
-    case fnstcw = 135
-    case fnstenv = 136
-    case fnstsw = 137
-    case fpatan = 138
-    case fprem = 139
-    case fprem1 = 140
-    case fptan = 141
-    case frndint = 142
-    case frstor = 143
-    case fscale = 144
-    case fsin = 145
-    case fsincos = 146
-    case fsqrt = 147
-    case fst = 148
-    case fstp = 149
-    case fstp8 = 150
-    case fstp9 = 151
-    case fsub = 152
-    case fsubp = 153
-    case fsubr = 154
-    case fsubrp = 155
-    case ftst = 156
-    case fucom = 157
-    case fucomi = 158
-    case fucomip = 159
-    case fucomp = 160
-    case fucompp = 161
-    case fwait = 162
-    case fxam = 163
-    case fxch = 164
-    case fxch4 = 165
-    case fxch7 = 166
-    case fxrstor = 167
-    case fxsave = 168
-    case fxtract = 169
-    case fyl2x = 170
-    case fyl2xp1 = 171
-    case getsec = 172
-    case hlt = 173
-    case idiv = 174
-    case imul = 175
-    case `in` = 176
-    case inc = 177
-    case incsspd = 178
-    case incsspq = 179
-    case ins = 180
-    case int = 181
-    case int1 = 182
-    case int3 = 183
-    case into = 184
-    case invd = 185
-    case invept = 186
-    case invlpg = 187
-    case invlpga = 188
-    case invpcid = 189
-    case invvpid = 190
-    case iret = 191
-    case iretd = 192
-    case iretq = 193
-    case ja = 194
-    case jae = 195
-    case jb = 196
-    case jbe = 197
-    case jcxz = 198
-    case je = 199
-    case jecxz = 200
-    case jg = 201
-    case jge = 202
-    case jl = 203
-    case jle = 204
-    case jmp = 205
-    case jne = 206
-    case jno = 207
-    case jnp = 208
-    case jns = 209
-    case jo = 210
-    case jp = 211
-    case jrcxz = 212
-    case js = 213
-    case lahf = 214
-    case lar = 215
-    case ldmxcsr = 216
-    case lds = 217
-    case lea = 218
-    case leave = 219
-    case les = 220
-    case lfence = 221
-    case lfs = 222
-    case lgdt = 223
-    case lgs = 224
-    case lidt = 225
-    case lldt = 226
-    case lmsw = 227
-    case lods = 228
-    case loop = 229
-    case loope = 230
-    case loopne = 231
-    case lsl = 232
-    case lss = 233
-    case ltr = 234
-    case lzcnt = 235
-    case mfence = 236
-    case monitor = 237
-    case monitorx = 238
-    case mov = 239
-    case movbe = 240
-    case movdiri = 241
-    case movs = 242
-    case movsx = 243
-    case movsxd = 244
-    case movzx = 245
-    case mul = 246
-    case mwait = 247
-    case mwaitx = 248
-    case neg = 249
-    case nop = 250
-    case not = 251
-    case or = 252
-    case out = 253
-    case outs = 254
-    case pause = 255
-    case pop = 256
-    case popa = 257
-    case popad = 258
-    case popcnt = 259
-    case popf = 260
-    case popfd = 261
-    case popfq = 262
-    case prefetch = 263
-    case prefetchnta = 264
-    case prefetcht0 = 265
-    case prefetcht1 = 266
-    case prefetcht2 = 267
-    case prefetchw = 268
-    case prefetchwt1 = 269
-    case ptwrite = 270
-    case push = 271
-    case pusha = 272
-    case pushad = 273
-    case pushf = 274
-    case pushfd = 275
-    case pushfq = 276
-    case rcl = 277
-    case rcr = 278
-    case rdfsbase = 279
-    case rdgsbase = 280
-    case rdmsr = 281
-    case rdpid = 282
-    case rdpmc = 283
-    case rdpru = 284
-    case rdrand = 285
-    case rdseed = 286
-    case rdtsc = 287
-    case rdtscp = 288
-    case ret = 289
-    case retf = 290
-    case rol = 291
-    case ror = 292
-    case rsm = 293
-    case sahf = 294
-    case sal = 295
-    case salc = 296
-    case sar = 297
-    case sbb = 298
-    case scas = 299
-    case seta = 300
-    case setae = 301
-    case setb = 302
-    case setbe = 303
-    case sete = 304
-    case setg = 305
-    case setge = 306
-    case setl = 307
-    case setle = 308
-    case setne = 309
-    case setno = 310
-    case setnp = 311
-    case setns = 312
-    case seto = 313
-    case setp = 314
-    case sets = 315
-    case sfence = 316
-    case sgdt = 317
-    case shl = 318
-    case shld = 319
-    case shr = 320
-    case shrd = 321
-    case sidt = 322
-    case skinit = 323
-    case sldt = 324
-    case smsw = 325
-    case stac = 326
-    case stc = 327
-    case std = 328
-    case stgi = 329
-    case sti = 330
-    case stmxcsr = 331
-    case stos = 332
-    case str = 333
-    case sub = 334
-    case swapgs = 335
-    case syscall = 336
-    case sysenter = 337
-    case sysexit = 338
-    case sysexitq = 339
-    case sysret = 340
-    case sysretq = 341
-    case test = 342
-    case tpause = 343
-    case tzcnt = 344
-    case ud0 = 345
-    case ud1 = 346
-    case ud2 = 347
-    case umonitor = 348
-    case umwait = 349
-    case verr = 350
-    case verw = 351
-    case vmcall = 352
-    case vmclear = 353
-    case vmfunc = 354
-    case vmlaunch = 355
-    case vmload = 356
-    case vmmcall = 357
-    case vmptrld = 358
-    case vmptrst = 359
-    case vmresume = 360
-    case vmrun = 361
-    case vmsave = 362
-    case vmxoff = 363
-    case vmxon = 364
-    case wbinvd = 365
-    case wbnoinvd = 366
-    case wrfsbase = 367
-    case wrgsbase = 368
-    case wrmsr = 369
-    case xabort = 370
-    case xadd = 371
-    case xbegin = 372
-    case xchg = 373
-    case xend = 374
-    case xgetbv = 375
-    case xlat = 376
-    case xor = 377
-    case xrstor = 378
-    case xrstors = 379
-    case xsave = 380
-    case xsavec = 381
-    case xsaveopt = 382
-    case xsaves = 383
-    case xsetbv = 384
-    case xtest = 385
+    case addpd = 8
+    case addps = 9
+    case addsd = 10
+    case addss = 11
+    case addsubpd = 12
+    case addsubps = 13
+    case adox = 14
+    case aesdec = 15
+    case aesdeclast = 16
+    case aesenc = 17
+    case aesenclast = 18
+    case aesimc = 19
+    case aeskeygenassist = 20
+    case and = 21
+    case andn = 22
+    case andnpd = 23
+    case andnps = 24
+    case andpd = 25
+    case andps = 26
+    case arpl = 27
+    case bextr = 28
+    case blendpd = 29
+    case blendps = 30
+    case blendvpd = 31
+    case blendvps = 32
+    case blsi = 33
+    case blsmsk = 34
+    case blsr = 35
+    case bound = 36
+    case bsf = 37
+    case bsr = 38
+    case bswap = 39
+    case bt = 40
+    case btc = 41
+    case btr = 42
+    case bts = 43
+    case bzhi = 44
+    case call = 45
+    case cbw = 46
+    case cdq = 47
+    case cdqe = 48
+    case clac = 49
+    case clc = 50
+    case cld = 51
+    case clflush = 52
+    case clflushopt = 53
+    case clgi = 54
+    case cli = 55
+    case clts = 56
+    case clwb = 57
+    case clzero = 58
+    case cmc = 59
+    case cmova = 60
+    case cmovae = 61
+    case cmovb = 62
+    case cmovbe = 63
+    case cmove = 64
+    case cmovg = 65
+    case cmovge = 66
+    case cmovl = 67
+    case cmovle = 68
+    case cmovne = 69
+    case cmovno = 70
+    case cmovnp = 71
+    case cmovns = 72
+    case cmovo = 73
+    case cmovp = 74
+    case cmovs = 75
+    case cmp = 76
+    case cmppd = 77
+    case cmpps = 78
+    case cmps = 79
+    case cmpsd = 80
+    case cmpss = 81
+    case cmpxchg = 82
+    case cmpxchg16b = 83
+    case cmpxchg8b = 84
+    case comisd = 85
+    case comiss = 86
+    case cpuid = 87
+    case cqo = 88
+    case crc32 = 89
+    case cvtdq2pd = 90
+    case cvtdq2ps = 91
+    case cvtpd2dq = 92
+    case cvtpd2pi = 93
+    case cvtpd2ps = 94
+    case cvtpi2pd = 95
+    case cvtpi2ps = 96
+    case cvtps2dq = 97
+    case cvtps2pd = 98
+    case cvtps2pi = 99
+    case cvtsd2si = 100
+    case cvtsd2ss = 101
+    case cvtsi2sd = 102
+    case cvtsi2ss = 103
+    case cvtss2sd = 104
+    case cvtss2si = 105
+    case cvttpd2dq = 106
+    case cvttpd2pi = 107
+    case cvttps2dq = 108
+    case cvttps2pi = 109
+    case cvttsd2si = 110
+    case cvttss2si = 111
+    case cwd = 112
+    case cwde = 113
+    case daa = 114
+    case das = 115
+    case dec = 116
+    case div = 117
+    case divpd = 118
+    case divps = 119
+    case divsd = 120
+    case divss = 121
+    case dppd = 122
+    case dpps = 123
+    case emms = 124
+    case encls = 125
+    case enclu = 126
+    case enclv = 127
+    case endbr32 = 128
+    case endbr64 = 129
+    case enqcmd = 130
+    case enter = 131
+    case extractps = 132
+    case extrq = 133
+    case f2xm1 = 134
+    case fabs = 135
+    case fadd = 136
+    case faddp = 137
+    case fbld = 138
+    case fbstp = 139
+    case fchs = 140
+    case fcmovb = 141
+    case fcmovbe = 142
+    case fcmove = 143
+    case fcmovnb = 144
+    case fcmovnbe = 145
+    case fcmovne = 146
+    case fcmovnu = 147
+    case fcmovu = 148
+    case fcom = 149
+    case fcom2 = 150
+    case fcomi = 151
+    case fcomip = 152
+    case fcomp = 153
+    case fcomp3 = 154
+    case fcomp5 = 155
+    case fcompp = 156
+    case fcos = 157
+    case fdecstp = 158
+    case fdiv = 159
+    case fdivp = 160
+    case fdivr = 161
+    case fdivrp = 162
+    case femms = 163
+    case ffree = 164
+    case ffreep = 165
+    case fiadd = 166
+    case ficom = 167
+    case ficomp = 168
+    case fidiv = 169
+    case fidivr = 170
+    case fild = 171
+    case fimul = 172
+    case fincstp = 173
+    case fist = 174
+    case fistp = 175
+    case fisttp = 176
+    case fisub = 177
+    case fisubr = 178
+    case fld = 179
+    case fld1 = 180
+    case fldcw = 181
+    case fldenv = 182
+    case fldl2e = 183
+    case fldl2t = 184
+    case fldlg2 = 185
+    case fldln2 = 186
+    case fldpi = 187
+    case fldz = 188
+    case fmul = 189
+    case fmulp = 190
+    case fnclex = 191
+    case fndisi = 192
+    case fneni = 193
+    case fninit = 194
+    case fnop = 195
+    case fnsave = 196
+    case fnsetpm = 197
+    case fnstcw = 198
+    case fnstenv = 199
+    case fnstsw = 200
+    case fpatan = 201
+    case fprem = 202
+    case fprem1 = 203
+    case fptan = 204
+    case frndint = 205
+    case frstor = 206
+    case fscale = 207
+    case fsin = 208
+    case fsincos = 209
+    case fsqrt = 210
+    case fst = 211
+    case fstp = 212
+    case fstp1 = 213
+    case fstp8 = 214
+    case fstp9 = 215
+    case fsub = 216
+    case fsubp = 217
+    case fsubr = 218
+    case fsubrp = 219
+    case ftst = 220
+    case fucom = 221
+    case fucomi = 222
+    case fucomip = 223
+    case fucomp = 224
+    case fucompp = 225
+    case fwait = 226
+    case fxam = 227
+    case fxch = 228
+    case fxch4 = 229
+    case fxch7 = 230
+    case fxrstor = 231
+    case fxsave = 232
+    case fxtract = 233
+    case fyl2x = 234
+    case fyl2xp1 = 235
+    case getsec = 236
+    case haddpd = 237
+    case haddps = 238
+    case hlt = 239
+    case hsubpd = 240
+    case hsubps = 241
+    case idiv = 242
+    case imul = 243
+    case `in` = 244
+    case inc = 245
+    case incsspd = 246
+    case incsspq = 247
+    case ins = 248
+    case insertps = 249
+    case insertq = 250
+    case int = 251
+    case int1 = 252
+    case int3 = 253
+    case into = 254
+    case invd = 255
+    case invept = 256
+    case invlpg = 257
+    case invlpga = 258
+    case invpcid = 259
+    case invvpid = 260
+    case iret = 261
+    case iretd = 262
+    case iretq = 263
+    case ja = 264
+    case jae = 265
+    case jb = 266
+    case jbe = 267
+    case jcxz = 268
+    case je = 269
+    case jecxz = 270
+    case jg = 271
+    case jge = 272
+    case jl = 273
+    case jle = 274
+    case jmp = 275
+    case jne = 276
+    case jno = 277
+    case jnp = 278
+    case jns = 279
+    case jo = 280
+    case jp = 281
+    case jrcxz = 282
+    case js = 283
+    case kandb = 284
+    case kandd = 285
+    case kandnb = 286
+    case kandnd = 287
+    case kandnq = 288
+    case kandnw = 289
+    case kandq = 290
+    case kandw = 291
+    case kmovb = 292
+    case kmovd = 293
+    case kmovq = 294
+    case kmovw = 295
+    case knotb = 296
+    case knotd = 297
+    case knotq = 298
+    case knotw = 299
+    case korb = 300
+    case kord = 301
+    case korq = 302
+    case kortestb = 303
+    case kortestd = 304
+    case kortestq = 305
+    case kortestw = 306
+    case korw = 307
+    case kshiftlb = 308
+    case kshiftld = 309
+    case kshiftlq = 310
+    case kshiftlw = 311
+    case kshiftrb = 312
+    case kshiftrd = 313
+    case kshiftrq = 314
+    case kshiftrw = 315
+    case ktestb = 316
+    case ktestd = 317
+    case ktestq = 318
+    case ktestw = 319
+    case kunpckbw = 320
+    case kunpckdq = 321
+    case kunpckwd = 322
+    case kxnorb = 323
+    case kxnord = 324
+    case kxnorq = 325
+    case kxnorw = 326
+    case kxorb = 327
+    case kxord = 328
+    case kxorq = 329
+    case kxorw = 330
+    case lahf = 331
+    case lar = 332
+    case lddqu = 333
+    case ldmxcsr = 334
+    case lds = 335
+    case lea = 336
+    case leave = 337
+    case les = 338
+    case lfence = 339
+    case lfs = 340
+    case lgdt = 341
+    case lgs = 342
+    case lidt = 343
+    case lldt = 344
+    case lmsw = 345
+    case lods = 346
+    case loop = 347
+    case loope = 348
+    case loopne = 349
+    case lsl = 350
+    case lss = 351
+    case ltr = 352
+    case lzcnt = 353
+    case maskmovdqu = 354
+    case maskmovq = 355
+    case maxpd = 356
+    case maxps = 357
+    case maxsd = 358
+    case maxss = 359
+    case mfence = 360
+    case minpd = 361
+    case minps = 362
+    case minsd = 363
+    case minss = 364
+    case monitor = 365
+    case monitorx = 366
+    case mov = 367
+    case movapd = 368
+    case movaps = 369
+    case movbe = 370
+    case movd = 371
+    case movddup = 372
+    case movdiri = 373
+    case movdq2q = 374
+    case movdqa = 375
+    case movdqu = 376
+    case movhlps = 377
+    case movhpd = 378
+    case movhps = 379
+    case movlhps = 380
+    case movlpd = 381
+    case movlps = 382
+    case movmskpd = 383
+    case movmskps = 384
+    case movntdq = 385
+    case movntdqa = 386
+    case movnti = 387
+    case movntpd = 388
+    case movntps = 389
+    case movntq = 390
+    case movq = 391
+    case movq2dq = 392
+    case movs = 393
+    case movsd = 394
+    case movshdup = 395
+    case movsldup = 396
+    case movss = 397
+    case movsx = 398
+    case movsxd = 399
+    case movupd = 400
+    case movups = 401
+    case movzx = 402
+    case mpsadbw = 403
+    case mul = 404
+    case mulpd = 405
+    case mulps = 406
+    case mulsd = 407
+    case mulss = 408
+    case mulx = 409
+    case mwait = 410
+    case mwaitx = 411
+    case neg = 412
+    case nop = 413
+    case not = 414
+    case or = 415
+    case orpd = 416
+    case orps = 417
+    case out = 418
+    case outs = 419
+    case pabsb = 420
+    case pabsd = 421
+    case pabsw = 422
+    case packssdw = 423
+    case packsswb = 424
+    case packusdw = 425
+    case packuswb = 426
+    case paddb = 427
+    case paddd = 428
+    case paddq = 429
+    case paddsb = 430
+    case paddsw = 431
+    case paddusb = 432
+    case paddusw = 433
+    case paddw = 434
+    case palignr = 435
+    case pand = 436
+    case pandn = 437
+    case pause = 438
+    case pavgb = 439
+    case pavgw = 440
+    case pblendvb = 441
+    case pblendw = 442
+    case pclmulqdq = 443
+    case pcmpeqb = 444
+    case pcmpeqd = 445
+    case pcmpeqq = 446
+    case pcmpeqw = 447
+    case pcmpestri = 448
+    case pcmpestrm = 449
+    case pcmpgtb = 450
+    case pcmpgtd = 451
+    case pcmpgtq = 452
+    case pcmpgtw = 453
+    case pcmpistri = 454
+    case pcmpistrm = 455
+    case pdep = 456
+    case pext = 457
+    case pextrb = 458
+    case pextrd = 459
+    case pextrq = 460
+    case pextrw = 461
+    case phaddd = 462
+    case phaddsw = 463
+    case phaddw = 464
+    case phminposuw = 465
+    case phsubd = 466
+    case phsubsw = 467
+    case phsubw = 468
+    case pinsrb = 469
+    case pinsrd = 470
+    case pinsrq = 471
+    case pinsrw = 472
+    case pmaddubsw = 473
+    case pmaddwd = 474
+    case pmaxsb = 475
+    case pmaxsd = 476
+    case pmaxsw = 477
+    case pmaxub = 478
+    case pmaxud = 479
+    case pmaxuw = 480
+    case pminsb = 481
+    case pminsd = 482
+    case pminsw = 483
+    case pminub = 484
+    case pminud = 485
+    case pminuw = 486
+    case pmovmskb = 487
+    case pmovsxbd = 488
+    case pmovsxbq = 489
+    case pmovsxbw = 490
+    case pmovsxdq = 491
+    case pmovsxwd = 492
+    case pmovsxwq = 493
+    case pmovzxbd = 494
+    case pmovzxbq = 495
+    case pmovzxbw = 496
+    case pmovzxdq = 497
+    case pmovzxwd = 498
+    case pmovzxwq = 499
+    case pmuldq = 500
+    case pmulhrsw = 501
+    case pmulhuw = 502
+    case pmulhw = 503
+    case pmulld = 504
+    case pmullw = 505
+    case pmuludq = 506
+    case pop = 507
+    case popa = 508
+    case popad = 509
+    case popcnt = 510
+    case popf = 511
+    case popfd = 512
+    case popfq = 513
+    case por = 514
+    case prefetch = 515
+    case prefetchnta = 516
+    case prefetcht0 = 517
+    case prefetcht1 = 518
+    case prefetcht2 = 519
+    case prefetchw = 520
+    case prefetchwt1 = 521
+    case psadbw = 522
+    case pshufb = 523
+    case pshufd = 524
+    case pshufhw = 525
+    case pshuflw = 526
+    case pshufw = 527
+    case psignb = 528
+    case psignd = 529
+    case psignw = 530
+    case pslld = 531
+    case pslldq = 532
+    case psllq = 533
+    case psllw = 534
+    case psrad = 535
+    case psraw = 536
+    case psrld = 537
+    case psrldq = 538
+    case psrlq = 539
+    case psrlw = 540
+    case psubb = 541
+    case psubd = 542
+    case psubq = 543
+    case psubsb = 544
+    case psubsw = 545
+    case psubusb = 546
+    case psubusw = 547
+    case psubw = 548
+    case ptest = 549
+    case ptwrite = 550
+    case punpckhbw = 551
+    case punpckhdq = 552
+    case punpckhqdq = 553
+    case punpckhwd = 554
+    case punpcklbw = 555
+    case punpckldq = 556
+    case punpcklqdq = 557
+    case punpcklwd = 558
+    case push = 559
+    case pusha = 560
+    case pushad = 561
+    case pushf = 562
+    case pushfd = 563
+    case pushfq = 564
+    case pxor = 565
+    case rcl = 566
+    case rcpps = 567
+    case rcpss = 568
+    case rcr = 569
+    case rdfsbase = 570
+    case rdgsbase = 571
+    case rdmsr = 572
+    case rdpid = 573
+    case rdpmc = 574
+    case rdpru = 575
+    case rdrand = 576
+    case rdseed = 577
+    case rdtsc = 578
+    case rdtscp = 579
+    case ret = 580
+    case retf = 581
+    case rol = 582
+    case ror = 583
+    case rorx = 584
+    case roundpd = 585
+    case roundps = 586
+    case roundsd = 587
+    case roundss = 588
+    case rsm = 589
+    case rsqrtps = 590
+    case rsqrtss = 591
+    case sahf = 592
+    case sal = 593
+    case salc = 594
+    case sar = 595
+    case sarx = 596
+    case sbb = 597
+    case scas = 598
+    case seta = 599
+    case setae = 600
+    case setb = 601
+    case setbe = 602
+    case sete = 603
+    case setg = 604
+    case setge = 605
+    case setl = 606
+    case setle = 607
+    case setne = 608
+    case setno = 609
+    case setnp = 610
+    case setns = 611
+    case seto = 612
+    case setp = 613
+    case sets = 614
+    case sfence = 615
+    case sgdt = 616
+    case sha1msg1 = 617
+    case sha1msg2 = 618
+    case sha1nexte = 619
+    case sha1rnds4 = 620
+    case sha256msg1 = 621
+    case sha256msg2 = 622
+    case sha256rnds2 = 623
+    case shl = 624
+    case shld = 625
+    case shlx = 626
+    case shr = 627
+    case shrd = 628
+    case shrx = 629
+    case shufpd = 630
+    case shufps = 631
+    case sidt = 632
+    case skinit = 633
+    case sldt = 634
+    case smsw = 635
+    case sqrtpd = 636
+    case sqrtps = 637
+    case sqrtsd = 638
+    case sqrtss = 639
+    case stac = 640
+    case stc = 641
+    case std = 642
+    case stgi = 643
+    case sti = 644
+    case stmxcsr = 645
+    case stos = 646
+    case str = 647
+    case sub = 648
+    case subpd = 649
+    case subps = 650
+    case subsd = 651
+    case subss = 652
+    case swapgs = 653
+    case syscall = 654
+    case sysenter = 655
+    case sysexit = 656
+    case sysexitq = 657
+    case sysret = 658
+    case sysretq = 659
+    case test = 660
+    case tpause = 661
+    case tzcnt = 662
+    case ucomisd = 663
+    case ucomiss = 664
+    case ud0 = 665
+    case ud1 = 666
+    case ud2 = 667
+    case umonitor = 668
+    case umwait = 669
+    case unpckhpd = 670
+    case unpckhps = 671
+    case unpcklpd = 672
+    case unpcklps = 673
+    case vaddpd = 674
+    case vaddps = 675
+    case vaddsd = 676
+    case vaddss = 677
+    case vaddsubpd = 678
+    case vaddsubps = 679
+    case vaesdec = 680
+    case vaesdeclast = 681
+    case vaesenc = 682
+    case vaesenclast = 683
+    case vaesimc = 684
+    case vaeskeygenassist = 685
+    case valignd = 686
+    case valignq = 687
+    case vandnpd = 688
+    case vandnps = 689
+    case vandpd = 690
+    case vandps = 691
+    case vblendpd = 692
+    case vblendps = 693
+    case vblendvpd = 694
+    case vblendvps = 695
+    case vbroadcastf128 = 696
+    case vbroadcasti128 = 697
+    case vbroadcastsd = 698
+    case vbroadcastss = 699
+    case vcmppd = 700
+    case vcmpps = 701
+    case vcmpsd = 702
+    case vcmpss = 703
+    case vcomisd = 704
+    case vcomiss = 705
+    case vcompresspd = 706
+    case vcompressps = 707
+    case vcvtdq2pd = 708
+    case vcvtdq2ps = 709
+    case vcvtpd2dq = 710
+    case vcvtpd2ps = 711
+    case vcvtph2ps = 712
+    case vcvtps2dq = 713
+    case vcvtps2pd = 714
+    case vcvtps2ph = 715
+    case vcvtsd2si = 716
+    case vcvtsd2ss = 717
+    case vcvtsi2sd = 718
+    case vcvtsi2ss = 719
+    case vcvtss2sd = 720
+    case vcvtss2si = 721
+    case vcvttpd2dq = 722
+    case vcvttps2dq = 723
+    case vcvttsd2si = 724
+    case vcvttss2si = 725
+    case vdivpd = 726
+    case vdivps = 727
+    case vdivsd = 728
+    case vdivss = 729
+    case vdppd = 730
+    case vdpps = 731
+    case verr = 732
+    case verw = 733
+    case vexpandpd = 734
+    case vexpandps = 735
+    case vextractf128 = 736
+    case vextractf32x4 = 737
+    case vextractf32x8 = 738
+    case vextractf64x2 = 739
+    case vextractf64x4 = 740
+    case vextracti128 = 741
+    case vextracti32x4 = 742
+    case vextracti32x8 = 743
+    case vextracti64x2 = 744
+    case vextracti64x4 = 745
+    case vextractps = 746
+    case vfmadd132pd = 747
+    case vfmadd132ps = 748
+    case vfmadd132sd = 749
+    case vfmadd132ss = 750
+    case vfmadd213pd = 751
+    case vfmadd213ps = 752
+    case vfmadd213sd = 753
+    case vfmadd213ss = 754
+    case vfmadd231pd = 755
+    case vfmadd231ps = 756
+    case vfmadd231sd = 757
+    case vfmadd231ss = 758
+    case vfmaddsub132pd = 759
+    case vfmaddsub132ps = 760
+    case vfmaddsub213pd = 761
+    case vfmaddsub213ps = 762
+    case vfmaddsub231pd = 763
+    case vfmaddsub231ps = 764
+    case vfmsub132pd = 765
+    case vfmsub132ps = 766
+    case vfmsub132sd = 767
+    case vfmsub132ss = 768
+    case vfmsub213pd = 769
+    case vfmsub213ps = 770
+    case vfmsub213sd = 771
+    case vfmsub213ss = 772
+    case vfmsub231pd = 773
+    case vfmsub231ps = 774
+    case vfmsub231sd = 775
+    case vfmsub231ss = 776
+    case vfmsubadd132pd = 777
+    case vfmsubadd132ps = 778
+    case vfmsubadd213pd = 779
+    case vfmsubadd213ps = 780
+    case vfmsubadd231pd = 781
+    case vfmsubadd231ps = 782
+    case vfnmadd132pd = 783
+    case vfnmadd132ps = 784
+    case vfnmadd132sd = 785
+    case vfnmadd132ss = 786
+    case vfnmadd213pd = 787
+    case vfnmadd213ps = 788
+    case vfnmadd213sd = 789
+    case vfnmadd213ss = 790
+    case vfnmadd231pd = 791
+    case vfnmadd231ps = 792
+    case vfnmadd231sd = 793
+    case vfnmadd231ss = 794
+    case vfnmsub132pd = 795
+    case vfnmsub132ps = 796
+    case vfnmsub132sd = 797
+    case vfnmsub132ss = 798
+    case vfnmsub213pd = 799
+    case vfnmsub213ps = 800
+    case vfnmsub213sd = 801
+    case vfnmsub213ss = 802
+    case vfnmsub231pd = 803
+    case vfnmsub231ps = 804
+    case vfnmsub231sd = 805
+    case vfnmsub231ss = 806
+    case vgatherdpd = 807
+    case vgatherdps = 808
+    case vgatherqpd = 809
+    case vgatherqps = 810
+    case vhaddpd = 811
+    case vhaddps = 812
+    case vhsubpd = 813
+    case vhsubps = 814
+    case vinsertf128 = 815
+    case vinsertf32x4 = 816
+    case vinsertf32x8 = 817
+    case vinsertf64x2 = 818
+    case vinsertf64x4 = 819
+    case vinserti128 = 820
+    case vinserti32x4 = 821
+    case vinserti32x8 = 822
+    case vinserti64x2 = 823
+    case vinserti64x4 = 824
+    case vinsertps = 825
+    case vlddqu = 826
+    case vmaskmovdqu = 827
+    case vmaskmovpd = 828
+    case vmaskmovps = 829
+    case vmaxpd = 830
+    case vmaxps = 831
+    case vmaxsd = 832
+    case vmaxss = 833
+    case vmcall = 834
+    case vmclear = 835
+    case vmfunc = 836
+    case vminpd = 837
+    case vminps = 838
+    case vminsd = 839
+    case vminss = 840
+    case vmlaunch = 841
+    case vmload = 842
+    case vmmcall = 843
+    case vmovapd = 844
+    case vmovaps = 845
+    case vmovd = 846
+    case vmovddup = 847
+    case vmovdqa = 848
+    case vmovdqa32 = 849
+    case vmovdqa64 = 850
+    case vmovdqu = 851
+    case vmovdqu16 = 852
+    case vmovdqu32 = 853
+    case vmovdqu64 = 854
+    case vmovdqu8 = 855
+    case vmovhlps = 856
+    case vmovhpd = 857
+    case vmovhps = 858
+    case vmovlhps = 859
+    case vmovlpd = 860
+    case vmovlps = 861
+    case vmovmskpd = 862
+    case vmovmskps = 863
+    case vmovntdq = 864
+    case vmovntdqa = 865
+    case vmovntpd = 866
+    case vmovntps = 867
+    case vmovq = 868
+    case vmovsd = 869
+    case vmovshdup = 870
+    case vmovsldup = 871
+    case vmovss = 872
+    case vmovupd = 873
+    case vmovups = 874
+    case vmpsadbw = 875
+    case vmptrld = 876
+    case vmptrst = 877
+    case vmread = 878
+    case vmresume = 879
+    case vmrun = 880
+    case vmsave = 881
+    case vmulpd = 882
+    case vmulps = 883
+    case vmulsd = 884
+    case vmulss = 885
+    case vmwrite = 886
+    case vmxoff = 887
+    case vmxon = 888
+    case vorpd = 889
+    case vorps = 890
+    case vpabsb = 891
+    case vpabsd = 892
+    case vpabsw = 893
+    case vpackssdw = 894
+    case vpacksswb = 895
+    case vpackusdw = 896
+    case vpackuswb = 897
+    case vpaddb = 898
+    case vpaddd = 899
+    case vpaddq = 900
+    case vpaddsb = 901
+    case vpaddsw = 902
+    case vpaddusb = 903
+    case vpaddusw = 904
+    case vpaddw = 905
+    case vpalignr = 906
+    case vpand = 907
+    case vpandd = 908
+    case vpandn = 909
+    case vpandnd = 910
+    case vpandnq = 911
+    case vpandq = 912
+    case vpavgb = 913
+    case vpavgw = 914
+    case vpblendd = 915
+    case vpblendmb = 916
+    case vpblendmd = 917
+    case vpblendmq = 918
+    case vpblendmw = 919
+    case vpblendvb = 920
+    case vpblendw = 921
+    case vpbroadcastb = 922
+    case vpbroadcastd = 923
+    case vpbroadcastmb2q = 924
+    case vpbroadcastmw2d = 925
+    case vpbroadcastq = 926
+    case vpbroadcastw = 927
+    case vpclmulqdq = 928
+    case vpcmpb = 929
+    case vpcmpd = 930
+    case vpcmpeqb = 931
+    case vpcmpeqd = 932
+    case vpcmpeqq = 933
+    case vpcmpeqw = 934
+    case vpcmpestri = 935
+    case vpcmpestrm = 936
+    case vpcmpgtb = 937
+    case vpcmpgtd = 938
+    case vpcmpgtq = 939
+    case vpcmpgtw = 940
+    case vpcmpistri = 941
+    case vpcmpistrm = 942
+    case vpcmpq = 943
+    case vpcmpub = 944
+    case vpcmpud = 945
+    case vpcmpuq = 946
+    case vpcmpuw = 947
+    case vpcmpw = 948
+    case vpcompressd = 949
+    case vpcompressq = 950
+    case vperm2f128 = 951
+    case vperm2i128 = 952
+    case vpermb = 953
+    case vpermd = 954
+    case vpermi2d = 955
+    case vpermi2q = 956
+    case vpermilpd = 957
+    case vpermilps = 958
+    case vpermpd = 959
+    case vpermps = 960
+    case vpermq = 961
+    case vpermt2b = 962
+    case vpermt2d = 963
+    case vpermt2q = 964
+    case vpermt2w = 965
+    case vpermw = 966
+    case vpexpandd = 967
+    case vpexpandq = 968
+    case vpextrb = 969
+    case vpextrd = 970
+    case vpextrq = 971
+    case vpextrw = 972
+    case vpgatherdd = 973
+    case vpgatherdq = 974
+    case vpgatherqd = 975
+    case vpgatherqq = 976
+    case vphaddd = 977
+    case vphaddsw = 978
+    case vphaddw = 979
+    case vphminposuw = 980
+    case vphsubd = 981
+    case vphsubsw = 982
+    case vphsubw = 983
+    case vpinsrb = 984
+    case vpinsrd = 985
+    case vpinsrq = 986
+    case vpinsrw = 987
+    case vpmaddubsw = 988
+    case vpmaddwd = 989
+    case vpmaskmovd = 990
+    case vpmaskmovq = 991
+    case vpmaxsb = 992
+    case vpmaxsd = 993
+    case vpmaxsq = 994
+    case vpmaxsw = 995
+    case vpmaxub = 996
+    case vpmaxud = 997
+    case vpmaxuq = 998
+    case vpmaxuw = 999
+    case vpminsb = 1000
+    case vpminsd = 1001
+    case vpminsq = 1002
+    case vpminsw = 1003
+    case vpminub = 1004
+    case vpminud = 1005
+    case vpminuq = 1006
+    case vpminuw = 1007
+    case vpmovb2m = 1008
+    case vpmovd2m = 1009
+    case vpmovdb = 1010
+    case vpmovdw = 1011
+    case vpmovm2b = 1012
+    case vpmovm2d = 1013
+    case vpmovm2q = 1014
+    case vpmovm2w = 1015
+    case vpmovmskb = 1016
+    case vpmovq2m = 1017
+    case vpmovqb = 1018
+    case vpmovqd = 1019
+    case vpmovqw = 1020
+    case vpmovsxbd = 1021
+    case vpmovsxbq = 1022
+    case vpmovsxbw = 1023
+    case vpmovsxdq = 1024
+    case vpmovsxwd = 1025
+    case vpmovsxwq = 1026
+    case vpmovw2m = 1027
+    case vpmovwb = 1028
+    case vpmovzxbd = 1029
+    case vpmovzxbq = 1030
+    case vpmovzxbw = 1031
+    case vpmovzxdq = 1032
+    case vpmovzxwd = 1033
+    case vpmovzxwq = 1034
+    case vpmuldq = 1035
+    case vpmulhrsw = 1036
+    case vpmulhuw = 1037
+    case vpmulhw = 1038
+    case vpmulld = 1039
+    case vpmullq = 1040
+    case vpmullw = 1041
+    case vpmuludq = 1042
+    case vpor = 1043
+    case vpord = 1044
+    case vporq = 1045
+    case vprold = 1046
+    case vprolq = 1047
+    case vprord = 1048
+    case vprorq = 1049
+    case vpsadbw = 1050
+    case vpshufb = 1051
+    case vpshufd = 1052
+    case vpshufhw = 1053
+    case vpshuflw = 1054
+    case vpsignb = 1055
+    case vpsignd = 1056
+    case vpsignw = 1057
+    case vpslld = 1058
+    case vpslldq = 1059
+    case vpsllq = 1060
+    case vpsllvd = 1061
+    case vpsllvq = 1062
+    case vpsllw = 1063
+    case vpsrad = 1064
+    case vpsraq = 1065
+    case vpsravd = 1066
+    case vpsraw = 1067
+    case vpsrld = 1068
+    case vpsrldq = 1069
+    case vpsrlq = 1070
+    case vpsrlvd = 1071
+    case vpsrlvq = 1072
+    case vpsrlw = 1073
+    case vpsubb = 1074
+    case vpsubd = 1075
+    case vpsubq = 1076
+    case vpsubsb = 1077
+    case vpsubsw = 1078
+    case vpsubusb = 1079
+    case vpsubusw = 1080
+    case vpsubw = 1081
+    case vpternlogd = 1082
+    case vpternlogq = 1083
+    case vptest = 1084
+    case vptestmb = 1085
+    case vptestmd = 1086
+    case vptestmq = 1087
+    case vptestmw = 1088
+    case vptestnmb = 1089
+    case vptestnmd = 1090
+    case vptestnmq = 1091
+    case vptestnmw = 1092
+    case vpunpckhbw = 1093
+    case vpunpckhdq = 1094
+    case vpunpckhqdq = 1095
+    case vpunpckhwd = 1096
+    case vpunpcklbw = 1097
+    case vpunpckldq = 1098
+    case vpunpcklqdq = 1099
+    case vpunpcklwd = 1100
+    case vpxor = 1101
+    case vpxord = 1102
+    case vpxorq = 1103
+    case vrcpps = 1104
+    case vrcpss = 1105
+    case vroundpd = 1106
+    case vroundps = 1107
+    case vroundsd = 1108
+    case vroundss = 1109
+    case vrsqrtps = 1110
+    case vrsqrtss = 1111
+    case vshuff32x4 = 1112
+    case vshuff64x2 = 1113
+    case vshufi32x4 = 1114
+    case vshufi64x2 = 1115
+    case vshufpd = 1116
+    case vshufps = 1117
+    case vsqrtpd = 1118
+    case vsqrtps = 1119
+    case vsqrtsd = 1120
+    case vsqrtss = 1121
+    case vsubpd = 1122
+    case vsubps = 1123
+    case vsubsd = 1124
+    case vsubss = 1125
+    case vtestpd = 1126
+    case vtestps = 1127
+    case vucomisd = 1128
+    case vucomiss = 1129
+    case vunpckhpd = 1130
+    case vunpckhps = 1131
+    case vunpcklpd = 1132
+    case vunpcklps = 1133
+    case vxorpd = 1134
+    case vxorps = 1135
+    case vzeroall = 1136
+    case vzeroupper = 1137
+    case wbinvd = 1138
+    case wbnoinvd = 1139
+    case wrfsbase = 1140
+    case wrgsbase = 1141
+    case wrmsr = 1142
+    case xabort = 1143
+    case xadd = 1144
+    case xbegin = 1145
+    case xchg = 1146
+    case xend = 1147
+    case xgetbv = 1148
+    case xlat = 1149
+    case xor = 1150
+    case xorpd = 1151
+    case xorps = 1152
+    case xrstor = 1153
+    case xrstors = 1154
+    case xsave = 1155
+    case xsavec = 1156
+    case xsaveopt = 1157
+    case xsaves = 1158
+    case xsetbv = 1159
+    case xtest = 1160
 
     /// The mnemonic as written in assembly.
     public var name: String { mnemonicNames[Int(rawValue)] }
@@ -396,54 +1171,151 @@ public enum Mnemonic: UInt16, Sendable, CaseIterable {
 
 let mnemonicNames: [String] = [
     "invalid", "aaa", "aad", "aam", "aas", "adc", "adcx", "add",
-    "adox", "and", "arpl", "bound", "bsf", "bsr", "bswap", "bt",
-    "btc", "btr", "bts", "call", "cbw", "cdq", "cdqe", "clac",
-    "clc", "cld", "clflush", "clflushopt", "clgi", "cli", "clts", "clwb",
-    "clzero", "cmc", "cmova", "cmovae", "cmovb", "cmovbe", "cmove", "cmovg",
-    "cmovge", "cmovl", "cmovle", "cmovne", "cmovno", "cmovnp", "cmovns", "cmovo",
-    "cmovp", "cmovs", "cmp", "cmps", "cmpxchg", "cmpxchg16b", "cmpxchg8b", "cpuid",
-    "cqo", "crc32", "cwd", "cwde", "daa", "das", "dec", "div",
-    "encls", "enclu", "enclv", "endbr32", "endbr64", "enqcmd", "enter", "f2xm1",
-    "fabs", "fadd", "faddp", "fbld", "fbstp", "fchs", "fcmovb", "fcmovbe",
-    "fcmove", "fcmovnb", "fcmovnbe", "fcmovne", "fcmovnu", "fcmovu", "fcom", "fcom2",
-    "fcomi", "fcomip", "fcomp", "fcomp3", "fcomp5", "fcompp", "fcos", "fdecstp",
-    "fdiv", "fdivp", "fdivr", "fdivrp", "femms", "ffree", "ffreep", "fiadd",
-    "ficom", "ficomp", "fidiv", "fidivr", "fild", "fimul", "fincstp", "fist",
-    "fistp", "fisttp", "fisub", "fisubr", "fld", "fld1", "fldcw", "fldenv",
-    "fldl2e", "fldl2t", "fldlg2", "fldln2", "fldpi", "fldz", "fmul", "fmulp",
-    "fnclex", "fndisi", "fneni", "fninit", "fnop", "fnsave", "fnsetpm", "fnstcw",
-    "fnstenv", "fnstsw", "fpatan", "fprem", "fprem1", "fptan", "frndint", "frstor",
-    "fscale", "fsin", "fsincos", "fsqrt", "fst", "fstp", "fstp8", "fstp9",
+    "addpd", "addps", "addsd", "addss", "addsubpd", "addsubps", "adox", "aesdec",
+    "aesdeclast", "aesenc", "aesenclast", "aesimc", "aeskeygenassist", "and", "andn", "andnpd",
+    "andnps", "andpd", "andps", "arpl", "bextr", "blendpd", "blendps", "blendvpd",
+    "blendvps", "blsi", "blsmsk", "blsr", "bound", "bsf", "bsr", "bswap",
+    "bt", "btc", "btr", "bts", "bzhi", "call", "cbw", "cdq",
+    "cdqe", "clac", "clc", "cld", "clflush", "clflushopt", "clgi", "cli",
+    "clts", "clwb", "clzero", "cmc", "cmova", "cmovae", "cmovb", "cmovbe",
+    "cmove", "cmovg", "cmovge", "cmovl", "cmovle", "cmovne", "cmovno", "cmovnp",
+    "cmovns", "cmovo", "cmovp", "cmovs", "cmp", "cmppd", "cmpps", "cmps",
+    "cmpsd", "cmpss", "cmpxchg", "cmpxchg16b", "cmpxchg8b", "comisd", "comiss", "cpuid",
+    "cqo", "crc32", "cvtdq2pd", "cvtdq2ps", "cvtpd2dq", "cvtpd2pi", "cvtpd2ps", "cvtpi2pd",
+    "cvtpi2ps", "cvtps2dq", "cvtps2pd", "cvtps2pi", "cvtsd2si", "cvtsd2ss", "cvtsi2sd", "cvtsi2ss",
+    "cvtss2sd", "cvtss2si", "cvttpd2dq", "cvttpd2pi", "cvttps2dq", "cvttps2pi", "cvttsd2si", "cvttss2si",
+    "cwd", "cwde", "daa", "das", "dec", "div", "divpd", "divps",
+    "divsd", "divss", "dppd", "dpps", "emms", "encls", "enclu", "enclv",
+    "endbr32", "endbr64", "enqcmd", "enter", "extractps", "extrq", "f2xm1", "fabs",
+    "fadd", "faddp", "fbld", "fbstp", "fchs", "fcmovb", "fcmovbe", "fcmove",
+    "fcmovnb", "fcmovnbe", "fcmovne", "fcmovnu", "fcmovu", "fcom", "fcom2", "fcomi",
+    "fcomip", "fcomp", "fcomp3", "fcomp5", "fcompp", "fcos", "fdecstp", "fdiv",
+    "fdivp", "fdivr", "fdivrp", "femms", "ffree", "ffreep", "fiadd", "ficom",
+    "ficomp", "fidiv", "fidivr", "fild", "fimul", "fincstp", "fist", "fistp",
+    "fisttp", "fisub", "fisubr", "fld", "fld1", "fldcw", "fldenv", "fldl2e",
+    "fldl2t", "fldlg2", "fldln2", "fldpi", "fldz", "fmul", "fmulp", "fnclex",
+    "fndisi", "fneni", "fninit", "fnop", "fnsave", "fnsetpm", "fnstcw", "fnstenv",
+    "fnstsw", "fpatan", "fprem", "fprem1", "fptan", "frndint", "frstor", "fscale",
+    "fsin", "fsincos", "fsqrt", "fst", "fstp", "fstp1", "fstp8", "fstp9",
     "fsub", "fsubp", "fsubr", "fsubrp", "ftst", "fucom", "fucomi", "fucomip",
     "fucomp", "fucompp", "fwait", "fxam", "fxch", "fxch4", "fxch7", "fxrstor",
-    "fxsave", "fxtract", "fyl2x", "fyl2xp1", "getsec", "hlt", "idiv", "imul",
-    "in", "inc", "incsspd", "incsspq", "ins", "int", "int1", "int3",
-    "into", "invd", "invept", "invlpg", "invlpga", "invpcid", "invvpid", "iret",
-    "iretd", "iretq", "ja", "jae", "jb", "jbe", "jcxz", "je",
-    "jecxz", "jg", "jge", "jl", "jle", "jmp", "jne", "jno",
-    "jnp", "jns", "jo", "jp", "jrcxz", "js", "lahf", "lar",
-    "ldmxcsr", "lds", "lea", "leave", "les", "lfence", "lfs", "lgdt",
-    "lgs", "lidt", "lldt", "lmsw", "lods", "loop", "loope", "loopne",
-    "lsl", "lss", "ltr", "lzcnt", "mfence", "monitor", "monitorx", "mov",
-    "movbe", "movdiri", "movs", "movsx", "movsxd", "movzx", "mul", "mwait",
-    "mwaitx", "neg", "nop", "not", "or", "out", "outs", "pause",
-    "pop", "popa", "popad", "popcnt", "popf", "popfd", "popfq", "prefetch",
-    "prefetchnta", "prefetcht0", "prefetcht1", "prefetcht2", "prefetchw", "prefetchwt1", "ptwrite", "push",
-    "pusha", "pushad", "pushf", "pushfd", "pushfq", "rcl", "rcr", "rdfsbase",
-    "rdgsbase", "rdmsr", "rdpid", "rdpmc", "rdpru", "rdrand", "rdseed", "rdtsc",
-    "rdtscp", "ret", "retf", "rol", "ror", "rsm", "sahf", "sal",
-    "salc", "sar", "sbb", "scas", "seta", "setae", "setb", "setbe",
-    "sete", "setg", "setge", "setl", "setle", "setne", "setno", "setnp",
-    "setns", "seto", "setp", "sets", "sfence", "sgdt", "shl", "shld",
-    "shr", "shrd", "sidt", "skinit", "sldt", "smsw", "stac", "stc",
-    "std", "stgi", "sti", "stmxcsr", "stos", "str", "sub", "swapgs",
-    "syscall", "sysenter", "sysexit", "sysexitq", "sysret", "sysretq", "test", "tpause",
-    "tzcnt", "ud0", "ud1", "ud2", "umonitor", "umwait", "verr", "verw",
-    "vmcall", "vmclear", "vmfunc", "vmlaunch", "vmload", "vmmcall", "vmptrld", "vmptrst",
-    "vmresume", "vmrun", "vmsave", "vmxoff", "vmxon", "wbinvd", "wbnoinvd", "wrfsbase",
-    "wrgsbase", "wrmsr", "xabort", "xadd", "xbegin", "xchg", "xend", "xgetbv",
-    "xlat", "xor", "xrstor", "xrstors", "xsave", "xsavec", "xsaveopt", "xsaves",
-    "xsetbv", "xtest",
+    "fxsave", "fxtract", "fyl2x", "fyl2xp1", "getsec", "haddpd", "haddps", "hlt",
+    "hsubpd", "hsubps", "idiv", "imul", "in", "inc", "incsspd", "incsspq",
+    "ins", "insertps", "insertq", "int", "int1", "int3", "into", "invd",
+    "invept", "invlpg", "invlpga", "invpcid", "invvpid", "iret", "iretd", "iretq",
+    "ja", "jae", "jb", "jbe", "jcxz", "je", "jecxz", "jg",
+    "jge", "jl", "jle", "jmp", "jne", "jno", "jnp", "jns",
+    "jo", "jp", "jrcxz", "js", "kandb", "kandd", "kandnb", "kandnd",
+    "kandnq", "kandnw", "kandq", "kandw", "kmovb", "kmovd", "kmovq", "kmovw",
+    "knotb", "knotd", "knotq", "knotw", "korb", "kord", "korq", "kortestb",
+    "kortestd", "kortestq", "kortestw", "korw", "kshiftlb", "kshiftld", "kshiftlq", "kshiftlw",
+    "kshiftrb", "kshiftrd", "kshiftrq", "kshiftrw", "ktestb", "ktestd", "ktestq", "ktestw",
+    "kunpckbw", "kunpckdq", "kunpckwd", "kxnorb", "kxnord", "kxnorq", "kxnorw", "kxorb",
+    "kxord", "kxorq", "kxorw", "lahf", "lar", "lddqu", "ldmxcsr", "lds",
+    "lea", "leave", "les", "lfence", "lfs", "lgdt", "lgs", "lidt",
+    "lldt", "lmsw", "lods", "loop", "loope", "loopne", "lsl", "lss",
+    "ltr", "lzcnt", "maskmovdqu", "maskmovq", "maxpd", "maxps", "maxsd", "maxss",
+    "mfence", "minpd", "minps", "minsd", "minss", "monitor", "monitorx", "mov",
+    "movapd", "movaps", "movbe", "movd", "movddup", "movdiri", "movdq2q", "movdqa",
+    "movdqu", "movhlps", "movhpd", "movhps", "movlhps", "movlpd", "movlps", "movmskpd",
+    "movmskps", "movntdq", "movntdqa", "movnti", "movntpd", "movntps", "movntq", "movq",
+    "movq2dq", "movs", "movsd", "movshdup", "movsldup", "movss", "movsx", "movsxd",
+    "movupd", "movups", "movzx", "mpsadbw", "mul", "mulpd", "mulps", "mulsd",
+    "mulss", "mulx", "mwait", "mwaitx", "neg", "nop", "not", "or",
+    "orpd", "orps", "out", "outs", "pabsb", "pabsd", "pabsw", "packssdw",
+    "packsswb", "packusdw", "packuswb", "paddb", "paddd", "paddq", "paddsb", "paddsw",
+    "paddusb", "paddusw", "paddw", "palignr", "pand", "pandn", "pause", "pavgb",
+    "pavgw", "pblendvb", "pblendw", "pclmulqdq", "pcmpeqb", "pcmpeqd", "pcmpeqq", "pcmpeqw",
+    "pcmpestri", "pcmpestrm", "pcmpgtb", "pcmpgtd", "pcmpgtq", "pcmpgtw", "pcmpistri", "pcmpistrm",
+    "pdep", "pext", "pextrb", "pextrd", "pextrq", "pextrw", "phaddd", "phaddsw",
+    "phaddw", "phminposuw", "phsubd", "phsubsw", "phsubw", "pinsrb", "pinsrd", "pinsrq",
+    "pinsrw", "pmaddubsw", "pmaddwd", "pmaxsb", "pmaxsd", "pmaxsw", "pmaxub", "pmaxud",
+    "pmaxuw", "pminsb", "pminsd", "pminsw", "pminub", "pminud", "pminuw", "pmovmskb",
+    "pmovsxbd", "pmovsxbq", "pmovsxbw", "pmovsxdq", "pmovsxwd", "pmovsxwq", "pmovzxbd", "pmovzxbq",
+    "pmovzxbw", "pmovzxdq", "pmovzxwd", "pmovzxwq", "pmuldq", "pmulhrsw", "pmulhuw", "pmulhw",
+    "pmulld", "pmullw", "pmuludq", "pop", "popa", "popad", "popcnt", "popf",
+    "popfd", "popfq", "por", "prefetch", "prefetchnta", "prefetcht0", "prefetcht1", "prefetcht2",
+    "prefetchw", "prefetchwt1", "psadbw", "pshufb", "pshufd", "pshufhw", "pshuflw", "pshufw",
+    "psignb", "psignd", "psignw", "pslld", "pslldq", "psllq", "psllw", "psrad",
+    "psraw", "psrld", "psrldq", "psrlq", "psrlw", "psubb", "psubd", "psubq",
+    "psubsb", "psubsw", "psubusb", "psubusw", "psubw", "ptest", "ptwrite", "punpckhbw",
+    "punpckhdq", "punpckhqdq", "punpckhwd", "punpcklbw", "punpckldq", "punpcklqdq", "punpcklwd", "push",
+    "pusha", "pushad", "pushf", "pushfd", "pushfq", "pxor", "rcl", "rcpps",
+    "rcpss", "rcr", "rdfsbase", "rdgsbase", "rdmsr", "rdpid", "rdpmc", "rdpru",
+    "rdrand", "rdseed", "rdtsc", "rdtscp", "ret", "retf", "rol", "ror",
+    "rorx", "roundpd", "roundps", "roundsd", "roundss", "rsm", "rsqrtps", "rsqrtss",
+    "sahf", "sal", "salc", "sar", "sarx", "sbb", "scas", "seta",
+    "setae", "setb", "setbe", "sete", "setg", "setge", "setl", "setle",
+    "setne", "setno", "setnp", "setns", "seto", "setp", "sets", "sfence",
+    "sgdt", "sha1msg1", "sha1msg2", "sha1nexte", "sha1rnds4", "sha256msg1", "sha256msg2", "sha256rnds2",
+    "shl", "shld", "shlx", "shr", "shrd", "shrx", "shufpd", "shufps",
+    "sidt", "skinit", "sldt", "smsw", "sqrtpd", "sqrtps", "sqrtsd", "sqrtss",
+    "stac", "stc", "std", "stgi", "sti", "stmxcsr", "stos", "str",
+    "sub", "subpd", "subps", "subsd", "subss", "swapgs", "syscall", "sysenter",
+    "sysexit", "sysexitq", "sysret", "sysretq", "test", "tpause", "tzcnt", "ucomisd",
+    "ucomiss", "ud0", "ud1", "ud2", "umonitor", "umwait", "unpckhpd", "unpckhps",
+    "unpcklpd", "unpcklps", "vaddpd", "vaddps", "vaddsd", "vaddss", "vaddsubpd", "vaddsubps",
+    "vaesdec", "vaesdeclast", "vaesenc", "vaesenclast", "vaesimc", "vaeskeygenassist", "valignd", "valignq",
+    "vandnpd", "vandnps", "vandpd", "vandps", "vblendpd", "vblendps", "vblendvpd", "vblendvps",
+    "vbroadcastf128", "vbroadcasti128", "vbroadcastsd", "vbroadcastss", "vcmppd", "vcmpps", "vcmpsd", "vcmpss",
+    "vcomisd", "vcomiss", "vcompresspd", "vcompressps", "vcvtdq2pd", "vcvtdq2ps", "vcvtpd2dq", "vcvtpd2ps",
+    "vcvtph2ps", "vcvtps2dq", "vcvtps2pd", "vcvtps2ph", "vcvtsd2si", "vcvtsd2ss", "vcvtsi2sd", "vcvtsi2ss",
+    "vcvtss2sd", "vcvtss2si", "vcvttpd2dq", "vcvttps2dq", "vcvttsd2si", "vcvttss2si", "vdivpd", "vdivps",
+    "vdivsd", "vdivss", "vdppd", "vdpps", "verr", "verw", "vexpandpd", "vexpandps",
+    "vextractf128", "vextractf32x4", "vextractf32x8", "vextractf64x2", "vextractf64x4", "vextracti128", "vextracti32x4", "vextracti32x8",
+    "vextracti64x2", "vextracti64x4", "vextractps", "vfmadd132pd", "vfmadd132ps", "vfmadd132sd", "vfmadd132ss", "vfmadd213pd",
+    "vfmadd213ps", "vfmadd213sd", "vfmadd213ss", "vfmadd231pd", "vfmadd231ps", "vfmadd231sd", "vfmadd231ss", "vfmaddsub132pd",
+    "vfmaddsub132ps", "vfmaddsub213pd", "vfmaddsub213ps", "vfmaddsub231pd", "vfmaddsub231ps", "vfmsub132pd", "vfmsub132ps", "vfmsub132sd",
+    "vfmsub132ss", "vfmsub213pd", "vfmsub213ps", "vfmsub213sd", "vfmsub213ss", "vfmsub231pd", "vfmsub231ps", "vfmsub231sd",
+    "vfmsub231ss", "vfmsubadd132pd", "vfmsubadd132ps", "vfmsubadd213pd", "vfmsubadd213ps", "vfmsubadd231pd", "vfmsubadd231ps", "vfnmadd132pd",
+    "vfnmadd132ps", "vfnmadd132sd", "vfnmadd132ss", "vfnmadd213pd", "vfnmadd213ps", "vfnmadd213sd", "vfnmadd213ss", "vfnmadd231pd",
+    "vfnmadd231ps", "vfnmadd231sd", "vfnmadd231ss", "vfnmsub132pd", "vfnmsub132ps", "vfnmsub132sd", "vfnmsub132ss", "vfnmsub213pd",
+    "vfnmsub213ps", "vfnmsub213sd", "vfnmsub213ss", "vfnmsub231pd", "vfnmsub231ps", "vfnmsub231sd", "vfnmsub231ss", "vgatherdpd",
+    "vgatherdps", "vgatherqpd", "vgatherqps", "vhaddpd", "vhaddps", "vhsubpd", "vhsubps", "vinsertf128",
+    "vinsertf32x4", "vinsertf32x8", "vinsertf64x2", "vinsertf64x4", "vinserti128", "vinserti32x4", "vinserti32x8", "vinserti64x2",
+    "vinserti64x4", "vinsertps", "vlddqu", "vmaskmovdqu", "vmaskmovpd", "vmaskmovps", "vmaxpd", "vmaxps",
+    "vmaxsd", "vmaxss", "vmcall", "vmclear", "vmfunc", "vminpd", "vminps", "vminsd",
+    "vminss", "vmlaunch", "vmload", "vmmcall", "vmovapd", "vmovaps", "vmovd", "vmovddup",
+    "vmovdqa", "vmovdqa32", "vmovdqa64", "vmovdqu", "vmovdqu16", "vmovdqu32", "vmovdqu64", "vmovdqu8",
+    "vmovhlps", "vmovhpd", "vmovhps", "vmovlhps", "vmovlpd", "vmovlps", "vmovmskpd", "vmovmskps",
+    "vmovntdq", "vmovntdqa", "vmovntpd", "vmovntps", "vmovq", "vmovsd", "vmovshdup", "vmovsldup",
+    "vmovss", "vmovupd", "vmovups", "vmpsadbw", "vmptrld", "vmptrst", "vmread", "vmresume",
+    "vmrun", "vmsave", "vmulpd", "vmulps", "vmulsd", "vmulss", "vmwrite", "vmxoff",
+    "vmxon", "vorpd", "vorps", "vpabsb", "vpabsd", "vpabsw", "vpackssdw", "vpacksswb",
+    "vpackusdw", "vpackuswb", "vpaddb", "vpaddd", "vpaddq", "vpaddsb", "vpaddsw", "vpaddusb",
+    "vpaddusw", "vpaddw", "vpalignr", "vpand", "vpandd", "vpandn", "vpandnd", "vpandnq",
+    "vpandq", "vpavgb", "vpavgw", "vpblendd", "vpblendmb", "vpblendmd", "vpblendmq", "vpblendmw",
+    "vpblendvb", "vpblendw", "vpbroadcastb", "vpbroadcastd", "vpbroadcastmb2q", "vpbroadcastmw2d", "vpbroadcastq", "vpbroadcastw",
+    "vpclmulqdq", "vpcmpb", "vpcmpd", "vpcmpeqb", "vpcmpeqd", "vpcmpeqq", "vpcmpeqw", "vpcmpestri",
+    "vpcmpestrm", "vpcmpgtb", "vpcmpgtd", "vpcmpgtq", "vpcmpgtw", "vpcmpistri", "vpcmpistrm", "vpcmpq",
+    "vpcmpub", "vpcmpud", "vpcmpuq", "vpcmpuw", "vpcmpw", "vpcompressd", "vpcompressq", "vperm2f128",
+    "vperm2i128", "vpermb", "vpermd", "vpermi2d", "vpermi2q", "vpermilpd", "vpermilps", "vpermpd",
+    "vpermps", "vpermq", "vpermt2b", "vpermt2d", "vpermt2q", "vpermt2w", "vpermw", "vpexpandd",
+    "vpexpandq", "vpextrb", "vpextrd", "vpextrq", "vpextrw", "vpgatherdd", "vpgatherdq", "vpgatherqd",
+    "vpgatherqq", "vphaddd", "vphaddsw", "vphaddw", "vphminposuw", "vphsubd", "vphsubsw", "vphsubw",
+    "vpinsrb", "vpinsrd", "vpinsrq", "vpinsrw", "vpmaddubsw", "vpmaddwd", "vpmaskmovd", "vpmaskmovq",
+    "vpmaxsb", "vpmaxsd", "vpmaxsq", "vpmaxsw", "vpmaxub", "vpmaxud", "vpmaxuq", "vpmaxuw",
+    "vpminsb", "vpminsd", "vpminsq", "vpminsw", "vpminub", "vpminud", "vpminuq", "vpminuw",
+    "vpmovb2m", "vpmovd2m", "vpmovdb", "vpmovdw", "vpmovm2b", "vpmovm2d", "vpmovm2q", "vpmovm2w",
+    "vpmovmskb", "vpmovq2m", "vpmovqb", "vpmovqd", "vpmovqw", "vpmovsxbd", "vpmovsxbq", "vpmovsxbw",
+    "vpmovsxdq", "vpmovsxwd", "vpmovsxwq", "vpmovw2m", "vpmovwb", "vpmovzxbd", "vpmovzxbq", "vpmovzxbw",
+    "vpmovzxdq", "vpmovzxwd", "vpmovzxwq", "vpmuldq", "vpmulhrsw", "vpmulhuw", "vpmulhw", "vpmulld",
+    "vpmullq", "vpmullw", "vpmuludq", "vpor", "vpord", "vporq", "vprold", "vprolq",
+    "vprord", "vprorq", "vpsadbw", "vpshufb", "vpshufd", "vpshufhw", "vpshuflw", "vpsignb",
+    "vpsignd", "vpsignw", "vpslld", "vpslldq", "vpsllq", "vpsllvd", "vpsllvq", "vpsllw",
+    "vpsrad", "vpsraq", "vpsravd", "vpsraw", "vpsrld", "vpsrldq", "vpsrlq", "vpsrlvd",
+    "vpsrlvq", "vpsrlw", "vpsubb", "vpsubd", "vpsubq", "vpsubsb", "vpsubsw", "vpsubusb",
+    "vpsubusw", "vpsubw", "vpternlogd", "vpternlogq", "vptest", "vptestmb", "vptestmd", "vptestmq",
+    "vptestmw", "vptestnmb", "vptestnmd", "vptestnmq", "vptestnmw", "vpunpckhbw", "vpunpckhdq", "vpunpckhqdq",
+    "vpunpckhwd", "vpunpcklbw", "vpunpckldq", "vpunpcklqdq", "vpunpcklwd", "vpxor", "vpxord", "vpxorq",
+    "vrcpps", "vrcpss", "vroundpd", "vroundps", "vroundsd", "vroundss", "vrsqrtps", "vrsqrtss",
+    "vshuff32x4", "vshuff64x2", "vshufi32x4", "vshufi64x2", "vshufpd", "vshufps", "vsqrtpd", "vsqrtps",
+    "vsqrtsd", "vsqrtss", "vsubpd", "vsubps", "vsubsd", "vsubss", "vtestpd", "vtestps",
+    "vucomisd", "vucomiss", "vunpckhpd", "vunpckhps", "vunpcklpd", "vunpcklps", "vxorpd", "vxorps",
+    "vzeroall", "vzeroupper", "wbinvd", "wbnoinvd", "wrfsbase", "wrgsbase", "wrmsr", "xabort",
+    "xadd", "xbegin", "xchg", "xend", "xgetbv", "xlat", "xor", "xorpd",
+    "xorps", "xrstor", "xrstors", "xsave", "xsavec", "xsaveopt", "xsaves", "xsetbv",
+    "xtest",
 ]
 
 /// Operand kinds of the opcode table (AMD APM / Intel SDM appendix A letters).
@@ -566,83 +1438,83 @@ let tableRoot: [UInt16] = [
     181, 190, 197, 202, 0, 0, 0, 0, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218, 219, 220, 221, 222, 223, 224, 225, 226,
     243, 260, 280, 297, 298, 299, 300, 301, 302, 303, 304, 305, 306, 310, 311, 321, 322, 323, 324, 325, 326, 327, 328, 329, 336, 343, 347, 348, 363, 378, 379, 380,
     381, 382, 383, 384, 385, 386, 387, 388, 389, 390, 391, 392, 393, 394, 395, 396, 397, 398, 399, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412,
-    429, 446, 447, 448, 455, 462, 495, 528, 529, 530, 531, 532, 533, 534, 538, 545, 562, 579, 596, 613, 617, 621, 625, 626, 663, 766, 809, 856, 893, 927, 973, 1018,
-    1019, 1020, 1021, 1028, 1029, 1030, 1031, 1032, 1033, 1034, 1038, 1039, 1040, 1041, 1042, 1043, 0, 1044, 0, 0, 1045, 1046, 1063, 1080, 1081, 1082, 1083, 1084, 1085, 1086, 1097, 1130,
-    1163, 1375, 1376, 1377, 0, 1378, 1379, 1386, 1387, 1396, 0, 1397, 0, 1417, 1418, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1455, 1456, 1457, 1458, 1459, 1460, 1505, 1506,
-    1507, 1508, 1509, 1510, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1511, 1512, 1513, 1514, 1515, 1522, 0, 1523, 0, 0, 0, 0, 0, 0, 0, 0,
-    1524, 1525, 1526, 1527, 1528, 1529, 1530, 1531, 1532, 1533, 1534, 1535, 1536, 1537, 1538, 1539, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    1540, 1541, 1542, 1543, 1544, 1545, 1546, 1547, 1548, 1549, 1550, 1551, 1552, 1553, 1554, 1555, 1556, 1557, 1558, 1559, 1560, 1561, 1562, 1563, 1564, 1565, 1566, 1567, 1568, 1569, 1570, 1571,
-    1572, 1573, 1574, 1575, 1576, 1577, 0, 0, 1578, 1579, 1580, 1581, 1582, 1583, 1690, 1691, 1692, 1693, 1697, 1698, 1702, 1706, 1707, 1708, 1714, 1715, 1728, 1729, 1738, 1747, 1748, 1749,
-    1750, 1751, 0, 0, 0, 0, 0, 1882, 1883, 1884, 1885, 1886, 1887, 1888, 1889, 1890, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1891,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    1900, 1909, 1918, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1936, 1954, 0, 0, 0, 0, 1961, 0, 1970, 1991, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    429, 446, 447, 448, 455, 462, 495, 528, 529, 530, 531, 532, 533, 534, 538, 545, 562, 579, 596, 613, 617, 621, 625, 626, 663, 767, 810, 857, 894, 928, 974, 1019,
+    1020, 1021, 1022, 1029, 1030, 1031, 1032, 1033, 1034, 1035, 1039, 1040, 1041, 1042, 1043, 1044, 0, 1045, 0, 0, 1046, 1047, 1064, 1081, 1082, 1083, 1084, 1085, 1086, 1087, 1098, 1131,
+    1164, 1376, 1377, 1378, 0, 1379, 1380, 1387, 1388, 1397, 0, 1398, 0, 1418, 1419, 0, 1428, 1437, 1453, 1466, 1473, 1480, 1495, 1508, 1545, 1546, 1547, 1548, 1549, 1550, 1595, 1596,
+    1597, 1598, 1599, 1600, 0, 0, 0, 0, 1607, 1614, 1623, 1630, 1639, 1648, 1655, 1662, 1663, 1664, 1665, 1666, 1667, 1674, 0, 1675, 0, 0, 0, 0, 0, 0, 0, 0,
+    1676, 1677, 1678, 1679, 1680, 1681, 1682, 1683, 1684, 1685, 1686, 1687, 1688, 1689, 1690, 1691, 1704, 1713, 1720, 1727, 1734, 1741, 1748, 1755, 1764, 1773, 1782, 1790, 1799, 1808, 1817, 1826,
+    1833, 1840, 1847, 1854, 1861, 1868, 1875, 1882, 1889, 1896, 1903, 1910, 1916, 1922, 1937, 1945, 1954, 1989, 2024, 2059, 2066, 2073, 2080, 2089, 2113, 2128, 0, 0, 2135, 2142, 2158, 2166,
+    2167, 2168, 2169, 2170, 2171, 2172, 2173, 2174, 2175, 2176, 2177, 2178, 2179, 2180, 2181, 2182, 2183, 2184, 2185, 2186, 2187, 2188, 2189, 2190, 2191, 2192, 2193, 2194, 2195, 2196, 2197, 2198,
+    2199, 2200, 2201, 2202, 2203, 2204, 0, 0, 2205, 2206, 2207, 2208, 2209, 2210, 2317, 2318, 2319, 2320, 2324, 2325, 2329, 2333, 2334, 2335, 2341, 2342, 2355, 2356, 2365, 2374, 2375, 2376,
+    2377, 2378, 2387, 2408, 2415, 2428, 2435, 2566, 2567, 2568, 2569, 2570, 2571, 2572, 2573, 2574, 2581, 2588, 2595, 2602, 2609, 2616, 2630, 2643, 2650, 2657, 2664, 2671, 2678, 2685, 2692, 2699,
+    2706, 2713, 2720, 2727, 2734, 2741, 2749, 2762, 2769, 2776, 2783, 2790, 2797, 2804, 2811, 2818, 2827, 2834, 2841, 2848, 2855, 2862, 2869, 2882, 2889, 2896, 2903, 2910, 2917, 2924, 2931, 2932,
+    2939, 2946, 2953, 2960, 2967, 2974, 2981, 2988, 2995, 3002, 3009, 3016, 0, 0, 0, 0, 3022, 0, 0, 0, 3028, 3034, 0, 3040, 0, 0, 0, 0, 3047, 3054, 3061, 0,
+    3067, 3073, 3079, 3085, 3091, 3097, 0, 0, 3103, 3109, 3115, 3121, 0, 0, 0, 0, 3127, 3133, 3139, 3145, 3151, 3157, 0, 3163, 3169, 3175, 3181, 3187, 3193, 3199, 3205, 3211,
+    3217, 3223, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    3232, 3241, 3250, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 3256, 3262, 3268, 3274, 3280, 3286, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3292, 3298, 3304, 3310, 3316,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3334, 3352, 0, 0, 0, 0, 3359, 0, 3368, 3389, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 3395, 3401, 3407, 3413, 3419, 3425, 3431, 3438, 0, 0, 0, 0, 3444, 3450, 3460, 3466, 0, 0, 0, 0, 0, 0, 0, 0,
+    3472, 3478, 3488, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    3494, 3500, 3506, 0, 3512, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    3518, 3524, 3530, 3536, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3542, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3548,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3565, 3582, 3598, 3611, 3618, 3625, 3640, 3653, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 3660, 3667, 3674, 3681, 3688, 3695, 3702, 3709, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 3746, 3783, 0, 3820, 3857, 3894, 3931, 0, 0, 0, 3963, 0, 0, 0, 0, 3976, 3985, 3992, 3999, 4006, 4013, 4020, 4027, 4036, 4045, 4054, 4062, 4071, 4080, 4089, 4098,
+    4104, 4110, 4116, 4122, 4128, 4134, 4140, 4146, 4152, 4158, 4164, 4170, 4176, 4182, 4192, 4199, 4207, 4227, 4247, 4268, 4274, 4280, 4286, 4297, 0, 0, 0, 0, 4304, 4311, 4322, 4329,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4360, 4397, 4440, 4483, 0, 0, 0, 0, 4520, 4557, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 4566, 0, 4572, 4581, 4588, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4595, 4601, 4607, 4613, 4619, 4625, 4631, 4640, 4646, 4652, 4658, 4664, 4670, 4676, 4682, 4688,
+    4694, 4700, 4706, 4712, 4718, 4724, 4732, 4741, 4747, 4753, 4759, 4765, 4771, 4777, 4783, 4789, 4798, 4804, 4810, 4816, 4822, 4828, 4834, 4843, 4849, 4855, 4861, 4867, 4873, 4879, 4885, 0,
+    4891, 4897, 4903, 4909, 4915, 4921, 4927, 4933, 4939, 4945, 4951, 4957, 4966, 4975, 4984, 4993, 0, 0, 0, 5002, 0, 0, 5015, 5021, 5030, 5043, 5059, 0, 5065, 5071, 5077, 0,
+    5083, 5089, 5095, 5101, 5107, 5113, 0, 0, 5119, 5125, 5131, 5137, 5149, 5161, 5173, 5185, 5191, 5197, 5203, 5209, 5215, 5221, 5234, 5240, 5246, 5252, 5258, 5264, 5270, 5276, 5282, 5288,
+    5294, 5300, 0, 0, 0, 5310, 5319, 5329, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5338, 5347, 5363, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5372, 5381, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5394, 0, 5407, 0, 5420, 5433, 5446, 5459, 0, 0, 5469, 5479, 5489, 5499, 5509, 5519, 5529, 5539, 5549, 5559,
+    0, 0, 0, 0, 0, 0, 5569, 5579, 5589, 5599, 5609, 5619, 5629, 5639, 5649, 5659, 0, 0, 0, 0, 0, 0, 5669, 5679, 5689, 5699, 5709, 5719, 5729, 5739, 5749, 5759,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5765, 5771, 5777, 5783, 5789,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5799, 5828, 0, 5848, 5858, 5883, 0, 0, 0, 0, 0, 0, 0, 0,
+    5896, 5909, 5918, 0, 5927, 5936, 5949, 0, 5955, 5961, 5967, 5973, 5979, 5985, 5991, 5997, 0, 0, 0, 0, 6003, 6009, 6019, 6025, 6038, 6051, 0, 0, 0, 6060, 0, 0,
+    6066, 6072, 6082, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6103, 6124, 6145, 6166, 0, 0, 0, 0, 6179, 6192, 0, 0, 0, 0, 0, 0,
+    6198, 6204, 6210, 0, 6216, 0, 6229, 0, 0, 0, 6238, 6247, 6256, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    6262, 6268, 6274, 6280, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6286,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6296, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6313, 6330, 6346, 6359, 6366, 6373, 6388, 6401, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 6408, 6415, 6422, 6429, 6436, 6443, 6450, 6457, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6466, 0, 0, 6473, 6480, 6487, 6494, 6503, 6512, 6521, 6529, 6538, 6547, 6556, 6565,
+    6571, 6577, 6583, 6589, 6595, 6601, 6607, 6613, 6619, 6625, 6631, 6637, 6643, 6649, 6659, 6679, 6687, 6704, 6735, 6753, 6759, 6765, 6771, 0, 0, 0, 0, 0, 0, 0, 6782, 6802,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 6811, 0, 6817, 6826, 6833, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6839, 6845, 6851, 6857, 6863, 6869, 0, 6875, 6881, 6887, 6897, 6903, 6909, 6915, 6925,
+    6931, 6937, 6943, 6949, 6955, 6961, 6969, 6978, 6984, 6990, 6996, 7006, 7012, 7018, 7024, 7034, 0, 7040, 7046, 7052, 7058, 7064, 7070, 0, 7076, 7082, 7088, 7094, 7100, 7106, 7112, 0,
+    7118, 0, 0, 0, 7124, 0, 0, 0, 0, 0, 0, 7130, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7140, 0, 7149, 7158, 0, 0, 7164, 7170, 7176, 0,
+    7182, 7188, 7194, 7200, 7206, 7212, 7227, 7242, 7256, 7273, 7286, 7292, 0, 0, 0, 0, 7302, 7312, 7322, 7332, 7342, 7352, 7362, 7371, 7385, 7403, 7416, 7426, 7432, 7442, 7448, 7458,
+    7468, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7477, 7486, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 7496, 0, 7506, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7516, 0, 7525, 7534, 7546, 7558, 7571, 7581, 7591, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 7601, 7611, 7621, 7631, 0, 7641, 0, 0, 0, 0, 0, 0, 0, 0, 7651, 7661, 7671, 7681, 7691, 7701, 7711, 7721, 7731, 7741,
+    0, 0, 0, 0, 0, 0, 7751, 7761, 7771, 7781, 7791, 7801, 7811, 7821, 7831, 7841, 0, 0, 0, 0, 0, 0, 7851, 7861, 7871, 7881, 7891, 7901, 7911, 7921, 7931, 7941,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7947, 7953, 7959, 7965,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    7974, 7983, 0, 7993, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7999, 0, 0, 0, 0, 8005, 8011, 8021, 8027, 8037, 8047, 8057, 8067, 0, 0, 8077, 8087,
+    8093, 8099, 8109, 8119, 0, 8129, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8139, 8149, 8159, 8169, 0, 0, 8179, 8189,
+    0, 0, 0, 8199, 8205, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -695,44 +1567,44 @@ let tableHasModRM: [UInt8] = [
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1,
-    1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 1, 1,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0,
+    1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1,
+    0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -779,48 +1651,242 @@ let tableNodeKind: [UInt8] = [
     1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
     1, 1, 1, 1, 1, 6, 1, 1, 0, 3, 1, 1, 0, 3, 1, 1, 0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
     1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1,
-    0, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0,
-    7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 7, 0, 7, 7, 7, 7, 6, 6, 6, 5, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 7, 1, 1,
-    1, 1, 0, 7, 0, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 6, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 7, 1, 1, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 6, 6, 5, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 6, 6, 6, 5,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 7, 1, 1,
-    1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1,
-    1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 7, 1, 1, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 11, 1, 1, 1, 1, 1, 1, 1, 1, 0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 0, 0, 0, 0, 0, 0, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 6, 1, 1, 1, 1, 1, 1,
-    1, 1, 0, 1, 0, 1, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 6, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 0, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 6, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1,
-    0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 0,
-    1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 0, 1, 7, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    0, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 7,
-    1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 0, 1, 7, 6, 6, 6, 5, 5, 5, 3,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 6, 6, 0, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 7, 6, 1, 6, 5, 1, 1, 1, 5,
-    1, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0,
+    0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 7, 1, 7, 7, 7, 7, 6, 6, 6, 5,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 7, 1,
+    1, 1, 1, 0, 7, 0, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 6, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 7, 1, 1, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 6, 6, 5, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 6, 6, 6,
+    5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 7, 1,
+    1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6,
+    1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 7, 1, 1, 0, 6, 6, 6, 5, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 11, 1, 1, 1, 1, 1, 1, 1, 1, 0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 6, 1, 1, 1, 1, 1,
+    1, 1, 1, 0, 1, 0, 1, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 6, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 0, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 6, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 7, 1, 1, 1, 1, 1, 1, 1,
+    1, 0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1,
+    0, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 0, 1, 7, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 0, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1,
+    7, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 0, 1, 7, 6, 6, 6, 5, 5, 5,
+    3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 6, 6, 0, 5, 1, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1,
+    1, 1, 5, 2, 2, 0, 5, 1, 1, 5, 5, 1, 1, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0,
+    0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 1, 1, 5, 2, 2, 0, 5, 1, 5, 5, 1, 0, 4, 1, 1, 0, 5, 2, 2, 0, 5,
+    5, 5, 0, 0, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 7, 6, 1, 6, 5, 1, 1, 1, 5, 1, 4, 1, 1, 1, 1,
+    1, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 5,
+    2, 0, 2, 5, 5, 5, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1, 1, 0, 1, 0, 4, 1, 1, 1, 0, 1, 0, 4,
+    1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1,
+    1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1,
+    2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2,
+    1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0,
+    0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 1, 1, 1, 1, 8, 2, 2, 2, 2, 8, 8, 8, 0, 0, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1, 2, 1, 1, 1, 2,
+    1, 1, 4, 1, 1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 6, 0, 6, 5, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6,
+    5, 5, 5, 0, 0, 4, 1, 1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 6, 0, 6, 5, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0,
+    6, 0, 6, 5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 1, 0, 0, 0, 1, 0, 6, 0, 6, 5, 2, 2, 2, 2, 0, 0, 2, 2, 0,
+    0, 2, 2, 6, 0, 6, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0,
+    4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 6, 0, 6, 5, 1, 1, 0, 1, 5, 1, 5, 1,
+    5, 4, 1, 2, 0, 2, 5, 1, 1, 0, 1, 5, 1, 5, 1, 5, 4, 2, 1, 0, 2, 0, 1, 4, 2, 1, 0, 2, 0, 1, 4, 1,
+    1, 1, 1, 8, 2, 2, 2, 2, 8, 1, 8, 8, 1, 0, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1,
     1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    6, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 6, 6, 6, 5, 2, 2, 0, 0, 0, 0, 0, 0, 2, 2, 6, 2, 0, 0, 0, 0,
-    0, 0, 2, 0, 6, 6, 6, 5, 1, 0, 0, 0, 0, 1, 0, 0, 0, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 8, 1, 1, 1, 1,
-    1, 1, 8, 1, 0, 6, 6, 6, 5, 1, 0, 0, 0, 0, 0, 0, 1, 0, 6, 0, 6, 5, 5, 5, 5, 5, 4, 1, 1, 1, 1, 1,
-    0, 5, 1, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 1, 0, 0, 1, 0, 4, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1,
-    6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 10, 1,
-    1, 1, 1, 1, 0, 10, 0, 1, 1, 1, 1, 1, 6, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1,
-    1, 10, 1, 1, 1, 2, 0, 10, 0, 1, 1, 1, 2, 0, 6, 6, 0, 5, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 0, 10, 0,
-    1, 1, 1, 1, 0, 6, 1, 0, 0, 0, 0, 0, 0, 0, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 0,
-    10, 0, 1, 1, 1, 1, 1, 6, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 6, 6, 6, 5, 5, 5, 5, 5, 4, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 2, 2, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 5, 0, 5, 0, 0, 4, 1,
-    1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1, 5, 5, 5, 1, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1, 5, 5,
-    5, 1, 4, 2, 1, 0, 2, 1, 0, 4, 1, 1, 0, 5, 0, 0, 0, 5, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1,
-    1, 0, 5, 5, 5, 5, 5, 4,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 6,
+    6, 6, 5, 2, 2, 0, 0, 0, 0, 0, 0, 2, 2, 6, 2, 0, 0, 0, 0, 0, 0, 2, 0, 6, 6, 6, 5, 1, 0, 0, 0, 0,
+    1, 0, 0, 0, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 8, 1, 1, 1, 1, 1, 1, 8, 1, 0, 6, 6, 6, 5, 1, 0, 0, 0,
+    0, 0, 0, 1, 0, 6, 0, 6, 5, 5, 5, 5, 5, 4, 1, 1, 1, 1, 1, 0, 5, 1, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1,
+    1, 0, 0, 1, 0, 4, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1,
+    1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5,
+    1, 1, 0, 5, 5, 5, 5, 5, 4, 1, 2, 1, 2, 0, 0, 4, 1, 0, 1, 5, 2, 0, 2, 5, 5, 5, 0, 0, 4, 1, 2, 1,
+    2, 0, 0, 4, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 0, 10, 0, 1, 1, 1, 1, 1, 6, 1, 1, 0, 0, 0, 0, 0,
+    0, 1, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 2, 0, 10, 0, 1, 1, 1, 2, 0, 6, 6, 0, 5, 1, 1,
+    1, 1, 1, 1, 10, 1, 1, 1, 1, 0, 10, 0, 1, 1, 1, 1, 0, 6, 1, 0, 0, 0, 0, 0, 0, 0, 1, 6, 6, 6, 5, 1,
+    1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 0, 10, 0, 1, 1, 1, 1, 1, 6, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 6, 6,
+    6, 5, 5, 5, 5, 5, 4, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 0, 2, 0, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1,
+    2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 1, 0, 1, 5, 1, 0,
+    1, 5, 0, 2, 5, 5, 4, 1, 0, 1, 5, 2, 0, 2, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0,
+    0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2,
+    1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0,
+    4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 1, 1, 0, 2, 1, 1, 4, 1, 1,
+    0, 5, 2, 2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4,
+    1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2,
+    0, 0, 4, 1, 1, 0, 5, 0, 0, 0, 5, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0,
+    4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 0, 1, 5, 2, 0, 2, 5, 5, 5,
+    0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2,
+    0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0,
+    0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0,
+    4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 0, 5, 0, 5, 0, 0,
+    4, 2, 2, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 5, 0, 5, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1,
+    1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0,
+    5, 1, 5, 5, 5, 1, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1, 5, 5, 5, 1, 4, 2, 1, 0, 2, 1, 0, 4,
+    1, 1, 0, 5, 0, 0, 0, 5, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 5, 5, 5, 5, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8,
+    0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0,
+    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
+    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 2, 1,
+    1, 1, 1, 5, 1, 1, 1, 1, 5, 1, 2, 5, 5, 4, 1, 2, 1, 1, 1, 1, 5, 1, 1, 1, 1, 5, 1, 2, 5, 5, 4, 1,
+    1, 1, 1, 5, 2, 2, 0, 5, 1, 1, 5, 5, 1, 1, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2,
+    0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 1, 1, 5, 2, 2, 0, 5, 1, 5, 5, 1, 0, 4, 1, 1, 0, 5, 2, 2, 0,
+    5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 0, 0, 1, 1, 4, 1, 2, 1, 2, 0,
+    0, 4, 1, 1, 0, 0, 1, 1, 4, 1, 1, 0, 0, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 0,
+    1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5,
+    0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8,
+    0, 8, 5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 2, 2, 0, 0, 9, 2, 2, 0,
+    0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2,
+    0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0,
+    8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0,
+    9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0,
+    9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 5,
+    2, 0, 2, 5, 5, 5, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1, 1, 0, 1, 0, 4, 1, 1, 1, 0, 1, 0, 4,
+    1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1,
+    1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1,
+    2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2,
+    1, 1, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0,
+    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
+    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0,
+    4, 2, 1, 0, 2, 1, 0, 4, 2, 1, 1, 0, 2, 1, 1, 4, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6, 5, 0,
+    5, 0, 0, 4, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 0, 0, 2, 2,
+    0, 0, 2, 2, 6, 0, 6, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1,
+    1, 1, 1, 0, 9, 9, 0, 0, 0, 4, 2, 1, 0, 2, 0, 1, 4, 2, 1, 0, 2, 0, 1, 4, 2, 2, 2, 2, 8, 1, 0, 8,
+    1, 0, 4, 2, 1, 0, 2, 1, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 2, 2, 0, 0, 9, 2, 2, 0, 0,
+    9, 9, 9, 8, 8, 8, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 8, 0, 5, 2, 2, 0, 0, 9, 2, 2,
+    0, 0, 9, 9, 9, 8, 8, 0, 5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 9, 9, 0, 8, 0, 8, 5, 2, 2, 0, 0, 9, 9, 0,
+    8, 0, 8, 5, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 5, 4, 1, 1, 0, 0, 9, 9, 0,
+    8, 0, 8, 5, 2, 2, 0, 0, 9, 9, 0, 8, 0, 8, 5, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 5,
+    5, 0, 5, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9,
+    8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 2, 2, 0, 0, 9, 2, 2,
+    0, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    5, 0, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 1, 0, 2, 0, 1, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 5, 0, 5, 0, 0,
+    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
+    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 1, 1, 0, 2, 1, 1, 4, 2, 2, 0,
+    5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 5, 0, 0, 0, 5, 4, 2,
+    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2,
+    0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0,
+    0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2,
+    0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 8, 0, 5, 0,
+    5, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2,
+    0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 8, 8, 0, 5, 0, 5, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
+    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2,
+    2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0,
+    8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0,
+    8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4,
+    2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8,
+    0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2,
+    2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2,
+    8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0,
+    8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0,
+    0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4,
+    2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2,
+    2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2,
+    8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0,
+    8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0,
+    0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1,
+    0, 0, 9, 9, 0, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 0, 9, 9, 9, 0, 0, 0, 0, 6,
+    6, 0, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 0, 9, 9, 4, 1, 1, 0, 0, 9, 0, 0,
+    0, 9, 4, 1, 1, 0, 0, 9, 2, 2, 0, 0, 9, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 9, 9, 4, 2, 0, 2, 0,
+    9, 0, 9, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 0, 9, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2,
+    2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0,
+    8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0,
+    8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8,
+    0, 0, 4, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 2, 0, 0, 9, 2, 2, 0,
+    0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0,
+    0, 4, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0,
+    8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2,
+    2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 0, 9, 0, 0, 0, 9, 4, 1, 2, 1, 1, 1, 1, 5,
+    1, 1, 1, 1, 5, 1, 2, 5, 5, 4, 1, 2, 1, 1, 1, 1, 5, 1, 1, 1, 1, 5, 1, 2, 5, 5, 4, 1, 1, 1, 1, 5,
+    2, 2, 0, 5, 1, 1, 5, 5, 1, 1, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    2, 1, 2, 0, 0, 4, 1, 1, 1, 1, 5, 2, 2, 0, 5, 1, 5, 5, 1, 0, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0,
+    0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 0, 0, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1,
+    0, 0, 1, 1, 4, 1, 1, 0, 0, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1, 1, 2,
+    1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 2, 1,
+    0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1,
+    1, 1, 2, 1, 1, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0,
+    8, 0, 0, 4, 2, 2, 2, 2, 8, 1, 1, 1, 1, 8, 1, 1, 1, 1, 8, 0, 8, 8, 8, 4, 2, 1, 1, 0, 2, 1, 1, 4,
+    2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6, 0, 0, 4, 2, 2, 2, 2, 8, 2, 2, 2, 2, 8, 2, 2, 2, 2, 2,
+    8, 2, 8, 8, 2, 0, 8, 0, 2, 0, 6, 0, 6, 0, 0, 4, 2, 2, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2, 6, 0, 6, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 1, 0, 8, 1, 0, 4, 2,
+    2, 2, 2, 8, 1, 1, 1, 1, 8, 1, 1, 1, 1, 8, 0, 8, 8, 8, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 5, 0, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 1, 1, 0, 2, 1, 1, 4, 2, 2, 0, 5, 0, 5,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2,
+    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0,
+    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
+    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8,
+    0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0,
+    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 1, 1, 1, 1, 8, 0, 8, 8, 0, 4, 2, 2, 2, 2,
+    8, 1, 1, 1, 1, 8, 0, 8, 8, 0, 4, 2, 1, 1, 1, 1, 8, 0, 8, 5, 0, 2, 5, 0, 4, 2, 0, 2, 8, 1, 1, 1,
+    1, 8, 0, 8, 5, 0, 8, 5, 0, 4, 2, 1, 0, 1, 8, 0, 8, 5, 0, 2, 5, 0, 4, 2, 0, 2, 0, 0, 4, 2, 1, 1,
+    0, 8, 0, 2, 8, 0, 4, 2, 1, 1, 0, 8, 0, 2, 8, 0, 4, 2, 1, 1, 0, 8, 0, 2, 8, 0, 4, 2, 1, 1, 0, 8,
+    0, 2, 8, 0, 4, 2, 1, 1, 0, 8, 0, 2, 8, 0, 4, 2, 1, 1, 0, 8, 0, 2, 8, 0, 4, 2, 2, 2, 2, 8, 0, 8,
+    0, 0, 4, 2, 0, 2, 8, 0, 8, 0, 0, 4, 2, 1, 1, 1, 1, 8, 0, 8, 5, 0, 2, 5, 0, 4, 2, 2, 2, 2, 8, 1,
+    1, 1, 1, 8, 0, 8, 5, 0, 8, 5, 0, 4, 2, 1, 1, 0, 8, 0, 8, 5, 0, 2, 5, 0, 4, 2, 2, 2, 2, 8, 0, 8,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8,
+    0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 8, 0, 8, 0, 0, 4, 2,
+    2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 0,
+    8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 2, 0, 8, 0,
+    8, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2,
+    2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2,
+    8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0,
+    8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0,
+    0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4,
+    2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2,
+    2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2,
+    8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0,
+    8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0,
+    0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4,
+    2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2,
+    2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2,
+    8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2,
+    8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0,
+    8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0,
+    0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4,
+    2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2,
+    2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4,
 ]
 
 let tableNodeArg: [UInt16] = [
@@ -845,176 +1911,603 @@ let tableNodeArg: [UInt16] = [
     212, 213, 214, 571, 215, 216, 217, 218, 219, 220, 221, 222, 215, 216, 217, 218, 219, 220, 221, 222, 588, 223, 224, 225, 226, 227, 228, 229, 230, 223, 224, 225,
     226, 227, 228, 229, 230, 605, 231, 231, 0, 615, 232, 232, 0, 619, 233, 233, 0, 623, 234, 235, 236, 237, 238, 239, 240, 241, 242, 235, 236, 237, 238, 239,
     240, 241, 242, 635, 243, 244, 245, 246, 247, 248, 249, 250, 243, 244, 245, 246, 247, 248, 249, 250, 652, 635, 652, 661, 251, 252, 253, 254, 255, 256, 257, 251,
-    0, 252, 253, 254, 255, 256, 257, 671, 258, 259, 260, 260, 0, 0, 0, 0, 0, 0, 0, 683, 261, 262, 263, 264, 261, 262, 0, 0, 263, 264, 0, 0,
-    696, 265, 266, 267, 268, 269, 270, 271, 265, 266, 267, 268, 269, 270, 271, 0, 712, 272, 273, 274, 275, 276, 277, 278, 279, 272, 273, 274, 275, 276, 277, 278,
-    279, 729, 280, 281, 282, 283, 284, 285, 286, 287, 280, 281, 282, 283, 284, 285, 286, 287, 746, 258, 259, 683, 0, 696, 712, 729, 746, 755, 671, 755, 764, 288,
-    289, 290, 291, 292, 293, 294, 295, 288, 289, 290, 291, 292, 293, 294, 295, 775, 296, 297, 298, 299, 300, 0, 300, 0, 0, 0, 0, 0, 0, 789, 296, 297,
-    298, 299, 0, 789, 0, 0, 798, 775, 798, 807, 301, 302, 303, 304, 305, 306, 301, 302, 303, 304, 0, 305, 0, 306, 816, 307, 308, 309, 310, 311, 312, 313,
-    314, 315, 311, 312, 313, 314, 315, 0, 0, 0, 834, 316, 317, 307, 308, 309, 310, 834, 316, 317, 0, 845, 816, 845, 854, 318, 319, 320, 321, 322, 323, 324,
-    325, 318, 319, 320, 321, 322, 323, 324, 325, 865, 326, 327, 328, 329, 330, 331, 332, 333, 326, 327, 328, 329, 330, 331, 332, 333, 882, 865, 882, 891, 334, 335,
-    336, 337, 338, 339, 340, 334, 335, 336, 337, 338, 0, 339, 340, 901, 341, 342, 343, 344, 345, 346, 341, 342, 343, 344, 345, 346, 0, 0, 916, 901, 916, 925,
-    347, 348, 349, 350, 351, 352, 353, 354, 347, 348, 349, 350, 351, 352, 353, 354, 936, 355, 356, 357, 358, 0, 358, 0, 0, 0, 0, 0, 0, 949, 359, 360,
-    361, 362, 355, 356, 357, 949, 359, 360, 361, 362, 962, 936, 962, 971, 363, 364, 365, 366, 367, 368, 369, 370, 363, 364, 365, 366, 367, 368, 369, 370, 982, 371,
-    372, 373, 374, 375, 375, 0, 0, 0, 0, 0, 0, 0, 996, 376, 377, 371, 372, 373, 374, 996, 376, 377, 0, 1007, 982, 1007, 1016, 378, 379, 380, 381, 382,
-    383, 381, 382, 383, 1025, 384, 385, 386, 387, 388, 389, 390, 390, 0, 1036, 391, 392, 393, 394, 395, 396, 397, 398, 399, 399, 400, 401, 402, 403, 404, 405, 399,
-    399, 400, 401, 402, 403, 404, 405, 1055, 406, 406, 407, 408, 409, 410, 411, 412, 406, 406, 407, 408, 409, 410, 411, 412, 1072, 413, 414, 415, 416, 417, 418, 419,
-    420, 419, 420, 0, 0, 0, 0, 0, 0, 1089, 421, 422, 423, 424, 425, 426, 427, 421, 422, 423, 424, 425, 426, 427, 0, 1105, 421, 422, 423, 425, 427, 421,
-    422, 423, 0, 425, 0, 427, 0, 1119, 1105, 1119, 1128, 428, 429, 430, 431, 432, 433, 428, 429, 430, 431, 432, 433, 0, 0, 1137, 434, 435, 430, 431, 432, 433,
-    434, 435, 430, 431, 432, 433, 0, 0, 1152, 1137, 1152, 1161, 436, 437, 438, 439, 440, 441, 442, 436, 437, 438, 439, 440, 0, 441, 442, 1171, 443, 444, 445, 446,
-    447, 443, 444, 445, 446, 447, 0, 0, 0, 1185, 448, 449, 450, 451, 452, 448, 449, 450, 451, 0, 0, 0, 452, 1199, 453, 454, 455, 456, 457, 458, 453, 454,
-    0, 0, 455, 456, 457, 458, 1214, 459, 460, 461, 462, 463, 464, 465, 466, 459, 460, 461, 462, 463, 464, 465, 466, 1231, 467, 441, 468, 469, 470, 471, 472, 0,
-    468, 469, 470, 471, 472, 0, 0, 1247, 1185, 1199, 1214, 1231, 467, 0, 441, 1247, 1256, 1171, 1256, 1265, 436, 437, 438, 439, 440, 441, 442, 436, 437, 438, 439, 440,
-    0, 441, 442, 1275, 443, 444, 445, 446, 447, 443, 444, 445, 446, 447, 0, 0, 0, 1289, 448, 449, 450, 451, 452, 448, 449, 450, 451, 0, 0, 0, 452, 1303,
-    453, 454, 455, 456, 457, 458, 453, 454, 0, 0, 455, 456, 457, 458, 1318, 459, 460, 461, 462, 463, 464, 465, 466, 459, 460, 461, 462, 463, 464, 465, 466, 1335,
-    467, 441, 473, 468, 469, 470, 471, 472, 473, 468, 469, 470, 471, 472, 0, 0, 1352, 1289, 1303, 1318, 1335, 467, 0, 441, 1352, 1361, 1275, 1361, 1370, 1265, 1370, 1373,
-    474, 475, 476, 477, 478, 478, 479, 478, 478, 479, 1383, 480, 481, 481, 482, 481, 481, 481, 482, 481, 1392, 483, 484, 485, 486, 484, 484, 484, 484, 484, 484, 485,
-    486, 484, 484, 484, 484, 484, 1406, 1406, 0, 1415, 487, 488, 489, 490, 491, 492, 492, 492, 492, 488, 489, 490, 491, 492, 492, 492, 492, 1427, 492, 492, 492, 492,
-    492, 492, 492, 492, 492, 492, 492, 492, 492, 492, 492, 492, 1444, 1427, 1444, 1453, 492, 492, 492, 492, 492, 492, 492, 492, 492, 492, 492, 492, 492, 492, 492, 492,
-    492, 493, 494, 492, 492, 492, 492, 492, 492, 493, 494, 492, 492, 492, 492, 1479, 492, 492, 492, 492, 492, 492, 492, 1479, 1488, 492, 1488, 1497, 492, 492, 492, 1497,
-    492, 1501, 492, 495, 496, 497, 498, 499, 500, 501, 502, 503, 504, 504, 505, 504, 504, 505, 1519, 506, 507, 508, 509, 510, 511, 512, 513, 514, 515, 516, 517, 518,
-    519, 520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540, 541, 542, 543, 544, 545, 546, 547, 548, 549, 550,
-    551, 552, 553, 554, 555, 556, 557, 558, 559, 560, 561, 562, 563, 564, 565, 566, 567, 568, 569, 570, 571, 572, 573, 574, 567, 568, 569, 570, 571, 572, 573, 574,
-    1592, 575, 576, 577, 0, 0, 0, 0, 0, 575, 576, 577, 1604, 1592, 1604, 1613, 578, 579, 0, 0, 0, 0, 0, 0, 578, 579, 1618, 580, 0, 0, 0, 0,
-    0, 0, 580, 0, 1628, 1618, 1628, 1637, 581, 0, 0, 0, 0, 581, 0, 0, 0, 1641, 582, 583, 584, 585, 581, 586, 587, 586, 587, 1657, 588, 582, 583, 584,
-    585, 581, 1657, 588, 0, 1661, 1641, 1661, 1670, 589, 0, 0, 0, 0, 0, 0, 589, 0, 1674, 0, 1674, 1683, 1613, 1637, 1670, 1683, 1686, 590, 591, 592, 593, 593,
-    0, 1695, 594, 595, 595, 0, 1700, 596, 596, 0, 1704, 597, 598, 599, 0, 0, 599, 0, 1710, 600, 601, 602, 603, 604, 0, 0, 0, 0, 601, 602, 603, 604,
-    1720, 605, 606, 606, 607, 606, 606, 606, 607, 606, 1734, 608, 608, 609, 608, 608, 608, 609, 608, 1743, 610, 611, 612, 613, 614, 614, 615, 614, 614, 615, 1755, 616,
-    617, 618, 619, 620, 0, 1755, 0, 616, 617, 618, 619, 620, 1764, 621, 622, 0, 0, 0, 0, 0, 0, 621, 622, 1775, 1764, 1775, 1784, 614, 614, 615, 614, 614,
-    615, 1790, 616, 617, 618, 623, 0, 1790, 0, 616, 617, 618, 623, 0, 1798, 1798, 0, 1807, 614, 614, 615, 614, 614, 615, 1813, 616, 617, 618, 624, 0, 1813, 0,
-    616, 617, 618, 624, 0, 1821, 625, 0, 0, 0, 0, 0, 0, 0, 625, 1831, 1821, 1831, 1840, 614, 614, 615, 614, 614, 615, 1846, 616, 617, 618, 619, 620, 0,
-    1846, 0, 616, 617, 618, 619, 620, 1855, 621, 622, 0, 0, 0, 0, 0, 0, 621, 622, 1866, 1855, 1866, 1875, 1784, 1807, 1840, 1875, 1878, 626, 626, 626, 626, 626,
-    626, 626, 626, 627, 628, 628, 0, 1893, 0, 1893, 0, 0, 1896, 629, 629, 0, 1902, 0, 1902, 0, 0, 1905, 630, 630, 0, 1911, 0, 1911, 0, 0, 1914, 631,
-    631, 0, 1920, 631, 631, 0, 1924, 631, 631, 0, 1928, 632, 1920, 1924, 1928, 632, 1932, 633, 633, 0, 1938, 633, 633, 0, 1942, 633, 633, 0, 1946, 634, 1938, 1942,
-    1946, 634, 1950, 635, 636, 0, 635, 636, 0, 1957, 637, 637, 0, 1963, 0, 0, 0, 1963, 1966, 638, 638, 0, 1972, 638, 638, 0, 1976, 638, 638, 0, 1980, 638,
-    638, 0, 1984, 1972, 1976, 1980, 1984, 1987,
+    0, 252, 253, 254, 255, 256, 257, 671, 258, 259, 260, 260, 0, 0, 0, 0, 0, 0, 0, 683, 261, 262, 263, 264, 265, 262, 263, 0, 0, 264, 265, 0,
+    0, 697, 266, 267, 268, 269, 270, 271, 272, 266, 267, 268, 269, 270, 271, 272, 0, 713, 273, 274, 275, 276, 277, 278, 279, 280, 273, 274, 275, 276, 277, 278,
+    279, 280, 730, 281, 282, 283, 284, 285, 286, 287, 288, 281, 282, 283, 284, 285, 286, 287, 288, 747, 258, 259, 683, 261, 697, 713, 730, 747, 756, 671, 756, 765,
+    289, 290, 291, 292, 293, 294, 295, 296, 289, 290, 291, 292, 293, 294, 295, 296, 776, 297, 298, 299, 300, 301, 0, 301, 0, 0, 0, 0, 0, 0, 790, 297,
+    298, 299, 300, 0, 790, 0, 0, 799, 776, 799, 808, 302, 303, 304, 305, 306, 307, 302, 303, 304, 305, 0, 306, 0, 307, 817, 308, 309, 310, 311, 312, 313,
+    314, 315, 316, 312, 313, 314, 315, 316, 0, 0, 0, 835, 317, 318, 308, 309, 310, 311, 835, 317, 318, 0, 846, 817, 846, 855, 319, 320, 321, 322, 323, 324,
+    325, 326, 319, 320, 321, 322, 323, 324, 325, 326, 866, 327, 328, 329, 330, 331, 332, 333, 334, 327, 328, 329, 330, 331, 332, 333, 334, 883, 866, 883, 892, 335,
+    336, 337, 338, 339, 340, 341, 335, 336, 337, 338, 339, 0, 340, 341, 902, 342, 343, 344, 345, 346, 347, 342, 343, 344, 345, 346, 347, 0, 0, 917, 902, 917,
+    926, 348, 349, 350, 351, 352, 353, 354, 355, 348, 349, 350, 351, 352, 353, 354, 355, 937, 356, 357, 358, 359, 0, 359, 0, 0, 0, 0, 0, 0, 950, 360,
+    361, 362, 363, 356, 357, 358, 950, 360, 361, 362, 363, 963, 937, 963, 972, 364, 365, 366, 367, 368, 369, 370, 371, 364, 365, 366, 367, 368, 369, 370, 371, 983,
+    372, 373, 374, 375, 376, 376, 0, 0, 0, 0, 0, 0, 0, 997, 377, 378, 372, 373, 374, 375, 997, 377, 378, 0, 1008, 983, 1008, 1017, 379, 380, 381, 382,
+    383, 384, 382, 383, 384, 1026, 385, 386, 387, 388, 389, 390, 391, 391, 0, 1037, 392, 393, 394, 395, 396, 397, 398, 399, 400, 400, 401, 402, 403, 404, 405, 406,
+    400, 400, 401, 402, 403, 404, 405, 406, 1056, 407, 407, 408, 409, 410, 411, 412, 413, 407, 407, 408, 409, 410, 411, 412, 413, 1073, 414, 415, 416, 417, 418, 419,
+    420, 421, 420, 421, 0, 0, 0, 0, 0, 0, 1090, 422, 423, 424, 425, 426, 427, 428, 422, 423, 424, 425, 426, 427, 428, 0, 1106, 422, 423, 424, 426, 428,
+    422, 423, 424, 0, 426, 0, 428, 0, 1120, 1106, 1120, 1129, 429, 430, 431, 432, 433, 434, 429, 430, 431, 432, 433, 434, 0, 0, 1138, 435, 436, 431, 432, 433,
+    434, 435, 436, 431, 432, 433, 434, 0, 0, 1153, 1138, 1153, 1162, 437, 438, 439, 440, 441, 442, 443, 437, 438, 439, 440, 441, 0, 442, 443, 1172, 444, 445, 446,
+    447, 448, 444, 445, 446, 447, 448, 0, 0, 0, 1186, 449, 450, 451, 452, 453, 449, 450, 451, 452, 0, 0, 0, 453, 1200, 454, 455, 456, 457, 458, 459, 454,
+    455, 0, 0, 456, 457, 458, 459, 1215, 460, 461, 462, 463, 464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467, 1232, 468, 442, 469, 470, 471, 472, 473,
+    0, 469, 470, 471, 472, 473, 0, 0, 1248, 1186, 1200, 1215, 1232, 468, 0, 442, 1248, 1257, 1172, 1257, 1266, 437, 438, 439, 440, 441, 442, 443, 437, 438, 439, 440,
+    441, 0, 442, 443, 1276, 444, 445, 446, 447, 448, 444, 445, 446, 447, 448, 0, 0, 0, 1290, 449, 450, 451, 452, 453, 449, 450, 451, 452, 0, 0, 0, 453,
+    1304, 454, 455, 456, 457, 458, 459, 454, 455, 0, 0, 456, 457, 458, 459, 1319, 460, 461, 462, 463, 464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467,
+    1336, 468, 442, 474, 469, 470, 471, 472, 473, 474, 469, 470, 471, 472, 473, 0, 0, 1353, 1290, 1304, 1319, 1336, 468, 0, 442, 1353, 1362, 1276, 1362, 1371, 1266, 1371,
+    1374, 475, 476, 477, 478, 479, 479, 480, 479, 479, 480, 1384, 481, 482, 482, 483, 482, 482, 482, 483, 482, 1393, 484, 485, 486, 487, 485, 485, 485, 485, 485, 485,
+    486, 487, 485, 485, 485, 485, 485, 1407, 1407, 0, 1416, 488, 489, 490, 491, 492, 489, 490, 491, 492, 1424, 493, 494, 495, 496, 493, 494, 495, 496, 1433, 497, 498,
+    497, 498, 1440, 499, 499, 0, 1444, 500, 501, 1440, 1444, 500, 501, 1449, 502, 502, 0, 1455, 503, 503, 0, 1459, 1455, 1459, 0, 0, 1462, 504, 505, 504, 505, 0,
+    0, 1469, 506, 507, 506, 507, 0, 0, 1476, 508, 509, 508, 509, 1483, 510, 510, 0, 1487, 511, 1483, 1487, 511, 0, 1491, 512, 512, 0, 1497, 513, 513, 0, 1501,
+    1497, 1501, 0, 0, 1504, 514, 515, 516, 517, 518, 518, 518, 518, 514, 515, 516, 517, 518, 518, 518, 518, 1517, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518,
+    518, 518, 518, 518, 518, 518, 1534, 1517, 1534, 1543, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 519, 520, 518, 518, 518,
+    518, 518, 518, 519, 520, 518, 518, 518, 518, 1569, 518, 518, 518, 518, 518, 518, 518, 1569, 1578, 518, 1578, 1587, 518, 518, 518, 1587, 518, 1591, 518, 521, 522, 523,
+    524, 525, 526, 525, 526, 0, 0, 1603, 527, 528, 527, 528, 0, 0, 1610, 529, 530, 531, 532, 529, 530, 531, 532, 1619, 533, 534, 533, 534, 0, 0, 1626, 535,
+    536, 537, 538, 535, 536, 537, 538, 1635, 539, 540, 541, 542, 539, 540, 541, 542, 1644, 543, 544, 543, 544, 0, 0, 1651, 545, 546, 545, 546, 0, 0, 1658, 547,
+    548, 549, 550, 551, 552, 552, 553, 552, 552, 553, 1671, 554, 555, 556, 557, 558, 559, 560, 561, 562, 563, 564, 565, 566, 567, 568, 569, 570, 571, 0, 571, 1693,
+    572, 0, 572, 1697, 1693, 1697, 0, 0, 1700, 573, 574, 575, 576, 573, 574, 575, 576, 1709, 577, 578, 577, 0, 578, 0, 1716, 579, 580, 579, 0, 580, 0, 1723,
+    581, 582, 581, 582, 0, 0, 1730, 583, 584, 583, 584, 0, 0, 1737, 585, 586, 585, 586, 0, 0, 1744, 587, 588, 587, 588, 0, 0, 1751, 589, 590, 591, 592,
+    589, 590, 591, 592, 1760, 593, 594, 595, 596, 593, 594, 595, 596, 1769, 597, 598, 599, 600, 597, 598, 599, 600, 1778, 601, 602, 603, 601, 602, 603, 0, 1786, 604,
+    605, 606, 607, 604, 605, 606, 607, 1795, 608, 609, 610, 611, 608, 609, 610, 611, 1804, 612, 613, 614, 615, 612, 613, 614, 615, 1813, 616, 617, 618, 619, 616, 617,
+    618, 619, 1822, 620, 621, 620, 621, 0, 0, 1829, 622, 623, 622, 623, 0, 0, 1836, 624, 625, 624, 625, 0, 0, 1843, 626, 627, 626, 627, 0, 0, 1850, 628,
+    629, 628, 629, 0, 0, 1857, 630, 631, 630, 631, 0, 0, 1864, 632, 633, 632, 633, 0, 0, 1871, 634, 635, 634, 635, 0, 0, 1878, 636, 637, 636, 637, 0,
+    0, 1885, 638, 639, 638, 639, 0, 0, 1892, 640, 641, 640, 641, 0, 0, 1899, 642, 643, 642, 643, 0, 0, 1906, 644, 0, 644, 0, 0, 1912, 645, 0, 645,
+    0, 0, 1918, 646, 647, 646, 647, 1925, 648, 649, 648, 649, 1930, 1925, 1930, 0, 0, 1933, 650, 651, 652, 650, 651, 652, 0, 1941, 653, 654, 655, 656, 653, 654,
+    655, 656, 1950, 657, 658, 659, 0, 0, 657, 0, 658, 0, 659, 0, 1958, 0, 1958, 1967, 660, 661, 662, 0, 0, 660, 0, 661, 0, 662, 0, 1973, 0, 1973,
+    1982, 1967, 1982, 0, 0, 1985, 663, 664, 665, 0, 0, 663, 0, 664, 0, 665, 0, 1993, 0, 1993, 2002, 666, 667, 668, 0, 0, 666, 0, 667, 0, 668, 0,
+    2008, 0, 2008, 2017, 2002, 2017, 0, 0, 2020, 669, 670, 0, 0, 669, 0, 0, 0, 670, 0, 2027, 0, 2027, 2036, 671, 672, 673, 674, 0, 0, 671, 672, 0,
+    0, 673, 674, 2043, 0, 2043, 2052, 2036, 2052, 0, 0, 2055, 675, 676, 675, 676, 0, 0, 2062, 677, 678, 677, 678, 0, 0, 2069, 679, 680, 679, 680, 0, 0,
+    2076, 681, 681, 681, 681, 681, 681, 681, 681, 2085, 682, 683, 683, 0, 0, 0, 0, 0, 0, 0, 2092, 0, 2092, 2101, 682, 684, 0, 684, 2106, 682, 2101, 682,
+    2106, 2109, 685, 686, 0, 686, 2116, 685, 687, 0, 687, 2121, 685, 2116, 685, 2121, 2124, 688, 689, 0, 688, 0, 689, 2131, 690, 691, 0, 690, 0, 691, 2138, 692,
+    693, 692, 693, 2145, 694, 695, 694, 695, 2150, 696, 2145, 2150, 696, 0, 2154, 697, 698, 699, 697, 698, 699, 0, 2162, 700, 701, 702, 703, 704, 705, 706, 707, 708,
+    709, 710, 711, 712, 713, 714, 715, 716, 717, 718, 719, 720, 721, 722, 723, 724, 725, 726, 727, 728, 729, 730, 731, 732, 733, 734, 735, 736, 737, 738, 739, 740,
+    741, 742, 743, 744, 745, 746, 747, 748, 749, 750, 751, 744, 745, 746, 747, 748, 749, 750, 751, 2219, 752, 753, 754, 0, 0, 0, 0, 0, 752, 753, 754, 2231,
+    2219, 2231, 2240, 755, 756, 0, 0, 0, 0, 0, 0, 755, 756, 2245, 757, 0, 0, 0, 0, 0, 0, 757, 0, 2255, 2245, 2255, 2264, 758, 0, 0, 0, 0,
+    758, 0, 0, 0, 2268, 759, 760, 761, 762, 758, 763, 764, 763, 764, 2284, 765, 759, 760, 761, 762, 758, 2284, 765, 0, 2288, 2268, 2288, 2297, 766, 0, 0, 0,
+    0, 0, 0, 766, 0, 2301, 0, 2301, 2310, 2240, 2264, 2297, 2310, 2313, 767, 768, 769, 770, 770, 0, 2322, 771, 772, 772, 0, 2327, 773, 773, 0, 2331, 774, 775,
+    776, 0, 0, 776, 0, 2337, 777, 778, 779, 780, 781, 0, 0, 0, 0, 778, 779, 780, 781, 2347, 782, 783, 783, 784, 783, 783, 783, 784, 783, 2361, 785, 785,
+    786, 785, 785, 785, 786, 785, 2370, 787, 788, 789, 790, 791, 792, 793, 794, 791, 792, 793, 794, 2383, 795, 795, 0, 2389, 795, 795, 0, 2393, 795, 795, 0, 2397,
+    795, 795, 0, 2401, 2389, 2393, 2397, 2401, 2404, 796, 797, 796, 797, 0, 0, 2411, 798, 0, 798, 2417, 799, 0, 799, 2421, 2417, 2421, 0, 0, 2424, 800, 801, 800,
+    801, 0, 0, 2431, 802, 802, 803, 802, 802, 803, 2439, 804, 805, 806, 807, 808, 0, 2439, 0, 804, 805, 806, 807, 808, 2448, 809, 810, 0, 0, 0, 0, 0,
+    0, 809, 810, 2459, 2448, 2459, 2468, 802, 802, 803, 802, 802, 803, 2474, 804, 805, 806, 811, 0, 2474, 0, 804, 805, 806, 811, 0, 2482, 2482, 0, 2491, 802, 802,
+    803, 802, 802, 803, 2497, 804, 805, 806, 812, 0, 2497, 0, 804, 805, 806, 812, 0, 2505, 813, 0, 0, 0, 0, 0, 0, 0, 813, 2515, 2505, 2515, 2524, 802,
+    802, 803, 802, 802, 803, 2530, 804, 805, 806, 807, 808, 0, 2530, 0, 804, 805, 806, 807, 808, 2539, 809, 810, 0, 0, 0, 0, 0, 0, 809, 810, 2550, 2539,
+    2550, 2559, 2468, 2491, 2524, 2559, 2562, 814, 814, 814, 814, 814, 814, 814, 814, 815, 816, 0, 815, 0, 816, 2577, 817, 818, 817, 818, 0, 0, 2584, 819, 820, 819,
+    820, 0, 0, 2591, 821, 822, 821, 822, 0, 0, 2598, 823, 824, 823, 824, 0, 0, 2605, 825, 826, 825, 826, 0, 0, 2612, 827, 828, 0, 828, 2619, 829, 0,
+    829, 2623, 0, 827, 2619, 2623, 2626, 830, 0, 830, 2632, 831, 0, 831, 2636, 2632, 2636, 0, 0, 2639, 832, 833, 832, 833, 0, 0, 2646, 834, 835, 834, 835, 0,
+    0, 2653, 836, 837, 836, 837, 0, 0, 2660, 838, 839, 838, 839, 0, 0, 2667, 840, 841, 840, 841, 0, 0, 2674, 842, 843, 842, 843, 0, 0, 2681, 844, 845,
+    844, 845, 0, 0, 2688, 846, 847, 846, 847, 0, 0, 2695, 848, 849, 848, 849, 0, 0, 2702, 850, 851, 850, 851, 0, 0, 2709, 852, 853, 852, 853, 0, 0,
+    2716, 854, 855, 854, 855, 0, 0, 2723, 856, 857, 856, 857, 0, 0, 2730, 858, 859, 858, 859, 0, 0, 2737, 860, 861, 862, 0, 860, 861, 862, 2745, 863, 863,
+    0, 2751, 864, 864, 0, 2755, 2751, 2755, 0, 0, 2758, 865, 866, 865, 866, 0, 0, 2765, 867, 868, 867, 868, 0, 0, 2772, 869, 870, 869, 870, 0, 0, 2779,
+    871, 872, 871, 872, 0, 0, 2786, 873, 874, 873, 874, 0, 0, 2793, 875, 876, 875, 876, 0, 0, 2800, 877, 878, 877, 878, 0, 0, 2807, 879, 880, 879, 880,
+    0, 0, 2814, 881, 881, 0, 2820, 0, 0, 0, 2820, 2823, 882, 883, 882, 883, 0, 0, 2830, 884, 885, 884, 885, 0, 0, 2837, 886, 887, 886, 887, 0, 0,
+    2844, 888, 889, 888, 889, 0, 0, 2851, 890, 891, 890, 891, 0, 0, 2858, 892, 893, 892, 893, 0, 0, 2865, 894, 0, 894, 2871, 895, 0, 895, 2875, 2871, 2875,
+    0, 0, 2878, 896, 897, 896, 897, 0, 0, 2885, 898, 899, 898, 899, 0, 0, 2892, 900, 901, 900, 901, 0, 0, 2899, 902, 903, 902, 903, 0, 0, 2906, 904,
+    905, 904, 905, 0, 0, 2913, 906, 907, 906, 907, 0, 0, 2920, 908, 909, 908, 909, 0, 0, 2927, 910, 911, 912, 911, 912, 0, 0, 2935, 913, 914, 913, 914,
+    0, 0, 2942, 915, 916, 915, 916, 0, 0, 2949, 917, 918, 917, 918, 0, 0, 2956, 919, 920, 919, 920, 0, 0, 2963, 921, 922, 921, 922, 0, 0, 2970, 923,
+    924, 923, 924, 0, 0, 2977, 925, 926, 925, 926, 0, 0, 2984, 927, 928, 927, 928, 0, 0, 2991, 929, 930, 929, 930, 0, 0, 2998, 931, 932, 931, 932, 0,
+    0, 3005, 933, 934, 933, 934, 0, 0, 3012, 935, 0, 935, 0, 0, 3018, 936, 0, 936, 0, 0, 3024, 937, 0, 937, 0, 0, 3030, 938, 0, 938, 0, 0,
+    3036, 939, 940, 939, 940, 0, 0, 3043, 941, 942, 941, 942, 0, 0, 3050, 943, 944, 943, 944, 0, 0, 3057, 945, 0, 945, 0, 0, 3063, 946, 0, 946, 0,
+    0, 3069, 947, 0, 947, 0, 0, 3075, 948, 0, 948, 0, 0, 3081, 949, 0, 949, 0, 0, 3087, 950, 0, 950, 0, 0, 3093, 951, 0, 951, 0, 0, 3099,
+    952, 0, 952, 0, 0, 3105, 953, 0, 953, 0, 0, 3111, 954, 0, 954, 0, 0, 3117, 955, 0, 955, 0, 0, 3123, 956, 0, 956, 0, 0, 3129, 957, 0,
+    957, 0, 0, 3135, 958, 0, 958, 0, 0, 3141, 959, 0, 959, 0, 0, 3147, 960, 0, 960, 0, 0, 3153, 961, 0, 961, 0, 0, 3159, 962, 0, 962, 0,
+    0, 3165, 963, 0, 963, 0, 0, 3171, 964, 0, 964, 0, 0, 3177, 965, 0, 965, 0, 0, 3183, 966, 0, 966, 0, 0, 3189, 967, 0, 967, 0, 0, 3195,
+    968, 0, 968, 0, 0, 3201, 969, 0, 969, 0, 0, 3207, 970, 0, 970, 0, 0, 3213, 971, 0, 971, 0, 0, 3219, 972, 972, 0, 3225, 0, 3225, 0, 0,
+    3228, 973, 973, 0, 3234, 0, 3234, 0, 0, 3237, 974, 974, 0, 3243, 0, 3243, 0, 0, 3246, 975, 975, 0, 0, 0, 3252, 976, 976, 0, 0, 0, 3258, 977,
+    977, 0, 0, 0, 3264, 978, 978, 0, 0, 0, 3270, 979, 979, 0, 0, 0, 3276, 980, 980, 0, 0, 0, 3282, 981, 0, 981, 0, 0, 3288, 982, 0, 982,
+    0, 0, 3294, 983, 0, 983, 0, 0, 3300, 984, 0, 984, 0, 0, 3306, 985, 0, 985, 0, 0, 3312, 986, 986, 0, 3318, 986, 986, 0, 3322, 986, 986, 0,
+    3326, 987, 3318, 3322, 3326, 987, 3330, 988, 988, 0, 3336, 988, 988, 0, 3340, 988, 988, 0, 3344, 989, 3336, 3340, 3344, 989, 3348, 990, 991, 0, 990, 991, 0, 3355,
+    992, 992, 0, 3361, 0, 0, 0, 3361, 3364, 993, 993, 0, 3370, 993, 993, 0, 3374, 993, 993, 0, 3378, 993, 993, 0, 3382, 3370, 3374, 3378, 3382, 3385, 994, 0,
+    994, 0, 0, 3391, 995, 0, 995, 0, 0, 3397, 996, 0, 996, 0, 0, 3403, 997, 0, 997, 0, 0, 3409, 998, 0, 998, 0, 0, 3415, 999, 0, 999, 0,
+    0, 3421, 1000, 0, 1000, 0, 0, 3427, 1001, 1002, 1001, 1002, 0, 0, 3434, 1003, 0, 1003, 0, 0, 3440, 1004, 0, 1004, 0, 0, 3446, 1005, 1006, 1005, 1006, 3453,
+    0, 3453, 0, 0, 3456, 1007, 0, 1007, 0, 0, 3462, 1008, 0, 1008, 0, 0, 3468, 1009, 0, 1009, 0, 0, 3474, 1010, 1011, 1010, 1011, 3481, 0, 3481, 0, 0,
+    3484, 1012, 0, 1012, 0, 0, 3490, 1013, 0, 1013, 0, 0, 3496, 1014, 0, 1014, 0, 0, 3502, 1015, 0, 1015, 0, 0, 3508, 1016, 0, 1016, 0, 0, 3514, 1017,
+    0, 1017, 0, 0, 3520, 1018, 0, 1018, 0, 0, 3526, 1019, 0, 1019, 0, 0, 3532, 1020, 1020, 0, 0, 0, 3538, 1021, 0, 1021, 0, 0, 3544, 1022, 1023, 1024,
+    1025, 1024, 1025, 3553, 1026, 1027, 1026, 1027, 3558, 1022, 1023, 3553, 3558, 3561, 1028, 1029, 1030, 1031, 1030, 1031, 3570, 1032, 1033, 1032, 1033, 3575, 1028, 1029, 3570, 3575, 3578, 1034,
+    1035, 1034, 1035, 3585, 1036, 1036, 0, 3589, 1037, 1038, 3585, 3589, 1037, 1038, 3594, 1039, 1039, 0, 3600, 1040, 1040, 0, 3604, 3600, 3604, 0, 0, 3607, 1041, 1042, 1041, 1042,
+    0, 0, 3614, 1043, 1044, 1043, 1044, 0, 0, 3621, 1045, 1046, 1045, 1046, 3628, 1047, 1047, 0, 3632, 1048, 3628, 3632, 1048, 0, 3636, 1049, 1049, 0, 3642, 1050, 1050, 0,
+    3646, 3642, 3646, 0, 0, 3649, 1051, 1052, 1051, 1052, 0, 0, 3656, 1053, 1054, 1053, 1054, 0, 0, 3663, 1055, 1056, 0, 0, 1055, 1056, 3670, 1057, 1058, 1057, 1058, 0,
+    0, 3677, 1059, 1060, 0, 0, 1059, 1060, 3684, 1061, 1062, 0, 0, 1061, 1062, 3691, 1063, 1064, 1063, 1064, 0, 0, 3698, 1065, 1066, 1065, 1066, 0, 0, 3705, 1067, 0,
+    1067, 0, 3711, 1068, 0, 1068, 0, 3716, 3711, 3716, 3720, 0, 3720, 3723, 1069, 0, 1069, 0, 3727, 1070, 0, 1070, 0, 3732, 3727, 3732, 3736, 0, 3736, 3739, 3723, 3739,
+    0, 0, 3742, 1071, 0, 1071, 0, 3748, 1072, 0, 1072, 0, 3753, 3748, 3753, 3757, 0, 3757, 3760, 1073, 0, 1073, 0, 3764, 1074, 0, 1074, 0, 3769, 3764, 3769, 3773,
+    0, 3773, 3776, 3760, 3776, 0, 0, 3779, 1075, 1075, 0, 0, 3785, 1076, 1076, 0, 0, 3790, 3785, 3790, 3794, 0, 3794, 3797, 1077, 1077, 0, 0, 3801, 1078, 1078, 0,
+    0, 3806, 3801, 3806, 3810, 0, 3810, 3813, 3797, 3813, 0, 0, 3816, 1079, 0, 1079, 0, 3822, 1080, 0, 1080, 0, 3827, 3822, 3827, 3831, 0, 3831, 3834, 1081, 0, 1081,
+    0, 3838, 1082, 0, 1082, 0, 3843, 3838, 3843, 3847, 0, 3847, 3850, 3834, 3850, 0, 0, 3853, 1083, 0, 1083, 0, 3859, 1084, 0, 1084, 0, 3864, 3859, 3864, 3868, 0,
+    3868, 3871, 1085, 0, 1085, 0, 3875, 1086, 0, 1086, 0, 3880, 3875, 3880, 3884, 0, 3884, 3887, 3871, 3887, 0, 0, 3890, 1087, 0, 1087, 0, 3896, 1088, 0, 1088, 0,
+    3901, 3896, 3901, 3905, 0, 3905, 3908, 1089, 0, 1089, 0, 3912, 1090, 0, 1090, 0, 3917, 3912, 3917, 3921, 0, 3921, 3924, 3908, 3924, 0, 0, 3927, 1091, 0, 1091, 0,
+    3933, 1092, 0, 1092, 0, 3938, 3933, 3938, 3942, 0, 3942, 3945, 1093, 0, 1093, 0, 3949, 3949, 0, 3953, 0, 3953, 3956, 3945, 3956, 0, 0, 3959, 1094, 0, 1094, 3965,
+    1095, 0, 1095, 3969, 3965, 3969, 0, 0, 3972, 1096, 1097, 1098, 1099, 1096, 1097, 1098, 1099, 3981, 1100, 1101, 1100, 0, 1101, 0, 3988, 1102, 1103, 1102, 0, 1103, 0, 3995,
+    1104, 1105, 1104, 1105, 0, 0, 4002, 1106, 1107, 1106, 1107, 0, 0, 4009, 1108, 1109, 1108, 1109, 0, 0, 4016, 1110, 1111, 1110, 1111, 0, 0, 4023, 1112, 1113, 1114, 1115,
+    1112, 1113, 1114, 1115, 4032, 1116, 1117, 1118, 1119, 1116, 1117, 1118, 1119, 4041, 1120, 1121, 1122, 1123, 1120, 1121, 1122, 1123, 4050, 1124, 1125, 1126, 1124, 1125, 1126, 0, 4058, 1127,
+    1128, 1129, 1130, 1127, 1128, 1129, 1130, 4067, 1131, 1132, 1133, 1134, 1131, 1132, 1133, 1134, 4076, 1135, 1136, 1137, 1138, 1135, 1136, 1137, 1138, 4085, 1139, 1140, 1141, 1142, 1139, 1140,
+    1141, 1142, 4094, 1143, 0, 1143, 0, 0, 4100, 1144, 0, 1144, 0, 0, 4106, 1145, 0, 1145, 0, 0, 4112, 1146, 0, 1146, 0, 0, 4118, 1147, 0, 1147, 0, 0,
+    4124, 1148, 0, 1148, 0, 0, 4130, 1149, 0, 1149, 0, 0, 4136, 1150, 0, 1150, 0, 0, 4142, 1151, 0, 1151, 0, 0, 4148, 1152, 0, 1152, 0, 0, 4154, 1153,
+    0, 1153, 0, 0, 4160, 1154, 0, 1154, 0, 0, 4166, 1155, 0, 1155, 0, 0, 4172, 1156, 0, 1156, 0, 0, 4178, 1157, 1158, 1157, 1158, 4185, 0, 4185, 0, 0,
+    4188, 1159, 1160, 0, 1159, 1160, 0, 4195, 1161, 1162, 1163, 0, 1161, 1162, 1163, 4203, 1164, 1165, 1166, 0, 0, 1164, 0, 1165, 0, 1166, 0, 4211, 0, 4211, 4220, 0,
+    4220, 0, 0, 4223, 1167, 1168, 1169, 0, 0, 1167, 0, 1168, 0, 1169, 0, 4231, 0, 4231, 4240, 0, 4240, 0, 0, 4243, 1170, 1171, 1172, 1173, 0, 0, 1170, 1171,
+    0, 0, 1172, 1173, 4252, 0, 4252, 4261, 0, 4261, 0, 0, 4264, 1174, 0, 1174, 0, 0, 4270, 1175, 0, 1175, 0, 0, 4276, 1176, 0, 1176, 0, 0, 4282, 1177,
+    1178, 1177, 1178, 0, 4289, 4289, 0, 0, 0, 4293, 1179, 1180, 0, 1179, 0, 1180, 4300, 1181, 1182, 0, 1181, 0, 1182, 4307, 1183, 1184, 1183, 1184, 4314, 1185, 0, 4314,
+    1185, 0, 4318, 1186, 1187, 0, 1186, 1187, 0, 4325, 1188, 1188, 0, 0, 4331, 1189, 1189, 0, 0, 4336, 4331, 4336, 4340, 1190, 1190, 0, 0, 4344, 1191, 1191, 0, 0,
+    4349, 4344, 4349, 4353, 4340, 4353, 0, 0, 4356, 1192, 1192, 0, 0, 4362, 1193, 1193, 0, 0, 4367, 4362, 4367, 4371, 4371, 0, 4374, 1194, 1194, 0, 0, 4378, 1195, 1195,
+    0, 0, 4383, 4378, 4383, 4387, 4387, 0, 4390, 4374, 4390, 0, 0, 4393, 1196, 1196, 0, 0, 4399, 4399, 0, 4403, 0, 4403, 4406, 1197, 1197, 0, 0, 4410, 4410, 0,
+    4414, 0, 4414, 4417, 1198, 1198, 0, 0, 4421, 1199, 1199, 0, 0, 4426, 4421, 4426, 4430, 0, 4430, 4433, 4406, 4417, 0, 4433, 4436, 1200, 1200, 0, 0, 4442, 4442, 0,
+    4446, 0, 4446, 4449, 1201, 1201, 0, 0, 4453, 4453, 0, 4457, 0, 4457, 4460, 1202, 1202, 0, 0, 4464, 1203, 1203, 0, 0, 4469, 4464, 4469, 4473, 0, 4473, 4476, 4449,
+    4460, 0, 4476, 4479, 1204, 1204, 0, 0, 4485, 1205, 1205, 0, 0, 4490, 4485, 4490, 4494, 0, 4494, 4497, 1206, 1206, 0, 0, 4501, 1207, 1207, 0, 0, 4506, 4501, 4506,
+    4510, 0, 4510, 4513, 4497, 4513, 0, 0, 4516, 1208, 1208, 0, 0, 4522, 1209, 1209, 0, 0, 4527, 4522, 4527, 4531, 0, 4531, 4534, 1210, 1210, 0, 0, 4538, 1211, 1211,
+    0, 0, 4543, 4538, 4543, 4547, 0, 4547, 4550, 4534, 4550, 0, 0, 4553, 1212, 1213, 1214, 1215, 1212, 1213, 1214, 1215, 4562, 1216, 0, 1216, 0, 0, 4568, 1217, 0, 1217,
+    4574, 0, 4574, 0, 0, 4577, 1218, 1219, 1218, 1219, 0, 0, 4584, 1220, 1221, 0, 1220, 0, 1221, 4591, 1222, 0, 1222, 0, 0, 4597, 1223, 0, 1223, 0, 0, 4603,
+    1224, 0, 1224, 0, 0, 4609, 1225, 0, 1225, 0, 0, 4615, 1226, 0, 1226, 0, 0, 4621, 1227, 0, 1227, 0, 0, 4627, 1228, 0, 1228, 4633, 0, 4633, 0, 0,
+    4636, 1229, 0, 1229, 0, 0, 4642, 1230, 0, 1230, 0, 0, 4648, 1231, 0, 1231, 0, 0, 4654, 1232, 0, 1232, 0, 0, 4660, 1233, 0, 1233, 0, 0, 4666, 1234,
+    0, 1234, 0, 0, 4672, 1235, 0, 1235, 0, 0, 4678, 1236, 0, 1236, 0, 0, 4684, 1237, 0, 1237, 0, 0, 4690, 1238, 0, 1238, 0, 0, 4696, 1239, 0, 1239,
+    0, 0, 4702, 1240, 0, 1240, 0, 0, 4708, 1241, 0, 1241, 0, 0, 4714, 1242, 0, 1242, 0, 0, 4720, 1243, 1244, 1245, 0, 1243, 1244, 1245, 4728, 1246, 1246, 0,
+    4734, 0, 4734, 0, 0, 4737, 1247, 0, 1247, 0, 0, 4743, 1248, 0, 1248, 0, 0, 4749, 1249, 0, 1249, 0, 0, 4755, 1250, 0, 1250, 0, 0, 4761, 1251, 0,
+    1251, 0, 0, 4767, 1252, 0, 1252, 0, 0, 4773, 1253, 0, 1253, 0, 0, 4779, 1254, 0, 1254, 0, 0, 4785, 1255, 1255, 0, 4791, 0, 0, 0, 4791, 4794, 1256,
+    0, 1256, 0, 0, 4800, 1257, 0, 1257, 0, 0, 4806, 1258, 0, 1258, 0, 0, 4812, 1259, 0, 1259, 0, 0, 4818, 1260, 0, 1260, 0, 0, 4824, 1261, 0, 1261,
+    0, 0, 4830, 1262, 0, 1262, 4836, 0, 4836, 0, 0, 4839, 1263, 0, 1263, 0, 0, 4845, 1264, 0, 1264, 0, 0, 4851, 1265, 0, 1265, 0, 0, 4857, 1266, 0,
+    1266, 0, 0, 4863, 1267, 0, 1267, 0, 0, 4869, 1268, 0, 1268, 0, 0, 4875, 1269, 0, 1269, 0, 0, 4881, 1270, 0, 1270, 0, 0, 4887, 1271, 0, 1271, 0,
+    0, 4893, 1272, 0, 1272, 0, 0, 4899, 1273, 0, 1273, 0, 0, 4905, 1274, 0, 1274, 0, 0, 4911, 1275, 0, 1275, 0, 0, 4917, 1276, 0, 1276, 0, 0, 4923,
+    1277, 0, 1277, 0, 0, 4929, 1278, 0, 1278, 0, 0, 4935, 1279, 0, 1279, 0, 0, 4941, 1280, 0, 1280, 0, 0, 4947, 1281, 0, 1281, 0, 0, 4953, 1282, 1282,
+    0, 4959, 0, 4959, 0, 0, 4962, 1283, 1283, 0, 4968, 0, 4968, 0, 0, 4971, 1284, 1284, 0, 4977, 0, 4977, 0, 0, 4980, 1285, 1285, 0, 4986, 0, 4986, 0,
+    0, 4989, 1286, 1286, 0, 4995, 0, 4995, 0, 0, 4998, 1287, 0, 1287, 0, 5004, 5004, 0, 5008, 0, 5008, 0, 0, 5011, 1288, 0, 1288, 0, 0, 5017, 1289, 1289,
+    0, 5023, 0, 5023, 0, 0, 5026, 1290, 0, 1290, 0, 5032, 5032, 0, 5036, 0, 5036, 0, 0, 5039, 1291, 0, 1291, 0, 5045, 5045, 0, 5049, 5049, 0, 5052, 0,
+    5052, 0, 0, 5055, 1292, 0, 1292, 0, 0, 5061, 1293, 0, 1293, 0, 0, 5067, 1294, 0, 1294, 0, 0, 5073, 1295, 0, 1295, 0, 0, 5079, 1296, 0, 1296, 0,
+    0, 5085, 1297, 0, 1297, 0, 0, 5091, 1298, 0, 1298, 0, 0, 5097, 1299, 0, 1299, 0, 0, 5103, 1300, 0, 1300, 0, 0, 5109, 1301, 0, 1301, 0, 0, 5115,
+    1302, 0, 1302, 0, 0, 5121, 1303, 0, 1303, 0, 0, 5127, 1304, 0, 1304, 0, 0, 5133, 1305, 1305, 0, 5139, 5139, 0, 5142, 0, 5142, 0, 0, 5145, 1306, 1306,
+    0, 5151, 5151, 0, 5154, 0, 5154, 0, 0, 5157, 1307, 1307, 0, 5163, 5163, 0, 5166, 0, 5166, 0, 0, 5169, 1308, 1308, 0, 5175, 5175, 0, 5178, 0, 5178, 0,
+    0, 5181, 1309, 0, 1309, 0, 0, 5187, 1310, 0, 1310, 0, 0, 5193, 1311, 0, 1311, 0, 0, 5199, 1312, 0, 1312, 0, 0, 5205, 1313, 0, 1313, 0, 0, 5211,
+    1314, 0, 1314, 0, 0, 5217, 1315, 0, 1315, 0, 5223, 5223, 0, 5227, 0, 5227, 0, 0, 5230, 1316, 0, 1316, 0, 0, 5236, 1317, 0, 1317, 0, 0, 5242, 1318,
+    0, 1318, 0, 0, 5248, 1319, 0, 1319, 0, 0, 5254, 1320, 0, 1320, 0, 0, 5260, 1321, 0, 1321, 0, 0, 5266, 1322, 0, 1322, 0, 0, 5272, 1323, 0, 1323,
+    0, 0, 5278, 1324, 0, 1324, 0, 0, 5284, 1325, 0, 1325, 0, 0, 5290, 1326, 0, 1326, 0, 0, 5296, 1327, 1328, 1327, 1328, 5303, 0, 5303, 0, 0, 5306, 1329,
+    1329, 0, 5312, 0, 5312, 0, 0, 5315, 1330, 1331, 1330, 1331, 5322, 0, 5322, 0, 0, 5325, 1332, 1332, 0, 5331, 0, 5331, 0, 0, 5334, 1333, 1333, 0, 5340, 0,
+    5340, 0, 0, 5343, 1334, 0, 1334, 0, 5349, 5349, 0, 5353, 5353, 0, 5356, 0, 5356, 0, 0, 5359, 1335, 1335, 0, 5365, 0, 5365, 0, 0, 5368, 1336, 1336, 0,
+    5374, 0, 5374, 0, 0, 5377, 1337, 1338, 1337, 1338, 5384, 5384, 0, 5387, 0, 5387, 0, 0, 5390, 1339, 1340, 1339, 1340, 5397, 5397, 0, 5400, 0, 5400, 0, 0, 5403,
+    1341, 1342, 1341, 1342, 5410, 5410, 0, 5413, 0, 5413, 0, 0, 5416, 1343, 1344, 1343, 1344, 5423, 5423, 0, 5426, 0, 5426, 0, 0, 5429, 1345, 1346, 1345, 1346, 5436, 5436,
+    0, 5439, 0, 5439, 0, 0, 5442, 1347, 1348, 1347, 1348, 5449, 5449, 0, 5452, 0, 5452, 0, 0, 5455, 1349, 1350, 1349, 1350, 5462, 0, 5462, 0, 0, 5465, 1351, 1352,
+    1351, 1352, 5472, 0, 5472, 0, 0, 5475, 1353, 1354, 1353, 1354, 5482, 0, 5482, 0, 0, 5485, 1355, 1356, 1355, 1356, 5492, 0, 5492, 0, 0, 5495, 1357, 1358, 1357, 1358,
+    5502, 0, 5502, 0, 0, 5505, 1359, 1360, 1359, 1360, 5512, 0, 5512, 0, 0, 5515, 1361, 1362, 1361, 1362, 5522, 0, 5522, 0, 0, 5525, 1363, 1364, 1363, 1364, 5532, 0,
+    5532, 0, 0, 5535, 1365, 1366, 1365, 1366, 5542, 0, 5542, 0, 0, 5545, 1367, 1368, 1367, 1368, 5552, 0, 5552, 0, 0, 5555, 1369, 1370, 1369, 1370, 5562, 0, 5562, 0,
+    0, 5565, 1371, 1372, 1371, 1372, 5572, 0, 5572, 0, 0, 5575, 1373, 1374, 1373, 1374, 5582, 0, 5582, 0, 0, 5585, 1375, 1376, 1375, 1376, 5592, 0, 5592, 0, 0, 5595,
+    1377, 1378, 1377, 1378, 5602, 0, 5602, 0, 0, 5605, 1379, 1380, 1379, 1380, 5612, 0, 5612, 0, 0, 5615, 1381, 1382, 1381, 1382, 5622, 0, 5622, 0, 0, 5625, 1383, 1384,
+    1383, 1384, 5632, 0, 5632, 0, 0, 5635, 1385, 1386, 1385, 1386, 5642, 0, 5642, 0, 0, 5645, 1387, 1388, 1387, 1388, 5652, 0, 5652, 0, 0, 5655, 1389, 1390, 1389, 1390,
+    5662, 0, 5662, 0, 0, 5665, 1391, 1392, 1391, 1392, 5672, 0, 5672, 0, 0, 5675, 1393, 1394, 1393, 1394, 5682, 0, 5682, 0, 0, 5685, 1395, 1396, 1395, 1396, 5692, 0,
+    5692, 0, 0, 5695, 1397, 1398, 1397, 1398, 5702, 0, 5702, 0, 0, 5705, 1399, 1400, 1399, 1400, 5712, 0, 5712, 0, 0, 5715, 1401, 1402, 1401, 1402, 5722, 0, 5722, 0,
+    0, 5725, 1403, 1404, 1403, 1404, 5732, 0, 5732, 0, 0, 5735, 1405, 1406, 1405, 1406, 5742, 0, 5742, 0, 0, 5745, 1407, 1408, 1407, 1408, 5752, 0, 5752, 0, 0, 5755,
+    1409, 0, 1409, 0, 0, 5761, 1410, 0, 1410, 0, 0, 5767, 1411, 0, 1411, 0, 0, 5773, 1412, 0, 1412, 0, 0, 5779, 1413, 0, 1413, 0, 0, 5785, 1414, 1414,
+    0, 0, 5791, 5791, 0, 0, 0, 5795, 1415, 1415, 0, 0, 5801, 1416, 1416, 0, 0, 5806, 1417, 1417, 0, 0, 5811, 0, 5801, 5806, 5811, 0, 0, 0, 0, 5815,
+    5815, 0, 0, 0, 5824, 1418, 1418, 0, 0, 5830, 1419, 1419, 0, 0, 5835, 1420, 1420, 0, 0, 5840, 5830, 0, 5835, 5840, 5844, 1421, 1421, 0, 0, 5850, 0, 0,
+    0, 5850, 5854, 1422, 1422, 0, 0, 5860, 1423, 1423, 0, 0, 5865, 1424, 1424, 0, 0, 5870, 1425, 1425, 0, 0, 5875, 5860, 5865, 5870, 5875, 5879, 1426, 0, 1426, 0,
+    5885, 0, 5885, 5889, 0, 5889, 0, 0, 5892, 1427, 0, 1427, 0, 5898, 0, 5898, 5902, 0, 5902, 0, 0, 5905, 1428, 1428, 0, 5911, 0, 5911, 0, 0, 5914, 1429,
+    1429, 0, 5920, 0, 5920, 0, 0, 5923, 1430, 1430, 0, 5929, 0, 5929, 0, 0, 5932, 1431, 0, 1431, 0, 5938, 5938, 0, 5942, 0, 5942, 0, 0, 5945, 1432, 0,
+    1432, 0, 0, 5951, 1433, 0, 1433, 0, 0, 5957, 1434, 0, 1434, 0, 0, 5963, 1435, 0, 1435, 0, 0, 5969, 1436, 0, 1436, 0, 0, 5975, 1437, 0, 1437, 0,
+    0, 5981, 1438, 0, 1438, 0, 0, 5987, 1439, 0, 1439, 0, 0, 5993, 1440, 0, 1440, 0, 0, 5999, 1441, 0, 1441, 0, 0, 6005, 1442, 1443, 1442, 1443, 6012, 0,
+    6012, 0, 0, 6015, 1444, 0, 1444, 0, 0, 6021, 1445, 0, 1445, 0, 6027, 6027, 0, 6031, 0, 6031, 0, 0, 6034, 1446, 0, 1446, 0, 6040, 6040, 0, 6044, 0,
+    6044, 0, 0, 6047, 1447, 1447, 0, 6053, 0, 6053, 0, 0, 6056, 1448, 0, 1448, 0, 0, 6062, 1449, 0, 1449, 0, 0, 6068, 1450, 1451, 1450, 1451, 6075, 0, 6075,
+    0, 0, 6078, 1452, 1452, 0, 0, 6084, 1453, 1453, 0, 0, 6089, 6084, 6089, 6093, 0, 6093, 6096, 0, 6096, 0, 0, 6099, 1454, 1454, 0, 0, 6105, 1455, 1455, 0,
+    0, 6110, 6105, 6110, 6114, 0, 6114, 6117, 0, 6117, 0, 0, 6120, 1456, 1456, 0, 0, 6126, 1457, 1457, 0, 0, 6131, 6126, 6131, 6135, 0, 6135, 6138, 0, 6138, 0,
+    0, 6141, 1458, 1458, 0, 0, 6147, 1459, 1459, 0, 0, 6152, 6147, 6152, 6156, 0, 6156, 6159, 0, 6159, 0, 0, 6162, 1460, 0, 1460, 0, 6168, 6168, 0, 6172, 0,
+    6172, 0, 0, 6175, 1461, 0, 1461, 0, 6181, 6181, 0, 6185, 0, 6185, 0, 0, 6188, 1462, 0, 1462, 0, 0, 6194, 1463, 0, 1463, 0, 0, 6200, 1464, 0, 1464,
+    0, 0, 6206, 1465, 0, 1465, 0, 0, 6212, 1466, 0, 1466, 0, 6218, 6218, 0, 6222, 0, 6222, 0, 0, 6225, 1467, 1467, 0, 6231, 0, 6231, 0, 0, 6234, 1468,
+    1468, 0, 6240, 0, 6240, 0, 0, 6243, 1469, 1469, 0, 6249, 0, 6249, 0, 0, 6252, 1470, 0, 1470, 0, 0, 6258, 1471, 0, 1471, 0, 0, 6264, 1472, 0, 1472,
+    0, 0, 6270, 1473, 0, 1473, 0, 0, 6276, 1474, 0, 1474, 0, 0, 6282, 1475, 1475, 0, 0, 6288, 0, 0, 0, 6288, 6292, 1476, 1477, 1478, 1479, 1478, 1479, 6301,
+    1480, 1481, 1480, 1481, 6306, 1476, 1477, 6301, 6306, 6309, 1482, 1483, 1484, 1485, 1484, 1485, 6318, 1486, 1487, 1486, 1487, 6323, 1482, 1483, 6318, 6323, 6326, 1488, 1489, 1488, 1489, 6333,
+    1490, 1490, 0, 6337, 1491, 1492, 6333, 6337, 1491, 1492, 6342, 1493, 1493, 0, 6348, 1494, 1494, 0, 6352, 6348, 6352, 0, 0, 6355, 1495, 1496, 1495, 1496, 0, 0, 6362, 1497,
+    1498, 1497, 1498, 0, 0, 6369, 1499, 1500, 1499, 1500, 6376, 1501, 1501, 0, 6380, 1502, 6376, 6380, 1502, 0, 6384, 1503, 1503, 0, 6390, 1504, 1504, 0, 6394, 6390, 6394, 0,
+    0, 6397, 1505, 1506, 1505, 1506, 0, 0, 6404, 1507, 1508, 1507, 1508, 0, 0, 6411, 1509, 1510, 0, 0, 1509, 1510, 6418, 1511, 1512, 1511, 1512, 0, 0, 6425, 1513, 1514,
+    0, 0, 1513, 1514, 6432, 1515, 1516, 0, 0, 1515, 1516, 6439, 1517, 1518, 1517, 1518, 0, 0, 6446, 1519, 1520, 1519, 1520, 0, 0, 6453, 1521, 1522, 1523, 1524, 1521, 1522,
+    1523, 1524, 6462, 1525, 1526, 1525, 1526, 0, 0, 6469, 1527, 1528, 1527, 1528, 0, 0, 6476, 1529, 1530, 1529, 1530, 0, 0, 6483, 1531, 1532, 1531, 1532, 0, 0, 6490, 1533,
+    1534, 1535, 1536, 1533, 1534, 1535, 1536, 6499, 1537, 1538, 1539, 1540, 1537, 1538, 1539, 1540, 6508, 1541, 1542, 1543, 1544, 1541, 1542, 1543, 1544, 6517, 1545, 1546, 1547, 1545, 1546, 1547,
+    0, 6525, 1548, 1549, 1550, 1551, 1548, 1549, 1550, 1551, 6534, 1552, 1553, 1554, 1555, 1552, 1553, 1554, 1555, 6543, 1556, 1557, 1558, 1559, 1556, 1557, 1558, 1559, 6552, 1560, 1561, 1562,
+    1563, 1560, 1561, 1562, 1563, 6561, 1564, 0, 1564, 0, 0, 6567, 1565, 0, 1565, 0, 0, 6573, 1566, 0, 1566, 0, 0, 6579, 1567, 0, 1567, 0, 0, 6585, 1568, 0,
+    1568, 0, 0, 6591, 1569, 0, 1569, 0, 0, 6597, 1570, 0, 1570, 0, 0, 6603, 1571, 0, 1571, 0, 0, 6609, 1572, 0, 1572, 0, 0, 6615, 1573, 0, 1573, 0,
+    0, 6621, 1574, 0, 1574, 0, 0, 6627, 1575, 0, 1575, 0, 0, 6633, 1576, 0, 1576, 0, 0, 6639, 1577, 0, 1577, 0, 0, 6645, 1578, 1579, 1578, 1579, 6652, 0,
+    6652, 0, 0, 6655, 1580, 1581, 1580, 1581, 6662, 1582, 1583, 1582, 1583, 6667, 1584, 1585, 1584, 1585, 6672, 0, 6662, 6667, 6672, 6675, 1586, 1587, 1588, 0, 1586, 1587, 1588, 6683,
+    1589, 1590, 1591, 0, 0, 1589, 0, 1590, 0, 1591, 0, 6691, 0, 6691, 0, 0, 6700, 1592, 1593, 1592, 1593, 6707, 1594, 1595, 1594, 1595, 6712, 1596, 1597, 1598, 1597, 1598,
+    6718, 1599, 6707, 6712, 1596, 0, 6718, 0, 1599, 0, 6722, 0, 6722, 0, 0, 6731, 1600, 1601, 1602, 1603, 0, 0, 1600, 1601, 0, 0, 1602, 1603, 6740, 0, 6740, 0,
+    0, 6749, 1604, 0, 1604, 0, 0, 6755, 1605, 0, 1605, 0, 0, 6761, 1606, 0, 1606, 0, 0, 6767, 1607, 1608, 1607, 1608, 6774, 1609, 0, 6774, 1609, 0, 6778, 1610,
+    1611, 1610, 1611, 6785, 1612, 1613, 1612, 1613, 6790, 1614, 1615, 1614, 1615, 6795, 0, 6785, 6790, 6795, 6798, 1616, 1617, 1618, 1619, 1616, 1617, 1618, 1619, 6807, 1620, 0, 1620, 0,
+    0, 6813, 1621, 0, 1621, 6819, 0, 6819, 0, 0, 6822, 1622, 1623, 1622, 1623, 0, 0, 6829, 1624, 0, 1624, 0, 0, 6835, 1625, 0, 1625, 0, 0, 6841, 1626, 0,
+    1626, 0, 0, 6847, 1627, 0, 1627, 0, 0, 6853, 1628, 0, 1628, 0, 0, 6859, 1629, 0, 1629, 0, 0, 6865, 1630, 0, 1630, 0, 0, 6871, 1631, 0, 1631, 0,
+    0, 6877, 1632, 0, 1632, 0, 0, 6883, 1633, 1634, 1633, 1634, 6890, 0, 6890, 0, 0, 6893, 1635, 0, 1635, 0, 0, 6899, 1636, 0, 1636, 0, 0, 6905, 1637, 0,
+    1637, 0, 0, 6911, 1638, 1639, 1638, 1639, 6918, 0, 6918, 0, 0, 6921, 1640, 0, 1640, 0, 0, 6927, 1641, 0, 1641, 0, 0, 6933, 1642, 0, 1642, 0, 0, 6939,
+    1643, 0, 1643, 0, 0, 6945, 1644, 0, 1644, 0, 0, 6951, 1645, 0, 1645, 0, 0, 6957, 1646, 1647, 1648, 0, 1646, 1647, 1648, 6965, 1649, 1649, 0, 6971, 0, 6971,
+    0, 0, 6974, 1650, 0, 1650, 0, 0, 6980, 1651, 0, 1651, 0, 0, 6986, 1652, 0, 1652, 0, 0, 6992, 1653, 1654, 1653, 1654, 6999, 0, 6999, 0, 0, 7002, 1655,
+    0, 1655, 0, 0, 7008, 1656, 0, 1656, 0, 0, 7014, 1657, 0, 1657, 0, 0, 7020, 1658, 1659, 1658, 1659, 7027, 0, 7027, 0, 0, 7030, 1660, 0, 1660, 0, 0,
+    7036, 1661, 0, 1661, 0, 0, 7042, 1662, 0, 1662, 0, 0, 7048, 1663, 0, 1663, 0, 0, 7054, 1664, 0, 1664, 0, 0, 7060, 1665, 0, 1665, 0, 0, 7066, 1666,
+    0, 1666, 0, 0, 7072, 1667, 0, 1667, 0, 0, 7078, 1668, 0, 1668, 0, 0, 7084, 1669, 0, 1669, 0, 0, 7090, 1670, 0, 1670, 0, 0, 7096, 1671, 0, 1671,
+    0, 0, 7102, 1672, 0, 1672, 0, 0, 7108, 1673, 0, 1673, 0, 0, 7114, 1674, 0, 1674, 0, 0, 7120, 1675, 0, 1675, 0, 0, 7126, 1676, 1677, 1676, 1677, 7133,
+    0, 7133, 0, 0, 7136, 1678, 1678, 0, 7142, 0, 7142, 0, 0, 7145, 1679, 0, 1679, 7151, 0, 7151, 0, 0, 7154, 1680, 0, 1680, 0, 0, 7160, 1681, 0, 1681,
+    0, 0, 7166, 1682, 0, 1682, 0, 0, 7172, 1683, 0, 1683, 0, 0, 7178, 1684, 0, 1684, 0, 0, 7184, 1685, 0, 1685, 0, 0, 7190, 1686, 0, 1686, 0, 0,
+    7196, 1687, 0, 1687, 0, 0, 7202, 1688, 0, 1688, 0, 0, 7208, 1689, 1690, 1689, 1690, 7215, 1691, 1692, 1691, 1692, 7220, 0, 7215, 7220, 0, 7223, 1693, 1694, 1693, 1694,
+    7230, 1695, 1696, 1695, 1696, 7235, 0, 7230, 7235, 0, 7238, 1697, 1698, 1699, 1698, 1699, 7246, 0, 7246, 7249, 0, 1697, 7249, 0, 7252, 1700, 0, 1700, 7258, 1701, 1702, 1701,
+    1702, 7263, 0, 7263, 7266, 0, 7258, 7266, 0, 7269, 1703, 1704, 0, 1704, 7276, 0, 7276, 7279, 0, 1703, 7279, 0, 7282, 1705, 0, 1705, 0, 0, 7288, 1706, 1707, 1707,
+    0, 7295, 0, 1706, 7295, 0, 7298, 1708, 1709, 1709, 0, 7305, 0, 1708, 7305, 0, 7308, 1710, 1711, 1711, 0, 7315, 0, 1710, 7315, 0, 7318, 1712, 1713, 1713, 0, 7325,
+    0, 1712, 7325, 0, 7328, 1714, 1715, 1715, 0, 7335, 0, 1714, 7335, 0, 7338, 1716, 1717, 1717, 0, 7345, 0, 1716, 7345, 0, 7348, 1718, 1719, 1718, 1719, 7355, 0, 7355,
+    0, 0, 7358, 1720, 0, 1720, 7364, 0, 7364, 0, 0, 7367, 1721, 1722, 1723, 1722, 1723, 7375, 0, 7375, 7378, 0, 1721, 7378, 0, 7381, 1724, 1725, 1724, 1725, 7388, 1726,
+    1727, 1726, 1727, 7393, 0, 7393, 7396, 0, 7388, 7396, 0, 7399, 1728, 1729, 1729, 0, 7406, 0, 7406, 7409, 0, 1728, 7409, 0, 7412, 1730, 1731, 1730, 1731, 7419, 0, 7419,
+    0, 0, 7422, 1732, 0, 1732, 0, 0, 7428, 1733, 1734, 1733, 1734, 7435, 0, 7435, 0, 0, 7438, 1735, 0, 1735, 0, 0, 7444, 1736, 1737, 1736, 1737, 7451, 0, 7451,
+    0, 0, 7454, 1738, 1739, 1738, 1739, 7461, 0, 7461, 0, 0, 7464, 1740, 1740, 0, 7470, 0, 7470, 0, 0, 7473, 1741, 0, 1741, 7479, 0, 7479, 0, 0, 7482, 1742,
+    1743, 1742, 1743, 7489, 0, 7489, 0, 0, 7492, 1744, 1745, 1744, 1745, 7499, 0, 7499, 0, 0, 7502, 1746, 1747, 1746, 1747, 7509, 0, 7509, 0, 0, 7512, 1748, 1748, 0,
+    7518, 0, 7518, 0, 0, 7521, 1749, 1749, 0, 7527, 0, 7527, 0, 0, 7530, 1750, 1750, 0, 7536, 0, 7536, 7539, 0, 7539, 0, 0, 7542, 1751, 1751, 0, 7548, 0,
+    7548, 7551, 0, 7551, 0, 0, 7554, 1752, 1753, 1752, 1753, 7561, 0, 7561, 7564, 0, 7564, 0, 0, 7567, 1754, 1755, 1754, 1755, 7574, 0, 7574, 0, 0, 7577, 1756, 1757,
+    1756, 1757, 7584, 0, 7584, 0, 0, 7587, 1758, 1759, 1758, 1759, 7594, 0, 7594, 0, 0, 7597, 1760, 1761, 1760, 1761, 7604, 0, 7604, 0, 0, 7607, 1762, 1763, 1762, 1763,
+    7614, 0, 7614, 0, 0, 7617, 1764, 1765, 1764, 1765, 7624, 0, 7624, 0, 0, 7627, 1766, 1767, 1766, 1767, 7634, 0, 7634, 0, 0, 7637, 1768, 1769, 1768, 1769, 7644, 0,
+    7644, 0, 0, 7647, 1770, 1771, 1770, 1771, 7654, 0, 7654, 0, 0, 7657, 1772, 1773, 1772, 1773, 7664, 0, 7664, 0, 0, 7667, 1774, 1775, 1774, 1775, 7674, 0, 7674, 0,
+    0, 7677, 1776, 1777, 1776, 1777, 7684, 0, 7684, 0, 0, 7687, 1778, 1779, 1778, 1779, 7694, 0, 7694, 0, 0, 7697, 1780, 1781, 1780, 1781, 7704, 0, 7704, 0, 0, 7707,
+    1782, 1783, 1782, 1783, 7714, 0, 7714, 0, 0, 7717, 1784, 1785, 1784, 1785, 7724, 0, 7724, 0, 0, 7727, 1786, 1787, 1786, 1787, 7734, 0, 7734, 0, 0, 7737, 1788, 1789,
+    1788, 1789, 7744, 0, 7744, 0, 0, 7747, 1790, 1791, 1790, 1791, 7754, 0, 7754, 0, 0, 7757, 1792, 1793, 1792, 1793, 7764, 0, 7764, 0, 0, 7767, 1794, 1795, 1794, 1795,
+    7774, 0, 7774, 0, 0, 7777, 1796, 1797, 1796, 1797, 7784, 0, 7784, 0, 0, 7787, 1798, 1799, 1798, 1799, 7794, 0, 7794, 0, 0, 7797, 1800, 1801, 1800, 1801, 7804, 0,
+    7804, 0, 0, 7807, 1802, 1803, 1802, 1803, 7814, 0, 7814, 0, 0, 7817, 1804, 1805, 1804, 1805, 7824, 0, 7824, 0, 0, 7827, 1806, 1807, 1806, 1807, 7834, 0, 7834, 0,
+    0, 7837, 1808, 1809, 1808, 1809, 7844, 0, 7844, 0, 0, 7847, 1810, 1811, 1810, 1811, 7854, 0, 7854, 0, 0, 7857, 1812, 1813, 1812, 1813, 7864, 0, 7864, 0, 0, 7867,
+    1814, 1815, 1814, 1815, 7874, 0, 7874, 0, 0, 7877, 1816, 1817, 1816, 1817, 7884, 0, 7884, 0, 0, 7887, 1818, 1819, 1818, 1819, 7894, 0, 7894, 0, 0, 7897, 1820, 1821,
+    1820, 1821, 7904, 0, 7904, 0, 0, 7907, 1822, 1823, 1822, 1823, 7914, 0, 7914, 0, 0, 7917, 1824, 1825, 1824, 1825, 7924, 0, 7924, 0, 0, 7927, 1826, 1827, 1826, 1827,
+    7934, 0, 7934, 0, 0, 7937, 1828, 0, 1828, 0, 0, 7943, 1829, 0, 1829, 0, 0, 7949, 1830, 0, 1830, 0, 0, 7955, 1831, 0, 1831, 0, 0, 7961, 1832, 0,
+    1832, 7967, 0, 7967, 0, 0, 7970, 1833, 0, 1833, 7976, 0, 7976, 0, 0, 7979, 1834, 1835, 1834, 1835, 7986, 0, 7986, 0, 0, 7989, 1836, 0, 1836, 0, 0, 7995,
+    1837, 0, 1837, 0, 0, 8001, 1838, 0, 1838, 0, 0, 8007, 1839, 1840, 1839, 1840, 8014, 0, 8014, 0, 0, 8017, 1841, 0, 1841, 0, 0, 8023, 1842, 1843, 1842, 1843,
+    8030, 0, 8030, 0, 0, 8033, 1844, 1845, 1844, 1845, 8040, 0, 8040, 0, 0, 8043, 1846, 1847, 1846, 1847, 8050, 0, 8050, 0, 0, 8053, 1848, 1849, 1848, 1849, 8060, 0,
+    8060, 0, 0, 8063, 1850, 1851, 1850, 1851, 8070, 0, 8070, 0, 0, 8073, 1852, 1853, 1852, 1853, 8080, 0, 8080, 0, 0, 8083, 1854, 0, 1854, 0, 0, 8089, 1855, 0,
+    1855, 0, 0, 8095, 1856, 1857, 1856, 1857, 8102, 0, 8102, 0, 0, 8105, 1858, 1859, 1858, 1859, 8112, 0, 8112, 0, 0, 8115, 1860, 1861, 1860, 1861, 8122, 0, 8122, 0,
+    0, 8125, 1862, 1863, 1862, 1863, 8132, 0, 8132, 0, 0, 8135, 1864, 1865, 1864, 1865, 8142, 0, 8142, 0, 0, 8145, 1866, 1867, 1866, 1867, 8152, 0, 8152, 0, 0, 8155,
+    1868, 1869, 1868, 1869, 8162, 0, 8162, 0, 0, 8165, 1870, 1871, 1870, 1871, 8172, 0, 8172, 0, 0, 8175, 1872, 1873, 1872, 1873, 8182, 0, 8182, 0, 0, 8185, 1874, 1875,
+    1874, 1875, 8192, 0, 8192, 0, 0, 8195, 1876, 0, 1876, 0, 0, 8201,
 ]
 
 let tableFormMnemonic: [UInt16] = [
-    7, 7, 7, 7, 7, 7, 271, 256, 252, 252, 252, 252, 252, 252, 271, 5, 5, 5, 5, 5, 5, 271, 256, 298, 298, 298, 298, 298, 298, 271, 256, 9,
-    9, 9, 9, 9, 9, 60, 334, 334, 334, 334, 334, 334, 61, 377, 377, 377, 377, 377, 377, 1, 50, 50, 50, 50, 50, 50, 4, 177, 62, 271, 256, 272,
-    273, 257, 258, 11, 10, 244, 271, 175, 271, 175, 180, 180, 254, 254, 210, 207, 196, 195, 199, 206, 197, 194, 213, 209, 211, 208, 203, 202, 204, 201, 7, 252,
-    5, 298, 9, 334, 377, 50, 7, 252, 5, 298, 9, 334, 377, 50, 7, 252, 5, 298, 9, 334, 377, 50, 342, 342, 373, 373, 239, 239, 239, 239, 239, 218,
-    239, 256, 373, 20, 59, 22, 58, 21, 56, 19, 162, 274, 275, 276, 260, 261, 262, 294, 214, 239, 239, 239, 239, 242, 242, 51, 51, 342, 342, 332, 332, 228,
-    228, 299, 299, 239, 239, 291, 292, 277, 278, 318, 320, 295, 297, 291, 292, 277, 278, 318, 320, 295, 297, 289, 289, 220, 217, 239, 370, 239, 372, 70, 219, 290,
-    290, 183, 181, 184, 191, 192, 193, 291, 292, 277, 278, 318, 320, 295, 297, 291, 292, 277, 278, 318, 320, 295, 297, 291, 292, 277, 278, 318, 320, 295, 297, 291,
-    292, 277, 278, 318, 320, 295, 297, 3, 2, 296, 376, 73, 126, 86, 90, 152, 154, 96, 98, 73, 126, 86, 90, 152, 154, 96, 98, 116, 148, 149, 119, 118,
-    136, 135, 116, 164, 132, 77, 72, 156, 163, 117, 121, 120, 124, 122, 123, 125, 71, 170, 141, 138, 169, 140, 95, 110, 139, 171, 147, 146, 142, 144, 145, 94,
-    103, 109, 104, 105, 114, 115, 106, 107, 78, 80, 79, 85, 161, 108, 113, 111, 112, 116, 149, 81, 83, 82, 84, 130, 129, 128, 131, 134, 158, 88, 73, 126,
-    86, 90, 152, 154, 96, 98, 73, 126, 87, 91, 152, 154, 96, 98, 116, 113, 148, 149, 143, 133, 137, 101, 165, 148, 149, 157, 160, 103, 109, 104, 105, 114,
-    115, 106, 107, 74, 127, 92, 93, 153, 155, 97, 99, 108, 113, 111, 112, 75, 108, 76, 112, 102, 166, 150, 151, 137, 159, 89, 231, 230, 229, 198, 200, 212,
-    176, 176, 253, 253, 19, 205, 205, 205, 176, 176, 253, 253, 182, 173, 33, 342, 251, 249, 246, 175, 63, 174, 342, 251, 249, 246, 175, 63, 174, 24, 327, 29,
-    330, 25, 328, 177, 62, 177, 62, 19, 19, 205, 205, 271, 324, 333, 226, 234, 350, 351, 324, 333, 317, 322, 223, 225, 325, 227, 187, 66, 352, 355, 360, 363,
-    237, 247, 23, 326, 64, 375, 384, 354, 374, 385, 65, 361, 357, 356, 362, 329, 28, 323, 188, 325, 288, 238, 248, 32, 284, 335, 215, 232, 336, 30, 340, 341,
-    185, 365, 366, 347, 263, 268, 269, 100, 264, 265, 266, 267, 250, 68, 67, 239, 239, 239, 239, 369, 287, 281, 283, 337, 338, 339, 172, 47, 44, 36, 35, 38,
-    43, 37, 34, 49, 46, 48, 45, 41, 40, 42, 39, 210, 207, 196, 195, 199, 206, 197, 194, 213, 209, 211, 208, 203, 202, 204, 201, 313, 310, 302, 301, 304,
-    309, 303, 300, 315, 312, 314, 311, 307, 306, 308, 305, 271, 256, 55, 15, 319, 319, 271, 256, 293, 18, 321, 321, 168, 167, 216, 331, 380, 378, 382, 26, 221,
-    236, 316, 31, 27, 343, 270, 279, 280, 367, 368, 178, 179, 348, 349, 175, 52, 52, 233, 17, 222, 224, 245, 245, 259, 346, 15, 18, 17, 16, 16, 12, 344,
-    13, 235, 243, 243, 371, 371, 54, 53, 379, 381, 383, 358, 359, 285, 286, 353, 364, 282, 14, 345, 186, 190, 189, 240, 57, 240, 57, 6, 8, 69, 241,
+    7, 7, 7, 7, 7, 7, 559, 507, 415, 415, 415, 415, 415, 415, 559, 5, 5, 5, 5, 5, 5, 559, 507, 597, 597, 597, 597, 597, 597, 559, 507, 21,
+    21, 21, 21, 21, 21, 114, 648, 648, 648, 648, 648, 648, 115, 1150, 1150, 1150, 1150, 1150, 1150, 1, 76, 76, 76, 76, 76, 76, 4, 245, 116, 559, 507, 560,
+    561, 508, 509, 36, 27, 399, 559, 243, 559, 243, 248, 248, 419, 419, 280, 277, 266, 265, 269, 276, 267, 264, 283, 279, 281, 278, 273, 272, 274, 271, 7, 415,
+    5, 597, 21, 648, 1150, 76, 7, 415, 5, 597, 21, 648, 1150, 76, 7, 415, 5, 597, 21, 648, 1150, 76, 660, 660, 1146, 1146, 367, 367, 367, 367, 367, 336,
+    367, 507, 1146, 46, 113, 48, 112, 47, 88, 45, 226, 562, 563, 564, 511, 512, 513, 592, 331, 367, 367, 367, 367, 393, 393, 79, 79, 660, 660, 646, 646, 346,
+    346, 598, 598, 367, 367, 582, 583, 566, 569, 624, 627, 593, 595, 582, 583, 566, 569, 624, 627, 593, 595, 580, 580, 338, 335, 367, 1143, 367, 1145, 131, 337, 581,
+    581, 253, 251, 254, 261, 262, 263, 582, 583, 566, 569, 624, 627, 593, 595, 582, 583, 566, 569, 624, 627, 593, 595, 582, 583, 566, 569, 624, 627, 593, 595, 582,
+    583, 566, 569, 624, 627, 593, 595, 3, 2, 594, 1149, 136, 189, 149, 153, 216, 218, 159, 161, 136, 189, 149, 153, 216, 218, 159, 161, 179, 211, 212, 182, 181,
+    199, 198, 179, 228, 195, 213, 140, 135, 220, 227, 180, 184, 183, 187, 185, 186, 188, 134, 234, 204, 201, 233, 203, 158, 173, 202, 235, 210, 209, 205, 207, 208,
+    157, 166, 172, 167, 168, 177, 178, 169, 170, 141, 143, 142, 148, 225, 171, 176, 174, 175, 179, 212, 144, 146, 145, 147, 193, 192, 191, 194, 197, 222, 151, 136,
+    189, 149, 153, 216, 218, 159, 161, 136, 189, 150, 154, 218, 216, 161, 159, 179, 176, 211, 212, 206, 196, 200, 164, 229, 211, 212, 221, 224, 166, 172, 167, 168,
+    177, 178, 169, 170, 137, 190, 155, 156, 219, 217, 162, 160, 171, 176, 174, 175, 138, 171, 139, 175, 165, 230, 214, 215, 200, 223, 152, 349, 348, 347, 268, 270,
+    282, 244, 244, 418, 418, 45, 275, 275, 275, 244, 244, 418, 418, 252, 239, 59, 660, 414, 412, 404, 243, 117, 242, 660, 414, 412, 404, 243, 117, 242, 50, 641,
+    55, 644, 51, 642, 245, 116, 245, 116, 45, 45, 275, 275, 559, 634, 647, 344, 352, 732, 733, 634, 647, 616, 632, 341, 343, 635, 345, 257, 127, 834, 841, 879,
+    887, 365, 410, 49, 640, 125, 1148, 1159, 836, 1147, 1160, 126, 880, 843, 842, 881, 643, 54, 633, 258, 635, 579, 366, 411, 58, 575, 653, 332, 350, 654, 56, 658,
+    659, 255, 1138, 1139, 667, 515, 520, 521, 163, 401, 400, 397, 394, 401, 400, 397, 394, 382, 377, 381, 396, 372, 382, 381, 673, 672, 671, 670, 379, 380, 378, 395,
+    379, 378, 516, 517, 518, 519, 413, 129, 128, 367, 367, 367, 367, 369, 368, 369, 368, 96, 95, 103, 102, 389, 388, 109, 107, 111, 110, 99, 93, 105, 100, 664,
+    663, 86, 85, 1142, 578, 572, 574, 655, 656, 657, 236, 73, 70, 62, 61, 64, 69, 63, 60, 75, 72, 74, 71, 67, 66, 68, 65, 384, 383, 637, 636, 639,
+    638, 590, 591, 567, 568, 26, 25, 24, 23, 417, 416, 1152, 1151, 9, 8, 11, 10, 406, 405, 408, 407, 98, 94, 104, 101, 91, 97, 108, 650, 649, 652, 651,
+    362, 361, 364, 363, 119, 118, 121, 120, 357, 356, 359, 358, 555, 555, 558, 558, 556, 556, 424, 424, 450, 450, 453, 453, 451, 451, 426, 426, 551, 551, 554, 554,
+    552, 552, 423, 423, 557, 553, 371, 391, 371, 391, 391, 375, 376, 527, 524, 525, 526, 540, 536, 534, 540, 536, 534, 537, 535, 531, 537, 535, 531, 539, 533, 539,
+    538, 533, 532, 444, 444, 447, 447, 445, 445, 124, 878, 133, 250, 886, 133, 250, 237, 238, 240, 241, 371, 391, 371, 391, 391, 391, 375, 376, 280, 277, 266, 265,
+    269, 276, 267, 264, 283, 279, 281, 278, 273, 272, 274, 271, 612, 609, 601, 600, 603, 608, 602, 599, 614, 611, 613, 610, 606, 605, 607, 604, 559, 507, 87, 40,
+    625, 625, 559, 507, 589, 43, 628, 628, 232, 231, 334, 645, 1155, 1153, 1157, 52, 339, 360, 615, 57, 53, 661, 550, 570, 571, 1140, 1141, 246, 247, 668, 669, 243,
+    82, 82, 351, 42, 340, 342, 402, 402, 510, 666, 40, 43, 42, 41, 41, 37, 662, 38, 353, 398, 398, 1144, 1144, 78, 77, 81, 80, 387, 472, 472, 461, 461,
+    631, 630, 84, 83, 1154, 1156, 1158, 876, 877, 576, 577, 835, 888, 573, 39, 12, 13, 540, 540, 537, 537, 539, 539, 429, 429, 505, 505, 391, 392, 374, 487, 487,
+    546, 546, 547, 547, 484, 484, 436, 436, 432, 432, 433, 433, 478, 478, 437, 437, 439, 439, 536, 536, 535, 535, 440, 440, 502, 502, 503, 503, 106, 90, 92, 390,
+    385, 544, 544, 545, 545, 483, 483, 514, 514, 430, 430, 431, 431, 477, 477, 565, 565, 333, 534, 534, 531, 531, 533, 533, 506, 506, 474, 474, 522, 522, 355, 354,
+    541, 541, 548, 548, 542, 542, 543, 543, 427, 427, 434, 434, 428, 428, 665, 523, 523, 464, 464, 462, 462, 463, 463, 473, 473, 468, 468, 466, 466, 467, 467, 528,
+    528, 530, 530, 529, 529, 501, 501, 441, 32, 31, 549, 420, 420, 422, 422, 421, 421, 490, 488, 489, 492, 493, 491, 500, 446, 386, 425, 496, 494, 495, 498, 499,
+    497, 452, 481, 482, 486, 485, 475, 476, 480, 479, 504, 465, 256, 260, 259, 619, 617, 618, 623, 621, 622, 19, 17, 18, 15, 16, 370, 89, 370, 89, 6, 14,
+    130, 373, 586, 585, 588, 587, 30, 29, 442, 435, 435, 458, 461, 459, 460, 132, 469, 249, 470, 471, 123, 122, 403, 443, 449, 448, 455, 454, 620, 20, 874, 873,
+    872, 872, 869, 869, 874, 873, 872, 872, 869, 869, 861, 856, 860, 871, 847, 861, 860, 1133, 1132, 1131, 1130, 858, 859, 857, 870, 858, 857, 845, 844, 845, 844, 719,
+    718, 867, 866, 725, 724, 721, 716, 1129, 1128, 705, 704, 291, 290, 284, 285, 289, 288, 286, 287, 299, 298, 296, 297, 307, 302, 300, 301, 326, 325, 323, 324, 330,
+    329, 327, 328, 322, 321, 320, 863, 862, 1119, 1118, 1121, 1120, 1110, 1111, 1104, 1105, 691, 690, 689, 688, 890, 889, 1135, 1134, 675, 674, 677, 676, 883, 882, 885, 884,
+    714, 711, 720, 717, 709, 713, 723, 1123, 1122, 1125, 1124, 838, 837, 840, 839, 727, 726, 729, 728, 831, 830, 833, 832, 1097, 1100, 1098, 895, 937, 940, 938, 897, 1093,
+    1096, 1094, 894, 1099, 1095, 846, 868, 848, 851, 1052, 1053, 1054, 1073, 1067, 1063, 1068, 1064, 1058, 1070, 1069, 1060, 1059, 931, 934, 932, 1137, 1136, 811, 812, 813, 814, 846,
+    868, 868, 848, 851, 295, 294, 292, 293, 295, 294, 292, 293, 295, 292, 293, 294, 295, 292, 293, 294, 306, 305, 303, 304, 319, 318, 316, 317, 701, 700, 703, 702,
+    987, 972, 1117, 1116, 678, 679, 1073, 1068, 1070, 900, 1041, 868, 1016, 1079, 1080, 1004, 907, 903, 904, 996, 909, 913, 1067, 1064, 914, 1037, 1038, 722, 708, 710, 864, 1077,
+    1078, 1003, 1043, 901, 902, 995, 1101, 826, 1063, 1058, 1060, 1042, 989, 1050, 827, 1074, 1081, 1075, 1076, 898, 905, 899, 1051, 979, 977, 978, 988, 983, 981, 982, 1055, 1057,
+    1056, 1036, 958, 957, 1127, 1126, 712, 960, 1084, 699, 698, 696, 891, 893, 892, 1023, 1021, 1022, 1025, 1026, 1024, 1035, 933, 865, 896, 829, 828, 829, 828, 1031, 1029, 1030,
+    1033, 1034, 1032, 954, 939, 1000, 1001, 1007, 1005, 992, 993, 999, 997, 1039, 980, 1071, 1072, 1066, 1061, 1062, 923, 926, 697, 922, 927, 990, 991, 990, 991, 973, 974, 975,
+    976, 808, 807, 810, 809, 760, 759, 778, 777, 748, 747, 750, 749, 766, 765, 768, 767, 784, 783, 786, 785, 796, 795, 798, 797, 762, 761, 780, 779, 752, 751, 754,
+    753, 770, 769, 772, 771, 788, 787, 790, 789, 800, 799, 802, 801, 764, 763, 782, 781, 756, 755, 758, 757, 774, 773, 776, 775, 792, 791, 794, 793, 804, 803, 806,
+    805, 684, 682, 683, 680, 681, 22, 35, 34, 33, 44, 457, 456, 409, 28, 626, 596, 629, 961, 959, 915, 958, 957, 951, 1107, 1106, 1109, 1108, 693, 692, 921, 906,
+    969, 972, 970, 971, 746, 815, 736, 715, 984, 825, 985, 986, 312, 315, 313, 314, 308, 311, 309, 310, 820, 741, 731, 730, 875, 928, 952, 695, 694, 920, 936, 935,
+    942, 941, 685, 584, 874, 873, 872, 872, 869, 869, 874, 873, 872, 872, 869, 869, 861, 856, 860, 871, 847, 861, 860, 1133, 1132, 1131, 1130, 858, 859, 857, 870, 858,
+    857, 845, 844, 845, 844, 719, 718, 867, 866, 725, 724, 721, 716, 1129, 1128, 705, 704, 1119, 1118, 1121, 1120, 691, 690, 689, 688, 890, 889, 1135, 1134, 675, 674, 677,
+    676, 883, 882, 885, 884, 714, 711, 720, 717, 709, 713, 723, 1123, 1122, 1125, 1124, 838, 837, 840, 839, 727, 726, 729, 728, 831, 830, 833, 832, 1097, 1100, 1098, 895,
+    937, 940, 938, 897, 1093, 1096, 1094, 894, 1099, 1095, 846, 868, 849, 850, 853, 854, 855, 852, 1052, 1053, 1054, 1073, 1067, 1063, 1048, 1049, 1046, 1047, 1068, 1064, 1065, 1058,
+    1070, 1069, 1060, 1059, 931, 934, 932, 846, 868, 868, 849, 850, 853, 854, 855, 852, 701, 700, 703, 702, 987, 972, 1117, 1116, 1073, 1068, 1070, 900, 1041, 868, 1079, 1080,
+    1004, 908, 912, 903, 904, 996, 910, 911, 913, 1067, 1064, 914, 1037, 1038, 722, 708, 710, 864, 1077, 1078, 1003, 1044, 1045, 901, 902, 995, 1102, 1103, 1063, 1058, 1060, 1042,
+    989, 1050, 1074, 1081, 1075, 1076, 898, 905, 899, 1051, 988, 1036, 960, 959, 699, 698, 891, 893, 892, 1023, 1021, 1022, 1025, 1026, 1024, 1085, 1088, 1089, 1092, 1086, 1087, 1090,
+    1091, 1035, 1012, 1015, 933, 1008, 1027, 865, 924, 896, 1031, 1028, 1029, 1010, 1030, 1018, 1033, 1011, 1034, 1020, 1032, 1019, 954, 961, 939, 1000, 1013, 1014, 1001, 1002, 1009, 1017,
+    1007, 925, 1005, 1006, 992, 993, 994, 999, 997, 998, 1039, 1040, 923, 926, 917, 918, 916, 919, 955, 956, 922, 927, 922, 927, 923, 926, 962, 965, 963, 964, 735, 734,
+    967, 968, 707, 706, 949, 950, 953, 966, 760, 759, 778, 777, 748, 747, 750, 749, 766, 765, 768, 767, 784, 783, 786, 785, 796, 795, 798, 797, 762, 761, 780, 779,
+    752, 751, 754, 753, 770, 769, 772, 771, 788, 787, 790, 789, 800, 799, 802, 801, 764, 763, 782, 781, 756, 755, 758, 757, 774, 773, 776, 775, 792, 791, 794, 793,
+    804, 803, 806, 805, 682, 683, 680, 681, 961, 959, 686, 687, 906, 969, 972, 970, 971, 746, 816, 818, 737, 739, 817, 819, 738, 740, 945, 946, 930, 943, 984, 825,
+    985, 986, 1112, 1113, 1082, 1083, 821, 823, 742, 744, 822, 824, 743, 745, 944, 947, 929, 948, 1114, 1115, 928,
 ]
 
 let tableFormOperands: [UInt64] = [
-    0x8000000001010001, 0x8000000001050005, 0x8000000000010101, 0x8000000000050105, 0x8000000008011b00, 0x8000000008061b03, 0x4000000000001b09, 0x4000000000001b09,
-    0x8000000001010001, 0x8000000001050005, 0x8000000000010101, 0x8000000000050105, 0x8000000008011b00, 0x8000000008061b03, 0x4000000000001b0a, 0x8000000001010001,
-    0x8000000001050005, 0x8000000000010101, 0x8000000000050105, 0x8000000008011b00, 0x8000000008061b03, 0x4000000000001b0b, 0x4000000000001b0b, 0x8000000001010001,
-    0x8000000001050005, 0x8000000000010101, 0x8000000000050105, 0x8000000008011b00, 0x8000000008061b03, 0x4000000000001b0c, 0x4000000000001b0c, 0x8000000001010001,
-    0x8000000001050005, 0x8000000000010101, 0x8000000000050105, 0x8000000008011b00, 0x8000000008061b03, 0x0, 0x8000000001010001, 0x8000000001050005,
-    0x8000000000010101, 0x8000000000050105, 0x8000000008011b00, 0x8000000008061b03, 0x0, 0x8000000001010001, 0x8000000001050005, 0x8000000000010101,
-    0x8000000000050105, 0x8000000008011b00, 0x8000000008061b03, 0x0, 0x8000000001010001, 0x8000000001050005, 0x8000000000010101, 0x8000000000050105,
-    0x8000000008011b00, 0x8000000008061b03, 0x0, 0x4000000000000705, 0x4000000000000705, 0x4000000000000705, 0x4000000000000705, 0x0,
-    0x0, 0x0, 0x0, 0x80000000020a0105, 0x8000000001020002, 0x8000000000030105, 0x4000000000000806, 0xc000080600050105,
-    0x4000000000000817, 0xc000081700050105, 0x800000001b020d01, 0x800000001b020d06, 0x800000000c011b02, 0x800000000c061b02, 0x4000000000000901, 0x4000000000000901,
-    0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901,
-    0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x8000000008010001, 0x8000000008010001,
-    0x8000000008010001, 0x8000000008010001, 0x8000000008010001, 0x8000000008010001, 0x8000000008010001, 0x8000000008010001, 0x8000000008060005, 0x8000000008060005,
-    0x8000000008060005, 0x8000000008060005, 0x8000000008060005, 0x8000000008060005, 0x8000000008060005, 0x8000000008060005, 0x8000000008170005, 0x8000000008170005,
-    0x8000000008170005, 0x8000000008170005, 0x8000000008170005, 0x8000000008170005, 0x8000000008170005, 0x8000000008170005, 0x8000000001010001, 0x8000000001050005,
-    0x8000000001010001, 0x8000000001050005, 0x8000000001010001, 0x8000000001050005, 0x8000000000010101, 0x8000000000050105, 0x8000000004020005, 0x8000000002130105,
-    0x8000000000020402, 0x4000000000000005, 0x800000001b030705, 0x0, 0x0, 0x0, 0x0, 0x0,
-    0x0, 0x4000000000000b08, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
-    0x0, 0x0, 0x0, 0x800000000a011b00, 0x800000000a051b03, 0x800000001b000a01, 0x800000001b030a05, 0x800000000c010d01,
-    0x800000000c050d05, 0x800000000d010c01, 0x800000000d050c05, 0x8000000008011b00, 0x8000000008061b03, 0x800000001b000d01, 0x800000001b030d05, 0x800000000c011b00,
-    0x800000000c051b03, 0x800000000d011b00, 0x800000000d051b03, 0x8000000008010701, 0x8000000008050705, 0x8000000008010001, 0x8000000008010001, 0x8000000008010001,
-    0x8000000008010001, 0x8000000008010001, 0x8000000008010001, 0x8000000008010001, 0x8000000008010001, 0x8000000008010005, 0x8000000008010005, 0x8000000008010005,
-    0x8000000008010005, 0x8000000008010005, 0x8000000008010005, 0x8000000008010005, 0x8000000008010005, 0x4000000000000802, 0x0, 0x8000000002080106,
-    0x8000000002080106, 0x8000000008010001, 0x4000000000000801, 0x8000000008060005, 0x4000000000000906, 0x8000000008010802, 0x0, 0x4000000000000802,
-    0x0, 0x0, 0x4000000000000801, 0x0, 0x0, 0x0, 0x0, 0x800000001b080001,
-    0x800000001b080001, 0x800000001b080001, 0x800000001b080001, 0x800000001b080001, 0x800000001b080001, 0x800000001b080001, 0x800000001b080001, 0x800000001b080005,
-    0x800000001b080005, 0x800000001b080005, 0x800000001b080005, 0x800000001b080005, 0x800000001b080005, 0x800000001b080005, 0x800000001b080005, 0x800000001b010001,
-    0x800000001b010001, 0x800000001b010001, 0x800000001b010001, 0x800000001b010001, 0x800000001b010001, 0x800000001b010001, 0x800000001b010001, 0x800000001b010005,
-    0x800000001b010005, 0x800000001b010005, 0x800000001b010005, 0x800000001b010005, 0x800000001b010005, 0x800000001b010005, 0x800000001b010005, 0x4000000000000801,
-    0x4000000000000801, 0x0, 0x0, 0x4000000000000203, 0x4000000000000203, 0x4000000000000203, 0x4000000000000203, 0x4000000000000203,
-    0x4000000000000203, 0x4000000000000203, 0x4000000000000203, 0x800000001b071b06, 0x800000001b071b06, 0x4000000000001b07, 0x4000000000001b07, 0x800000001b071b06,
-    0x800000001b071b06, 0x800000001b071b06, 0x800000001b071b06, 0x4000000000000203, 0x4000000000000203, 0x4000000000000203, 0x4000000000000214, 0x4000000000000202,
-    0x4000000000000214, 0x4000000000000202, 0x4000000000001b07, 0x4000000000001b07, 0x0, 0x0, 0x0, 0x0,
+    0x1010001, 0x1050005, 0x10101, 0x50105, 0x8011b00, 0x8061b03, 0x1b09, 0x1b09,
+    0x1010001, 0x1050005, 0x10101, 0x50105, 0x8011b00, 0x8061b03, 0x1b0a, 0x1010001,
+    0x1050005, 0x10101, 0x50105, 0x8011b00, 0x8061b03, 0x1b0b, 0x1b0b, 0x1010001,
+    0x1050005, 0x10101, 0x50105, 0x8011b00, 0x8061b03, 0x1b0c, 0x1b0c, 0x1010001,
+    0x1050005, 0x10101, 0x50105, 0x8011b00, 0x8061b03, 0x0, 0x1010001, 0x1050005,
+    0x10101, 0x50105, 0x8011b00, 0x8061b03, 0x0, 0x1010001, 0x1050005, 0x10101,
+    0x50105, 0x8011b00, 0x8061b03, 0x0, 0x1010001, 0x1050005, 0x10101, 0x50105,
+    0x8011b00, 0x8061b03, 0x0, 0x705, 0x705, 0x705, 0x705, 0x0,
+    0x0, 0x0, 0x0, 0x20a0105, 0x1020002, 0x30105, 0x806, 0x80600050105,
+    0x817, 0x81700050105, 0x1b020d01, 0x1b020d06, 0xc011b02, 0xc061b02, 0x901, 0x901,
+    0x901, 0x901, 0x901, 0x901, 0x901, 0x901, 0x901, 0x901,
+    0x901, 0x901, 0x901, 0x901, 0x901, 0x901, 0x8010001, 0x8010001,
+    0x8010001, 0x8010001, 0x8010001, 0x8010001, 0x8010001, 0x8010001, 0x8060005, 0x8060005,
+    0x8060005, 0x8060005, 0x8060005, 0x8060005, 0x8060005, 0x8060005, 0x8170005, 0x8170005,
+    0x8170005, 0x8170005, 0x8170005, 0x8170005, 0x8170005, 0x8170005, 0x1010001, 0x1050005,
+    0x1010001, 0x1050005, 0x1010001, 0x1050005, 0x10101, 0x50105, 0x4020005, 0x2130105,
+    0x20402, 0x5, 0x1b030705, 0x0, 0x0, 0x0, 0x0, 0x0,
+    0x0, 0xb08, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
+    0x0, 0x0, 0x0, 0xa011b00, 0xa051b03, 0x1b000a01, 0x1b030a05, 0xc010d01,
+    0xc050d05, 0xd010c01, 0xd050c05, 0x8011b00, 0x8061b03, 0x1b000d01, 0x1b030d05, 0xc011b00,
+    0xc051b03, 0xd011b00, 0xd051b03, 0x8010701, 0x8050705, 0x8010001, 0x8010001, 0x8010001,
+    0x8010001, 0x8010001, 0x8010001, 0x8010001, 0x8010001, 0x8010005, 0x8010005, 0x8010005,
+    0x8010005, 0x8010005, 0x8010005, 0x8010005, 0x8010005, 0x802, 0x0, 0x2080106,
+    0x2080106, 0x8010001, 0x801, 0x8060005, 0x906, 0x8010802, 0x0, 0x802,
+    0x0, 0x0, 0x801, 0x0, 0x0, 0x0, 0x0, 0x1b080001,
+    0x1b080001, 0x1b080001, 0x1b080001, 0x1b080001, 0x1b080001, 0x1b080001, 0x1b080001, 0x1b080005,
+    0x1b080005, 0x1b080005, 0x1b080005, 0x1b080005, 0x1b080005, 0x1b080005, 0x1b080005, 0x1b010001,
+    0x1b010001, 0x1b010001, 0x1b010001, 0x1b010001, 0x1b010001, 0x1b010001, 0x1b010001, 0x1b010005,
+    0x1b010005, 0x1b010005, 0x1b010005, 0x1b010005, 0x1b010005, 0x1b010005, 0x1b010005, 0x801,
+    0x801, 0x0, 0x0, 0x203, 0x203, 0x203, 0x203, 0x203,
+    0x203, 0x203, 0x203, 0x1b071b06, 0x1b071b06, 0x1b07, 0x1b07, 0x1b071b06,
+    0x1b071b06, 0x1b071b06, 0x1b071b06, 0x203, 0x203, 0x203, 0x214, 0x202,
+    0x214, 0x202, 0x1b07, 0x1b07, 0x0, 0x1b07, 0x0, 0x0,
     0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
     0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
     0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
-    0x4000000000000203, 0x4000000000000203, 0x4000000000000203, 0x4000000000000203, 0x4000000000000203, 0x4000000000000203, 0x4000000000000203, 0x4000000000000203,
-    0x800000001b071b06, 0x800000001b071b06, 0x800000001b071b06, 0x800000001b071b06, 0x0, 0x4000000000000203, 0x4000000000000203, 0x4000000000000203,
-    0x4000000000000203, 0x4000000000000212, 0x4000000000000212, 0x800000001b071b06, 0x800000001b071b06, 0x800000001b071b06, 0x800000001b071b06, 0x0,
-    0x0, 0x0, 0x0, 0x0, 0x800000001b071b06, 0x800000001b071b06, 0x4000000000000204, 0x4000000000000204,
-    0x4000000000000204, 0x4000000000000204, 0x4000000000000204, 0x4000000000000204, 0x4000000000000204, 0x4000000000000204, 0x800000001b061b07, 0x800000001b061b07,
-    0x4000000000001b07, 0x4000000000001b07, 0x800000001b061b07, 0x800000001b061b07, 0x800000001b061b07, 0x800000001b061b07, 0x4000000000000204, 0x4000000000000204,
-    0x4000000000000204, 0x4000000000000204, 0x4000000000000215, 0x4000000000000215, 0x4000000000000202, 0x4000000000001b07, 0x4000000000001b07, 0x4000000000001b07,
-    0x4000000000001b07, 0x4000000000001b07, 0x4000000000001b07, 0x4000000000000202, 0x4000000000000202, 0x4000000000000202, 0x4000000000000202, 0x4000000000000202,
-    0x4000000000000202, 0x4000000000000202, 0x4000000000000202, 0x800000001b061b07, 0x800000001b061b07, 0x4000000000001b07, 0x0, 0x800000001b061b07,
-    0x800000001b061b07, 0x800000001b061b07, 0x800000001b061b07, 0x4000000000000202, 0x4000000000000202, 0x4000000000000202, 0x4000000000000202, 0x4000000000000212,
-    0x4000000000000204, 0x4000000000000212, 0x4000000000000204, 0x4000000000001b07, 0x4000000000001b07, 0x4000000000001b07, 0x4000000000001b07, 0x4000000000001b05,
-    0x800000001b071b06, 0x800000001b071b06, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901, 0x4000000000000901,
-    0x8000000008011b00, 0x8000000008011b04, 0x800000001b000801, 0x800000001b040801, 0x4000000000000906, 0x4000000000000906, 0x4000000000000b08, 0x4000000000000901,
-    0x800000001b021b00, 0x800000001b021b04, 0x800000001b001b02, 0x800000001b041b02, 0x0, 0x0, 0x0, 0x8000000008010001,
-    0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x8000000008060005, 0x4000000000000005,
-    0x4000000000000005, 0x4000000000000005, 0x4000000000000005, 0x4000000000000005, 0x4000000000000005, 0x0, 0x0, 0x0,
-    0x0, 0x0, 0x0, 0x4000000000000001, 0x4000000000000001, 0x4000000000000005, 0x4000000000000005, 0x4000000000000005,
-    0x4000000000000208, 0x4000000000000005, 0x4000000000000208, 0x4000000000000005, 0x4000000000000202, 0x4000000000000202, 0x4000000000000002, 0x4000000000000002,
-    0x4000000000000002, 0x4000000000000002, 0x4000000000000305, 0x4000000000000305, 0x4000000000000209, 0x4000000000000209, 0x4000000000000209, 0x4000000000000209,
-    0x4000000000000202, 0x4000000000000002, 0x4000000000000201, 0x0, 0x0, 0x0, 0x0, 0x0,
+    0x0, 0x203, 0x203, 0x203, 0x203, 0x203, 0x203, 0x203,
+    0x203, 0x1b071b06, 0x1b071b06, 0x1b071b06, 0x1b071b06, 0x0, 0x203, 0x203,
+    0x203, 0x203, 0x212, 0x212, 0x1b071b06, 0x1b071b06, 0x1b071b06, 0x1b071b06,
+    0x0, 0x0, 0x0, 0x0, 0x0, 0x1b071b06, 0x1b071b06, 0x204,
+    0x204, 0x204, 0x204, 0x204, 0x204, 0x204, 0x204, 0x1b061b07,
+    0x1b061b07, 0x1b07, 0x1b07, 0x1b061b07, 0x1b061b07, 0x1b061b07, 0x1b061b07, 0x204,
+    0x204, 0x204, 0x204, 0x215, 0x215, 0x202, 0x1b07, 0x1b07,
+    0x1b07, 0x1b07, 0x1b07, 0x1b07, 0x202, 0x202, 0x202, 0x202,
+    0x202, 0x202, 0x202, 0x202, 0x1b061b07, 0x1b061b07, 0x1b07, 0x0,
+    0x1b061b07, 0x1b061b07, 0x1b061b07, 0x1b061b07, 0x202, 0x202, 0x202, 0x202,
+    0x212, 0x204, 0x212, 0x204, 0x1b07, 0x1b07, 0x1b07, 0x1b07,
+    0x1b05, 0x1b071b06, 0x1b071b06, 0x901, 0x901, 0x901, 0x901, 0x901,
+    0x901, 0x8011b00, 0x8011b04, 0x1b000801, 0x1b040801, 0x906, 0x906, 0xb08,
+    0x901, 0x1b021b00, 0x1b021b04, 0x1b001b02, 0x1b041b02, 0x0, 0x0, 0x0,
+    0x8010001, 0x1, 0x1, 0x1, 0x1, 0x1, 0x1, 0x8060005,
+    0x5, 0x5, 0x5, 0x5, 0x5, 0x5, 0x0, 0x0,
+    0x0, 0x0, 0x0, 0x0, 0x1, 0x1, 0x5, 0x5,
+    0x5, 0x208, 0x5, 0x208, 0x5, 0x202, 0x202, 0x2,
+    0x2, 0x2, 0x2, 0x305, 0x305, 0x209, 0x209, 0x209,
+    0x209, 0x202, 0x2, 0x201, 0x0, 0x0, 0x0, 0x0,
     0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
     0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
-    0x0, 0x0, 0x0, 0x4000000000000305, 0x0, 0x0, 0x0, 0x0,
-    0x0, 0x0, 0x8000000000020105, 0x8000000000020105, 0x0, 0x0, 0x0, 0x0,
-    0x0, 0x0, 0x0, 0x0, 0x4000000000000201, 0x4000000000000201, 0x4000000000000201, 0x0,
-    0x4000000000000201, 0x4000000000000201, 0x4000000000000201, 0x4000000000000201, 0x4000000000000005, 0x0, 0x0, 0x8000000005070307,
-    0x8000000006070307, 0x8000000003070507, 0x8000000003070607, 0x0, 0x0, 0x0, 0x0, 0x0,
-    0x0, 0x0, 0x0, 0x8000000000050105, 0x8000000000050105, 0x8000000000050105, 0x8000000000050105, 0x8000000000050105,
-    0x8000000000050105, 0x8000000000050105, 0x8000000000050105, 0x8000000000050105, 0x8000000000050105, 0x8000000000050105, 0x8000000000050105, 0x8000000000050105,
-    0x8000000000050105, 0x8000000000050105, 0x8000000000050105, 0x4000000000000906, 0x4000000000000906, 0x4000000000000906, 0x4000000000000906, 0x4000000000000906,
-    0x4000000000000906, 0x4000000000000906, 0x4000000000000906, 0x4000000000000906, 0x4000000000000906, 0x4000000000000906, 0x4000000000000906, 0x4000000000000906,
-    0x4000000000000906, 0x4000000000000906, 0x4000000000000906, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001,
-    0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000000001,
-    0x4000000000000001, 0x4000000000000001, 0x4000000000000001, 0x4000000000001b0d, 0x4000000000001b0d, 0x0, 0x8000000001050005, 0xc000080101050005,
-    0xc0001b0101050005, 0x4000000000001b0e, 0x4000000000001b0e, 0x0, 0x8000000001050005, 0xc000080101050005, 0xc0001b0101050005, 0x4000000000000218,
-    0x4000000000000218, 0x4000000000000203, 0x4000000000000203, 0x4000000000000213, 0x4000000000000213, 0x4000000000000213, 0x4000000000000201, 0x0,
-    0x0, 0x0, 0x4000000000000201, 0x4000000000000201, 0x4000000000000303, 0x4000000000000007, 0x4000000000000307, 0x4000000000000307,
-    0x4000000000000307, 0x4000000000000307, 0x4000000000000303, 0x4000000000000304, 0x4000000000000305, 0x4000000000000303, 0x8000000000050105, 0x8000000001010001,
-    0x8000000001050005, 0x8000000002080105, 0x8000000001050005, 0x8000000002080105, 0x8000000002080105, 0x8000000000010105, 0x8000000000020105, 0x8000000000050105,
-    0x8000000000050105, 0x8000000008010005, 0x8000000008010005, 0x8000000008010005, 0x8000000008010005, 0x8000000001050005, 0x8000000000050105, 0x8000000000050105,
-    0x8000000000050105, 0x8000000000050105, 0x8000000000010105, 0x8000000000020105, 0x8000000001010001, 0x8000000001050005, 0x4000000000000204, 0x400000000000020c,
-    0x4000000000000213, 0x4000000000000213, 0x4000000000000213, 0x4000000000000204, 0x4000000000000204, 0x4000000000000305, 0x4000000000000305, 0x4000000000000204,
-    0x4000000000000204, 0x4000000000000307, 0x4000000000000707, 0x8000000000050105, 0x80000000020c0104, 0x80000000020c0104, 0x80000000020c0104, 0x8000000002050105,
-    0x8000000000010107, 0x8000000001050205, 0x8000000000050107, 0x8000000000070107, 0x8000000000070107, 0x8000000002130105, 0x8000000001070207,
+    0x0, 0x0, 0x0, 0x0, 0x305, 0x0, 0x0, 0x0,
+    0x0, 0x0, 0x0, 0x20105, 0x20105, 0x0, 0x0, 0x0,
+    0x0, 0x0, 0x0, 0x0, 0x0, 0x201, 0x201, 0x201,
+    0x0, 0x130e120e, 0x130f120f, 0x13101210, 0x13111211, 0x120e130e, 0x120f130f, 0x12101310,
+    0x12111311, 0x204120c, 0x110c120c, 0x204120c, 0x130b120b, 0x130b120b, 0x120c0204, 0x120c0204,
+    0x130e120e, 0x130f120f, 0x130e120e, 0x130f120f, 0x204120c, 0x110c120c, 0x204120c, 0x130b120b,
+    0x120c0204, 0x120c0204, 0x201, 0x201, 0x201, 0x201, 0x5, 0x0,
+    0x0, 0x5070307, 0x6070307, 0x3070507, 0x3070607, 0x130e120e, 0x130f120f, 0x120e130e,
+    0x120f130f, 0x1004120c, 0x1004120c, 0x7120c, 0x7120c, 0x120e020e, 0x120f020f, 0x13040f04,
+    0x130c0f04, 0x13100107, 0x13110107, 0x13040f04, 0x130c0f04, 0x13100107, 0x13110107, 0x13101210,
+    0x13111211, 0x13101210, 0x13111211, 0x0, 0x0, 0x0, 0x0, 0x0,
+    0x0, 0x0, 0x0, 0x50105, 0x50105, 0x50105, 0x50105, 0x50105,
+    0x50105, 0x50105, 0x50105, 0x50105, 0x50105, 0x50105, 0x50105, 0x50105,
+    0x50105, 0x50105, 0x50105, 0x110e0103, 0x110f0103, 0x130e120e, 0x130f120f, 0x1310120c,
+    0x1311120c, 0x130e120e, 0x1310120c, 0x130e120e, 0x1310120c, 0x130e120e, 0x130f120f, 0x130e120e,
+    0x130f120f, 0x130e120e, 0x130f120f, 0x130e120e, 0x130f120f, 0x130e120e, 0x130f120f, 0x1310120c,
+    0x1311120c, 0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c, 0x1316120f, 0x130f1216, 0x1310120c,
+    0x1311120c, 0x130b120e, 0x130e120b, 0x130e120b, 0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c,
+    0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c, 0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c,
+    0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x130b120b, 0x130b120b, 0x30f04, 0x40f04,
+    0x3120c, 0x4120c, 0x10040f04, 0x130b120b, 0x130b120b, 0x80110040f04, 0x801130b120b, 0x801130b120b,
+    0x801130b120b, 0x8010e04, 0x8010e04, 0x8010e04, 0x801110b, 0x801110b, 0x801110b, 0x8010e04,
+    0x8010e04, 0x8010e04, 0x801110b, 0x801110b, 0x801110b, 0x8010e04, 0x8010e04, 0x801110b,
+    0x801110b, 0x801110b, 0x801110b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x0, 0x1070007, 0x8010801110c, 0x8010801110c120c, 0x70107, 0x110c120c, 0x110c120c,
+    0x130f120f, 0x130e120e, 0x130f120f, 0x130e120e, 0xf040003, 0xf040004, 0x120c0003, 0x120c0004,
+    0x1304120c, 0xf041004, 0x120b130b, 0x120b130b, 0x906, 0x906, 0x906, 0x906,
+    0x906, 0x906, 0x906, 0x906, 0x906, 0x906, 0x906, 0x906,
+    0x906, 0x906, 0x906, 0x906, 0x1, 0x1, 0x1, 0x1,
+    0x1, 0x1, 0x1, 0x1, 0x1, 0x1, 0x1, 0x1,
+    0x1, 0x1, 0x1, 0x1, 0x1b0d, 0x1b0d, 0x0, 0x1050005,
+    0x80101050005, 0x1b0101050005, 0x1b0e, 0x1b0e, 0x0, 0x1050005, 0x80101050005, 0x1b0101050005,
+    0x218, 0x218, 0x203, 0x203, 0x213, 0x213, 0x213, 0x201,
+    0x0, 0x0, 0x0, 0x201, 0x201, 0x303, 0x7, 0x307,
+    0x307, 0x307, 0x307, 0x303, 0x304, 0x305, 0x303, 0x50105,
+    0x1010001, 0x1050005, 0x2080105, 0x1050005, 0x2080105, 0x2080105, 0x10105, 0x20105,
+    0x50105, 0x50105, 0x8010005, 0x8010005, 0x8010005, 0x8010005, 0x1050005, 0x50105,
+    0x50105, 0x50105, 0x50105, 0x10105, 0x20105, 0x1010001, 0x1050005, 0x801130e120e,
+    0x801130f120f, 0x8011310120c, 0x8011311120c, 0x1070207, 0x80100020f04, 0x8010002120c, 0x8010e040103, 0x801110c0103,
+    0x801130e120e, 0x801130f120f, 0x204, 0x20c, 0x213, 0x213, 0x213, 0x204,
+    0x204, 0x305, 0x305, 0x204, 0x204, 0x307, 0x707, 0x130f120f,
+    0x130e120e, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x120c1304, 0xe04120c, 0x110c0f04, 0xe040103, 0x110b0103,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x130f1216, 0x1316120b, 0x130f1216, 0xf040204,
+    0x120b020b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x20b120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0xe040f04, 0x110c120c,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x50105, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x1b0f130c120c,
+    0x1b0f130c120c, 0x1b0f130c120c, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x1316120b, 0x131a120b, 0x131b120b, 0x1316120b, 0x131a120b, 0x1316120b, 0x130b120b,
+    0x130b120b, 0x20b120b, 0x130b120b, 0x1316120b, 0x131a120b, 0x131b120b, 0x1316120b, 0x131a120b,
+    0x1316120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b,
+    0x130b120b, 0x130b120b, 0x130b120b, 0x130c120c, 0x20c0104, 0x20c0104, 0x20c0104, 0x130c120c,
+    0x130c120c, 0x130c120c, 0x1b0f130c120c, 0x130c120c, 0x130c120c, 0x130c120c, 0x130b120b, 0x130b120b,
+    0x130b120b, 0x130b120b, 0x2050105, 0x10107, 0x1050205, 0x50107, 0x70107, 0x70107,
+    0x2130105, 0x1070207, 0x801130b120b, 0x801130b120b, 0x8011310120c, 0x8011311120c, 0x801130b120b, 0x801130b120b,
+    0x801130b120b, 0x80110040f04, 0x801130b120b, 0x801120c0001, 0x801120c0002, 0x801120c0003, 0x801120c0004, 0x801120c0003,
+    0x8010001120c, 0x8011310120c, 0x8010003120c, 0x8010004120c, 0x801130b120b, 0x801130c120c, 0x801130b120b, 0x801130b120b,
+    0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x130e120e, 0x130f120f,
+    0x210120c, 0x1110140c120c, 0x211120c, 0x1111140c120c, 0x120e130e, 0x120f130f, 0x12100210, 0x1210140c110c,
+    0x12110211, 0x1211140c110c, 0x204140c120c, 0x110c140c120c, 0x204140c120c, 0x130b120b, 0x130b120b, 0x120c0204,
+    0x120c0204, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x204140c120c, 0x110c140c120c, 0x204140c120c,
+    0x130b120b, 0x120c0204, 0x120c0204, 0x130e120e, 0x130f120f, 0x120e130e, 0x120f130f, 0x7140c120c,
+    0x7140c120c, 0x120e020e, 0x120f020f, 0x13100107, 0x13110107, 0x13100107, 0x13110107, 0x13101210,
+    0x13111211, 0x13101210, 0x13111211, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700,
+    0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a001700, 0x1a001700, 0x1a001700, 0x1a001700, 0x1a0019001700,
+    0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700,
+    0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x110e0103, 0x110f0103,
+    0x130e120e, 0x130f120f, 0x1310140c120c, 0x1311140c120c, 0x130e120e, 0x1310140c120c, 0x130e120e, 0x1310140c120c,
+    0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f,
+    0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c,
+    0x1316120f, 0x130f1216, 0x1310140c120c, 0x1311140c120c, 0x130b120e, 0x130e120b, 0x130e120b, 0x130e140e120e,
+    0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e,
+    0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x3120c, 0x4120c, 0x130b120b,
+    0x130b120b, 0x801130b120b, 0x801130b120b, 0x801130b120b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b,
+    0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x0, 0x0, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x120c0003,
+    0x120c0004, 0x1304120c, 0x120b130b, 0x120b130b, 0x18021700, 0x18041700, 0x18011700, 0x18031700,
+    0x17000202, 0x17000204, 0x17000201, 0x17000203, 0x3031700, 0x3031700, 0x3031700, 0x3041700,
+    0x1a000103, 0x1a000103, 0x1a000103, 0x1a000104, 0x1a001700, 0x1a001700, 0x1a001700, 0x1a001700,
+    0x1a001700, 0x1a001700, 0x1a001700, 0x1a001700, 0x801130e140e120e, 0x801130f140f120f, 0x8011310140c120c, 0x8011311140c120c,
+    0x8010002140c120c, 0x801110c0103, 0x801130e140e120e, 0x801130f140f120f, 0x130f140f120f, 0x130e140e120e, 0x130c140b120b, 0x130c140b120b,
+    0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x120c1304, 0x110b0103, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130c140b120b, 0x130c140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130f1216, 0x1316120b, 0x130f1216, 0x120b020b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x20b120b,
+    0x130c140b120b, 0x130c140b120b, 0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x110c120c, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b120b, 0x130b120b, 0x1316120b, 0x130d140d120d,
+    0x130b120b, 0x1303120b, 0x1304120d, 0x20c120d, 0x130b120b, 0x130b120b, 0x130b120b, 0x1316120b,
+    0x131a120b, 0x131b120b, 0x1316120b, 0x131a120b, 0x1316120b, 0x130b140b120b, 0x130b140b120b, 0x20b120b,
+    0x130b140b120b, 0x20b140b120b, 0x20b140b120b, 0x120b140b020b, 0x120b140b020b, 0x1316120b, 0x131a120b, 0x131b120b,
+    0x1316120b, 0x131a120b, 0x1316120b, 0x130d140d120d, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130c120c, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1303120b, 0x1304120b, 0x20c120d, 0x1301120b,
+    0x1302120b, 0x20b140b120b, 0x20b140b120b, 0x120b140b020b, 0x120b140b020b, 0x140b020b120b, 0x140b020b120b, 0x140b020b120b,
+    0x140b020b120b, 0x140b020b120b, 0x140b020b120b, 0x140b020b120b, 0x140b020b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
+    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
+    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
+    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
+    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
+    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
+    0x1311140c120c, 0x130c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x715070107, 0x71507,
+    0x71507, 0x71507, 0x150700070107, 0x715070107, 0x715070107, 0x715070107, 0x150700070107, 0x150700070107,
+    0x150700070107, 0x150700070107, 0x801130d120d, 0x801130d120d, 0x801130b140b120b, 0x801130b120b, 0x801130b120b, 0x801130d140d120d,
+    0x801130b120b, 0x801130b120b, 0x8011310140c120c, 0x8011311140c120c, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b,
+    0x801120c0001, 0x801120c0002, 0x801120c0003, 0x801120c0004, 0x801120c0003, 0x801130c140d120d, 0x801120d130c, 0x801120b1316,
+    0x8010001140c120c, 0x8011310140c120c, 0x8010003140c120c, 0x8010004140c120c, 0x8011a001700, 0x8011a001700, 0x8011a001700, 0x8011a001700,
+    0x8011a001700, 0x8011a001700, 0x8011a001700, 0x8011a001700, 0x801130c140d120d, 0x801120d130c, 0x801130b140b120b, 0x801130c140c120c,
+    0x801130b140b120b, 0x801130b140b120b, 0x801130d140d120d, 0x160b130b140b120b, 0x160b130b140b120b, 0x160b130b140b120b, 0x801130c120c, 0x801130c120c,
+    0x801130c120c, 0x801130c120c, 0x801130c120c, 0x80100070107, 0x130e120e, 0x130f120f, 0x210120c, 0x1110140c120c,
+    0x211120c, 0x1111140c120c, 0x120e130e, 0x120f130f, 0x12100210, 0x1210140c110c, 0x12110211, 0x1211140c110c,
+    0x204140c120c, 0x110c140c120c, 0x204140c120c, 0x130b120b, 0x130b120b, 0x120c0204, 0x120c0204, 0x130e140e120e,
+    0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x204140c120c, 0x110c140c120c, 0x204140c120c, 0x130b120b, 0x120c0204,
+    0x120c0204, 0x130e120e, 0x130f120f, 0x120e130e, 0x120f130f, 0x7140c120c, 0x7140c120c, 0x120e020e,
+    0x120f020f, 0x13100107, 0x13110107, 0x13100107, 0x13110107, 0x13101210, 0x13111211, 0x13101210,
+    0x13111211, 0x130e120e, 0x130f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e,
+    0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c,
+    0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x1316120f, 0x130f1216, 0x1310140c120c,
+    0x1311140c120c, 0x130b120e, 0x130e120b, 0x130e120b, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c,
+    0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c,
+    0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x3120c, 0x4120c, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b,
+    0x130b120b, 0x130b120b, 0x801130b120b, 0x801130b120b, 0x801130b120b, 0x801130b140b, 0x801130b140b, 0x801130b140b,
+    0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b,
+    0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x120c0003,
+    0x120c0004, 0x1304120c, 0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b,
+    0x801130e140e1700, 0x801130f140f1700, 0x8011310140c1700, 0x8011311140c1700, 0x8010002140c120c, 0x801110c0103, 0x801130e140e120e, 0x801130f140f120f,
+    0x130c140b120b, 0x130c140b120b, 0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x120c1304, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130c140b120b, 0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130f1216, 0x1316120b,
+    0x130f1216, 0x120b020b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130c140b120b, 0x130c140b120b, 0x130c140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1303120b, 0x1304120b,
+    0x130b120b, 0x130b120b, 0x130b120b, 0x1316120b, 0x131a120b, 0x131b120b, 0x1316120b, 0x131a120b,
+    0x1316120b, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700,
+    0x130b140b1700, 0x130b140b120b, 0x1a00120b, 0x1a00120b, 0x130b140b1700, 0x110b1700, 0x110b1700, 0x20b120b,
+    0x1a00120b, 0x130b140b120b, 0x1316120b, 0x120b1316, 0x131a120b, 0x120b131a, 0x131b120b, 0x120b131b,
+    0x1316120b, 0x120b1316, 0x131a120b, 0x120b131a, 0x1316120b, 0x120b1316, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b1700, 0x130b140b120b, 0x1a00120b, 0x1a00120b, 0x130b140b120b, 0x130b140b120b, 0x110b1700, 0x110b1700,
+    0x130b140b120b, 0x1a00120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1303120b, 0x1304120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1301120b, 0x1302120b, 0x303120b, 0x303120b,
+    0x303120b, 0x304120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b120b, 0x130b120b,
+    0x130b120b, 0x130b120b, 0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c,
+    0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c,
+    0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c,
+    0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c,
+    0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c,
+    0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x801130b120b, 0x801130b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801120c0001, 0x801120c0002, 0x801120c0003,
+    0x801120c0004, 0x801120c0003, 0x801130c140b120b, 0x801130c140b120b, 0x801120b130c, 0x801120b130c, 0x801130d140b120b, 0x801130d140b120b,
+    0x801120b130d, 0x801120b130d, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x8010001140c120c, 0x8011310140c120c,
+    0x8010003140c120c, 0x8010004140c120c, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130c140b120b, 0x801130c140b120b,
+    0x801120b130c, 0x801120b130c, 0x801130d140b120b, 0x801130d140b120b, 0x801120b130d, 0x801120b130d, 0x801130b140b1700, 0x801130b140b1700,
+    0x801130b140b1700, 0x801130b140b1700, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b,
 ]
 
 let tableFormAttrs: [UInt16] = [
-    1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1,
-    1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 0,
-    0, 0, 0, 0, 0, 0, 8, 0, 8, 0, 2, 2, 2, 2, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 1, 1,
-    1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0,
-    0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 8, 8, 0, 8, 0, 0, 0, 0, 0, 0, 2, 2, 4, 4, 0, 0, 2, 2, 2,
-    2, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 32, 0, 0, 0, 0, 0, 0, 8, 8, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 32, 32, 32, 32, 32,
-    0, 0, 0, 0, 32, 32, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 1, 1, 1, 1, 32, 0, 32, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 0, 0, 0, 0, 8, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0,
-    0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0,
+    16385, 16385, 16384, 16384, 16384, 16384, 8192, 8192, 16385, 16385, 16384, 16384, 16384, 16384, 8192, 16385, 16385, 16384, 16384, 16384, 16384, 8192, 8192, 16385, 16385, 16384, 16384, 16384, 16384, 8192, 8192, 16385,
+    16385, 16384, 16384, 16384, 16384, 0, 16385, 16385, 16384, 16384, 16384, 16384, 0, 16385, 16385, 16384, 16384, 16384, 16384, 0, 16384, 16384, 16384, 16384, 16384, 16384, 0, 8192, 8192, 8200, 8200, 0,
+    0, 0, 0, 16384, 16384, 16384, 8200, 24576, 8200, 24576, 16386, 16386, 16386, 16386, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 16385, 16385,
+    16385, 16385, 16385, 16385, 16385, 16384, 16385, 16385, 16385, 16385, 16385, 16385, 16385, 16384, 16385, 16385, 16385, 16385, 16385, 16385, 16385, 16384, 16384, 16384, 16385, 16385, 16384, 16384, 16384, 16384, 16384, 16384,
+    16384, 8200, 16384, 0, 0, 0, 0, 0, 0, 8192, 0, 8, 0, 8, 8, 0, 8, 0, 0, 16384, 16384, 16384, 16384, 16386, 16386, 16388, 16388, 16384, 16384, 16386, 16386, 16386,
+    16386, 16388, 16388, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 8224, 32, 16384, 16384, 16384, 8192, 16384, 8192, 16392, 8, 8192,
+    0, 0, 8192, 0, 0, 0, 0, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384,
+    16384, 16384, 16384, 16384, 16384, 16384, 16384, 8192, 8192, 0, 0, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 16384, 16384, 8192, 8192, 16384, 16384, 16384, 16384, 8192, 8192, 8192, 8192, 8192,
+    8192, 8192, 8192, 8192, 0, 8192, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 16384, 16384, 16384, 16384, 0, 8192, 8192, 8192, 8192, 8192, 8192, 16384, 16384, 16384, 16384, 0, 0, 0, 0, 0, 16384, 16384, 8192,
+    8192, 8192, 8192, 8192, 8192, 8192, 8192, 16384, 16384, 8192, 8192, 16384, 16384, 16384, 16384, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192,
+    8192, 8192, 8192, 8192, 16384, 16384, 8192, 0, 16384, 16384, 16384, 16384, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 16384, 16384, 8224, 8224, 8224, 8224, 8224,
+    8224, 16384, 16384, 16384, 16384, 8224, 8224, 8192, 8224, 16384, 16384, 16384, 16384, 0, 0, 0, 16384, 8193, 8193, 8192, 8192, 8192, 8192, 16384, 8193, 8193, 8192, 8192, 8192, 8192, 0, 0,
+    0, 0, 0, 0, 8193, 8193, 8193, 8193, 8224, 8192, 8224, 8192, 8200, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8192, 0, 0, 0, 0, 0, 0, 16384, 16384, 0, 0, 0,
+    0, 0, 0, 0, 0, 8192, 8192, 8192, 0, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 8192, 8192, 8192, 8192, 8192, 0, 0, 16400, 16400, 16400, 16400, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 0, 0, 0, 0, 0, 0, 0, 0, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 24640, 24640, 24640, 24640, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 0, 16400, 24640, 32832, 16400, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 8224, 8224, 8224, 8224,
+    8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8200, 8200, 0, 16384,
+    24576, 24576, 8200, 8200, 0, 16385, 24576, 24576, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 0, 0, 0, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 16384,
+    16385, 16385, 16384, 16385, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16385, 16385, 16385, 16385, 16384, 16384, 16384, 16384, 16384, 16384, 16385, 16385, 24640, 24640, 24640, 24640, 16384, 24640, 24640, 24640, 24640,
+    24640, 24640, 8193, 8193, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8208, 8192, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16384, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 24640, 24640, 24640, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16400, 16400, 16400, 16448, 16448, 16448, 24640, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16384, 16384, 16384, 16384, 16384, 16384,
+    16384, 16384, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 16640, 16640,
+    16704, 24896, 16704, 24896, 16640, 16640, 16704, 24896, 16704, 24896, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 24832,
+    24832, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
+    24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 16640, 24832, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
+    16640, 16640, 24832, 24832, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
+    24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 256, 256, 24832, 24832, 24832, 24832, 16640,
+    16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 33024, 33024, 33024, 33024,
+    33024, 24832, 33024, 33024, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832,
+    24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
+    24832, 24832, 24896, 24896, 16704, 16704, 16704, 24896, 16640, 16704, 16704, 16704, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 24832, 24832, 16640, 24832, 24896, 24896, 24896, 24896, 16640, 16640, 16640,
+    16640, 16640, 16640, 24896, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 24896, 24896, 24896, 24896, 24896, 16704, 16704, 16704, 16704, 16704, 24896, 24896, 24896, 24896, 24896, 24896, 24896,
+    24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896,
+    24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896,
+    24896, 16640, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24896, 24896, 33088, 24896, 24896, 33088, 24832, 24832, 33024, 33024, 33024, 33024, 33024, 33024,
+    24832, 24832, 24832, 24832, 24832, 33088, 24896, 24896, 33024, 33024, 33024, 33024, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 33088, 24896, 33024, 33024, 33024, 33024, 33088, 33088, 33088, 33088, 24832, 24832,
+    24832, 24832, 24832, 24832, 16512, 16512, 16576, 24768, 16576, 24768, 16512, 16512, 16576, 24768, 16576, 24768, 24704, 24704, 24704, 16512, 16512, 16512, 16512, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 16512, 16512,
+    16512, 16512, 16512, 16512, 16512, 24704, 24704, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704,
+    24704, 24704, 24704, 24704, 24704, 16512, 16512, 24704, 24704, 16512, 16512, 16512, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704,
+    24768, 24768, 24768, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 16512, 16512, 16576, 16576, 16576, 16576, 16576, 16576, 24704, 24704, 24704, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768,
+    24768, 24768, 24768, 24768, 24768, 24768, 24768, 16512, 16512, 16512, 16576, 16576, 16576, 16576, 16576, 16576, 32960, 32960, 32960, 32960, 32896, 24704, 32896, 32896, 24704, 24704, 24704, 24704, 24704, 16512, 24704, 24704,
+    24704, 24768, 24768, 24704, 24704, 24704, 24768, 24768, 24704, 24704, 24704, 24704, 24704, 24704, 16512, 16512, 16512, 16512, 24704, 24704, 24704, 24768, 24768, 24704, 24704, 24704, 24768, 24768, 24704, 24704, 24704, 24704,
+    24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24768, 24768, 16576, 16576, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 24768, 24768, 24768, 24768, 24768, 24768, 24768,
+    24768, 24704, 16576, 16576, 24768, 16576, 16576, 16512, 16576, 24704, 16512, 16576, 16512, 16576, 16512, 16576, 16512, 16576, 16512, 16576, 16512, 16576, 24768, 24768, 24768, 24704, 16576, 16576, 24768, 24768, 16576, 16576,
+    24704, 16576, 24768, 24768, 24704, 24768, 24768, 24704, 24768, 24768, 24768, 24768, 16576, 16576, 24768, 24768, 24768, 24768, 24768, 24768, 16576, 16576, 16576, 16576, 16576, 16576, 24768, 24768, 24768, 24768, 16576, 16576,
+    16576, 16576, 16576, 16576, 16576, 16576, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768,
+    24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768,
+    24768, 24768, 24768, 24768, 24704, 24704, 24704, 24704, 24768, 24768, 32960, 32960, 32896, 24704, 24704, 24704, 24704, 24704, 32960, 32960, 24768, 24768, 32960, 32960, 24768, 24768, 32960, 32960, 32960, 32960, 32896, 32896,
+    32896, 32896, 32960, 32960, 32960, 32960, 32960, 32960, 24768, 24768, 32960, 32960, 24768, 24768, 32960, 32960, 32960, 32960, 32960, 32960, 32896,
 ]
 

@@ -273,8 +273,9 @@ def main():
     arr("tableNodeKind", "UInt8", [k for (k, a) in nodes], 32)
     arr("tableNodeArg", "UInt16", [a for (k, a) in nodes], 32)
     arr("tableFormMnemonic", "UInt16", [f[0] for f in forms], 32)
-    arr("tableFormOperands", "UInt64", ["0x%x" % (sum(((o) << (16 * i)) for i, o in enumerate(f[1])) | (len(f[1]) << 62)) for f in forms], 8)
-    arr("tableFormAttrs", "UInt16", [f[2] for f in forms], 32)
+    arr("tableFormOperands", "UInt64", ["0x%x" % sum(((o) << (16 * i)) for i, o in enumerate(f[1])) for f in forms], 8)
+    # attribute bits 0-12, operand count in bits 13-15
+    arr("tableFormAttrs", "UInt16", [f[2] | (len(f[1]) << 13) for f in forms], 32)
     open(os.path.join(HERE, "Tables.generated.swift"), "w").write("\n".join(out) + "\n")
     print("%d lines, %d mnemonics, %d forms, %d nodes" % (len(lines), len(mnemonics), len(forms), len(nodes)), file=sys.stderr)
 
