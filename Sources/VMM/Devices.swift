@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// A device on the port-I/O bus. `offset` is relative to the device's base port; `size` is
 /// 1, 2 or 4. Called with the bus lock held, so a device needs no lock of its own.
@@ -224,21 +225,24 @@ public final class ScratchMMIO: MMIODevice {
 /// The MSRs routed to the VMM. `forwarded` ones are KVM's own (the save-area MSRs): a routed
 /// write is applied to KVM with KVM_SET_MSRS after the observer has seen it. The others live
 /// here: a write stores, a read returns the stored value; an MSR in neither set is #GP.
+/// Shared by all vCPUs, so the values are behind a lock.
 public final class MSRFile: @unchecked Sendable {
     public let forwarded: Set<UInt32>
-    public private(set) var values: [UInt32: UInt64]
+    let values: Mutex<[UInt32: UInt64]>
 
     public init(forwarded: Set<UInt32>, owned: [UInt32: UInt64] = [:]) {
         self.forwarded = forwarded
-        values = owned
+        values = Mutex(owned)
     }
 
-    public func owns(_ index: UInt32) -> Bool { values[index] != nil }
-    public func read(_ index: UInt32) -> UInt64? { values[index] }
+    public func owns(_ index: UInt32) -> Bool { values.withLock { $0[index] != nil } }
+    public func read(_ index: UInt32) -> UInt64? { values.withLock { $0[index] } }
     /// Stores an owned MSR's value; false if the VMM does not own it.
     public func write(_ index: UInt32, _ value: UInt64) -> Bool {
-        guard values[index] != nil else { return false }
-        values[index] = value
-        return true
+        values.withLock {
+            guard $0[index] != nil else { return false }
+            $0[index] = value
+            return true
+        }
     }
 }

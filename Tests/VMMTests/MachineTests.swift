@@ -103,6 +103,32 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(s.stop, .exitPort(value: 3))
     }
 
+    /// The BSP (long mode) wakes vCPU 1 by INIT/SIPI through its LAPIC's ICR; the AP starts in
+    /// real mode at 0x8000 and ends the run through the exit port. (Here the sending LAPIC must
+    /// be software-enabled in its SVR, or KVM drops the IPIs.)
+    func testKernelIrqchipAPStartsByINITSIPI() throws {
+        try requireKVM()
+        let bsp: [UInt8] = [0xBB, 0x00, 0x03, 0xE0, 0xFE,                    // mov ebx,0xFEE00300
+                            0xC7, 0x83, 0xF0, 0xFD, 0xFF, 0xFF, 0xFF, 0x01, 0x00, 0x00,  // SVR = 0x1FF (enable)
+                            0xC7, 0x43, 0x10, 0x00, 0x00, 0x00, 0x01,        // ICR high: APIC ID 1
+                            0xC7, 0x03, 0x00, 0x45, 0x00, 0x00,              // INIT
+                            0xC7, 0x43, 0x10, 0x00, 0x00, 0x00, 0x01,
+                            0xC7, 0x03, 0x08, 0x46, 0x00, 0x00,              // SIPI, vector 8 -> 0x8000
+                            0x66, 0xBA, 0x02, 0x05, 0xEE,                    // out 0x502 (marker): SIPI sent
+                            0xF4, 0xEB, 0xFD]                                // l: hlt; jmp l
+        let ap: [UInt8] = [0xBA, 0x01, 0x05, 0xB0, 0x42, 0xEE]                // mov dx,0x501; mov al,0x42; out dx,al
+        let image = GuestImage(kind: .flat, segments: [
+            .init(address: 0x100000, bytes: bsp, memorySize: UInt64(bsp.count)),
+            .init(address: 0x8000, bytes: ap, memorySize: UInt64(ap.count)),
+        ], entry: 0x100000)
+        let out = SerialOutput(fd: -1, captureLimit: 100)
+        let m = try Machine(config: MachineConfig(mode: .long64, vcpus: 2, irqchip: .kernel, memoryMiB: 4), image: image, serial: out)
+        let s = m.run(limits: RunLimits(timeout: 2))
+        XCTAssertEqual(s.stop, .exitPort(value: 0x42), s.text)
+        XCTAssertEqual(s.vcpus[1].exitsByReason["IO"], 1)
+        XCTAssertEqual(s.markers, 1)
+    }
+
     final class Recorder: ExitObserver, @unchecked Sendable {
         struct Seen { var exit: VMExit; var rip: UInt64; var after: UInt64?; var afterRAX: UInt64?; var access: DeviceAccess?
                       var io: [UInt8]; var tscOrdered: Bool; var bytesAtRIP: [UInt8] }
