@@ -142,17 +142,12 @@ public final class KVMSystem: @unchecked Sendable {
         return VirtualMachine(fd: vmfd, system: self, vcpuMmapSize: size)
     }
 
-    /// Which KVM module backs /dev/kvm (kvm_intel, kvm_amd, kvm_pvm, ...), from /proc/modules.
+    /// Which KVM module backs /dev/kvm (kvm_intel, kvm_amd, kvm_pvm, ...): the first of those
+    /// present in /sys/module (built-in or loaded), else "kvm" or "unknown".
     public static func backendModule() -> String {
-        guard let f = fopen("/proc/modules", "r") else { return "unknown" }
-        defer { fclose(f) }
-        var line = [CChar](repeating: 0, count: 512)
-        var found = "unknown"
-        while fgets(&line, Int32(line.count), f) != nil {
-            let name = String(cString: line).split(separator: " ").first.map(String.init) ?? ""
-            if name == "kvm_intel" || name == "kvm_amd" || name == "kvm_pvm" { return name }
-            if name == "kvm" { found = "kvm" }
+        for name in ["kvm_pvm", "kvm_intel", "kvm_amd"] where access("/sys/module/\(name)", F_OK) == 0 {
+            return name
         }
-        return found
+        return access("/sys/module/kvm", F_OK) == 0 ? "kvm" : "unknown"
     }
 }

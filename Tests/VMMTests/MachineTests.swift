@@ -129,6 +129,33 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(s.markers, 1)
     }
 
+    /// On kvm_pvm, CPL0 code runs in KVM's emulator, which lacks LOCK CMPXCHG16B: an
+    /// INTERNAL_ERROR (emulation failure) that must end the run with a report, not a crash.
+    func testEmulationFailureIsAGuestEventReport() throws {
+        try requireKVM()
+        guard KVMSystem.backendModule() == "kvm_pvm" else {
+            throw XCTSkip("needs kvm_pvm (CPL0 emulated); this host runs \(KVMSystem.backendModule())")
+        }
+        // mov esi,0x2000; lock cmpxchg16b [rsi]
+        let (s, _) = try run([0xBE, 0x00, 0x20, 0x00, 0x00, 0xF0, 0x48, 0x0F, 0xC7, 0x0E], mode: .long64, at: 0x100000)
+        guard case let .guestEvent(r) = s.stop else { return XCTFail("stopped by \(s.stop)") }
+        XCTAssertEqual(r.kind, .internalError)
+        XCTAssertEqual(r.state.rip, 0x100005)
+        XCTAssertEqual(Array(r.instructionBytes.prefix(5)), [0xF0, 0x48, 0x0F, 0xC7, 0x0E])
+        XCTAssertEqual(s.exitStatus, RunExitStatus.guestFailure)
+    }
+
+    /// REP INSB from an unclaimed port with a count far beyond guest memory, the buffer
+    /// running off the end of RAM: the VMM survives and reports.
+    func testHostileRepInsRunningOffMemory() throws {
+        // mov edi,0x3FFF00; mov ecx,0x7FFFFFFF; mov dx,0x5F0; rep insb; mov dx,0x501; mov al,1; out dx,al
+        let code: [UInt8] = [0xBF, 0x00, 0xFF, 0x3F, 0x00, 0xB9, 0xFF, 0xFF, 0xFF, 0x7F, 0x66, 0xBA, 0xF0, 0x05,
+                             0xF3, 0x6C, 0x66, 0xBA, 0x01, 0x05, 0xB0, 0x01, 0xEE]
+        let (s, _) = try run(code, mode: .protected32, at: 0x100000, limits: RunLimits(maxExits: 2000, timeout: 20))
+        XCTAssertGreaterThan(s.unclaimedReads, 0)
+        XCTAssertNotEqual(s.stop.name, "vmm-error", s.text)
+    }
+
     final class Recorder: ExitObserver, @unchecked Sendable {
         struct Seen { var exit: VMExit; var rip: UInt64; var after: UInt64?; var afterRAX: UInt64?; var access: DeviceAccess?
                       var io: [UInt8]; var tscOrdered: Bool; var bytesAtRIP: [UInt8] }
