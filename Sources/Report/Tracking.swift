@@ -11,7 +11,8 @@ struct RecordClock: Sendable {
 
     @inline(__always)
     mutating func times(_ r: TraceRecord) -> (vmm: UInt64?, guest: UInt64?) {
-        let entered = r.tscEntry != 0 && r.tscEntry >= r.tscExit
+        // A record without an exit TSC (0) has no timing at all.
+        let entered = r.tscExit != 0 && r.tscEntry != 0 && r.tscEntry >= r.tscExit
         let vmm: UInt64? = entered ? r.tscEntry - r.tscExit : nil
         var guest: UInt64?
         if let prev = lastEntry[r.vcpu], r.tscExit >= prev, r.tscExit != 0 { guest = r.tscExit - prev }
