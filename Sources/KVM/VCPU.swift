@@ -228,6 +228,11 @@ public final class VCPU: @unchecked Sendable {
         return DebugRegisters(dr0: d.db.0, dr1: d.db.1, dr2: d.db.2, dr3: d.db.3, dr6: d.dr6, dr7: d.dr7)
     }
 
+    /// KVM_GET_TSC_KHZ: the guest's TSC rate (the host's unless scaled).
+    public func tscKHz() throws(KVMError) -> UInt64 {
+        UInt64(try kvmIoctl(fd, CKVM_GET_TSC_KHZ, "KVM_GET_TSC_KHZ"))
+    }
+
     /// KVM's binary statistics for this vCPU (KVM_GET_STATS_FD, opened on first use).
     public func stats() throws(KVMError) -> KVMStats {
         if let s = statsReader { return s }

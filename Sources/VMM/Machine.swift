@@ -1,5 +1,6 @@
 import CKVM
 import Dispatch
+import Foundation
 import Glibc
 import KVM
 import Synchronization
@@ -117,12 +118,31 @@ public final class Machine: @unchecked Sendable {
     public var info: MachineInfo {
         MachineInfo(config: config, backend: KVMSystem.backendModule(), apiVersion: (try? system.apiVersion()) ?? 0,
                     capabilities: KVMCapability.reported.map { ($0.name, (try? system.checkExtension($0)) ?? 0) },
-                    memory: GuestMemoryView(memory), tscHz: Self.tscHz())
+                    memory: GuestMemoryView(memory),
+                    tscHz: (try? vcpus[0].tscKHz()).map { $0 * 1000 },
+                    hostCPU: Self.hostCPU(), kernel: Self.kernelRelease())
     }
 
-    /// The host TSC frequency from /proc/cpuinfo's "tsc" flag and "cpu MHz" is unreliable; KVM
-    /// reports the guest TSC rate per vCPU, which equals the host's unless scaled.
-    static func tscHz() -> UInt64? { nil }
+    /// "model name" from /proc/cpuinfo.
+    static func hostCPU() -> String {
+        guard let f = fopen("/proc/cpuinfo", "r") else { return "unknown" }
+        defer { fclose(f) }
+        var line = [CChar](repeating: 0, count: 1024)
+        while fgets(&line, Int32(line.count), f) != nil {
+            let s = String(cString: line)
+            if s.hasPrefix("model name"), let colon = s.firstIndex(of: ":") {
+                return s[s.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+        }
+        return "unknown"
+    }
+
+    /// uname's release ("6.18.44-...").
+    static func kernelRelease() -> String {
+        var u = utsname()
+        uname(&u)
+        return withUnsafeBytes(of: u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
 
     // MARK: running
 

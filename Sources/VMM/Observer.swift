@@ -63,7 +63,11 @@ public struct MachineInfo: Sendable {
     /// Capabilities with their KVM_CHECK_EXTENSION values (0 = absent).
     public var capabilities: [(name: String, value: Int32)]
     public var memory: GuestMemoryView
+    /// The guest TSC rate (KVM_GET_TSC_KHZ × 1000): the host's unless KVM scales it.
     public var tscHz: UInt64?
+    /// Host CPU model name and kernel release, so a report can say what "hardware" meant.
+    public var hostCPU: String
+    public var kernel: String
 }
 
 /// Read-only, bounds-checked access to guest memory for observers: physical reads, page-table

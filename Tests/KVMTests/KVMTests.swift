@@ -150,3 +150,51 @@ final class KVMDeviceTests: XCTestCase {
         }
     }
 }
+
+final class KVMStateTests: XCTestCase {
+    func testStateGetSetRoundTrips() throws {
+        guard KVMSystem.isAvailable else { throw XCTSkip("/dev/kvm is not available on this host") }
+        let sys = try KVMSystem()
+        let vm = try sys.createVM()
+        let vcpu = try vm.createVCPU(id: 0)
+        try vcpu.setCPUID(try sys.supportedCPUID())
+        var regs = try vcpu.getRegs()
+        regs.rbx = 0x1122_3344_5566_7788
+        try vcpu.setRegs(regs)
+        XCTAssertEqual(try vcpu.getRegs().rbx, 0x1122_3344_5566_7788)
+        let set = try vcpu.setMSRs([(MSRIndex.star, 0x0023_0010_0000_0000), (MSRIndex.lstar, 0xFFFF_8000_0000_1000)])
+        XCTAssertEqual(set, 2)
+        let msrs = try vcpu.getMSRs([MSRIndex.star, MSRIndex.lstar])
+        XCTAssertEqual(msrs[MSRIndex.star], 0x0023_0010_0000_0000)
+        XCTAssertEqual(msrs[MSRIndex.lstar], 0xFFFF_8000_0000_1000)
+        var fpu = try vcpu.getFPU()
+        fpu.fcw = 0x27F
+        try vcpu.setFPU(fpu)
+        XCTAssertEqual(try vcpu.getFPU().fcw, 0x27F)
+        XCTAssertEqual(try vcpu.getMPState(), 0, "the BSP starts runnable")
+        _ = try vcpu.getVCPUEvents()
+        if sys.has(.xcrs) {
+            let xcrs = try vcpu.getXCRs()
+            XCTAssertEqual(xcrs.first?.index, 0)
+            XCTAssertEqual((xcrs.first?.value ?? 0) & 1, 1, "XCR0.x87 is always set")
+        }
+        XCTAssertGreaterThan(try vcpu.tscKHz(), 0)
+        let dr = try vcpu.getDebugRegs()
+        XCTAssertEqual(dr.dr7 & 0x400, 0x400)
+    }
+
+    func testMSRFilterAndIrqchipSetup() throws {
+        guard KVMSystem.isAvailable else { throw XCTSkip("/dev/kvm is not available on this host") }
+        let sys = try KVMSystem()
+        let vm = try sys.createVM()
+        try vm.createIRQChip()
+        try vm.createPIT2()
+        guard sys.has(.userSpaceMSR), sys.has(.msrFilter) else {
+            throw XCTSkip("this host's KVM lacks KVM_CAP_X86_USER_SPACE_MSR or KVM_CAP_X86_MSR_FILTER")
+        }
+        try vm.routeMSRs([MSRFilterRange(base: MSRIndex.star, count: 4)])
+        XCTAssertThrowsError(try vm.routeMSRs([MSRFilterRange](repeating: MSRFilterRange(base: 0), count: 17)))
+        let ap = try vm.createVCPU(id: 1)
+        XCTAssertEqual(try ap.getMPState(), 1, "with the in-kernel irqchip an AP waits for INIT/SIPI (UNINITIALIZED)")
+    }
+}

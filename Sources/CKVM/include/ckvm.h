@@ -128,6 +128,7 @@ static const unsigned long CKVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
 static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
 static const unsigned long CKVM_GET_STATS_FD = KVM_GET_STATS_FD;
 static const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long CKVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
 
 static const uint64_t CKVM_SYNC_X86_REGS = KVM_SYNC_X86_REGS;
 static const uint64_t CKVM_SYNC_X86_SREGS = KVM_SYNC_X86_SREGS;
