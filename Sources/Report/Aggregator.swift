@@ -204,7 +204,7 @@ public struct Aggregator: Sendable {
         // Timing: handling time of this record, guest time since the previous one on its vCPU.
         let (vmm, guest) = clock.times(r)
         let entered = vmm != nil
-        if r.tscExit != 0 {
+        if RecordClock.valid(r.tscExit) {
             firstTSC = Swift.min(firstTSC, r.tscExit)
             lastTSC = Swift.max(lastTSC, entered ? r.tscEntry : r.tscExit)
         }
@@ -256,13 +256,13 @@ public struct Aggregator: Sendable {
             outsidePhases.add(vmm: vmm, guest: guest)
         }
 
-        if r.tscExit != 0 { addToTimeline(r.tscExit) { $0.exits &+= 1; $0.vmmCycles &+= vmm ?? 0; $0.guestCycles &+= guest ?? 0 } }
+        if RecordClock.valid(r.tscExit) { addToTimeline(r.tscExit) { $0.exits &+= 1; $0.vmmCycles &+= vmm ?? 0; $0.guestCycles &+= guest ?? 0 } }
     }
 
     private mutating func addCompletion(_ r: TraceRecord, vmm: UInt64?) {
         let m = mnemonic(of: r)
         completions.update(m, make: { ExitStats() }) { $0.add(vmm: vmm, guest: nil) }
-        if r.tscExit != 0 { addToTimeline(r.tscExit) { $0.completions &+= 1 } }
+        if RecordClock.valid(r.tscExit) { addToTimeline(r.tscExit) { $0.completions &+= 1 } }
     }
 
     public static let phaseEndBit = PhaseTracker.endBit

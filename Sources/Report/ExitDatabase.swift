@@ -182,7 +182,7 @@ public final class ExitDatabase {
                     if r.kind == .marker { _ = phases.marker(r) }
                     records += 1
                     if r.kind == .exit { exits += 1 }
-                    if r.tscExit != 0 {
+                    if RecordClock.valid(r.tscExit) {
                         first = min(first, r.tscExit)
                         last = max(last, vmm != nil ? r.tscEntry : r.tscExit)
                     }

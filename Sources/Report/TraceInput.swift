@@ -30,7 +30,7 @@ public enum TraceInput {
             guard seen.insert(v).inserted else { continue }
             let d = try reader.frameDecoder(i)
             while let r = try d.next() {
-                if r.tscExit != 0 { earliest = min(earliest ?? .max, r.tscExit); break }
+                if RecordClock.valid(r.tscExit) { earliest = min(earliest ?? .max, r.tscExit); break }
             }
         }
         return earliest

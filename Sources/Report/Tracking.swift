@@ -9,13 +9,17 @@ struct RecordClock: Sendable {
 
     init(maxVCPUs: Int = 1_024) { self.maxVCPUs = maxVCPUs }
 
+    /// A TSC value that can be real: 0 means "not taken", and values at or above 2^63 (a century
+    /// of cycles) are sentinels or damage, not times.
+    @inline(__always)
+    static func valid(_ t: UInt64) -> Bool { t != 0 && t < 1 << 63 }
+
     @inline(__always)
     mutating func times(_ r: TraceRecord) -> (vmm: UInt64?, guest: UInt64?) {
-        // A record without an exit TSC (0) has no timing at all.
-        let entered = r.tscExit != 0 && r.tscEntry != 0 && r.tscEntry >= r.tscExit
+        let entered = Self.valid(r.tscExit) && Self.valid(r.tscEntry) && r.tscEntry >= r.tscExit
         let vmm: UInt64? = entered ? r.tscEntry - r.tscExit : nil
         var guest: UInt64?
-        if let prev = lastEntry[r.vcpu], r.tscExit >= prev, r.tscExit != 0 { guest = r.tscExit - prev }
+        if let prev = lastEntry[r.vcpu], Self.valid(r.tscExit), r.tscExit >= prev { guest = r.tscExit - prev }
         if entered {
             if lastEntry[r.vcpu] != nil || lastEntry.count < maxVCPUs { lastEntry[r.vcpu] = r.tscEntry }
         } else {

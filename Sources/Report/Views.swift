@@ -286,7 +286,16 @@ public struct Report: Sendable {
                      rows: rows, totals: [.text("Total")] + statCells(a.total, of: a.total, percentiles: true))
     }
 
-    func phaseName(_ p: UInt64) -> String { aggregate.phaseNames[p] ?? "" }
+    func phaseName(_ p: UInt64) -> String {
+        if let n = aggregate.phaseNames[p] { return n }
+        // Samples/adams-agesen.S numbers its operations 1...7.
+        if aggregate.header.imagePath.contains("adams-agesen"), p >= 1, Int(p) <= Self.adamsAgesen.count {
+            return Self.adamsAgesen[Int(p) - 1]
+        }
+        return ""
+    }
+
+    static let adamsAgesen = ["syscall", "in", "cr8wr", "callret", "pgfault", "divzero", "ptemod"]
 
     func phase() -> Table {
         let a = aggregate
@@ -310,19 +319,20 @@ public struct Report: Sendable {
     }
 
     /// Adams & Agesen (ASPLOS 2006), table of operation costs: each phase's duration over its
-    /// iterations. Iterations come from the sample's convention when known, else one per exit.
+    /// iterations. The sample brackets every single operation with its markers (Samples/README.md),
+    /// so an operation is one begin/end pair unless `--iterations` says otherwise. A bracket also
+    /// holds the end marker's own instructions up to its OUT's exit.
     func microbench() -> Table {
         let a = aggregate
         var rows: [[Cell]] = []
         for (p, s) in a.phases.entries.sorted(by: { $0.key < $1.key }) where s.occurrences > 0 {
-            let known = a.phaseIterations[p]
-            let iterations = known ?? s.exits.samples
-            let perOp: Double? = iterations > 0 ? Double(s.durationCycles) / Double(iterations) : nil
+            let given = a.phaseIterations[p]
+            let iterations = given ?? s.occurrences
+            let perOp = Double(s.durationCycles) / Double(iterations)
             rows.append([
-                .text(String(p)), .text(phaseName(p)), .uint(iterations), .text(known != nil ? "sample" : "exits"),
-                ns(s.durationCycles), .uint(s.durationCycles), perOp.map { .real($0) } ?? .none,
-                perOp.map { nsReal($0) } ?? .none,
-                iterations > 0 ? .real(Double(s.exits.samples) / Double(iterations)) : .none,
+                .text(String(p)), .text(phaseName(p)), .uint(iterations), .text(given != nil ? "option" : "markers"),
+                ns(s.durationCycles), .uint(s.durationCycles), .real(perOp), nsReal(perOp),
+                .real(Double(s.exits.samples) / Double(iterations)),
             ])
         }
         let cols = [Column("phase", .left), Column("operation", .left), Column("iterations"),

@@ -45,7 +45,7 @@ struct ReportCommand: ParsableCommand {
     @Option(help: "Timeline interval in ns (default 1 ms; doubled as needed to keep at most 1000 intervals).")
     var interval: UInt64?
 
-    @Option(help: "Iterations of each microbenchmark phase, e.g. 1=1000000,2=1000 (default: one per exit).")
+    @Option(help: "Operations in each microbenchmark phase, e.g. 1=1000000,2=1000 (default: one per begin/end marker pair).")
     var iterations: String?
 
     @Option(help: "A database written by `exitscope ingest` (with --runs).")

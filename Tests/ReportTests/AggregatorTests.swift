@@ -221,18 +221,28 @@ final class AggregatorTests: XCTestCase {
         XCTAssertEqual(ph.row("-")?["samples"], .uint(1))
         XCTAssertTrue(ph.notes.contains { $0.contains("1 phase end") })
 
+        // Each begin/end pair brackets one operation: 2500 cycles over 2 operations.
         let mb = try rep.table(.microbench)
         let op = try XCTUnwrap(mb.row("2"))
-        XCTAssertEqual(op["iterations"], .uint(6))
-        XCTAssertEqual(op["iterations_from"], .text("exits"))
-        guard case .real(let cyc)? = op["cycles_per_op"] else { return XCTFail("cycles_per_op") }
-        XCTAssertEqual(cyc, 2500.0 / 6, accuracy: 1e-9)
+        XCTAssertEqual(op["iterations"], .uint(2))
+        XCTAssertEqual(op["iterations_from"], .text("markers"))
+        XCTAssertEqual(op["cycles_per_op"], .real(1250))
+        XCTAssertEqual(op["exits_per_op"], .real(3))
+        XCTAssertEqual(op["operation"], .text("out"))
 
         var b = a
         b.phaseIterations[2] = 1000
         let op2 = try XCTUnwrap(Report(b).table(.microbench).row("2"))
         XCTAssertEqual(op2["iterations"], .uint(1000))
+        XCTAssertEqual(op2["iterations_from"], .text("option"))
         XCTAssertEqual(op2["ns_per_op"], .real(2.5))
+
+        // The adams-agesen sample's phases are named after its operations.
+        var h = Make.header
+        h.imagePath = "Samples/build/adams-agesen.elf"
+        var c = Aggregator(header: h)
+        for r in recs { c.add(r) }
+        XCTAssertEqual(try Report(c).table(.microbench).row("2")?["operation"], .text("in"))
     }
 
     func testVCPUFilterKeepsOnlyThatVCPU() throws {
