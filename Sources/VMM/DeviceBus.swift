@@ -8,7 +8,7 @@ public enum AccessKind: UInt8, Sendable, Codable {
 /// One access as the device side saw it: for a read, `data` is what the device answered;
 /// for string I/O (`count` > 1) it is the first element's value (all of them are in the
 /// exit's I/O data, see `ObservedExit.ioData`).
-public struct DeviceAccess: Equatable, Sendable {
+public struct BusAccess: Equatable, Sendable {
     public var kind: AccessKind
     public var address: UInt64
     public var size: UInt8

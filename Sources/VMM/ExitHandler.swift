@@ -44,7 +44,7 @@ public enum ExitAction: Equatable, Sendable {
 public struct ExitOutcome: Equatable, Sendable {
     public var action: ExitAction = .resume
     /// The device side of the exit (nil for exits without one).
-    public var access: DeviceAccess? = nil
+    public var access: BusAccess? = nil
     /// A marker (port 0x502) the guest wrote.
     public var marker: UInt64? = nil
     /// A routed RDMSR/WRMSR's completion for kvm_run.msr: data and whether the guest gets #GP.
@@ -97,12 +97,12 @@ public struct ExitHandler: @unchecked Sendable {
             }
             if isWrite {
                 let claimed = bus.mmioWrite(vcpu: vcpu, address: address, size: size, value: value)
-                out.access = DeviceAccess(kind: .mmio, address: address, size: UInt8(size), isWrite: true,
+                out.access = BusAccess(kind: .mmio, address: address, size: UInt8(size), isWrite: true,
                                           data: value, claimed: claimed)
             } else {
                 let (v, claimed) = bus.mmioRead(vcpu: vcpu, address: address, size: size)
                 storeLE(data.mmioData, size, v)
-                out.access = DeviceAccess(kind: .mmio, address: address, size: UInt8(size), isWrite: false,
+                out.access = BusAccess(kind: .mmio, address: address, size: UInt8(size), isWrite: false,
                                           data: v, claimed: claimed)
             }
         case .hlt:
@@ -120,11 +120,11 @@ public struct ExitHandler: @unchecked Sendable {
         case let .rdmsr(index, _):
             if let v = msrs.read(index) {
                 out.msrData = v
-                out.access = DeviceAccess(kind: .msr, address: UInt64(index), size: 8, isWrite: false, data: v)
+                out.access = BusAccess(kind: .msr, address: UInt64(index), size: 8, isWrite: false, data: v)
             } else {
                 bus.msrUnclaimed(vcpu: vcpu, index: index, isWrite: false)
                 out.msrError = true
-                out.access = DeviceAccess(kind: .msr, address: UInt64(index), size: 8, isWrite: false, data: 0, claimed: false)
+                out.access = BusAccess(kind: .msr, address: UInt64(index), size: 8, isWrite: false, data: 0, claimed: false)
             }
         case let .wrmsr(index, _, value):
             var claimed = true
@@ -136,7 +136,7 @@ public struct ExitHandler: @unchecked Sendable {
                 claimed = false
             }
             out.msrData = value
-            out.access = DeviceAccess(kind: .msr, address: UInt64(index), size: 8, isWrite: true, data: value, claimed: claimed)
+            out.access = BusAccess(kind: .msr, address: UInt64(index), size: 8, isWrite: true, data: value, claimed: claimed)
         case let .systemEvent(info):
             out.action = .systemEvent(info)
         case .hypercall:
@@ -158,7 +158,7 @@ public struct ExitHandler: @unchecked Sendable {
         if count == 1 {
             if isWrite {
                 let v = UInt64(loadLE(p, size))
-                out.access = DeviceAccess(kind: .port, address: UInt64(port), size: UInt8(size), isWrite: true, data: v)
+                out.access = BusAccess(kind: .port, address: UInt64(port), size: UInt8(size), isWrite: true, data: v)
                 switch port {
                 case MachineLayout.exitPort:
                     out.action = .exitStatus(source: port, value: v, status: Self.exitPortStatus(v))
@@ -172,15 +172,16 @@ public struct ExitHandler: @unchecked Sendable {
             } else {
                 let (v, claimed) = bus.portRead(vcpu: vcpu, port: port, size: size)
                 storeLE(p, size, UInt64(v))
-                out.access = DeviceAccess(kind: .port, address: UInt64(port), size: UInt8(size), isWrite: false,
+                out.access = BusAccess(kind: .port, address: UInt64(port), size: UInt8(size), isWrite: false,
                                           data: UInt64(v), claimed: claimed)
             }
             return
         }
         // String I/O (REP INS/OUTS): KVM hands over a chunk of `count` elements at once.
         let claimed: Bool
+        let ours = port == MachineLayout.exitPort || port == MachineLayout.debugExitPort || port == MachineLayout.markerPort
         switch port {
-        case MachineLayout.exitPort, MachineLayout.debugExitPort, MachineLayout.markerPort where isWrite:
+        case _ where ours && isWrite:
             // The first element decides, as a single OUT would.
             let v = UInt64(loadLE(p, size))
             if port == MachineLayout.markerPort { out.marker = v }
@@ -193,7 +194,7 @@ public struct ExitHandler: @unchecked Sendable {
         default:
             claimed = bus.portString(vcpu: vcpu, port: port, size: size, count: count, isWrite: isWrite, data: p)
         }
-        out.access = DeviceAccess(kind: .port, address: UInt64(port), size: UInt8(size), isWrite: isWrite,
+        out.access = BusAccess(kind: .port, address: UInt64(port), size: UInt8(size), isWrite: isWrite,
                                   data: UInt64(loadLE(p, size)), count: UInt32(count), claimed: claimed)
     }
 }

@@ -123,7 +123,7 @@ public struct ObservedExit {
     public let tscAtExit: UInt64
     public let tscAtReentry: UInt64
     /// The device side: port/GPA/MSR, size, direction, data (a read's answer), count.
-    public let access: DeviceAccess?
+    public let access: BusAccess?
     /// For an I/O exit: all `count` elements (after the device answered, for IN/INS).
     public let ioData: UnsafeRawBufferPointer?
     /// Fidelity `.full`: the state after the instruction completed (nil when the completing

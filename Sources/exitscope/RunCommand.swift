@@ -70,6 +70,8 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        // A closed stdout (`| head`) must not kill the run: writes then just fail.
+        signal(SIGPIPE, SIG_IGN)
         do {
             let status = try runMachine()
             throw ExitCode(status)

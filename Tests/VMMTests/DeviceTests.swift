@@ -64,7 +64,7 @@ final class DeviceTests: XCTestCase {
         p.put([0x48], at: 4096)
         var o = h.handle(.io(port: 0x3F8, size: 1, direction: .out, count: 1, dataOffset: 4096), vcpu: 0, data: p.area, interruptFlag: false)
         XCTAssertEqual(o.action, .resume)
-        XCTAssertEqual(o.access, DeviceAccess(kind: .port, address: 0x3F8, size: 1, isWrite: true, data: 0x48))
+        XCTAssertEqual(o.access, BusAccess(kind: .port, address: 0x3F8, size: 1, isWrite: true, data: 0x48))
         o = h.handle(.io(port: 0x3FD, size: 1, direction: .in, count: 1, dataOffset: 4096), vcpu: 0, data: p.area, interruptFlag: false)
         XCTAssertEqual(p.get(4096, 1), [0x60])
         XCTAssertEqual(o.access?.data, 0x60)
@@ -148,5 +148,19 @@ final class DeviceTests: XCTestCase {
         XCTAssertThrowsError(try c.apply("memory=0"))
         XCTAssertThrowsError(try c.apply("colour=blue"))
         XCTAssertThrowsError(try c.apply("vcpus"))
+    }
+}
+
+extension DeviceTests {
+    func testStringInFromTheExitPortIsUnclaimedNotAnExit() throws {
+        let (h, _, bus) = try makeHandler()
+        let p = Page()
+        let o = h.handle(.io(port: 0x501, size: 1, direction: .in, count: 3, dataOffset: 4096), vcpu: 0, data: p.area, interruptFlag: false)
+        XCTAssertEqual(o.action, .resume)
+        XCTAssertEqual(p.get(4096, 3), [0xFF, 0xFF, 0xFF])
+        XCTAssertEqual(bus.unclaimedReads, 3)
+        p.put([5, 6], at: 4096)
+        let w = h.handle(.io(port: 0x501, size: 1, direction: .out, count: 2, dataOffset: 4096), vcpu: 0, data: p.area, interruptFlag: false)
+        XCTAssertEqual(w.action, .exitStatus(source: 0x501, value: 5, status: 5))
     }
 }

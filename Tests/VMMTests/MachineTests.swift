@@ -157,7 +157,7 @@ final class MachineTests: XCTestCase {
     }
 
     final class Recorder: ExitObserver, @unchecked Sendable {
-        struct Seen { var exit: VMExit; var rip: UInt64; var after: UInt64?; var afterRAX: UInt64?; var access: DeviceAccess?
+        struct Seen { var exit: VMExit; var rip: UInt64; var after: UInt64?; var afterRAX: UInt64?; var access: BusAccess?
                       var io: [UInt8]; var tscOrdered: Bool; var bytesAtRIP: [UInt8] }
         let seen = Mutex<[Seen]>([])
         let msrWrites = Mutex<[(index: UInt32, value: UInt64)]>([])
@@ -194,7 +194,7 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(seen[0].io, [9])
         XCTAssertEqual(seen[1].rip, 0x1009)
         XCTAssertEqual(seen[1].bytesAtRIP, [0xEC])
-        XCTAssertEqual(seen[1].access, DeviceAccess(kind: .port, address: 0x3FD, size: 1, isWrite: false, data: 0x60))
+        XCTAssertEqual(seen[1].access, BusAccess(kind: .port, address: 0x3FD, size: 1, isWrite: false, data: 0x60))
         XCTAssertEqual(seen[1].after, 0x100A)
         XCTAssertEqual((seen[1].afterRAX ?? 0) & 0xFF, 0x60)
         XCTAssertTrue(seen.allSatisfy(\.tscOrdered))
