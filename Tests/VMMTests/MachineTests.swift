@@ -156,6 +156,20 @@ final class MachineTests: XCTestCase {
         XCTAssertNotEqual(s.stop.name, "vmm-error", s.text)
     }
 
+    /// The machine an ELF's .exitscope section asks for is the one that runs it.
+    func testELFMachineSectionChoosesTheMode() throws {
+        try requireKVM()
+        // xor eax,eax; add rax,5 (in 32-bit code: dec eax; add eax,5 -> 4); mov dx,0x501; out dx,al
+        let code: [UInt8] = [0x31, 0xC0, 0x48, 0x83, 0xC0, 0x05, 0x66, 0xBA, 0x01, 0x05, 0xEE]
+        let img = try GuestImage.elf(MemoryAndLoaderTests.elf64(code: code, paddr: 0x100000, entry: 0x100000,
+                                                                 config: "mode=long64 memory=8"))
+        var config = MachineConfig()
+        try config.apply(img.machineText ?? "")
+        XCTAssertEqual(config.mode, .long64)
+        let m = try Machine(config: config, image: img, serial: SerialOutput(fd: -1))
+        XCTAssertEqual(m.run(limits: RunLimits(timeout: 20)).stop, .exitPort(value: 5))
+    }
+
     final class Recorder: ExitObserver, @unchecked Sendable {
         struct Seen { var exit: VMExit; var rip: UInt64; var after: UInt64?; var afterRAX: UInt64?; var access: BusAccess?
                       var io: [UInt8]; var tscOrdered: Bool; var bytesAtRIP: [UInt8] }

@@ -84,6 +84,27 @@ final class MemoryAndLoaderTests: XCTestCase {
         return f
     }
 
+    /// A minimal ELF32 (i386): one PT_LOAD of `code` at `paddr`, no sections.
+    static func elf32(code: [UInt8], paddr: UInt32, entry: UInt32) -> [UInt8] {
+        var f = [UInt8](repeating: 0, count: 52 + 32)
+        func put16(_ o: Int, _ v: UInt32) { for i in 0..<2 { f[o + i] = UInt8((v >> (8 * UInt32(i))) & 0xFF) } }
+        func put32(_ o: Int, _ v: UInt32) { for i in 0..<4 { f[o + i] = UInt8((v >> (8 * UInt32(i))) & 0xFF) } }
+        f[0...3] = [0x7F, 0x45, 0x4C, 0x46]; f[4] = 1; f[5] = 1; f[6] = 1
+        put16(16, 2); put16(18, 3); put32(20, 1); put32(24, entry); put32(28, 52)
+        put16(40, 52); put16(42, 32); put16(44, 1)
+        put32(52, 1); put32(56, 84); put32(60, paddr); put32(64, paddr)
+        put32(68, UInt32(code.count)); put32(72, UInt32(code.count)); put32(76, 5); put32(80, 0x1000)
+        return f + code
+    }
+
+    func testELF32LoaderUsesPhysicalAddresses() throws {
+        let img = try GuestImage.elf(Self.elf32(code: [0xF4], paddr: 0x100000, entry: 0x100000))
+        XCTAssertEqual(img.kind, .elf32)
+        XCTAssertEqual(img.entry, 0x100000)
+        XCTAssertEqual(img.segments.first?.address, 0x100000)
+        XCTAssertNil(img.machineText)
+    }
+
     func testELF64LoaderReadsSegmentsEntryAndConfig() throws {
         let file = Self.elf64(code: [0xF4, 0x90], paddr: 0x1000, entry: 0x1000, config: "mode=real memory=2")
         let img = try GuestImage.elf(file)
