@@ -246,6 +246,11 @@ extension X86Executor {
         case .bswap:
             guard case .register(let r) = o0 else { throw .fault(.invalidOpcode()) }
             let v = readReg(r)
+            if i.operandSize == 16 {
+                // 16-bit BSWAP is undefined; AMD and Intel both clear the low word.
+                gpr[Int(r.number) & 15] &= ~0xFFFF
+                return
+            }
             switch r.bits {
             case 64: writeReg(r, v.byteSwapped)
             case 32: writeReg(r, UInt64(UInt32(truncatingIfNeeded: v).byteSwapped))
@@ -410,7 +415,8 @@ extension X86Executor {
             let d = try locate(o0, s)
             let v = try load(d)
             let r = doubleShift(left: i.mnemonic == .shld, v, try read(o1, s), count, s)
-            if count & (s == 8 ? 0x3F : 0x1F) != 0 { try store(d, r) }
+            // A register destination is written even for a count of 0 (32-bit forms zero-extend).
+            if count & (s == 8 ? 0x3F : 0x1F) != 0 || !d.isMemory { try store(d, r) }
         case .bt, .bts, .btr, .btc: try bitTest(i)
         case .bsf, .bsr:
             let s = opSize(o0, i)

@@ -126,9 +126,15 @@ public final class SparseMemory: GuestMemory {
     /// Maps and fills bytes at `gpa` (not logged).
     public func load(_ gpa: UInt64, _ bytes: [UInt8]) {
         map(gpa, count: bytes.count)
-        for (i, b) in bytes.enumerated() {
-            let a = gpa &+ UInt64(i)
-            pages[a & ~0xFFF]!.storeBytes(of: b, toByteOffset: Int(a & 0xFFF), as: UInt8.self)
+        bytes.withUnsafeBytes { b in
+            var done = 0
+            while done < bytes.count {
+                let a = gpa &+ UInt64(done)
+                let off = Int(a & 0xFFF)
+                let n = min(bytes.count - done, 4096 - off)
+                (pages[a & ~0xFFF]! + off).copyMemory(from: b.baseAddress! + done, byteCount: n)
+                done += n
+            }
         }
     }
 
@@ -137,12 +143,11 @@ public final class SparseMemory: GuestMemory {
     }
 
     public func bytes(_ gpa: UInt64, count: Int) -> [UInt8]? {
-        var r: [UInt8] = []
-        for i in 0..<count {
-            guard let b = byte(gpa &+ UInt64(i)) else { return nil }
-            r.append(b)
+        var r = [UInt8](repeating: 0, count: count)
+        let ok = r.withUnsafeMutableBytes { b in
+            count == 0 || read(gpa, count: count, into: b.baseAddress!) == .ok
         }
-        return r
+        return ok ? r : nil
     }
 
     public func clearWriteLog() { writeLog.removeAll() }
