@@ -100,6 +100,7 @@ public final class VCPU: @unchecked Sendable {
 
     public var syncRegsEnabled: Bool { ckvm_run_sync_valid(runPointer) & CKVM_SYNC_X86_REGS != 0 }
     public var syncSregsEnabled: Bool { ckvm_run_sync_valid(runPointer) & CKVM_SYNC_X86_SREGS != 0 }
+    public var syncEventsEnabled: Bool { ckvm_run_sync_valid(runPointer) & CKVM_SYNC_X86_EVENTS != 0 }
 
     /// regs as KVM left them in kvm_run at the last exit (valid with sync regs enabled).
     public var syncedRegs: UnsafeMutablePointer<kvm_regs> { ckvm_run_sync_regs(runPointer)! }

@@ -190,7 +190,7 @@ public final class Machine: @unchecked Sendable {
         if let observer {
             let sync = system.has(.syncRegs)
             for v in vcpus {
-                if sync { v.enableSyncRegs(regs: true, sregs: true, events: false) }
+                if sync { v.enableSyncRegs(regs: true, sregs: true, events: options.events) }
                 if options.singleStep {
                     do { try v.setSingleStep(true) } catch {
                         return finish(control, start: monotonicSeconds(), observer: observer,
@@ -340,6 +340,9 @@ public final class Machine: @unchecked Sendable {
 
             if let observer {
                 let state = synced ? vcpu.syncedState() : currentState(vcpu)
+                let events: VCPUEvents? = !options.events ? nil
+                    : vcpu.syncEventsEnabled ? VCPUEvents(kvm: vcpu.syncedEvents.pointee)
+                    : (try? vcpu.getVCPUEvents()).map { VCPUEvents(kvm: $0) }
                 var after: CPUState? = nil
                 if fidelityFull && outcome.action == .resume {
                     vcpu.immediateExit = true
@@ -360,7 +363,7 @@ public final class Machine: @unchecked Sendable {
                 }
                 let observed = ObservedExit(vcpu: index, sequence: exits - 1, exit: exit, state: state,
                                             tscAtExit: tscExit, tscAtReentry: ckvm_rdtsc(), access: outcome.access,
-                                            ioData: io, stateAfter: after, memory: view, probe: probe)
+                                            ioData: io, stateAfter: after, events: events, memory: view, probe: probe)
                 observer.exitHandled(observed)
             }
 

@@ -49,9 +49,13 @@ public struct ObserverOptions: Sendable {
     /// KVM_GUESTDBG_SINGLESTEP on every vCPU: each instruction KVM runs gives a DEBUG exit,
     /// delivered to the observer like any other exit (on kvm_pvm: CPL0 only).
     public var singleStep: Bool
-    public init(fidelity: Fidelity = .exit, singleStep: Bool = false) {
+    /// Also sync kvm_vcpu_events at every exit (KVM_SYNC_X86_EVENTS, still no ioctl) and pass
+    /// them as `ObservedExit.events`.
+    public var events: Bool
+    public init(fidelity: Fidelity = .exit, singleStep: Bool = false, events: Bool = false) {
         self.fidelity = fidelity
         self.singleStep = singleStep
+        self.events = events
     }
 }
 
@@ -129,6 +133,8 @@ public struct ObservedExit {
     /// Fidelity `.full`: the state after the instruction completed (nil when the completing
     /// KVM_RUN itself produced another exit, which then follows as the next exit).
     public let stateAfter: CPUState?
+    /// With `ObserverOptions(events: true)`: pending/injected events at the exit.
+    public let events: VCPUEvents?
     public let memory: GuestMemoryView
     public let probe: VCPUProbe
 }

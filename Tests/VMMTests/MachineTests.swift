@@ -172,7 +172,7 @@ final class MachineTests: XCTestCase {
 
     final class Recorder: ExitObserver, @unchecked Sendable {
         struct Seen { var exit: VMExit; var rip: UInt64; var after: UInt64?; var afterRAX: UInt64?; var access: BusAccess?
-                      var io: [UInt8]; var tscOrdered: Bool; var bytesAtRIP: [UInt8] }
+                      var io: [UInt8]; var tscOrdered: Bool; var events: VCPUEvents?; var bytesAtRIP: [UInt8] }
         let seen = Mutex<[Seen]>([])
         let msrWrites = Mutex<[(index: UInt32, value: UInt64)]>([])
         let markers = Mutex<[UInt64]>([])
@@ -186,7 +186,7 @@ final class MachineTests: XCTestCase {
         func exitHandled(_ e: borrowing ObservedExit) {
             let s = Seen(exit: e.exit, rip: e.state.rip, after: e.stateAfter?.rip, afterRAX: e.stateAfter?.rax,
                          access: e.access, io: e.ioData.map { Array($0) } ?? [],
-                         tscOrdered: e.tscAtExit <= e.tscAtReentry, bytesAtRIP: e.memory.instructionBytes(state: e.state, maxBytes: 1))
+                         tscOrdered: e.tscAtExit <= e.tscAtReentry, events: e.events, bytesAtRIP: e.memory.instructionBytes(state: e.state, maxBytes: 1))
             seen.withLock { $0.append(s) }
         }
     }
@@ -195,7 +195,7 @@ final class MachineTests: XCTestCase {
         // mov dx,0x502; mov al,9; out dx,al; mov dx,0x3fd; in al,dx; mov dx,0x501; out dx,al
         let code: [UInt8] = [0xBA, 0x02, 0x05, 0xB0, 0x09, 0xEE, 0xBA, 0xFD, 0x03, 0xEC, 0xBA, 0x01, 0x05, 0xEE]
         let obs = Recorder()
-        let (s, _) = try run(code, mode: .real, at: 0x1000, observer: obs, options: ObserverOptions(fidelity: .full))
+        let (s, _) = try run(code, mode: .real, at: 0x1000, observer: obs, options: ObserverOptions(fidelity: .full, events: true))
         XCTAssertEqual(s.exitStatus, 0x60, "IN from LSR must give THRE|TEMT")
         let seen = obs.seen.withLock { $0 }
         XCTAssertEqual(seen.count, 3)
@@ -212,6 +212,7 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(seen[1].after, 0x100A)
         XCTAssertEqual((seen[1].afterRAX ?? 0) & 0xFF, 0x60)
         XCTAssertTrue(seen.allSatisfy(\.tscOrdered))
+        XCTAssertTrue(seen.allSatisfy { $0.events != nil && $0.events?.exceptionInjected == false }, "events were asked for")
     }
 
     func testSingleStepDeliversDebugExits() throws {
