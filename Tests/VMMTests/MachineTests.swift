@@ -215,6 +215,23 @@ final class MachineTests: XCTestCase {
         XCTAssertTrue(seen.allSatisfy { $0.events != nil && $0.events?.exceptionInjected == false }, "events were asked for")
     }
 
+    /// MMIO on this host: a write is shown committed (RIP past it), a read pending (RIP on it).
+    func testMMIOWriteCommittedReadPending() throws {
+        // mov eax,0x77; mov [0xD0000020],eax; mov ebx,[0xD0000020]; mov dx,0x501; mov al,bl; out dx,al
+        let code: [UInt8] = [0xB8, 0x77, 0x00, 0x00, 0x00, 0xA3, 0x20, 0x00, 0x00, 0xD0, 0x8B, 0x1D, 0x20, 0x00, 0x00, 0xD0,
+                             0x66, 0xBA, 0x01, 0x05, 0x88, 0xD8, 0xEE]
+        let obs = Recorder()
+        let (s, _) = try run(code, mode: .protected32, at: 0x100000, observer: obs, options: ObserverOptions(fidelity: .full))
+        XCTAssertEqual(s.exitStatus, 0x77)
+        let seen = obs.seen.withLock { $0 }
+        XCTAssertEqual(seen.count, 3)
+        XCTAssertEqual(seen[0].access, BusAccess(kind: .mmio, address: 0xD000_0020, size: 4, isWrite: true, data: 0x77))
+        XCTAssertEqual(seen[0].rip, 0x10000A, "MMIO write shown committed")
+        XCTAssertEqual(seen[1].access, BusAccess(kind: .mmio, address: 0xD000_0020, size: 4, isWrite: false, data: 0x77))
+        XCTAssertEqual(seen[1].rip, 0x10000A, "MMIO read shown pending")
+        XCTAssertEqual(seen[1].after, 0x100010, "completed by the immediate-exit re-entry")
+    }
+
     func testSingleStepDeliversDebugExits() throws {
         let obs = Recorder()
         let (s, text) = try run(Self.realHello, mode: .real, at: 0x1000, observer: obs, options: ObserverOptions(singleStep: true))
