@@ -24,13 +24,19 @@ public struct BusAccess: Equatable, Sendable {
     }
 }
 
-/// An access no device claimed, as the summary reports it.
-public struct UnclaimedAccess: Equatable, Sendable, Codable {
+/// Accesses no device claimed, grouped by vCPU, kind, address, size and direction, with how
+/// many there were.
+public struct UnclaimedAccess: Equatable, Hashable, Sendable, Codable {
     public var vcpu: Int
     public var kind: AccessKind
     public var address: UInt64
     public var size: Int
     public var isWrite: Bool
+    public var count: UInt64 = 1
+    public init(vcpu: Int, kind: AccessKind, address: UInt64, size: Int, isWrite: Bool, count: UInt64 = 1) {
+        self.vcpu = vcpu; self.kind = kind; self.address = address; self.size = size; self.isWrite = isWrite
+        self.count = count
+    }
 }
 
 /// The port and MMIO buses. One lock covers all devices: vCPU threads take it for the
@@ -42,9 +48,11 @@ public final class DeviceBus: @unchecked Sendable {
 
     public private(set) var unclaimedReads: UInt64 = 0
     public private(set) var unclaimedWrites: UInt64 = 0
-    /// The first `unclaimedKept` unclaimed accesses, for the report.
-    public private(set) var unclaimedFirst: [UnclaimedAccess] = []
-    public let unclaimedKept = 16
+    /// Unclaimed accesses grouped (first seen first), at most `unclaimedKept` groups; later
+    /// new groups are only counted in the totals.
+    public private(set) var unclaimed: [UnclaimedAccess] = []
+    var unclaimedIndex: [UnclaimedAccess: Int] = [:]
+    public let unclaimedKept = 64
 
     public init() {}
 
@@ -63,8 +71,14 @@ public final class DeviceBus: @unchecked Sendable {
 
     func noteUnclaimed(vcpu: Int, kind: AccessKind, address: UInt64, size: Int, isWrite: Bool, count: UInt64 = 1) {
         if isWrite { unclaimedWrites &+= count } else { unclaimedReads &+= count }
-        if unclaimedFirst.count < unclaimedKept {
-            unclaimedFirst.append(UnclaimedAccess(vcpu: vcpu, kind: kind, address: address, size: size, isWrite: isWrite))
+        let key = UnclaimedAccess(vcpu: vcpu, kind: kind, address: address, size: size, isWrite: isWrite, count: 0)
+        if let i = unclaimedIndex[key] {
+            unclaimed[i].count &+= count
+        } else if unclaimed.count < unclaimedKept {
+            unclaimedIndex[key] = unclaimed.count
+            var u = key
+            u.count = count
+            unclaimed.append(u)
         }
     }
 

@@ -261,7 +261,7 @@ public final class Machine: @unchecked Sendable {
         let s = bus.withLock {
             RunSummary(stop: reason, totalExits: perVCPU.reduce(0) { $0 + $1.exits }, exitsByReason: byReason,
                        vcpus: perVCPU, unclaimedReads: bus.unclaimedReads, unclaimedWrites: bus.unclaimedWrites,
-                       unclaimed: bus.unclaimedFirst, markers: control.markers.load(ordering: .relaxed),
+                       unclaimed: bus.unclaimed, markers: control.markers.load(ordering: .relaxed),
                        serialBytes: uart.output.totalBytes, elapsedSeconds: monotonicSeconds() - start)
         }
         observer?.runEnded(s)

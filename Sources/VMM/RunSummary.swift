@@ -133,9 +133,11 @@ public struct RunSummary: Sendable, Equatable {
         }
         if unclaimedReads + unclaimedWrites > 0 {
             lines.append("unclaimed accesses: \(unclaimedReads) reads (answered all ones), \(unclaimedWrites) writes (dropped)")
-            for u in unclaimed {
-                lines.append("  vCPU \(u.vcpu) \(u.kind) \(u.isWrite ? "write" : "read") \(hex(u.address)) size \(u.size)")
+            let top = unclaimed.enumerated().sorted { ($0.element.count, -$0.offset) > ($1.element.count, -$1.offset) }.prefix(8)
+            for (_, u) in top {
+                lines.append("  vCPU \(u.vcpu) \(u.kind) \(u.isWrite ? "write" : "read") \(hex(u.address)) size \(u.size): \(u.count)")
             }
+            if unclaimed.count > top.count { lines.append("  ... \(unclaimed.count - top.count) more places (see --json)") }
         }
         if markers > 0 { lines.append("markers: \(markers)") }
         return lines.joined(separator: "\n")
@@ -153,7 +155,7 @@ public struct RunSummary: Sendable, Equatable {
             "unclaimedReads": unclaimedReads,
             "unclaimedWrites": unclaimedWrites,
             "unclaimed": unclaimed.map { ["vcpu": $0.vcpu, "kind": "\($0.kind)", "address": hex($0.address),
-                                          "size": $0.size, "write": $0.isWrite] as [String: Any] },
+                                          "size": $0.size, "write": $0.isWrite, "count": $0.count] as [String: Any] },
             "markers": markers,
             "serialBytes": serialBytes,
             "elapsedSeconds": elapsedSeconds,

@@ -96,7 +96,10 @@ final class DeviceTests: XCTestCase {
         XCTAssertEqual(r.access?.data, 0xFFFF_FFFF)
         XCTAssertEqual(bus.unclaimedReads, 5)
         XCTAssertEqual(bus.unclaimedWrites, 1)
-        XCTAssertEqual(bus.unclaimedFirst.first, UnclaimedAccess(vcpu: 1, kind: .port, address: 0x5F0, size: 2, isWrite: false))
+        XCTAssertEqual(bus.unclaimed.first, UnclaimedAccess(vcpu: 1, kind: .port, address: 0x5F0, size: 2, isWrite: false, count: 4))
+        XCTAssertEqual(bus.unclaimed.count, 3, "one group per place and direction")
+        _ = h.handle(.mmio(address: 0xC000_0000, length: 4, isWrite: false, data: 0), vcpu: 0, data: p.area, interruptFlag: false)
+        XCTAssertEqual(bus.unclaimed.last?.count, 2)
     }
 
     func testScratchMMIOReadsBackWhatWasWritten() throws {
