@@ -106,7 +106,8 @@ public struct TraceRecord: Equatable, Sendable {
     /// Next sequential RIP (the instruction's end), 0 when unknown.
     public var nextRIP: UInt64
 
-    /// Linear address of the instruction's first byte and its bytes (at most 15).
+    /// RIP (the CS offset) of the instruction's first byte, and its bytes (at most 15); the
+    /// bytes' guest-physical place is in `memory` with the role `.instruction`.
     public var instructionStart: UInt64
     public var instructionBytes: [UInt8]
     /// For committed exits: how many decoded candidates ending at RIP performed the access

@@ -9,6 +9,7 @@ struct ExitScope: ParsableCommand {
         abstract: "Record every VM exit of a guest, replay it through an x86 emulator, report the overhead.",
         subcommands: [
             RunCommand.self,
+            RecordCommand.self,
             DecodeCommand.self,
             ReportCommand.self,
             IngestCommand.self,

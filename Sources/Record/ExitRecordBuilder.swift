@@ -1,0 +1,281 @@
+import KVM
+import Trace
+import VMM
+import X86
+import X86Emulator
+
+/// Guest memory as the record builder reads it (the VMM's read-only view while recording,
+/// a plain dictionary in tests).
+public protocol RecordMemory: LocatorMemory {
+    func readPhysical(_ gpa: UInt64, count: Int) -> [UInt8]?
+    func walk(_ linear: UInt64, access: PageAccess) -> PageWalkResult
+}
+
+/// The facts of one exit, as plain values: what `ExitRecordBuilder` turns into a record.
+public struct ExitFacts {
+    public var vcpu: Int
+    public var exit: VMExit
+    public var state: CPUState
+    public var stateAfter: CPUState?
+    public var access: VMM.DeviceAccess?
+    /// All `count × size` bytes of an I/O exit's data.
+    public var ioData: [UInt8]
+    public var tscAtExit: UInt64
+    public var tscAtReentry: UInt64
+    public init(vcpu: Int, exit: VMExit, state: CPUState, stateAfter: CPUState? = nil, access: VMM.DeviceAccess? = nil,
+                ioData: [UInt8] = [], tscAtExit: UInt64 = 0, tscAtReentry: UInt64 = 0) {
+        self.vcpu = vcpu
+        self.exit = exit
+        self.state = state
+        self.stateAfter = stateAfter
+        self.access = access
+        self.ioData = ioData
+        self.tscAtExit = tscAtExit
+        self.tscAtReentry = tscAtReentry
+    }
+}
+
+/// Turns one exit into a VMCB-style record: control area (EXITCODE, EXITINFO1/2, nRIP, the
+/// instruction), save area (the state), device side, guest bytes and timing. A plain function of
+/// its inputs, so it is tested without KVM.
+public enum ExitRecordBuilder {
+    static func build(exit: borrowing ObservedExit, singleStep: Bool) -> TraceRecord {
+        var io: [UInt8] = []
+        if let d = exit.ioData { io = Array(d) }
+        let facts = ExitFacts(vcpu: exit.vcpu, exit: exit.exit, state: exit.state, stateAfter: exit.stateAfter,
+                              access: exit.access, ioData: io, tscAtExit: exit.tscAtExit, tscAtReentry: exit.tscAtReentry)
+        return build(facts, memory: ViewMemory(view: exit.memory, state: exit.state), singleStep: singleStep)
+    }
+
+    public static func build(_ f: ExitFacts, memory: RecordMemory, singleStep: Bool = false) -> TraceRecord {
+        let s = f.state
+        var r = TraceRecord(kind: .exit, vcpu: UInt16(f.vcpu), kvmExitReason: f.exit.reason, state: s,
+                            stateAfter: f.stateAfter, tscExit: f.tscAtExit, tscEntry: f.tscAtReentry)
+        var located: LocatedInstruction?
+
+        switch f.exit {
+        case let .io(port, size, direction, count, _):
+            let isIn = direction == .in
+            // On this host IN is shown pending (RIP on it) and OUT committed (RIP past it).
+            if isIn {
+                located = InstructionLocator.pending(state: s, memory: memory)
+                r.visibility = .pending
+            } else {
+                located = InstructionLocator.committed(state: s, access: .portOut(port: port, size: Int(size)), memory: memory)
+                r.visibility = .committed
+            }
+            let inst = located?.instruction
+            let isString = inst.map { $0.mnemonic == .ins || $0.mnemonic == .outs } ?? (count > 1)
+            var segment = isIn ? SegmentRegister.es : SegmentRegister.ds
+            if !isIn, let m = inst?.memoryOperand { segment = m.segment }
+            let ioio = IOIOInfo(port: port, isIn: isIn, isString: isString, isRep: inst?.hasRep ?? false,
+                                size: Int(size), addressSize: Int(inst?.addressSize ?? UInt8(s.mode.addressSize)),
+                                segment: segment.rawValue)
+            r.exitCode = .ioio
+            r.exitInfo1 = ioio.exitInfo1
+            r.accesses = [Trace.DeviceAccess(space: .port, address: UInt64(port), size: size, isWrite: !isIn,
+                                             count: count, data: f.ioData.isEmpty ? littleEndian(f.access?.data ?? 0, Int(size)) : f.ioData)]
+            r.lastFragment = lastFragment(inst: inst, state: s, pending: isIn, count: UInt64(count))
+        case let .mmio(address, length, isWrite, data):
+            if isWrite {
+                located = InstructionLocator.committed(state: s, access: .mmioWrite(gpa: address, size: Int(length)), memory: memory)
+                r.visibility = .committed
+            } else {
+                located = InstructionLocator.pending(state: s, memory: memory)
+                r.visibility = .pending
+            }
+            r.exitCode = .npf
+            var info = NPFInfo.finalAddress
+            if isWrite { info |= NPFInfo.write }
+            if s.cpl == 3 { info |= NPFInfo.user }
+            r.exitInfo1 = info
+            r.exitInfo2 = address
+            let value = isWrite ? data : (f.access?.data ?? data)
+            r.accesses = [Trace.DeviceAccess(space: .mmio, address: address, size: UInt8(clamping: length), isWrite: isWrite,
+                                             data: littleEndian(value, Int(min(length, 8))))]
+            let inst = located?.instruction
+            if !isWrite, let inst, readModifyWrite(inst) {
+                r.lastFragment = false  // the write half follows as the next exit
+            } else {
+                r.lastFragment = lastFragment(inst: inst, state: s, pending: !isWrite, count: 1)
+            }
+        case let .rdmsr(index, _), let .wrmsr(index, _, _):
+            located = InstructionLocator.pending(state: s, memory: memory)
+            r.visibility = .pending
+            r.exitCode = .msr
+            var isWrite = false
+            var value: UInt64 = f.access?.data ?? 0
+            if case let .wrmsr(_, _, d) = f.exit { isWrite = true; value = d }
+            r.exitInfo1 = isWrite ? 1 : 0
+            r.accesses = [Trace.DeviceAccess(space: .msr, address: UInt64(index), size: 8, isWrite: isWrite,
+                                             data: littleEndian(value, 8))]
+        case .hlt:
+            // KVM reports HLT after it (RIP past the F4 byte).
+            located = InstructionLocator.committed(state: s, access: .other, memory: memory)
+            if located?.candidates == 0, s.rip > 0, let b = memory.readLinear(InstructionLocator.linear(s.rip &- 1, state: s), count: 1), b[0] == 0xF4,
+               case .success(let inst) = decode(bytes: b, mode: DecoderMode(s.mode)) {
+                located = LocatedInstruction(start: s.rip &- 1, bytes: b, instruction: inst, candidates: 1)
+            }
+            r.visibility = .committed
+            r.exitCode = .hlt
+        case let .debug(exception, _, dr6, _):
+            located = InstructionLocator.pending(state: s, memory: memory)
+            r.visibility = .pending
+            r.exitCode = .exception(Int(exception))
+            r.exitInfo1 = dr6
+            if singleStep && exception == 1 { r.kind = .step }
+        case .shutdown:
+            located = InstructionLocator.pending(state: s, memory: memory)
+            r.exitCode = .shutdown
+            r.note = "triple fault"
+        case let .internalError(e):
+            located = InstructionLocator.pending(state: s, memory: memory)
+            if let b = e.instructionBytes, !b.isEmpty, located?.instruction == nil {
+                located = LocatedInstruction(start: s.rip, bytes: b, instruction: nil, candidates: 0)
+            }
+            r.exitCode = .none
+            r.note = "internal error: \(e.suberrorName)"
+        case let .failEntry(hw, cpu):
+            r.exitCode = .invalid
+            r.exitInfo1 = hw
+            r.note = "FAIL_ENTRY hardware reason 0x\(String(hw, radix: 16)) on cpu \(cpu)"
+        case .hypercall:
+            located = InstructionLocator.pending(state: s, memory: memory)
+            r.visibility = .pending
+            r.exitCode = .vmmcall
+        case .irqWindowOpen:
+            r.exitCode = .vintr
+        case let .systemEvent(e):
+            r.exitCode = .none
+            r.note = "system event \(e.typeName)"
+        default:
+            r.exitCode = .none
+            r.note = f.exit.reasonName
+        }
+
+        if let l = located {
+            r.instructionStart = l.start
+            r.instructionBytes = l.bytes
+            r.candidates = l.candidates
+            r.nextRIP = l.instruction == nil ? 0 : l.start &+ UInt64(l.bytes.count)
+            if r.exitCode == .ioio { r.exitInfo2 = r.nextRIP }
+            r.memory = guestBytes(located: l, record: r, memory: memory, singleStep: r.kind == .step)
+        }
+        return r
+    }
+
+    /// Whether this exit finished its instruction (DESIGN.md: one instruction can exit several times).
+    static func lastFragment(inst: Instruction?, state: CPUState, pending: Bool, count: UInt64) -> Bool {
+        guard let inst, inst.hasRep else { return true }
+        let mask: UInt64 = inst.addressSize == 16 ? 0xFFFF : (inst.addressSize == 32 ? 0xFFFF_FFFF : .max)
+        let rcx = state.rcx & mask
+        // Pending: RCX still counts this chunk; committed: RCX counts what is left after it.
+        return pending ? rcx <= count : rcx == 0
+    }
+
+    /// Instructions that read a memory destination and write it back (the read exit comes first).
+    static func readModifyWrite(_ inst: Instruction) -> Bool {
+        guard case .memory = inst.operand(0) else { return false }
+        switch inst.mnemonic {
+        case .add, .adc, .sub, .sbb, .and, .or, .xor, .inc, .dec, .neg, .not, .xchg, .xadd, .cmpxchg,
+             .btc, .btr, .bts, .shl, .shr, .sar, .rol, .ror, .rcl, .rcr:
+            return true
+        default:
+            return false
+        }
+    }
+
+    static func littleEndian(_ v: UInt64, _ size: Int) -> [UInt8] {
+        (0..<max(0, min(size, 8))).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) }
+    }
+
+    /// The guest bytes replay needs: the instruction's bytes where they are in guest-physical
+    /// memory, the page-table entries walked to reach them and the operands, and the operands'
+    /// bytes in RAM (MMIO bytes are the device side, recorded as accesses).
+    static func guestBytes(located l: LocatedInstruction, record r: TraceRecord, memory: RecordMemory,
+                           singleStep: Bool) -> [GuestBytes] {
+        var out: [GuestBytes] = []
+        let s = r.state
+        func addWalk(_ entries: [PageTableEntry]) {
+            for e in entries {
+                let bytes = littleEndian(e.value, e.size)
+                if !out.contains(where: { $0.role == .pageTable && $0.gpa == e.gpa }) {
+                    out.append(GuestBytes(role: .pageTable, gpa: e.gpa, bytes: bytes))
+                }
+            }
+        }
+        // The instruction, page by page.
+        var lin = InstructionLocator.linear(l.start, state: s)
+        var offset = 0
+        while offset < l.bytes.count {
+            let chunk = min(l.bytes.count - offset, Int(4096 - (lin & 0xFFF)))
+            guard case let .translated(gpa, entries, _) = memory.walk(lin, access: .fetch) else { break }
+            addWalk(entries)
+            out.append(GuestBytes(role: .instruction, gpa: gpa, bytes: Array(l.bytes[offset..<(offset + chunk)])))
+            offset += chunk
+            lin &+= UInt64(chunk)
+        }
+        guard let inst = l.instruction else { return out }
+        let mmio = r.accesses.first(where: { $0.space == .mmio })?.address
+        // Explicit memory operands and string operands.
+        for i in 0..<Int(inst.operandCount) {
+            guard case .memory(let m) = inst.operand(i), m.size > 0 || inst.mnemonic == .lea else { continue }
+            if inst.mnemonic == .lea || inst.mnemonic == .nop || inst.mnemonic == .invlpg { continue }
+            var adjust: Int64 = 0
+            var elements = 1
+            let isString = [.movs, .stos, .lods, .ins, .outs, .cmps, .scas].contains(inst.mnemonic)
+            if r.visibility == .committed && isString {
+                let step = Int64(m.size)
+                let items = Int64(max(1, r.accesses.first?.count ?? 1))
+                adjust = s.rflags & RFLAGS.df != 0 ? step * items : -step * items
+            }
+            if isString { elements = Int(max(1, r.accesses.first?.count ?? 1)) }
+            guard let la = InstructionLocator.effectiveLinear(m, inst: inst, state: s, nextRIP: r.nextRIP, adjust: adjust) else { continue }
+            let total = min(Int(m.size) * elements, 4096)
+            var start = la
+            if s.rflags & RFLAGS.df != 0 && elements > 1 { start = la &- UInt64(total - Int(m.size)) }
+            appendRange(start, count: total, mmio: mmio, memory: memory, out: &out, addWalk: addWalk)
+        }
+        // Implicit stack operands, for single-step replay of stack instructions.
+        if singleStep {
+            let stackOps: [Mnemonic] = [.push, .pop, .call, .ret, .iret, .enter, .leave, .pushf, .popf, .int, .int3, .retf]
+            if stackOps.contains(inst.mnemonic) {
+                let width: UInt64 = s.mode == .long64 ? 8 : (s.ss.defaultBig ? 4 : 2)
+                let base = s.mode == .long64 ? s.rsp : (s.ss.base &+ (s.ss.defaultBig ? s.rsp & 0xFFFF_FFFF : s.rsp & 0xFFFF))
+                appendRange(base &- 8 * width, count: Int(16 * width), mmio: mmio, memory: memory, out: &out, addWalk: addWalk)
+            }
+        }
+        return out
+    }
+
+    static func appendRange(_ linear: UInt64, count: Int, mmio: UInt64?, memory: RecordMemory,
+                            out: inout [GuestBytes], addWalk: ([PageTableEntry]) -> Void) {
+        var la = linear
+        var left = count
+        while left > 0 {
+            let chunk = min(left, Int(4096 - (la & 0xFFF)))
+            if case let .translated(gpa, entries, _) = memory.walk(la, access: .read) {
+                addWalk(entries)
+                let isDevice = mmio.map { gpa <= $0 && $0 < gpa &+ UInt64(chunk) } ?? false
+                if !isDevice, let bytes = memory.readPhysical(gpa, count: chunk) {
+                    out.append(GuestBytes(role: .operandRead, gpa: gpa, bytes: bytes))
+                }
+            }
+            la &+= UInt64(chunk)
+            left -= chunk
+        }
+    }
+}
+
+/// The VMM's read-only memory view with the exit's paging state.
+struct ViewMemory: RecordMemory {
+    let view: GuestMemoryView
+    let state: CPUState
+    func readLinear(_ linear: UInt64, count: Int) -> [UInt8]? { view.readLinear(linear, count: count, state: state) }
+    func physical(_ linear: UInt64) -> UInt64? {
+        if case let .translated(gpa, _, _) = view.translate(linear, state: state) { return gpa }
+        return nil
+    }
+    func readPhysical(_ gpa: UInt64, count: Int) -> [UInt8]? { view.read(gpa, count: count) }
+    func walk(_ linear: UInt64, access: PageAccess) -> PageWalkResult { view.translate(linear, state: state, access: access) }
+}

@@ -1,0 +1,170 @@
+import X86
+import X86Emulator
+
+/// Guest memory as the locator reads it: linear reads with the current paging, and
+/// translation to guest-physical addresses (nil when unmapped or not backed).
+public protocol LocatorMemory {
+    func readLinear(_ linear: UInt64, count: Int) -> [UInt8]?
+    func physical(_ linear: UInt64) -> UInt64?
+}
+
+/// The device access an exit reported, as the locator matches instructions against it.
+public enum ReportedAccess: Equatable, Sendable {
+    case portOut(port: UInt16, size: Int)
+    case portIn(port: UInt16, size: Int)
+    case mmioWrite(gpa: UInt64, size: Int)
+    case mmioRead(gpa: UInt64, size: Int)
+    case other
+}
+
+/// The instruction behind an exit: where it starts (RIP), its bytes, its decoding and how many
+/// candidates performed the reported access (DESIGN.md, "When KVM shows an exit").
+public struct LocatedInstruction: Equatable, Sendable {
+    public var start: UInt64
+    public var bytes: [UInt8]
+    public var instruction: Instruction?
+    /// 1 normally; 0 when no decoding performs the access; more than 1 when several do.
+    public var candidates: UInt8
+}
+
+/// Finds the instruction behind an exit. For a pending exit it is the one at RIP. For a
+/// committed exit RIP is already past it, so every decoding that ends exactly at RIP is tried
+/// and those that perform the reported access are kept; ambiguity is reported, not resolved.
+public enum InstructionLocator {
+    /// Linear address of CS:offset (CS's base does not apply in 64-bit mode).
+    @inline(__always)
+    public static func linear(_ offset: UInt64, state: CPUState) -> UInt64 {
+        state.mode == .long64 ? offset : (state.cs.base &+ offset) & 0xFFFF_FFFF
+    }
+
+    public static func pending(state: CPUState, memory: LocatorMemory) -> LocatedInstruction {
+        let mode = DecoderMode(state.mode)
+        let at = linear(state.rip, state: state)
+        // Read up to 15 bytes, fewer when the tail runs into an unmapped page.
+        var bytes: [UInt8] = []
+        for n in stride(from: 15, through: 1, by: -1) {
+            if let b = memory.readLinear(at, count: n) { bytes = b; break }
+        }
+        guard case .success(let inst) = decode(bytes: bytes, mode: mode) else {
+            return LocatedInstruction(start: state.rip, bytes: bytes, instruction: nil, candidates: 0)
+        }
+        return LocatedInstruction(start: state.rip, bytes: Array(bytes.prefix(Int(inst.length))),
+                                  instruction: inst, candidates: 1)
+    }
+
+    public static func committed(state: CPUState, access: ReportedAccess, memory: LocatorMemory) -> LocatedInstruction {
+        let mode = DecoderMode(state.mode)
+        let end = linear(state.rip, state: state)
+        var window: [UInt8] = []
+        var windowLength = 0
+        for n in stride(from: 15, through: 1, by: -1) where UInt64(n) <= end {
+            if let b = memory.readLinear(end - UInt64(n), count: n) { window = b; windowLength = n; break }
+        }
+        var found: [(Int, Instruction)] = []
+        if windowLength > 0 {
+            for length in 1...windowLength {
+                let slice = Array(window[(windowLength - length)...])
+                guard case .success(let inst) = decode(bytes: slice, mode: mode), Int(inst.length) == length else { continue }
+                if performs(inst, access: access, state: state, memory: memory) { found.append((length, inst)) }
+            }
+        }
+        guard let best = found.first else {
+            return LocatedInstruction(start: state.rip, bytes: [], instruction: nil, candidates: 0)
+        }
+        // With several candidates the shortest is kept for display; `candidates` says it is ambiguous.
+        let start = state.rip &- UInt64(best.0)
+        return LocatedInstruction(start: start, bytes: Array(window[(windowLength - best.0)...]),
+                                  instruction: best.1, candidates: UInt8(min(found.count, 255)))
+    }
+
+    /// Whether `inst`, which ended at `state.rip` and left `state` behind, performs `access`.
+    static func performs(_ inst: Instruction, access: ReportedAccess, state: CPUState, memory: LocatorMemory) -> Bool {
+        switch access {
+        case let .portOut(port, size):
+            switch inst.mnemonic {
+            case .out:
+                guard case .register(let src) = inst.operand(1), src.bits / 8 == size else { return false }
+                if case .immediate(let imm, _) = inst.operand(0) { return UInt16(truncatingIfNeeded: imm) == port }
+                return UInt16(truncatingIfNeeded: state.rdx) == port
+            case .outs:
+                return stringSize(inst) == size && UInt16(truncatingIfNeeded: state.rdx) == port
+            default:
+                return false
+            }
+        case let .portIn(port, size):
+            switch inst.mnemonic {
+            case .in:
+                guard case .register(let dst) = inst.operand(0), dst.bits / 8 == size else { return false }
+                if case .immediate(let imm, _) = inst.operand(1) { return UInt16(truncatingIfNeeded: imm) == port }
+                return UInt16(truncatingIfNeeded: state.rdx) == port
+            case .ins:
+                return stringSize(inst) == size && UInt16(truncatingIfNeeded: state.rdx) == port
+            default:
+                return false
+            }
+        case let .mmioWrite(gpa, size), let .mmioRead(gpa, size):
+            for i in 0..<Int(inst.operandCount) {
+                guard case .memory(let m) = inst.operand(i) else { continue }
+                guard Int(m.size) >= size || m.size == 0 else { continue }
+                // String destinations were advanced past the element already.
+                var adjust: Int64 = 0
+                if inst.mnemonic == .movs || inst.mnemonic == .stos {
+                    let step = Int64(stringSize(inst))
+                    adjust = state.rflags & RFLAGS.df != 0 ? step : -step
+                }
+                guard let lin = effectiveLinear(m, inst: inst, state: state, nextRIP: state.rip, adjust: adjust),
+                      let pa = memory.physical(lin) else { continue }
+                if pa <= gpa && gpa < pa &+ UInt64(max(Int(m.size), size)) { return true }
+            }
+            return false
+        case .other:
+            return false
+        }
+    }
+
+    /// Element size of a string instruction in bytes.
+    static func stringSize(_ inst: Instruction) -> Int {
+        for i in 0..<Int(inst.operandCount) {
+            switch inst.operand(i) {
+            case .memory(let m) where m.size > 0: return Int(m.size)
+            case .register(let r): return r.bits / 8
+            default: continue
+            }
+        }
+        return Int(inst.operandSize) / 8
+    }
+
+    /// The linear address of a memory operand with `state`'s registers (plus `adjust` for
+    /// string registers that already moved).
+    public static func effectiveLinear(_ m: MemoryOperand, inst: Instruction, state: CPUState,
+                                       nextRIP: UInt64, adjust: Int64 = 0) -> UInt64? {
+        var ea: UInt64 = UInt64(bitPattern: m.displacement)
+        if m.ripRelative { ea = ea &+ nextRIP }
+        if let b = m.base, b.regClass != .rip { ea = ea &+ registerValue(b, state) }
+        if let x = m.index { ea = ea &+ (registerValue(x, state) << UInt64(scaleShift(m.scale))) }
+        ea = ea &+ UInt64(bitPattern: adjust)
+        switch m.addressSize {
+        case 16: ea &= 0xFFFF
+        case 32: ea &= 0xFFFF_FFFF
+        default: break
+        }
+        let seg = state.segment(m.segment)
+        if state.mode == .long64 {
+            return (m.segment == .fs || m.segment == .gs) ? seg.base &+ ea : ea
+        }
+        return (seg.base &+ ea) & 0xFFFF_FFFF
+    }
+
+    static func scaleShift(_ s: UInt8) -> Int {
+        switch s { case 2: return 1; case 4: return 2; case 8: return 3; default: return 0 }
+    }
+
+    static func registerValue(_ r: Register, _ state: CPUState) -> UInt64 {
+        let v = state.gpr(Int(r.number))
+        switch r.bits {
+        case 16: return v & 0xFFFF
+        case 32: return v & 0xFFFF_FFFF
+        default: return v
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// Record: module scaffolding; see DESIGN.md's module table.

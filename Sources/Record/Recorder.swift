@@ -1,0 +1,181 @@
+import Foundation
+import KVM
+import Trace
+import VMM
+import X86
+import X86Emulator
+
+/// Recording settings (`exitscope record`).
+public struct RecorderOptions: Sendable {
+    public var observer: ObserverOptions
+    public var writer: TraceWriterSettings
+    public init(observer: ObserverOptions = ObserverOptions(), writer: TraceWriterSettings = TraceWriterSettings()) {
+        self.observer = observer
+        self.writer = writer
+    }
+}
+
+/// What a recording wrote, for the command's summary.
+public struct RecordingSummary: Sendable {
+    public var path: String
+    public var records: UInt64
+    public var exits: UInt64
+    public var fileBytes: UInt64
+    public var frames: Int
+    public var ambiguous: UInt64
+    public var unlocated: UInt64
+    public var writerStalls: UInt64
+    public var bytesPerExit: Double { exits == 0 ? 0 : Double(fileBytes) / Double(exits) }
+}
+
+/// The observer that turns the VMM's exits into trace records (DESIGN.md, "The exit record").
+/// Each vCPU thread touches only its own lane; the writer has no global lock on this path.
+public final class Recorder: ExitObserver, @unchecked Sendable {
+    public let writer: TraceWriter
+    public let options: RecorderOptions
+    private let lanes: [Lane]
+    private let ambiguous = AtomicCounter()
+    private let unlocated = AtomicCounter()
+    private let exitCount = AtomicCounter()
+
+    /// Per-vCPU recording state, used only on that vCPU's thread.
+    final class Lane: @unchecked Sendable {
+        var probe: VCPUProbe?
+        var lastState = CPUState()
+        var pendingMSRWrites: [MSRWrite] = []
+        /// The open instruction group: its id (seq of fragment 0), start RIP and next fragment.
+        var openGroup: (group: UInt64, start: UInt64, next: UInt32)?
+        /// Last TSC at re-entry, for gap records under single-step.
+        var lastCPL: UInt8 = 0
+    }
+
+    /// Creates the trace file at `path` with a header describing `machine`, `image` and the host.
+    public init(path: String, machine: Machine, imagePath: String, imageBytes: [UInt8],
+                symbols: [GuestSymbol], commandLine: [String], options: RecorderOptions) throws {
+        self.options = options
+        let vcpus = machine.config.vcpus
+        lanes = (0..<vcpus).map { _ in Lane() }
+        let header = Recorder.header(machine: machine, imagePath: imagePath, imageBytes: imageBytes,
+                                     symbols: symbols, commandLine: commandLine, options: options)
+        let lanesRef = lanes
+        writer = try TraceWriter(path: path, header: header, settings: options.writer, frameStats: { vcpu in
+            // Called on the vCPU's own thread when its frame closes: once per frame, not per exit.
+            guard Int(vcpu) < lanesRef.count, let probe = lanesRef[Int(vcpu)].probe else { return nil }
+            var s = VCPUFrameStats(vcpu: vcpu, counters: (try? probe.stats()) ?? [:])
+            if let d = try? probe.debugRegisters() {
+                s.dr0 = d.dr0; s.dr1 = d.dr1; s.dr2 = d.dr2; s.dr3 = d.dr3; s.dr6 = d.dr6; s.dr7 = d.dr7
+            }
+            return s
+        })
+    }
+
+    static func header(machine: Machine, imagePath: String, imageBytes: [UInt8], symbols: [GuestSymbol],
+                       commandLine: [String], options: RecorderOptions) -> TraceHeader {
+        let info = machine.info
+        var caps: [String: Int64] = [:]
+        for c in info.capabilities { caps[c.name] = Int64(c.value) }
+        let cpuid = ((try? machine.system.supportedCPUID()) ?? []).map {
+            Trace.CPUIDEntry(function: $0.function, index: $0.index, flags: $0.flags,
+                             eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
+        }
+        let config = machine.config
+        let iso = ISO8601DateFormatter().string(from: Date())
+        return TraceHeader(
+            tscHz: info.tscHz ?? HostInfo.measureTSCHz(), hostCPU: HostInfo.cpuModel(), kernel: HostInfo.kernel(),
+            kvmBackend: info.backend, capabilities: caps, cpuid: cpuid,
+            memory: [MemoryRegionInfo(gpa: 0, size: config.memoryBytes, name: "ram"),
+                     MemoryRegionInfo(gpa: MachineLayout.scratchMMIOBase, size: MachineLayout.scratchMMIOSize, name: "scratch-mmio")],
+            vcpuCount: UInt16(config.vcpus), imagePath: imagePath, imageSHA256: SHA256.hex(imageBytes),
+            commandLine: commandLine, symbols: symbols,
+            options: ["fidelity": options.observer.fidelity.rawValue,
+                      "single_step": options.observer.singleStep ? "true" : "false",
+                      "mode": config.mode.rawValue, "irqchip": config.irqchip.rawValue,
+                      "memory_mib": String(config.memoryMiB)],
+            startTime: iso)
+    }
+
+    // MARK: ExitObserver
+
+    public func vcpuStarted(vcpu: Int, state: CPUState) {
+        guard vcpu < lanes.count else { return }
+        lanes[vcpu].lastState = state
+        append(TraceRecord(kind: .event, vcpu: UInt16(vcpu), state: state, code: EventCode.vcpuStarted, note: "vcpu started"))
+    }
+
+    public func msrWritten(vcpu: Int, index: UInt32, value: UInt64) {
+        guard vcpu < lanes.count else { return }
+        lanes[vcpu].pendingMSRWrites.append(MSRWrite(index: index, value: value))
+    }
+
+    public func marker(vcpu: Int, phase: UInt64) {
+        guard vcpu < lanes.count else { return }
+        let tsc = HostInfo.rdtsc()
+        append(TraceRecord(kind: .marker, vcpu: UInt16(vcpu), state: lanes[vcpu].lastState,
+                           tscExit: tsc, tscEntry: tsc, code: phase))
+    }
+
+    public func vcpuStopped(vcpu: Int, exits: UInt64) {
+        guard vcpu < lanes.count else { return }
+        append(TraceRecord(kind: .event, vcpu: UInt16(vcpu), state: lanes[vcpu].lastState,
+                           code: EventCode.vcpuStopped, note: "vcpu stopped after \(exits) exits"))
+        try? writer.flush(vcpu: UInt16(vcpu))
+    }
+
+    public func exitHandled(_ exit: borrowing ObservedExit) {
+        guard exit.vcpu < lanes.count else { return }
+        let lane = lanes[exit.vcpu]
+        if lane.probe == nil { lane.probe = exit.probe }
+        exitCount.increment()
+        var record = ExitRecordBuilder.build(exit: exit, singleStep: options.observer.singleStep)
+        record.msrWrites = lane.pendingMSRWrites
+        lane.pendingMSRWrites.removeAll(keepingCapacity: true)
+        if record.visibility == .committed && record.candidates == 0 { unlocated.increment() }
+        if record.candidates > 1 { ambiguous.increment() }
+
+        // Fragments of one instruction: continue the open group when this exit is on the same
+        // instruction start (REP string iterations, the write half of a read-modify-write).
+        if let open = lane.openGroup, open.start == record.instructionStart, record.kind == .exit {
+            record.group = open.group
+            record.fragment = open.next
+        } else {
+            record.fragment = 0
+        }
+        let seq = append(record)
+        if record.kind == .exit && !record.lastFragment {
+            let group = record.fragment == 0 ? seq : record.group
+            lane.openGroup = (group, record.instructionStart, record.fragment + 1)
+        } else {
+            lane.openGroup = nil
+        }
+        lane.lastState = exit.stateAfter ?? exit.state
+    }
+
+    // MARK: finishing
+
+    @discardableResult
+    private func append(_ r: TraceRecord) -> UInt64 {
+        (try? writer.append(r)) ?? 0
+    }
+
+    /// Writes the index and trailer; call once the run is over (also from Ctrl-C paths).
+    public func finish() throws -> RecordingSummary {
+        let stats = try writer.finish()
+        return RecordingSummary(path: writer.path, records: stats.records, exits: exitCount.value,
+                                fileBytes: stats.fileBytes, frames: stats.frames, ambiguous: ambiguous.value,
+                                unlocated: unlocated.value, writerStalls: stats.producerStalls)
+    }
+}
+
+/// Codes of `.event` records.
+public enum EventCode {
+    public static let vcpuStarted: UInt64 = 1
+    public static let vcpuStopped: UInt64 = 2
+}
+
+/// A relaxed counter shared by vCPU threads (statistics only).
+final class AtomicCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v: UInt64 = 0
+    func increment() { lock.lock(); v &+= 1; lock.unlock() }
+    var value: UInt64 { lock.lock(); defer { lock.unlock() }; return v }
+}

@@ -1,0 +1,100 @@
+import ArgumentParser
+import Foundation
+import VMM
+
+/// The options that describe a machine and its run, shared by `run` and `record` so that
+/// `record` runs the guest exactly as `run` does.
+struct MachineOptions: ParsableArguments {
+    @Argument(help: "The guest image: Samples/NAME, an .elf file, or with --flat a raw binary.")
+    var image: String
+
+    @Option(name: .customLong("smp"), help: "Number of vCPUs (1...64).")
+    var smp: Int?
+
+    @Option(help: "Guest RAM in MiB (1...3072).")
+    var memory: Int?
+
+    @Option(help: "Boot mode: real, protected32 or long64.")
+    var mode: String?
+
+    @Option(help: "Interrupt controller: none (the VMM sees every HLT) or kernel (in-kernel LAPIC/IOAPIC/PIT).")
+    var irqchip: String?
+
+    @Option(help: "Stop after this many exits (all vCPUs together).")
+    var maxExits: UInt64?
+
+    @Option(help: "Stop after this many seconds.")
+    var timeout: Double?
+
+    @Option(help: "Write the guest's serial output to this file instead of stdout.")
+    var serialOut: String?
+
+    @Option(help: "Feed this file to the guest's serial input.")
+    var serialIn: String?
+
+    @Flag(help: "IMAGE is a raw binary (needs --load-address; --mode defaults to real).")
+    var flat = false
+
+    @Option(help: "Where a --flat binary is loaded and entered (e.g. 0x1000).")
+    var loadAddress: String?
+
+    func validate() throws {
+        if flat && loadAddress == nil { throw ValidationError("--flat needs --load-address") }
+        if !flat && loadAddress != nil { throw ValidationError("--load-address is only for --flat images") }
+        if let t = timeout, !(t > 0) { throw ValidationError("--timeout must be positive") }
+        if let n = maxExits, n == 0 { throw ValidationError("--max-exits must be positive") }
+    }
+
+    var limits: RunLimits { RunLimits(maxExits: maxExits, timeout: timeout, handleInterrupt: true) }
+
+    /// A machine ready to run, with what a trace header needs to know about its image.
+    struct Prepared {
+        var machine: Machine
+        var serial: SerialOutput
+        var imagePath: String
+        var imageBytes: [UInt8]
+        var symbols: [ImageSymbol]
+    }
+
+    func prepare() throws(VMMError) -> Prepared {
+        let guest: GuestImage
+        let path: String
+        let bytes: [UInt8]
+        if flat {
+            guard let text = loadAddress, let address = parseNumber(text) else {
+                throw VMMError.config("--load-address '\(loadAddress ?? "")' is not a number")
+            }
+            path = image
+            bytes = try ImageLocator.readFile(image)
+            guest = GuestImage.flat(bytes, at: address)
+        } else {
+            let located = try ImageLocator.locate(image)
+            path = located.elfPath
+            bytes = try ImageLocator.readFile(located.elfPath)
+            guest = try GuestImage.elf(bytes, path: located.elfPath)
+        }
+        var config = MachineConfig()
+        if let text = guest.machineText { try config.apply(text) }
+        if let mode { try config.set("mode", mode) }
+        if let smp { try config.set("vcpus", String(smp)) }
+        if let memory { try config.set("memory", String(memory)) }
+        if let irqchip { try config.set("irqchip", irqchip) }
+
+        let output = try serialOut.map { path throws(VMMError) in try SerialOutput(path: path) } ?? SerialOutput(fd: 1)
+        let input = try serialIn.map { path throws(VMMError) in try ImageLocator.readFile(path, limit: 64 << 20) } ?? []
+        let machine = try Machine(config: config, image: guest, serial: output, serialInput: input)
+        return Prepared(machine: machine, serial: output, imagePath: path, imageBytes: bytes,
+                        symbols: flat ? [] : GuestImage.elfSymbols(bytes))
+    }
+}
+
+/// Prints "exitscope: error: ..." on stderr.
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data("exitscope: error: \(message)\n".utf8))
+}
+
+/// Decimal or 0x-prefixed hexadecimal.
+func parseNumber(_ s: String) -> UInt64? {
+    if s.hasPrefix("0x") || s.hasPrefix("0X") { return UInt64(s.dropFirst(2), radix: 16) }
+    return UInt64(s)
+}
