@@ -17,12 +17,12 @@ public struct ExitFacts {
     public var exit: VMExit
     public var state: CPUState
     public var stateAfter: CPUState?
-    public var access: VMM.DeviceAccess?
+    public var access: VMM.BusAccess?
     /// All `count × size` bytes of an I/O exit's data.
     public var ioData: [UInt8]
     public var tscAtExit: UInt64
     public var tscAtReentry: UInt64
-    public init(vcpu: Int, exit: VMExit, state: CPUState, stateAfter: CPUState? = nil, access: VMM.DeviceAccess? = nil,
+    public init(vcpu: Int, exit: VMExit, state: CPUState, stateAfter: CPUState? = nil, access: VMM.BusAccess? = nil,
                 ioData: [UInt8] = [], tscAtExit: UInt64 = 0, tscAtReentry: UInt64 = 0) {
         self.vcpu = vcpu
         self.exit = exit
@@ -39,15 +39,18 @@ public struct ExitFacts {
 /// instruction), save area (the state), device side, guest bytes and timing. A plain function of
 /// its inputs, so it is tested without KVM.
 public enum ExitRecordBuilder {
-    static func build(exit: borrowing ObservedExit, singleStep: Bool) -> TraceRecord {
+    static func build(exit: borrowing ObservedExit, singleStep: Bool, openGroup: UInt64?) -> TraceRecord {
         var io: [UInt8] = []
         if let d = exit.ioData { io = Array(d) }
         let facts = ExitFacts(vcpu: exit.vcpu, exit: exit.exit, state: exit.state, stateAfter: exit.stateAfter,
                               access: exit.access, ioData: io, tscAtExit: exit.tscAtExit, tscAtReentry: exit.tscAtReentry)
-        return build(facts, memory: ViewMemory(view: exit.memory, state: exit.state), singleStep: singleStep)
+        return build(facts, memory: ViewMemory(view: exit.memory, state: exit.state), singleStep: singleStep,
+                     openGroup: openGroup)
     }
 
-    public static func build(_ f: ExitFacts, memory: RecordMemory, singleStep: Bool = false) -> TraceRecord {
+    /// - Parameter openGroup: the start of an instruction whose earlier exit said more would follow.
+    public static func build(_ f: ExitFacts, memory: RecordMemory, singleStep: Bool = false,
+                             openGroup: UInt64? = nil) -> TraceRecord {
         let s = f.state
         var r = TraceRecord(kind: .exit, vcpu: UInt16(f.vcpu), kvmExitReason: f.exit.reason, state: s,
                             stateAfter: f.stateAfter, tscExit: f.tscAtExit, tscEntry: f.tscAtReentry)
@@ -78,7 +81,8 @@ public enum ExitRecordBuilder {
             r.lastFragment = lastFragment(inst: inst, state: s, pending: isIn, count: UInt64(count))
         case let .mmio(address, length, isWrite, data):
             if isWrite {
-                located = InstructionLocator.committed(state: s, access: .mmioWrite(gpa: address, size: Int(length)), memory: memory)
+                located = InstructionLocator.committed(state: s, access: .mmioWrite(gpa: address, size: Int(length)),
+                                                       memory: memory, hint: openGroup)
                 r.visibility = .committed
             } else {
                 located = InstructionLocator.pending(state: s, memory: memory)
@@ -194,47 +198,37 @@ public enum ExitRecordBuilder {
     /// bytes in RAM (MMIO bytes are the device side, recorded as accesses).
     static func guestBytes(located l: LocatedInstruction, record r: TraceRecord, memory: RecordMemory,
                            singleStep: Bool) -> [GuestBytes] {
-        var out: [GuestBytes] = []
+        var c = GuestByteCollector(memory: memory, mmio: r.accesses.first(where: { $0.space == .mmio })?.address)
         let s = r.state
-        func addWalk(_ entries: [PageTableEntry]) {
-            for e in entries {
-                let bytes = littleEndian(e.value, e.size)
-                if !out.contains(where: { $0.role == .pageTable && $0.gpa == e.gpa }) {
-                    out.append(GuestBytes(role: .pageTable, gpa: e.gpa, bytes: bytes))
-                }
-            }
-        }
         // The instruction, page by page.
         var lin = InstructionLocator.linear(l.start, state: s)
         var offset = 0
         while offset < l.bytes.count {
             let chunk = min(l.bytes.count - offset, Int(4096 - (lin & 0xFFF)))
             guard case let .translated(gpa, entries, _) = memory.walk(lin, access: .fetch) else { break }
-            addWalk(entries)
-            out.append(GuestBytes(role: .instruction, gpa: gpa, bytes: Array(l.bytes[offset..<(offset + chunk)])))
+            c.addWalk(entries)
+            c.out.append(GuestBytes(role: .instruction, gpa: gpa, bytes: Array(l.bytes[offset..<(offset + chunk)])))
             offset += chunk
             lin &+= UInt64(chunk)
         }
-        guard let inst = l.instruction else { return out }
-        let mmio = r.accesses.first(where: { $0.space == .mmio })?.address
+        guard let inst = l.instruction else { return c.out }
+        let isString = [.movs, .stos, .lods, .ins, .outs, .cmps, .scas].contains(inst.mnemonic)
+        let items = Int(max(1, r.accesses.first?.count ?? 1))
         // Explicit memory operands and string operands.
         for i in 0..<Int(inst.operandCount) {
-            guard case .memory(let m) = inst.operand(i), m.size > 0 || inst.mnemonic == .lea else { continue }
+            guard case .memory(let m) = inst.operand(i), m.size > 0 else { continue }
             if inst.mnemonic == .lea || inst.mnemonic == .nop || inst.mnemonic == .invlpg { continue }
             var adjust: Int64 = 0
-            var elements = 1
-            let isString = [.movs, .stos, .lods, .ins, .outs, .cmps, .scas].contains(inst.mnemonic)
             if r.visibility == .committed && isString {
-                let step = Int64(m.size)
-                let items = Int64(max(1, r.accesses.first?.count ?? 1))
-                adjust = s.rflags & RFLAGS.df != 0 ? step * items : -step * items
+                let step = Int64(m.size) * Int64(items)
+                adjust = s.rflags & RFLAGS.df != 0 ? step : -step
             }
-            if isString { elements = Int(max(1, r.accesses.first?.count ?? 1)) }
+            let elements = isString ? items : 1
             guard let la = InstructionLocator.effectiveLinear(m, inst: inst, state: s, nextRIP: r.nextRIP, adjust: adjust) else { continue }
             let total = min(Int(m.size) * elements, 4096)
             var start = la
             if s.rflags & RFLAGS.df != 0 && elements > 1 { start = la &- UInt64(total - Int(m.size)) }
-            appendRange(start, count: total, mmio: mmio, memory: memory, out: &out, addWalk: addWalk)
+            c.addRange(start, count: total)
         }
         // Implicit stack operands, for single-step replay of stack instructions.
         if singleStep {
@@ -242,14 +236,33 @@ public enum ExitRecordBuilder {
             if stackOps.contains(inst.mnemonic) {
                 let width: UInt64 = s.mode == .long64 ? 8 : (s.ss.defaultBig ? 4 : 2)
                 let base = s.mode == .long64 ? s.rsp : (s.ss.base &+ (s.ss.defaultBig ? s.rsp & 0xFFFF_FFFF : s.rsp & 0xFFFF))
-                appendRange(base &- 8 * width, count: Int(16 * width), mmio: mmio, memory: memory, out: &out, addWalk: addWalk)
+                c.addRange(base &- 8 * width, count: Int(16 * width))
             }
         }
-        return out
+        return c.out
+    }
+}
+
+/// Collects guest bytes for one record, each page-table entry once.
+struct GuestByteCollector {
+    let memory: RecordMemory
+    let mmio: UInt64?
+    var out: [GuestBytes] = []
+
+    init(memory: RecordMemory, mmio: UInt64?) {
+        self.memory = memory
+        self.mmio = mmio
     }
 
-    static func appendRange(_ linear: UInt64, count: Int, mmio: UInt64?, memory: RecordMemory,
-                            out: inout [GuestBytes], addWalk: ([PageTableEntry]) -> Void) {
+    mutating func addWalk(_ entries: [PageTableEntry]) {
+        for e in entries where !out.contains(where: { $0.role == .pageTable && $0.gpa == e.gpa }) {
+            out.append(GuestBytes(role: .pageTable, gpa: e.gpa, bytes: ExitRecordBuilder.littleEndian(e.value, e.size)))
+        }
+    }
+
+    /// RAM bytes at a linear range (with the walks that reach them); device pages are skipped,
+    /// their bytes are the exit's accesses.
+    mutating func addRange(_ linear: UInt64, count: Int) {
         var la = linear
         var left = count
         while left > 0 {

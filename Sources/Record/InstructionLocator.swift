@@ -52,8 +52,27 @@ public enum InstructionLocator {
                                   instruction: inst, candidates: 1)
     }
 
-    public static func committed(state: CPUState, access: ReportedAccess, memory: LocatorMemory) -> LocatedInstruction {
+    /// - Parameter hint: the start of the instruction this exit continues (the write half of a
+    ///   read-modify-write whose read exit came first); used when it ends at RIP and performs the access.
+    public static func committed(state: CPUState, access: ReportedAccess, memory: LocatorMemory,
+                                 hint: UInt64? = nil) -> LocatedInstruction {
         let mode = DecoderMode(state.mode)
+        if let hint, hint < state.rip, state.rip - hint <= 15 {
+            var at = state
+            at.rip = hint
+            let l = pending(state: at, memory: memory)
+            if let inst = l.instruction, hint &+ UInt64(inst.length) == state.rip,
+               performs(inst, access: access, state: state, memory: memory) {
+                return l
+            }
+        }
+        // A REP string instruction between iterations: each iteration exits with RIP still on
+        // the instruction (the iteration took effect; the instruction has not finished).
+        let here = pending(state: state, memory: memory)
+        if let inst = here.instruction, inst.hasRep || inst.hasRepne,
+           [.outs, .movs, .stos].contains(inst.mnemonic), performs(inst, access: access, state: state, memory: memory) {
+            return here
+        }
         let end = linear(state.rip, state: state)
         var window: [UInt8] = []
         var windowLength = 0
@@ -124,13 +143,7 @@ public enum InstructionLocator {
 
     /// Element size of a string instruction in bytes.
     static func stringSize(_ inst: Instruction) -> Int {
-        for i in 0..<Int(inst.operandCount) {
-            switch inst.operand(i) {
-            case .memory(let m) where m.size > 0: return Int(m.size)
-            case .register(let r): return r.bits / 8
-            default: continue
-            }
-        }
+        if let m = inst.memoryOperand, m.size > 0 { return Int(m.size) }
         return Int(inst.operandSize) / 8
     }
 

@@ -126,7 +126,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         let lane = lanes[exit.vcpu]
         if lane.probe == nil { lane.probe = exit.probe }
         exitCount.increment()
-        var record = ExitRecordBuilder.build(exit: exit, singleStep: options.observer.singleStep)
+        var record = ExitRecordBuilder.build(exit: exit, singleStep: options.observer.singleStep,
+                                             openGroup: lane.openGroup?.start)
         record.msrWrites = lane.pendingMSRWrites
         lane.pendingMSRWrites.removeAll(keepingCapacity: true)
         if record.visibility == .committed && record.candidates == 0 { unlocated.increment() }
