@@ -80,7 +80,7 @@ public final class Machine: @unchecked Sendable {
             var states: [CPUState?] = []
             for i in 0..<config.vcpus {
                 let v = try vm.createVCPU(id: i)
-                try v.setCPUID(Self.cpuid(cpuid, apicID: UInt32(i)))
+                try v.setCPUID(config.cpuid.apply(cpuid, apicID: UInt32(i)))
                 // With the in-kernel irqchip the APs wait for INIT/SIPI; without it every vCPU
                 // starts at the entry point with its own stack.
                 if i == 0 || config.irqchip == .none {
@@ -101,16 +101,6 @@ public final class Machine: @unchecked Sendable {
             throw e
         } catch {
             throw VMMError.config("\(error)")
-        }
-    }
-
-    /// The supported CPUID with this vCPU's initial APIC ID in leaves 1 and 0xB.
-    static func cpuid(_ entries: [CPUIDEntry], apicID: UInt32) -> [CPUIDEntry] {
-        entries.map { e in
-            var e = e
-            if e.function == 1 { e.ebx = (e.ebx & 0x00FF_FFFF) | (apicID << 24) }
-            if e.function == 0xB || e.function == 0x1F { e.edx = apicID }
-            return e
         }
     }
 

@@ -14,6 +14,8 @@ public struct MachineConfig: Sendable, Codable, Equatable {
     public var vcpus: Int = 1
     public var irqchip: IRQChipMode = .none
     public var memoryMiB: Int = 16
+    /// What CPUID tells the guest.
+    public var cpuid: CPUIDProfile = .host
     /// Route writes of the save-area MSRs (MSRIndex.saveArea) to the VMM with the MSR filter.
     public var routeSaveAreaMSRs: Bool = true
 
@@ -53,8 +55,11 @@ public struct MachineConfig: Sendable, Codable, Equatable {
                 throw VMMError.config("memory '\(value)': expected 1...\(MachineLayout.maxMemoryMiB) (MiB)")
             }
             memoryMiB = n
+        case "cpuid":
+            guard let p = CPUIDProfile(rawValue: value) else { throw VMMError.config("cpuid '\(value)': expected host or noavx") }
+            cpuid = p
         default:
-            throw VMMError.config("unknown machine setting '\(key)' (known: mode, vcpus, irqchip, memory)")
+            throw VMMError.config("unknown machine setting '\(key)' (known: mode, vcpus, irqchip, memory, cpuid)")
         }
     }
 

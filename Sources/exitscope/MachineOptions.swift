@@ -20,6 +20,9 @@ struct MachineOptions: ParsableArguments {
     @Option(help: "Interrupt controller: none (the VMM sees every HLT) or kernel (in-kernel LAPIC/IOAPIC/PIT).")
     var irqchip: String?
 
+    @Option(help: "CPUID profile: host (KVM's supported set) or noavx (without AVX, AVX-512, AMX).")
+    var cpuid: String?
+
     @Option(help: "Stop after this many exits (all vCPUs together).")
     var maxExits: UInt64?
 
@@ -79,6 +82,7 @@ struct MachineOptions: ParsableArguments {
         if let smp { try config.set("vcpus", String(smp)) }
         if let memory { try config.set("memory", String(memory)) }
         if let irqchip { try config.set("irqchip", irqchip) }
+        if let cpuid { try config.set("cpuid", cpuid) }
 
         let output = try serialOut.map { path throws(VMMError) in try SerialOutput(path: path) } ?? SerialOutput(fd: 1)
         let input = try serialIn.map { path throws(VMMError) in try ImageLocator.readFile(path, limit: 64 << 20) } ?? []

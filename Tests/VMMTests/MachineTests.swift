@@ -170,6 +170,30 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(m.run(limits: RunLimits(timeout: 20)).stop, .exitPort(value: 5))
     }
 
+    /// cpuid=noavx hides AVX (leaf 1 ECX bit 28) and AVX2 (leaf 7 EBX bit 5); APIC IDs differ per vCPU.
+    /// On kvm_pvm the guest's CPUID does not come from KVM_SET_CPUID2's table (it sees the host's
+    /// bits, OSXSAVE following its CR4), so only the table is checked there.
+    func testCPUIDProfiles() throws {
+        try requireKVM()
+        let sys = try KVMSystem()
+        let supported = try sys.supportedCPUID()
+        let narrowed = CPUIDProfile.noavx.apply(supported, apicID: 3)
+        XCTAssertEqual(narrowed.first { $0.function == 1 }.map { $0.ebx >> 24 }, 3)
+        XCTAssertEqual(narrowed.first { $0.function == 1 }.map { $0.ecx & (1 << 28) }, 0)
+        XCTAssertEqual(narrowed.first { $0.function == 7 && $0.index == 0 }.map { $0.ebx & (1 << 5) } ?? 0, 0)
+        // The guest sees it: mov eax,1; cpuid; shr ecx,28; and cl,1; mov al,cl; mov dx,0x501; out dx,al
+        let code: [UInt8] = [0x66, 0xB8, 0x01, 0x00, 0x00, 0x00, 0x0F, 0xA2, 0x66, 0xC1, 0xE9, 0x1C, 0x80, 0xE1, 0x01,
+                             0x88, 0xC8, 0xBA, 0x01, 0x05, 0xEE]
+        guard KVMSystem.backendModule() != "kvm_pvm" else { return }
+        let hostAVX = (supported.first { $0.function == 1 }?.ecx ?? 0) >> 28 & 1
+        for (profile, expected) in [(CPUIDProfile.host, UInt64(hostAVX)), (.noavx, 0)] {
+            var config = MachineConfig(mode: .real, memoryMiB: 1)
+            config.cpuid = profile
+            let m = try Machine(config: config, image: .flat(code, at: 0x1000), serial: SerialOutput(fd: -1), system: sys)
+            XCTAssertEqual(m.run(limits: RunLimits(timeout: 20)).stop, .exitPort(value: expected), "\(profile)")
+        }
+    }
+
     final class Recorder: ExitObserver, @unchecked Sendable {
         struct Seen { var exit: VMExit; var rip: UInt64; var after: UInt64?; var afterRAX: UInt64?; var access: BusAccess?
                       var io: [UInt8]; var tscOrdered: Bool; var events: VCPUEvents?; var bytesAtRIP: [UInt8] }

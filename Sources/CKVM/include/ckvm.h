@@ -69,7 +69,8 @@ static inline int ckvm_unblock_signal(int sig) {
 
 // Ctrl-C during a run: the handler only sets a flag the run's control thread polls.
 static volatile sig_atomic_t ckvm_sigint_flag = 0;
-static void ckvm_sigint_handler(int sig) { (void)sig; ckvm_sigint_flag = 1; }
+// The first Ctrl-C asks for a clean stop; the handler then steps aside so a second one kills.
+static void ckvm_sigint_handler(int sig) { (void)sig; ckvm_sigint_flag = 1; signal(SIGINT, SIG_DFL); }
 static inline int ckvm_install_sigint_handler(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
