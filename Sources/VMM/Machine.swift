@@ -266,6 +266,7 @@ public final class Machine: @unchecked Sendable {
         let data = ExitDataArea(page: UnsafeMutableRawPointer(vcpu.runPointer), pageSize: vcpu.mmapSize,
                                 mmioData: vcpu.mmioData)
         let maxExits = limits.maxExits ?? 0
+        let handler = self.handler  // a local copy: no retain/release of its references per exit
         let view = GuestMemoryView(memory)
         let probe = VCPUProbe(vcpu)
         let fidelityFull = observer != nil && options.fidelity == .full
@@ -274,10 +275,13 @@ public final class Machine: @unchecked Sendable {
             observer.vcpuStarted(vcpu: index, state: bootStates[index] ?? currentState(vcpu))
         }
         var pending = false  // an exit the completing KVM_RUN (fidelity full) already returned
-        var counts = [UInt64](repeating: 0, count: 64)
+        // Exit counts by KVM_EXIT_* number (63 = anything larger), in plain memory.
+        let counts = UnsafeMutablePointer<UInt64>.allocate(capacity: 64)
+        counts.initialize(repeating: 0, count: 64)
         var exits: UInt64 = 0
         defer {
-            r.counts = counts
+            r.counts = Array(UnsafeBufferPointer(start: counts, count: 64))
+            counts.deallocate()
             r.exits = exits
             observer?.vcpuStopped(vcpu: index, exits: exits)
         }
@@ -305,6 +309,8 @@ public final class Machine: @unchecked Sendable {
             exits &+= 1
 
             let outcome = handler.handle(exit, vcpu: index, data: data, interruptFlag: vcpu.interruptFlag)
+            let resumes: Bool
+            if case .resume = outcome.action { resumes = true } else { resumes = false }
 
             switch exit {
             case .rdmsr:
@@ -334,7 +340,7 @@ public final class Machine: @unchecked Sendable {
                     : vcpu.syncEventsEnabled ? VCPUEvents(kvm: vcpu.syncedEvents.pointee)
                     : (try? vcpu.getVCPUEvents()).map { VCPUEvents(kvm: $0) }
                 var after: CPUState? = nil
-                if fidelityFull && outcome.action == .resume {
+                if fidelityFull && resumes {
                     vcpu.immediateExit = true
                     let err = vcpu.runRaw()
                     vcpu.immediateExit = control.stopRequested.load(ordering: .relaxed)
@@ -359,7 +365,7 @@ public final class Machine: @unchecked Sendable {
 
             if maxExits > 0 {
                 let total = control.totalExits.add(1, ordering: .relaxed).newValue
-                if total >= maxExits && outcome.action == .resume { control.stop(.maxExits(maxExits)); return }
+                if total >= maxExits && resumes { control.stop(.maxExits(maxExits)); return }
             }
 
             switch outcome.action {
