@@ -1,3 +1,4 @@
 import Benchmark
 let benchmarks: @Sendable () -> Void = {
+    traceBenchmarks()
 }

@@ -268,6 +268,20 @@ public final class TraceReader: @unchecked Sendable {
         }
     }
 
+    /// The zstd bytes of frame `i`, checksum verified: one standard zstd frame, so the frames of
+    /// a trace concatenated are a `.zst` stream `zstd -d` can read (the benchmark's floor).
+    public func compressedFrame(_ i: Int) throws -> [UInt8] {
+        guard frames.indices.contains(i) else { throw TraceError.notFound("frame \(i) does not exist (the trace has \(frames.count))") }
+        let e = frames[i]
+        let h = try src.read(e.offset, TraceFormat.frameHeaderSize)
+        let info = try FrameInfo.parse(h, offset: e.offset)
+        let payload = try src.read(e.offset + UInt64(TraceFormat.frameHeaderSize), Int(info.compressedSize))
+        guard payload.count == Int(info.compressedSize) else { throw TraceError.truncated(offset: e.offset, what: "frame payload cut short") }
+        let crc = payload.withUnsafeBytes { FrameInfo.checksum(header: h, payload: $0) }
+        guard crc == info.checksum else { throw TraceError.corrupted(offset: e.offset, what: "frame checksum mismatch") }
+        return payload
+    }
+
     /// Frame `i` in full: records and stats.
     public func readFrame(_ i: Int) throws -> DecodedFrame {
         let d = try frameDecoder(i)
