@@ -30,7 +30,7 @@ let package = Package(
                 exclude: ["Decoder/opcodes.tsv", "Decoder/gen_tables.py", "Decoder/DECODER.md",
                           "Executor/EXEC.md", "Executor/UNDEFINED_FLAGS.md"],
                 swiftSettings: optimize),
-        .target(name: "Trace", dependencies: ["X86", "CZstd"], swiftSettings: optimize),
+        .target(name: "Trace", dependencies: ["X86", "CZstd"], exclude: ["FORMAT.md"], swiftSettings: optimize),
 
         // The machine
         .target(name: "KVM", dependencies: ["CKVM", "X86"], swiftSettings: optimize),

@@ -8,7 +8,7 @@ import X86
 /// Run: swift package --allow-writing-to-package-directory benchmark --target ExitScopeBenchmarks --filter Trace
 enum TraceBench {
     static let exits = 1_000_000
-    static let dir = NSTemporaryDirectory() + "exitscope-trace-bench-\(getpid())"
+    static let dir = NSTemporaryDirectory() + "exitscope-trace-bench"
     static var tracePath: String { dir + "/outloop.estrace" }
     static var zstPath: String { dir + "/outloop-frames.zst" }
 

@@ -85,7 +85,7 @@ public final class TraceWriter: @unchecked Sendable {
         self.settings = settings
         self.frameStats = frameStats
         let vcpus = max(1, Int(header.vcpuCount))
-        lanes = (0..<vcpus).map { Lane(vcpu: UInt16($0), capacity: min(settings.maxFrameBytes + 4096, 1 << 22)) }
+        lanes = (0..<vcpus).map { Lane(vcpu: UInt16($0), capacity: min(settings.maxFrameBytes, 1 << 16)) }
 
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw TraceError.io(path: path, message: "cannot create: \(String(cString: strerror(errno)))") }
