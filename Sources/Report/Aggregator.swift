@@ -60,29 +60,52 @@ public struct ExitStats: Sendable, Equatable {
 /// `other` row, so memory stays bounded however many distinct ports, GPAs or RIPs a trace has,
 /// and the rows still add up to the total.
 struct BoundedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
-    var entries: [Key: Value] = [:]
+    // Values live in an array, found through a key → position map; the last key hit is
+    // remembered because exits come in runs (a loop hits one port and one RIP again and again).
+    private var positions: [Key: Int] = [:]
+    private(set) var keys: [Key] = []
+    private(set) var values: [Value] = []
     var other: Value
     var otherUsed = false
     let capacity: Int
+    private var lastKey: Key?
+    private var lastPosition = 0
 
     init(capacity: Int, empty: Value) {
         self.capacity = capacity
         other = empty
     }
 
+    /// The keys and values (built on demand, for the views).
+    var entries: [Key: Value] { Dictionary(uniqueKeysWithValues: zip(keys, values)) }
+
     @inline(__always)
     mutating func update(_ key: Key, make: () -> Value, _ body: (inout Value) -> Void) {
-        if entries[key] != nil {
-            body(&entries[key]!)
-        } else if entries.count < capacity {
+        if let k = lastKey, k == key {
+            body(&values[lastPosition])
+        } else if let i = positions[key] {
+            lastKey = key
+            lastPosition = i
+            body(&values[i])
+        } else if keys.count < capacity {
             var v = make()
             body(&v)
-            entries[key] = v
+            positions[key] = values.count
+            lastKey = key
+            lastPosition = values.count
+            keys.append(key)
+            values.append(v)
         } else {
             otherUsed = true
             body(&other)
         }
     }
+}
+
+/// What the vmexit view groups by: the SVM exit code, and KVM's reason beside it.
+struct ReasonKey: Hashable, Sendable {
+    var exitCode: UInt64
+    var kvmExitReason: UInt32
 }
 
 /// Limits that keep the aggregate's memory fixed.
@@ -129,12 +152,14 @@ public struct Aggregator: Sendable {
 
     // Record kinds seen (after the vCPU filter).
     public private(set) var records: UInt64 = 0
-    public private(set) var kindCounts: [RecordKind: UInt64] = [:]
+    /// Records per kind, indexed by the kind's raw value.
+    var kinds = [UInt64](repeating: 0, count: 8)
+    public func count(of kind: RecordKind) -> UInt64 { kinds[Int(kind.rawValue) & 7] }
     public private(set) var firstTSC: UInt64 = .max
     public private(set) var lastTSC: UInt64 = 0
 
     var total = ExitStats(percentiles: true)
-    var reasons: [String: (kvm: String, stats: ExitStats)] = [:]
+    var reasons: BoundedMap<ReasonKey, ExitStats>
     var vcpus: BoundedMap<UInt16, ExitStats>
     var ports: BoundedMap<UInt32, ExitStats>        // port << 1 | isIn
     var gpas: BoundedMap<UInt64, ExitStats>         // gpa << 1 | isWrite
@@ -170,6 +195,7 @@ public struct Aggregator: Sendable {
         clock = RecordClock(maxVCPUs: limits.vcpus)
         phaseTracker = PhaseTracker(maxVCPUs: limits.vcpus)
         vcpus = BoundedMap(capacity: limits.vcpus, empty: ExitStats(percentiles: true))
+        reasons = BoundedMap(capacity: 4_096, empty: ExitStats(percentiles: true))
         ports = BoundedMap(capacity: limits.ports, empty: ExitStats())
         gpas = BoundedMap(capacity: limits.gpas, empty: ExitStats())
         msrs = BoundedMap(capacity: limits.msrs, empty: ExitStats())
@@ -185,7 +211,7 @@ public struct Aggregator: Sendable {
         }
     }
 
-    public var exitCount: UInt64 { kindCounts[.exit] ?? 0 }
+    public var exitCount: UInt64 { count(of: .exit) }
 
     // MARK: input
 
@@ -199,7 +225,7 @@ public struct Aggregator: Sendable {
     public mutating func add(_ r: TraceRecord) {
         if let f = vcpuFilter, f != r.vcpu { return }
         records &+= 1
-        kindCounts[r.kind, default: 0] &+= 1
+        kinds[Int(r.kind.rawValue) & 7] &+= 1
 
         // Timing: handling time of this record, guest time since the previous one on its vCPU.
         let (vmm, guest) = clock.times(r)
@@ -219,14 +245,8 @@ public struct Aggregator: Sendable {
 
     private mutating func addExit(_ r: TraceRecord, vmm: UInt64?, guest: UInt64?) {
         total.add(vmm: vmm, guest: guest)
-        let name = reasonName(r)
-        if reasons[name] != nil {
-            reasons[name]!.stats.add(vmm: vmm, guest: guest)
-        } else {
-            var s = ExitStats(percentiles: true)
-            s.add(vmm: vmm, guest: guest)
-            reasons[name] = (KVMExitReasonName.name(r.kvmExitReason), s)
-        }
+        reasons.update(ReasonKey(exitCode: r.exitCode.rawValue, kvmExitReason: r.kvmExitReason),
+                       make: { ExitStats(percentiles: true) }) { $0.add(vmm: vmm, guest: guest) }
         vcpus.update(r.vcpu, make: { ExitStats(percentiles: true) }) { $0.add(vmm: vmm, guest: guest) }
 
         // Device side, in perf's --event manner.
@@ -244,7 +264,7 @@ public struct Aggregator: Sendable {
 
         let rip = r.instructionStart != 0 ? r.instructionStart : r.state.rip
         rips.update(rip, make: {
-            RIPInfo(bytes: Array(r.instructionBytes.prefix(15)), bits: codeBits(r.state), reason: name)
+            RIPInfo(bytes: Array(r.instructionBytes.prefix(15)), bits: codeBits(r.state), reason: reasonName(r))
         }) { $0.stats.add(vmm: vmm, guest: guest) }
 
         if let p = phaseTracker.current(r.vcpu) {

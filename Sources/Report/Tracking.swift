@@ -4,7 +4,8 @@ import Trace
 /// Handling (VMM) time = tscEntry − tscExit; guest time = tscExit − the previous record's
 /// tscEntry on the same vCPU. Memory: one entry per vCPU, at most `maxVCPUs`.
 struct RecordClock: Sendable {
-    var lastEntry: [UInt16: UInt64] = [:]
+    /// Per vCPU (index), the last re-entry TSC; 0 = unknown. vCPUs beyond `maxVCPUs` get no guest time.
+    var lastEntry: [UInt64] = []
     let maxVCPUs: Int
 
     init(maxVCPUs: Int = 1_024) { self.maxVCPUs = maxVCPUs }
@@ -18,14 +19,14 @@ struct RecordClock: Sendable {
     mutating func times(_ r: TraceRecord) -> (vmm: UInt64?, guest: UInt64?) {
         let entered = Self.valid(r.tscExit) && Self.valid(r.tscEntry) && r.tscEntry >= r.tscExit
         let vmm: UInt64? = entered ? r.tscEntry - r.tscExit : nil
+        let v = Int(r.vcpu)
+        guard v < maxVCPUs else { return (vmm, nil) }
+        if v >= lastEntry.count { lastEntry.append(contentsOf: repeatElement(0, count: v + 1 - lastEntry.count)) }
         var guest: UInt64?
-        if let prev = lastEntry[r.vcpu], Self.valid(r.tscExit), r.tscExit >= prev { guest = r.tscExit - prev }
-        if entered {
-            if lastEntry[r.vcpu] != nil || lastEntry.count < maxVCPUs { lastEntry[r.vcpu] = r.tscEntry }
-        } else {
-            // The vCPU did not re-enter (or we cannot tell when): the next guest span is unknown.
-            lastEntry[r.vcpu] = nil
-        }
+        let prev = lastEntry[v]
+        if prev != 0, Self.valid(r.tscExit), r.tscExit >= prev { guest = r.tscExit - prev }
+        // When the vCPU did not re-enter (or we cannot tell when), the next guest span is unknown.
+        lastEntry[v] = entered ? r.tscEntry : 0
         return (vmm, guest)
     }
 }
@@ -38,30 +39,29 @@ struct PhaseTracker: Sendable {
     struct Open: Sendable { var phase: UInt64; var start: UInt64 }
     enum Event { case began(UInt64), ended(UInt64, cycles: UInt64), unmatchedEnd(UInt64) }
 
-    var open: [UInt16: [Open]] = [:]
+    /// Open phases per vCPU (index); vCPUs beyond `maxVCPUs` have no phases.
+    var open: [[Open]] = []
     let maxVCPUs: Int
     init(maxVCPUs: Int = 1_024) { self.maxVCPUs = maxVCPUs }
 
-    func current(_ vcpu: UInt16) -> UInt64? { open[vcpu]?.last?.phase }
+    @inline(__always)
+    func current(_ vcpu: UInt16) -> UInt64? { Int(vcpu) < open.count ? open[Int(vcpu)].last?.phase : nil }
 
     mutating func marker(_ r: TraceRecord) -> Event {
         let code = r.code
+        let v = Int(r.vcpu)
         if code & Self.endBit != 0 {
             let p = code & ~Self.endBit
-            guard var stack = open[r.vcpu], let i = stack.lastIndex(where: { $0.phase == p }) else {
-                return .unmatchedEnd(p)
-            }
-            let begin = stack[i].start
-            stack.removeSubrange(i...)
-            open[r.vcpu] = stack
+            guard v < open.count, let i = open[v].lastIndex(where: { $0.phase == p }) else { return .unmatchedEnd(p) }
+            let begin = open[v][i].start
+            open[v].removeSubrange(i...)
             return .ended(p, cycles: r.tscExit >= begin ? r.tscExit - begin : 0)
         }
-        let start = r.tscEntry != 0 ? r.tscEntry : r.tscExit
-        var stack = open[r.vcpu] ?? []
+        guard v < maxVCPUs else { return .began(code) }
+        if v >= open.count { open.append(contentsOf: repeatElement([], count: v + 1 - open.count)) }
         // Bounded: a guest that never closes its phases cannot grow this without limit.
-        if stack.count >= 64 { stack.removeFirst() }
-        stack.append(Open(phase: code, start: start))
-        if open[r.vcpu] != nil || open.count < maxVCPUs { open[r.vcpu] = stack }
+        if open[v].count >= 64 { open[v].removeFirst() }
+        open[v].append(Open(phase: code, start: r.tscEntry != 0 ? r.tscEntry : r.tscExit))
         return .began(code)
     }
 }

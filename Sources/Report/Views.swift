@@ -132,7 +132,7 @@ public struct Report: Sendable {
             [.text("vcpu_filter"), a.vcpuFilter.map { .uint(UInt64($0)) } ?? .text("all")],
             [.text("records"), .uint(a.records)],
         ]
-        for k in RecordKind.allCases { rows.append([.text(k.name + "s"), .uint(a.kindCounts[k] ?? 0)]) }
+        for k in RecordKind.allCases { rows.append([.text(k.name + "s"), .uint(a.count(of: k))]) }
         rows.append([.text("duration_ns"), ns(duration)])
         rows.append([.text("vmm_ns"), ns(a.total.vmmCycles)])
         rows.append([.text("guest_ns"), ns(a.total.guestCycles)])
@@ -148,9 +148,13 @@ public struct Report: Sendable {
         let a = aggregate
         var cols = [Column("reason", .left), Column("kvm_reason", .left)]
         cols += statColumns(percentiles: true)
-        let rows = a.reasons.sorted { $0.key < $1.key }.map { name, v in
-            [.text(name), .text(v.kvm)] + statCells(v.stats, of: a.total, percentiles: true)
-        }
+        // Several KVM reasons can give one SVM code (and the other way round): one row per pair.
+        var rows = zip(a.reasons.keys, a.reasons.values).map { k, v -> [Cell] in
+            let name = k.exitCode == SVMExitCode.none.rawValue ? KVMExitReasonName.name(k.kvmExitReason)
+                                                                : SVMExitCode(k.exitCode).name
+            return [.text(name), .text(KVMExitReasonName.name(k.kvmExitReason))] + statCells(v, of: a.total, percentiles: true)
+        }.sorted { ($0[0].plain, $0[1].plain) < ($1[0].plain, $1[1].plain) }
+        if a.reasons.otherUsed { rows.append([.text("other"), .text("")] + statCells(a.reasons.other, of: a.total, percentiles: true)) }
         let totals = [.text("Total"), .text("")] + statCells(a.total, of: a.total, percentiles: true)
         let notes = [
             "Total samples: \(a.total.samples), total handling (VMM) time: \(ns(a.total.vmmCycles).plain) ns, "
