@@ -129,6 +129,8 @@ class _Cursor:
 
     def string(self) -> str:
         n = self.varint()
+        if n >= 1 << 20:  # writers keep strings under 1 MiB
+            self.fail(f"string of {n} bytes")
         return self.take(n).decode("utf-8", errors="replace")
 
 

@@ -25,7 +25,7 @@ FRESH=()
 
 if "$BIN" --help 2>/dev/null | grep -qE '^  record ' && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     echo "== recording fresh sample traces"
-    for sample in io-loop-20000 io-loop-50000; do
+    for sample in io-loop-5000 io-loop-20000; do
         if swift run -c debug exitscope record --out "$WORK/$sample.estrace" "Samples/$sample" >"$WORK/$sample.log" 2>&1; then
             FRESH+=("$WORK/$sample.estrace")
         else

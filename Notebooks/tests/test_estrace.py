@@ -118,25 +118,54 @@ def show_supports_json(exitscope):
     return r.returncode == 0 and "USAGE: exitscope show" in r.stdout and "--json" in r.stdout
 
 
+def h(v):
+    return "0x%x" % v
+
+
+def parse_int(v):
+    return int(v, 16) if isinstance(v, str) else v
+
+
 @pytest.mark.parametrize("trace", TRACES, ids=os.path.basename)
-def test_states_match_show_json(exitscope, trace):
-    """Per-record state against `exitscope show --json` (JSON lines in the one state schema)."""
+def test_every_field_matches_show_json(exitscope, trace):
+    """Every record, field by field, against `exitscope show --json` (JSON lines, states in the
+    one CPU-state schema)."""
     if not show_supports_json(exitscope):
         pytest.skip("`exitscope show --json` is not on this branch yet")
     r = run([exitscope, "show", trace, "--json"])
     assert r.returncode == 0, r.stderr
     lines = [json.loads(l) for l in r.stdout.splitlines() if l.strip().startswith("{")]
     recs = [l for l in lines if "seq" in l and "state" in l]
-    if not recs:
-        pytest.skip("`exitscope show --json` prints no per-record lines with a state")
-    py = {r["seq"]: r for r in estrace.open_trace(trace).records()}
-    for j in recs:
-        seq = int(j["seq"], 16) if isinstance(j["seq"], str) else j["seq"]
-        want = estrace.state_json(py[seq]["state"])
-        got = j["state"]
-        for k, v in want.items():
-            if k in got:
-                assert got[k] == v, f"seq {seq} {k}"
+    py = list(estrace.open_trace(trace).records())
+    assert len(recs) == len(py)
+    for j, p in zip(recs, py):
+        ctx = f"seq {p['seq']}"
+        assert parse_int(j["seq"]) == p["seq"], ctx
+        assert j["vcpu"] == p["vcpu"] and parse_int(j["vcpu_seq"]) == p["vcpu_seq"], ctx
+        assert j["kind"] == p["kind"] and j["visibility"] == p["visibility"], ctx
+        assert j["kvm_exit_reason"] == p["kvm_exit_reason"], ctx
+        for k in ("exit_code", "exit_info1", "exit_info2", "exit_int_info", "next_rip", "instruction_start"):
+            assert parse_int(j[k]) == p[k], (ctx, k)
+        assert j["instruction_bytes"].replace(" ", "") == p["instruction_bytes"].hex(), ctx
+        assert j["candidates"] == p["candidates"], ctx
+        assert parse_int(j["group"]) == p["group"] and j["fragment"] == p["fragment"], ctx
+        assert j["last_fragment"] == p["last_fragment"], ctx
+        assert parse_int(j["tsc_exit"]) == p["tsc_exit"] and parse_int(j["tsc_entry"]) == p["tsc_entry"], ctx
+        assert parse_int(j["code"]) == p["code"] and j["note"] == p["note"], ctx
+        assert len(j["accesses"]) == len(p["accesses"]), ctx
+        for ja, pa in zip(j["accesses"], p["accesses"]):
+            assert ja["space"] == pa["space"] and parse_int(ja["address"]) == pa["address"], ctx
+            assert ja["size"] == pa["size"] and ja["count"] == pa["count"], ctx
+            assert ja["write"] == pa["is_write"] and ja["data"].replace(" ", "") == pa["data"].hex(), ctx
+        assert [(parse_int(m["gpa"]), m["bytes"].replace(" ", "")) for m in j["memory"]] == \
+               [(m["gpa"], m["bytes"].hex()) for m in p["memory"]], ctx
+        assert [(parse_int(w["index"]), parse_int(w["value"])) for w in j["msr_writes"]] == \
+               [(w["index"], w["value"]) for w in p["msr_writes"]], ctx
+        want = estrace.state_json(p["state"])
+        got = {k: v for k, v in j["state"].items() if k != "mode"}
+        assert got == want, ctx
+        if p["state_after"] is not None:
+            assert {k: v for k, v in j["state_after"].items() if k != "mode"} == estrace.state_json(p["state_after"]), ctx
 
 
 def test_cut_short_trace_is_read_up_to_its_last_complete_frame(exitscope, tmp_path):
