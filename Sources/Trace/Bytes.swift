@@ -52,11 +52,13 @@ struct ByteCursor {
     var pos: Int
     /// Added to error messages: where these bytes live in the file (e.g. a frame's offset).
     let fileOffset: UInt64
-    let context: String
+    /// What is being read, for messages ("frame", "index"): a StaticString, so copying the
+    /// cursor costs no reference counting.
+    let context: StaticString
     /// Whether positions map 1:1 to file offsets (uncompressed sections) or not (frames).
     let positionsAreFileOffsets: Bool
 
-    init(_ p: UnsafeRawBufferPointer, fileOffset: UInt64, context: String, positionsAreFileOffsets: Bool) {
+    init(_ p: UnsafeRawBufferPointer, fileOffset: UInt64, context: StaticString, positionsAreFileOffsets: Bool) {
         base = p.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!
         end = p.count
         pos = 0
@@ -71,7 +73,7 @@ struct ByteCursor {
     var errorOffset: UInt64 { positionsAreFileOffsets ? fileOffset + UInt64(pos) : fileOffset }
 
     func corrupt(_ what: String) -> TraceError {
-        let where_ = positionsAreFileOffsets ? "" : " (byte \(pos) of its decompressed payload)"
+        let where_ = positionsAreFileOffsets ? "" : " at byte offset \(fileOffset) (byte \(pos) of its decompressed payload)"
         return .corrupted(offset: errorOffset, what: "\(context)\(where_): \(what)")
     }
 

@@ -86,6 +86,7 @@ final class FrameEncoder {
     private let zeroState = StateSlots()
     private var blobs: [BlobKey: Int] = [:]
     private var blobIndices: [Int] = []
+    private var lastMemory: [GuestBytes] = []
 
     init(vcpu: UInt16, capacity: Int) {
         self.vcpu = vcpu
@@ -104,6 +105,8 @@ final class FrameEncoder {
         firstVcpuSeq = 0
         hasStats = false
         blobs.removeAll(keepingCapacity: true)
+        blobIndices.removeAll(keepingCapacity: true)
+        lastMemory = []
     }
 
     /// Whether the frame holds anything worth writing (records or stats).
@@ -116,17 +119,23 @@ final class FrameEncoder {
         payload.bytes.removeAll(keepingCapacity: true)
     }
 
-    func append(_ r: TraceRecord) {
+    /// Encodes `r` with these sequence numbers (the writer's, not necessarily `r`'s own: passing
+    /// them avoids copying the whole record on the hot path).
+    func append(_ r: TraceRecord, seq: UInt64, vcpuSeq: UInt64, group: UInt64) {
         if recordCount == 0 {
-            firstSeq = r.seq
-            firstVcpuSeq = r.vcpuSeq
-            ref = RecordReference(firstSeq: r.seq, firstVcpuSeq: r.vcpuSeq)
+            firstSeq = seq
+            firstVcpuSeq = vcpuSeq
+            ref = RecordReference(firstSeq: seq, firstVcpuSeq: vcpuSeq)
             // Keyframe: the first state in full (as a delta from the all-zero state).
             refState.set(r.state)
             StateCodec.encode(refState.p, against: zeroState.p, into: &payload)
             item(TraceFormat.tagKeyframe)
         }
         // Guest bytes go in before the record that first needs them, once per frame.
+        if r.memory == lastMemory && !r.memory.isEmpty {
+            // Same guest bytes as the previous record (a loop): already stored, same indices.
+        } else {
+        lastMemory = r.memory
         blobIndices.removeAll(keepingCapacity: true)
         for m in r.memory {
             let key = BlobKey(role: m.role.rawValue, gpa: m.gpa, bytes: m.bytes)
@@ -141,6 +150,7 @@ final class FrameEncoder {
                 item(TraceFormat.tagGuestBytes)
                 blobIndices.append(i)
             }
+        }
         }
 
         var mask: UInt64 = 0
@@ -157,8 +167,8 @@ final class FrameEncoder {
             }
             mask |= sameShape ? RecordField.accessData : RecordField.accesses
         }
-        if r.seq != ref.seq &+ 1 { mask |= RecordField.seq }
-        if r.vcpuSeq != ref.vcpuSeq &+ 1 { mask |= RecordField.vcpuSeq }
+        if seq != ref.seq &+ 1 { mask |= RecordField.seq }
+        if vcpuSeq != ref.vcpuSeq &+ 1 { mask |= RecordField.vcpuSeq }
         if r.kind.rawValue != ref.kind { mask |= RecordField.kind }
         if UInt64(r.kvmExitReason) != ref.kvmExitReason { mask |= RecordField.kvmExitReason }
         if r.exitCode.rawValue != ref.exitCode { mask |= RecordField.exitCode }
@@ -170,7 +180,7 @@ final class FrameEncoder {
         if r.instructionBytes != ref.instructionBytes { mask |= RecordField.instructionBytes }
         if r.candidates != ref.candidates { mask |= RecordField.candidates }
         if r.visibility.rawValue != ref.visibility { mask |= RecordField.visibility }
-        if r.group != r.seq { mask |= RecordField.group }
+        if group != seq { mask |= RecordField.group }
         if r.fragment != 0 { mask |= RecordField.fragment }
         if !r.lastFragment { mask |= RecordField.notLast }
         if r.stateAfter != nil { mask |= RecordField.stateAfter }
@@ -187,8 +197,8 @@ final class FrameEncoder {
             refState.copy(from: curState)
         }
         if mask & RecordField.accessData != 0 { for a in r.accesses { payload.append(a.data) } }
-        if mask & RecordField.seq != 0 { payload.varint(delta(r.seq, ref.seq &+ 1)) }
-        if mask & RecordField.vcpuSeq != 0 { payload.varint(delta(r.vcpuSeq, ref.vcpuSeq &+ 1)) }
+        if mask & RecordField.seq != 0 { payload.varint(delta(seq, ref.seq &+ 1)) }
+        if mask & RecordField.vcpuSeq != 0 { payload.varint(delta(vcpuSeq, ref.vcpuSeq &+ 1)) }
         if mask & RecordField.kind != 0 { payload.u8(r.kind.rawValue) }
         if mask & RecordField.kvmExitReason != 0 { payload.varint(UInt64(r.kvmExitReason)) }
         if mask & RecordField.exitCode != 0 { payload.varint(r.exitCode.rawValue) }
@@ -203,7 +213,7 @@ final class FrameEncoder {
         }
         if mask & RecordField.candidates != 0 { payload.u8(r.candidates) }
         if mask & RecordField.visibility != 0 { payload.u8(r.visibility.rawValue) }
-        if mask & RecordField.group != 0 { payload.varint(r.seq &- r.group) }
+        if mask & RecordField.group != 0 { payload.varint(seq &- group) }
         if mask & RecordField.fragment != 0 { payload.varint(UInt64(r.fragment)) }
         if mask & RecordField.stateAfter != 0, let after = r.stateAfter {
             afterState.set(after)
@@ -233,8 +243,8 @@ final class FrameEncoder {
         if mask & RecordField.note != 0 { payload.string(r.note) }
         item(TraceFormat.tagRecord)
 
-        ref.seq = r.seq
-        ref.vcpuSeq = r.vcpuSeq
+        ref.seq = seq
+        ref.vcpuSeq = vcpuSeq
         ref.tscExit = r.tscExit
         ref.handling = handling
         ref.kind = r.kind.rawValue
@@ -253,7 +263,7 @@ final class FrameEncoder {
         ref.code = r.code
         if mask & RecordField.note != 0 { ref.note = r.note }
 
-        lastSeq = r.seq
+        lastSeq = seq
         recordCount += 1
     }
 
@@ -290,7 +300,7 @@ public final class FrameDecoder {
         self.info = info
         self.raw = raw
         cursor = ByteCursor(UnsafeRawBufferPointer(raw), fileOffset: info.offset,
-                            context: "frame at byte offset \(info.offset)", positionsAreFileOffsets: false)
+                            context: "frame", positionsAreFileOffsets: false)
         ref = RecordReference(firstSeq: info.firstSeq, firstVcpuSeq: info.firstVcpuSeq)
     }
 

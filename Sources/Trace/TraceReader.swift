@@ -318,7 +318,13 @@ public struct RecordIterator {
     /// Frame indices sorted by first seq, not yet opened.
     private var pending: [Int]
     private var p = 0
-    private var active: [(decoder: FrameDecoder, head: TraceRecord)] = []
+    /// An open frame and its next record (a class, so advancing it copies no record).
+    private final class Head {
+        let decoder: FrameDecoder
+        var record: TraceRecord
+        init(_ d: FrameDecoder, _ r: TraceRecord) { decoder = d; record = r }
+    }
+    private var active: [Head] = []
     private let from: UInt64
 
     init(reader: TraceReader, vcpu: UInt16?, from: UInt64) {
@@ -333,23 +339,34 @@ public struct RecordIterator {
     public mutating func next() throws -> TraceRecord? {
         while p < pending.count {
             let f = reader.frames[pending[p]]
-            if let m = active.map(\.head.seq).min(), f.firstSeq > m { break }
+            if !active.isEmpty {
+                var m = UInt64.max
+                for h in active where h.record.seq < m { m = h.record.seq }
+                if f.firstSeq > m { break }
+            }
             let d = try reader.frameDecoder(pending[p])
             p += 1
             while let r = try d.next() {
-                if r.seq >= from { active.append((d, r)); break }
+                if r.seq >= from { active.append(Head(d, r)); break }
             }
         }
         guard !active.isEmpty else { return nil }
         var best = 0
-        for i in 1..<active.count where active[i].head.seq < active[best].head.seq { best = i }
-        let r = active[best].head
-        if let n = try active[best].decoder.next() {
-            active[best].head = n
-        } else {
-            active.remove(at: best)
+        if active.count > 1 {
+            for i in 1..<active.count where active[i].record.seq < active[best].record.seq { best = i }
         }
-        return r
+        let h = active[best]
+        if let n = try h.decoder.next() {
+            return swapRecord(h, n)
+        }
+        active.remove(at: best)
+        return h.record
+    }
+
+    private func swapRecord(_ h: Head, _ n: TraceRecord) -> TraceRecord {
+        var n = n
+        swap(&h.record, &n)
+        return n
     }
 }
 
@@ -413,3 +430,4 @@ final class ByteSource: @unchecked Sendable {
         return out
     }
 }
+

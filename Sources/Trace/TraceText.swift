@@ -45,8 +45,11 @@ public struct TraceSummary: Sendable {
         byReason[r.reasonName, default: 0] += 1
         byKind[r.kind, default: 0] += 1
         byVCPU[r.vcpu, default: 0] += 1
-        firstTSC = min(firstTSC ?? r.tscExit, r.tscExit)
-        lastTSC = max(lastTSC ?? r.tscEntry, r.tscEntry)
+        // A record without timing (TSC 0, e.g. a vCPU-start event) does not stretch the span.
+        if r.tscExit != 0 {
+            firstTSC = min(firstTSC ?? r.tscExit, r.tscExit)
+            lastTSC = max(lastTSC ?? r.tscEntry, r.tscEntry, r.tscExit)
+        }
         handlingCycles &+= r.handlingCycles
     }
 }

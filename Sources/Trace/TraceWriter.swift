@@ -125,23 +125,23 @@ public final class TraceWriter: @unchecked Sendable {
         l.lock.lock()
         defer { l.lock.unlock() }
         if finished.load(ordering: .relaxed) { throw TraceError.writer("append after finish()") }
-        var r = record
+        var seq = record.seq, vcpuSeq = record.vcpuSeq, group = record.group
         if settings.assignSequenceNumbers {
-            r.seq = nextSeq.wrappingAdd(1, ordering: .relaxed).oldValue
-            r.vcpuSeq = l.nextVcpuSeq
-            if r.fragment == 0 { r.group = r.seq }
-        } else if let last = l.lastSeq, r.seq <= last {
-            throw TraceError.writer("vCPU \(r.vcpu): seq \(r.seq) does not follow \(last)")
+            seq = nextSeq.wrappingAdd(1, ordering: .relaxed).oldValue
+            vcpuSeq = l.nextVcpuSeq
+            if record.fragment == 0 { group = seq }
+        } else if let last = l.lastSeq, seq <= last {
+            throw TraceError.writer("vCPU \(record.vcpu): seq \(seq) does not follow \(last)")
         }
-        l.nextVcpuSeq = r.vcpuSeq &+ 1
-        l.lastSeq = r.seq
-        if l.firstSeq == nil { l.firstSeq = r.seq }
+        l.nextVcpuSeq = vcpuSeq &+ 1
+        l.lastSeq = seq
+        if l.firstSeq == nil { l.firstSeq = seq }
         l.records += 1
-        l.encoder.append(r)
+        l.encoder.append(record, seq: seq, vcpuSeq: vcpuSeq, group: group)
         if Int(l.encoder.recordCount) >= settings.maxRecordsPerFrame || l.encoder.byteCount >= settings.maxFrameBytes {
             try closeFrame(l)
         }
-        return r.seq
+        return seq
     }
 
     /// Adds a vCPU's stats to its current frame (in addition to the `frameStats` callback).

@@ -116,9 +116,8 @@ struct ShowCommand: ParsableCommand {
             out.write(text.summary(reader, s, filtered: filtered))
             if summary { return }
             out.line("")
-            // Times are seconds since the first record of the whole trace.
-            var first = reader.records()
-            text.baseTSC = (try first.next())?.tscExit ?? s.firstTSC ?? 0
+            // Times are seconds since the first timed record shown.
+            text.baseTSC = s.firstTSC ?? 0
         }
 
         var printed: UInt64 = 0
