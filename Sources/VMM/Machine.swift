@@ -35,6 +35,8 @@ public final class Machine: @unchecked Sendable {
     public let image: GuestImage
     let vcpus: [VCPU]
     let bootStates: [CPUState?]
+    /// A machine runs once: its vCPUs' state and devices carry on from where a run left them.
+    let started = Atomic<Bool>(false)
 
     /// Builds the machine. `serial` receives the UART's output; `serialInput` is what the guest
     /// reads from it.
@@ -173,6 +175,10 @@ public final class Machine: @unchecked Sendable {
                     options: ObserverOptions = ObserverOptions()) -> RunSummary {
         let control = Control()
         control.runners = vcpus.map { Runner(vcpu: $0) }
+        if started.exchange(true, ordering: .sequentiallyConsistent) {
+            return finish(control, start: monotonicSeconds(), observer: nil,
+                          forced: .vmmError("this machine has already run; build a new Machine"))
+        }
         _ = ckvm_install_kick_handler(ckvm_kick_signal())
         if limits.handleInterrupt { _ = ckvm_install_sigint_handler() }
         defer { if limits.handleInterrupt { _ = ckvm_restore_sigint() } }

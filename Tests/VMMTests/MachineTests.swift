@@ -34,6 +34,14 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(s.serialBytes, 2)
     }
 
+    func testAMachineRunsOnce() throws {
+        try requireKVM()
+        let m = try Machine(config: MachineConfig(memoryMiB: 1), image: .flat(Self.realHello, at: 0x1000),
+                            serial: SerialOutput(fd: -1))
+        XCTAssertEqual(m.run().stop, .halted)
+        XCTAssertEqual(m.run().stop.name, "vmm-error")
+    }
+
     func testLongModeExitPortStatus() throws {
         // mov dx,0x501; mov al,7; out dx,al
         let (s, _) = try run([0x66, 0xBA, 0x01, 0x05, 0xB0, 0x07, 0xEE], mode: .long64, at: 0x100000)
