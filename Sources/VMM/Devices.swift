@@ -124,9 +124,10 @@ public final class SerialOutput: @unchecked Sendable {
     public func flush() {
         guard fd >= 0, !buffer.isEmpty else { return }
         buffer.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress else { return }
             var off = 0
             while off < raw.count {
-                let n = Glibc.write(fd, raw.baseAddress! + off, raw.count - off)
+                let n = Glibc.write(fd, base + off, raw.count - off)
                 if n <= 0 { if errno == EINTR { continue }; break }
                 off += n
             }

@@ -67,7 +67,9 @@ public final class GuestMemory: PhysicalMemoryReader, @unchecked Sendable {
     @discardableResult
     public func write(_ gpa: UInt64, _ bytes: [UInt8]) -> Bool {
         guard let p = host(gpa, length: UInt64(bytes.count)) else { return false }
-        bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        bytes.withUnsafeBytes { raw in
+            if let base = raw.baseAddress, raw.count > 0 { p.copyMemory(from: base, byteCount: raw.count) }
+        }
         return true
     }
 

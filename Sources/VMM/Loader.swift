@@ -26,7 +26,9 @@ public enum Loader {
                 throw VMMError.config("image segment at \(hex(s.address)) (\(s.memorySize) bytes) does not fit in "
                     + "\(config.memoryMiB) MiB of guest memory (the top 64 KiB are the VMM's)")
             }
-            s.bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: s.bytes.count) }
+            s.bytes.withUnsafeBytes { raw in
+                if let base = raw.baseAddress, raw.count > 0 { p.copyMemory(from: base, byteCount: raw.count) }
+            }
             if s.memorySize > UInt64(s.bytes.count) {
                 (p + s.bytes.count).initializeMemory(as: UInt8.self, repeating: 0, count: Int(s.memorySize) - s.bytes.count)
             }

@@ -120,6 +120,15 @@ final class MemoryAndLoaderTests: XCTestCase {
         XCTAssertEqual(m.read(0x1000, count: 3), [0xF4, 0x90, 0x00], "p_memsz beyond p_filesz must be zeroed")
     }
 
+    func testZeroFileSizeSegmentIsZeroedNotACrash() throws {
+        let img = GuestImage(kind: .elf64, segments: [.init(address: 0x2000, bytes: [], memorySize: 0x100)], entry: 0x2000)
+        let m = try GuestMemory(size: 1 << 20)
+        XCTAssertTrue(m.write(0x2000, [0xAA]))
+        XCTAssertTrue(m.write(0x2000, []))
+        try Loader.load(img, into: m, config: MachineConfig(memoryMiB: 1))
+        XCTAssertEqual(m.read(0x2000, count: 1), [0])
+    }
+
     func testBadELFsAreClearErrors() {
         let good = Self.elf64(code: [0xF4], paddr: 0x1000, entry: 0x1000, config: nil)
         XCTAssertThrowsError(try GuestImage.elf([1, 2, 3], path: "x")) { e in
