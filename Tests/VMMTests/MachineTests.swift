@@ -87,6 +87,15 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(s.exitStatus, RunExitStatus.timeout)
     }
 
+    /// With the in-kernel irqchip `cli; hlt` blocks inside KVM; the timeout's kick still gets
+    /// every vCPU out (here one blocked in HLT and one an AP still waiting for SIPI).
+    func testTimeoutKicksVCPUsBlockedInTheKernel() throws {
+        let (s, _) = try run([0xFA, 0xF4], mode: .real, at: 0x1000, vcpus: 2, irqchip: .kernel,
+                             limits: RunLimits(timeout: 0.3))
+        XCTAssertEqual(s.stop, .timeout(seconds: 0.3))
+        XCTAssertEqual(s.totalExits, 0, "HLT must stay in the kernel with its irqchip")
+    }
+
     func testMaxExitsStopsAnIOLoop() throws {
         // mov dx,0x3ff; l: out dx,al; jmp l
         let (s, _) = try run([0xBA, 0xFF, 0x03, 0xEE, 0xEB, 0xFD], mode: .real, at: 0x1000,
