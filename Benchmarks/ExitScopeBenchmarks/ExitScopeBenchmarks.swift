@@ -1,4 +1,5 @@
 import Benchmark
 let benchmarks: @Sendable () -> Void = {
     traceBenchmarks()
+    decoderBenchmarks()
 }

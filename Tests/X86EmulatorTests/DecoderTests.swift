@@ -174,4 +174,66 @@ final class DecoderTests: XCTestCase {
         XCTAssertEqual(decodeOK("cf")?.mnemonic, .iretd)
         XCTAssertEqual(decodeOK("48 cf")?.mnemonic, .iretq)
     }
+
+    func testVectorEncodings() throws {
+        XCTAssertEqual(decodeOK("c5 f8 28 c1")?.text, "vmovaps xmm0, xmm1")
+        XCTAssertEqual(decodeOK("c5 fc 28 c1")?.text, "vmovaps ymm0, ymm1")
+        XCTAssertEqual(decodeOK("0f 28 c1")?.text, "movaps xmm0, xmm1")
+        XCTAssertEqual(decodeOK("66 0f ef c0")?.mnemonic, .pxor)
+        XCTAssertEqual(decodeOK("0f ef c0")?.operand(0), .register(Register(.mmx, 0)))
+        let bcast = try XCTUnwrap(decodeOK("c4 e2 7d 18 00"))
+        XCTAssertEqual(bcast.mnemonic, .vbroadcastss)
+        XCTAssertEqual(bcast.operand(1).memory?.size, 4)
+        // EVEX: disp8 is scaled by the access size (64 bytes for a zmm load)
+        let z = try XCTUnwrap(decodeOK("62 f1 7c 48 28 41 01"))
+        XCTAssertEqual(z.mnemonic, .vmovaps)
+        XCTAssertEqual(z.operand(0), .register(Register(.zmm, 0)))
+        XCTAssertEqual(z.operand(1).memory?.displacement, 64)
+        XCTAssertEqual(z.length, 7)
+        // EVEX.R' and V' reach registers 16-31
+        XCTAssertEqual(decodeOK("62 e1 7c 40 58 c0")?.text, "vaddps zmm16, zmm16, zmm0")
+        // W selects the 64-bit GPR form only in 64-bit mode
+        XCTAssertEqual(decodeOK("c4 e1 f9 7e c0")?.text, "vmovq rax, xmm0")
+        XCTAssertEqual(decodeOK("c4 e1 f9 7e c0", .bits32)?.text, "vmovd eax, xmm0")
+        // C4/C5 outside 64-bit mode are LES/LDS unless ModRM.mod is 11
+        XCTAssertEqual(decodeOK("c4 00", .bits32)?.mnemonic, .les)
+        XCTAssertEqual(decodeOK("62 00", .bits32)?.mnemonic, .bound)
+        XCTAssertEqual(decode(bytes: hexBytes("66 c5 f8 28 c1"), mode: .bits64), .failure(.invalid))
+        XCTAssertEqual(decode(bytes: hexBytes("c4 e2"), mode: .bits64), .failure(.truncated))
+        // BMI uses VEX.vvvv for a general register
+        XCTAssertEqual(decodeOK("c4 e2 f8 f2 c1")?.text, "andn rax, rax, rcx")
+        XCTAssertEqual(decodeOK("c4 e3 7b f0 c1 05")?.text, "rorx eax, ecx, 0x5")
+    }
+
+    func testInPlaceDecodeMatchesResultAPI() throws {
+        var r = Instruction()
+        for hex in ["48 8b 44 8b 10", "f3 48 ab", "c5 fc 28 c1", "ea 00 7c 00 00 08 00", "90", "d9 e8"] {
+            let b = hexBytes(hex)
+            let mode: DecoderMode = hex.hasPrefix("ea") ? .bits32 : .bits64
+            let err = b.withUnsafeBytes { X86Decoder.decode($0, mode: mode, into: &r) }
+            XCTAssertNil(err)
+            XCTAssertEqual(decode(bytes: b, mode: mode), .success(r), hex)
+        }
+        // stale operands from the previous decode do not leak into a shorter one
+        XCTAssertEqual(r.operandCount, 0)
+        XCTAssertEqual(r.operand(0), .none)
+    }
+
+    func testMnemonicRawValuesAreCaseIndices() {
+        // The decoder converts table numbers to Mnemonic by bit cast; this is what makes it valid.
+        XCTAssertEqual(MemoryLayout<Mnemonic>.size, 2)
+        for (k, m) in Mnemonic.allCases.enumerated() { XCTAssertEqual(Int(m.rawValue), k) }
+        XCTAssertEqual(unsafeBitCast(Mnemonic.cpuid.rawValue, to: Mnemonic.self), .cpuid)
+        XCTAssertEqual(Mnemonic.in.name, "in")
+    }
+
+    func testX87() throws {
+        XCTAssertEqual(decodeOK("d9 e8")?.mnemonic, .fld1)
+        XCTAssertEqual(decodeOK("dc e1")?.text, "fsubr st(1), st(0)")
+        XCTAssertEqual(decodeOK("de f9")?.mnemonic, .fdivp)
+        let fld = try XCTUnwrap(decodeOK("db 2c 24"))
+        XCTAssertEqual(fld.mnemonic, .fld)
+        XCTAssertEqual(fld.operand(0).memory?.size, 10)
+        XCTAssertEqual(decodeOK("d9 30", .bits16)?.operand(0).memory?.size, 14)  // fnstenv, 16-bit
+    }
 }

@@ -44,7 +44,16 @@ public enum X86Decoder {
     /// Decode one instruction. Table driven: prefixes, then the opcode's node in the generated
     /// decision tree (see opcodes.tsv), ModRM/SIB/displacement, then each operand of the form.
     public static func decode(_ bytes: UnsafeRawBufferPointer, mode: DecoderMode, vendor: CPUVendor = .amd) -> DecodeResult {
-        guard let p = bytes.baseAddress, bytes.count > 0 else { return .failure(.truncated) }
+        var r = Instruction()
+        if let e = decode(bytes, mode: mode, vendor: vendor, into: &r) { return .failure(e) }
+        return .success(r)
+    }
+
+    /// The same, writing into `r` in place (no Result wrapping: the fastest way to decode many
+    /// instructions). Returns nil on success; on failure `r` is unspecified.
+    public static func decode(_ bytes: UnsafeRawBufferPointer, mode: DecoderMode, vendor: CPUVendor = .amd,
+                              into r: inout Instruction) -> DecodeError? {
+        guard let p = bytes.baseAddress, bytes.count > 0 else { return .truncated }
         let count = bytes.count
         let t = DecoderTables.shared
         let is64 = mode == .bits64
@@ -59,26 +68,26 @@ public enum X86Decoder {
 
         // ---- legacy prefixes and REX (a REX not immediately before the opcode is ignored)
         var i = 0
-        var pfx = Prefixes()
+        var pf: UInt16 = 0
         var seg: UInt8 = 0xFF
         var rex: UInt8 = 0
         var lastRep: UInt8 = 0
         var b: UInt8 = 0
         prefixLoop: while true {
-            if let e = need(i + 1) { return .failure(e) }
+            if let e = need(i + 1) { return e }
             b = u8(i)
             switch b {
-            case 0xF0: pfx.insert(.lock)
-            case 0xF2: pfx.insert(.repne); lastRep = 3
-            case 0xF3: pfx.insert(.rep); lastRep = 2
-            case 0x26: seg = 0; pfx.insert(.segment)
-            case 0x2E: seg = 1; pfx.insert(.segment)
-            case 0x36: seg = 2; pfx.insert(.segment)
-            case 0x3E: seg = 3; pfx.insert(.segment)
-            case 0x64: seg = 4; pfx.insert(.segment)
-            case 0x65: seg = 5; pfx.insert(.segment)
-            case 0x66: pfx.insert(.operandSize)
-            case 0x67: pfx.insert(.addressSize)
+            case 0xF0: pf |= X86Decoder.pLock
+            case 0xF2: pf |= X86Decoder.pRepne; lastRep = 3
+            case 0xF3: pf |= X86Decoder.pRep; lastRep = 2
+            case 0x26: seg = 0; pf |= X86Decoder.pSeg
+            case 0x2E: seg = 1; pf |= X86Decoder.pSeg
+            case 0x36: seg = 2; pf |= X86Decoder.pSeg
+            case 0x3E: seg = 3; pf |= X86Decoder.pSeg
+            case 0x64: seg = 4; pf |= X86Decoder.pSeg
+            case 0x65: seg = 5; pf |= X86Decoder.pSeg
+            case 0x66: pf |= X86Decoder.p66
+            case 0x67: pf |= X86Decoder.p67
             case 0x40...0x4F where is64:
                 rex = b; i += 1
                 continue prefixLoop
@@ -87,22 +96,22 @@ public enum X86Decoder {
             rex = 0
             i += 1
         }
-        if rex != 0 { pfx.insert(.rex) }
+        if rex != 0 { pf |= X86Decoder.pREX }
 
         // ---- opcode map, VEX / EVEX / XOP
         var map = 0
         var op: UInt8 = b
         var vec = VectorPrefix()
-        var mandatory = lastRep != 0 ? Int(lastRep) : (pfx.contains(.operandSize) ? 1 : 0)
+        var mandatory = lastRep != 0 ? Int(lastRep) : ((pf & X86Decoder.p66 != 0) ? 1 : 0)
         var regHigh: UInt8 = 0     // EVEX R' (bit 4 of ModRM.reg for vector registers)
         var rmHigh: UInt8 = 0      // EVEX X (bit 4 of ModRM.rm for vector registers)
         var vexW = false
         switch b {
         case 0x0F:
-            if let e = need(i + 2) { return .failure(e) }
+            if let e = need(i + 2) { return e }
             let b2 = u8(i + 1)
             if b2 == 0x38 || b2 == 0x3A {
-                if let e = need(i + 3) { return .failure(e) }
+                if let e = need(i + 3) { return e }
                 map = b2 == 0x38 ? 2 : 3
                 op = u8(i + 2); i += 3
             } else if b2 == 0x0F {
@@ -111,28 +120,28 @@ public enum X86Decoder {
                 map = 1; op = b2; i += 2
             }
         case 0xC4, 0xC5, 0x62, 0x8F:
-            if let e = need(i + 2) { return .failure(e) }
+            if let e = need(i + 2) { return e }
             let b1 = u8(i + 1)
             let isVector: Bool
             if b == 0x8F { isVector = b1 & 0x1F >= 8 }
             else { isVector = is64 || b1 >> 6 == 3 }
             if !isVector { map = 0; op = b; i += 1; break }
-            if pfx.contains(.operandSize) || lastRep != 0 || pfx.contains(.lock) || rex != 0 {
-                return .failure(.invalid)
+            if (pf & X86Decoder.p66 != 0) || lastRep != 0 || (pf & X86Decoder.pLock != 0) || rex != 0 {
+                return .invalid
             }
             let rbit: UInt8 = (~b1 >> 7) & 1
             let xbit: UInt8 = (~b1 >> 6) & 1
             let bbit: UInt8 = (~b1 >> 5) & 1
             if b == 0xC5 {
-                if let e = need(i + 3) { return .failure(e) }
+                if let e = need(i + 3) { return e }
                 vec.vvvv = (~b1 >> 3) & 15
                 vec.vectorLength = (b1 >> 2) & 1
                 vec.pp = b1 & 3
                 rex = 0x40 | (is64 ? rbit << 2 : 0)
                 map = 5; op = u8(i + 2); i += 3
-                pfx.insert(.vex)
+                pf |= X86Decoder.pVEX
             } else {
-                if let e = need(i + 3) { return .failure(e) }
+                if let e = need(i + 3) { return e }
                 let b2 = u8(i + 2)
                 vexW = b2 & 0x80 != 0
                 vec.w = vexW
@@ -142,8 +151,8 @@ public enum X86Decoder {
                 else { rex = 0x40 | (vexW ? 8 : 0) }
                 if b == 0x62 {
                     // EVEX: P0 = R X B R' 0 m m m, P1 = W vvvv 1 pp, P2 = z L'L b V' aaa
-                    if b1 & 0x08 != 0 || b2 & 0x04 == 0 { return .failure(.invalid) }
-                    if let e = need(i + 5) { return .failure(e) }
+                    if b1 & 0x08 != 0 || b2 & 0x04 == 0 { return .invalid }
+                    if let e = need(i + 5) { return e }
                     let p2 = u8(i + 3)
                     let mm = b1 & 7
                     switch mm {
@@ -152,7 +161,7 @@ public enum X86Decoder {
                     case 3: map = 10
                     case 5: map = 11
                     case 6: map = 12
-                    default: return .failure(.invalid)
+                    default: return .invalid
                     }
                     if is64 {
                         regHigh = ((~b1 >> 4) & 1) << 4
@@ -164,7 +173,7 @@ public enum X86Decoder {
                     vec.broadcast = p2 & 0x10 != 0
                     vec.opmask = p2 & 7
                     op = u8(i + 4); i += 5
-                    pfx.insert(.evex)
+                    pf |= X86Decoder.pEVEX
                 } else {
                     vec.vectorLength = (b2 >> 2) & 1
                     let mm = b1 & 0x1F
@@ -173,17 +182,17 @@ public enum X86Decoder {
                         case 1: map = 5
                         case 2: map = 6
                         case 3: map = 7
-                        default: return .failure(.invalid)
+                        default: return .invalid
                         }
-                        pfx.insert(.vex)
+                        pf |= X86Decoder.pVEX
                     } else {
                         switch mm {
                         case 8: map = 13
                         case 9: map = 14
                         case 10: map = 15
-                        default: return .failure(.invalid)
+                        default: return .invalid
                         }
-                        pfx.insert(.xop)
+                        pf |= X86Decoder.pXOP
                     }
                     op = u8(i + 3); i += 4
                 }
@@ -196,12 +205,12 @@ public enum X86Decoder {
 
         // ---- effective sizes before the form is known (66 / 67 / REX.W)
         let w = rex & 8 != 0
-        let has66 = pfx.contains(.operandSize)
+        let has66 = (pf & X86Decoder.p66 != 0)
         var asize: UInt8
         switch mode {
-        case .bits64: asize = pfx.contains(.addressSize) ? 32 : 64
-        case .bits32: asize = pfx.contains(.addressSize) ? 16 : 32
-        case .bits16: asize = pfx.contains(.addressSize) ? 32 : 16
+        case .bits64: asize = (pf & X86Decoder.p67 != 0) ? 32 : 64
+        case .bits32: asize = (pf & X86Decoder.p67 != 0) ? 16 : 32
+        case .bits16: asize = (pf & X86Decoder.p67 != 0) ? 32 : 16
         }
         @inline(__always) func operandSize(ignore66: Bool, default64: Bool) -> UInt8 {
             let o66 = has66 && !ignore66
@@ -220,7 +229,7 @@ public enum X86Decoder {
         var baseReg: UInt8 = 0xFF, indexReg: UInt8 = 0xFF, scale: UInt8 = 1, ripRel = false
         var mod: UInt8 = 3, regField: UInt8 = 0, rmField: UInt8 = 0
         if hasModRM {
-            if let e = need(i + 1) { return .failure(e) }
+            if let e = need(i + 1) { return e }
             modrm = u8(i); i += 1
             mod = modrm >> 6; regField = (modrm >> 3) & 7; rmField = modrm & 7
             // MOV to/from CRn/DRn ignore ModRM.mod: the r/m operand is always a register.
@@ -241,7 +250,7 @@ public enum X86Decoder {
                 } else {
                     let rexB: UInt8 = (rex & 1) << 3
                     if rmField == 4 {
-                        if let e = need(i + 1) { return .failure(e) }
+                        if let e = need(i + 1) { return e }
                         sib = u8(i); i += 1; hasSIB = true
                         scale = 1 << (sib >> 6)
                         let idx = (sib >> 3) & 7 | (rex & 2) << 2
@@ -257,7 +266,7 @@ public enum X86Decoder {
                     if mod == 1 { dispSize = 1 } else if mod == 2 { dispSize = 4 }
                 }
                 if dispSize > 0 {
-                    if let e = need(i + dispSize) { return .failure(e) }
+                    if let e = need(i + dispSize) { return e }
                     switch dispSize {
                     case 1: disp = Int64(Int8(bitPattern: u8(i)))
                     case 2: disp = Int64(Int16(bitPattern: p.loadUnaligned(fromByteOffset: i, as: UInt16.self)))
@@ -268,7 +277,7 @@ public enum X86Decoder {
             }
         }
         if map == 4 {
-            if let e = need(i + 1) { return .failure(e) }
+            if let e = need(i + 1) { return e }
             op = u8(i); i += 1
             key = 4 << 8 | Int(op)
         }
@@ -287,67 +296,56 @@ public enum X86Decoder {
             case DecodeNodeKind.reg: node = a + Int(regField)
             case DecodeNodeKind.rm: node = a + Int(rmField)
             case DecodeNodeKind.w: node = a + (w ? 1 : 0)
+            case DecodeNodeKind.wgpr: node = a + (w && is64 ? 1 : 0)
             case DecodeNodeKind.l:
-                if vec.vectorLength > 2 { return .failure(.invalid) }
+                if vec.vectorLength > 2 { return .invalid }
                 node = a + Int(vec.vectorLength)
             case DecodeNodeKind.os: node = a + Int(operandSize(ignore66: false, default64: false) >> 5)
             case DecodeNodeKind.osd64: node = a + Int(operandSize(ignore66: false, default64: true) >> 5)
             case DecodeNodeKind.adsize: node = a + Int(asize >> 5)
-            default: return .failure(.invalid)
+            default: return .invalid
             }
         }
         let form = node
         let attrs = t.formAttrs[form]
-        let mnemonic = Mnemonic(rawValue: t.formMnemonic[form]) ?? .invalid
+        let mnemonic = unsafeBitCast(t.formMnemonic[form], to: Mnemonic.self)  // raw values are the case indices
         let ops = t.formOperands[form]
 
         // ---- the effective operand size
-        var osize: UInt8
-        if is64 && attrs & (FormAttr.d64 | FormAttr.f64 | FormAttr.near) != 0 {
-            if attrs & FormAttr.f64 != 0 || (attrs & FormAttr.near != 0 && vendor == .intel) { osize = 64 }
-            else { osize = operandSize(ignore66: consumed66, default64: true) }
+        let isVector = pf & X86Decoder.pVector != 0
+        let osize: UInt8
+        if isVector {
+            osize = is64 && w ? 64 : 32
+        } else if is64 && attrs & (FormAttr.d64 | FormAttr.f64 | FormAttr.near) != 0 {
+            osize = attrs & FormAttr.f64 != 0 || (attrs & FormAttr.near != 0 && vendor == .intel)
+                ? 64 : operandSize(ignore66: consumed66, default64: true)
         } else {
             osize = operandSize(ignore66: consumed66, default64: false)
         }
-        if pfx.contains(.vex) || pfx.contains(.evex) || pfx.contains(.xop) {
-            osize = is64 && w ? 64 : 32
-        }
 
         // ---- operands
-        let vlBytes: Int = pfx.contains(.evex) || pfx.contains(.vex) || pfx.contains(.xop) ? 16 << Int(vec.vectorLength) : 16
+        let vlBytes: Int = isVector ? 16 << Int(vec.vectorLength) : 16
         let vecClass: RegisterClass = vlBytes == 16 ? .xmm : (vlBytes == 32 ? .ymm : .zmm)
-        let gpr8Class: RegisterClass = rex != 0 && !pfx.contains(.vex) && !pfx.contains(.evex) && !pfx.contains(.xop) ? .gpr8rex : .gpr8
+        let gpr8Class: RegisterClass = rex != 0 && !isVector ? .gpr8rex : .gpr8
         let segOverride: SegmentRegister? = seg == 0xFF ? nil : SegmentRegister(rawValue: Int(seg))
         let rexR: UInt8 = (rex & 4) << 1
         let rexB: UInt8 = (rex & 1) << 3
         var imm: Int64 = 0, immSize: UInt8 = 0, imm2: Int64 = 0, imm2Size: UInt8 = 0
         let opCount = Int(attrs >> 13)
-        var out: (Operand, Operand, Operand, Operand) = (.none, .none, .none, .none)
+        let isEVEX = pf & X86Decoder.pEVEX != 0
+        r.operands = (.none, .none, .none, .none)
+        let evexBroadcast = isEVEX && vec.broadcast
+        // The parts every ModRM memory operand of this instruction shares.
+        let aclass: RegisterClass = asize == 64 ? .gpr64 : (asize == 32 ? .gpr32 : .gpr16)
+        let dataOverride: SegmentRegister? = segOverride.flatMap { !is64 || $0.rawValue >= 4 ? $0 : nil }
+        let memSegment: SegmentRegister = dataOverride ?? ((baseReg == 4 || baseReg == 5) ? .ss : .ds)
+        let memBase: Register? = baseReg == 0xFF ? nil : Register(aclass, baseReg)
+        let memIndex: Register? = indexReg == 0xFF ? nil : Register(aclass, indexReg)
+        let modrmDisp = disp
+        let modrmDispSize = dispSize
 
-        @inline(__always) func sizeBytes(_ code: UInt8) -> Int {
-            switch code {
-            case OperandSizeCode.b.rawValue: return 1
-            case OperandSizeCode.w.rawValue: return 2
-            case OperandSizeCode.d.rawValue, OperandSizeCode.ss.rawValue: return 4
-            case OperandSizeCode.q.rawValue, OperandSizeCode.sd.rawValue: return 8
-            case OperandSizeCode.v.rawValue, OperandSizeCode.bs.rawValue: return Int(osize) >> 3
-            case OperandSizeCode.z.rawValue: return osize == 16 ? 2 : 4
-            case OperandSizeCode.y.rawValue: return osize == 64 ? 8 : 4
-            case OperandSizeCode.p.rawValue: return osize == 16 ? 4 : (osize == 32 ? 6 : 10)
-            case OperandSizeCode.s.rawValue: return is64 ? 10 : 6
-            case OperandSizeCode.a.rawValue: return Int(osize) >> 2
-            case OperandSizeCode.x.rawValue, OperandSizeCode.ps.rawValue, OperandSizeCode.pd.rawValue: return vlBytes
-            case OperandSizeCode.dq.rawValue: return 16
-            case OperandSizeCode.qq.rawValue: return 32
-            case OperandSizeCode.t.rawValue: return 10
-            case OperandSizeCode.e.rawValue: return osize == 16 ? 14 : 28
-            case OperandSizeCode.f.rawValue: return osize == 16 ? 94 : 108
-            case OperandSizeCode.h.rawValue: return vlBytes >> 1
-            case OperandSizeCode.s512.rawValue: return 512
-            case OperandSizeCode.o.rawValue: return vlBytes >> 2
-            case OperandSizeCode.xq.rawValue: return vlBytes >> 3
-            default: return 0
-            }
+        @inline(__always) func sizeBytes(_ code: OperandSizeCode) -> Int {
+            X86Decoder.sizeBytes(code, osize: osize, vlBytes: vlBytes, is64: is64)
         }
         @inline(__always) func gprClass(_ bytes: Int) -> RegisterClass {
             switch bytes {
@@ -357,62 +355,31 @@ public enum X86Decoder {
             default: return .gpr32
             }
         }
-        @inline(__always) func vectorClass(_ code: UInt8) -> RegisterClass {
+        @inline(__always) func vectorClass(_ code: OperandSizeCode) -> RegisterClass {
             switch code {
-            case OperandSizeCode.x.rawValue, OperandSizeCode.ps.rawValue, OperandSizeCode.pd.rawValue: return vecClass
-            case OperandSizeCode.qq.rawValue: return .ymm
-            case OperandSizeCode.h.rawValue: return vlBytes == 64 ? .ymm : .xmm
+            case .x, .ps, .pd: return vecClass
+            case .qq: return .ymm
+            case .h: return vlBytes == 64 ? .ymm : .xmm
             default: return .xmm
             }
         }
-        @inline(__always) func elementSize(_ code: UInt8) -> Int {
-            switch code {
-            case OperandSizeCode.ps.rawValue, OperandSizeCode.ss.rawValue, OperandSizeCode.d.rawValue: return 4
-            case OperandSizeCode.pd.rawValue, OperandSizeCode.sd.rawValue, OperandSizeCode.q.rawValue: return 8
-            default: return w ? 8 : 4
-            }
-        }
-        func memory(_ size: Int, code: UInt8) -> Operand {
+        @inline(__always) func memory(_ size: Int, code: OperandSizeCode) -> Operand {
             var accessSize = size
-            var d = disp
-            if pfx.contains(.evex) {
-                if vec.broadcast { accessSize = elementSize(code) }
-                if dispSize == 1 && accessSize > 0 { d = disp * Int64(accessSize) }
+            var d = modrmDisp
+            if isEVEX {
+                if evexBroadcast { accessSize = X86Decoder.elementSize(code, w: w) }
+                if modrmDispSize == 1 && accessSize > 0 { d = modrmDisp &* Int64(accessSize) }
             }
-            let aclass: RegisterClass = asize == 64 ? .gpr64 : (asize == 32 ? .gpr32 : .gpr16)
-            var segment: SegmentRegister = (baseReg == 4 || baseReg == 5) ? .ss : .ds
-            var overridden = false
-            if let s = segOverride, !is64 || s.rawValue >= 4 { segment = s; overridden = true }
             return .memory(MemoryOperand(
-                segment: segment, segmentOverridden: overridden,
-                base: baseReg == 0xFF ? nil : Register(aclass, baseReg),
-                index: indexReg == 0xFF ? nil : Register(aclass, indexReg),
-                scale: scale, displacement: d, ripRelative: ripRel, addressSize: asize,
-                size: UInt16(accessSize)))
+                segment: memSegment, segmentOverridden: dataOverride != nil, base: memBase, index: memIndex,
+                scale: scale, displacement: d, ripRelative: ripRel, addressSize: asize, size: UInt16(accessSize)))
         }
-        func stringMemory(_ size: Int, destination: Bool) -> Operand {
-            let aclass: RegisterClass = asize == 64 ? .gpr64 : (asize == 32 ? .gpr32 : .gpr16)
-            var segment: SegmentRegister = destination ? .es : .ds
-            var overridden = false
-            if !destination, let s = segOverride, !is64 || s.rawValue >= 4 { segment = s; overridden = true }
-            return .memory(MemoryOperand(
-                segment: segment, segmentOverridden: overridden,
+        @inline(__always) func stringMemory(_ size: Int, destination: Bool) -> Operand {
+            .memory(MemoryOperand(
+                segment: destination ? .es : (dataOverride ?? .ds),
+                segmentOverridden: !destination && dataOverride != nil,
                 base: Register(aclass, destination ? 7 : 6), index: nil, scale: 1, displacement: 0,
                 ripRelative: false, addressSize: asize, size: UInt16(size)))
-        }
-        // Reads an immediate of `n` bytes, sign-extended from its encoded size.
-        func readImmediate(_ n: Int) -> Result<Int64, DecodeError> {
-            if let e = need(i + n) { return .failure(e) }
-            let v: Int64
-            switch n {
-            case 1: v = Int64(Int8(bitPattern: u8(i)))
-            case 2: v = Int64(Int16(bitPattern: p.loadUnaligned(fromByteOffset: i, as: UInt16.self)))
-            case 4: v = Int64(Int32(bitPattern: p.loadUnaligned(fromByteOffset: i, as: UInt32.self)))
-            default: v = Int64(bitPattern: p.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-            }
-            i += n
-            if immSize == 0 { imm = v; immSize = UInt8(n) } else { imm2 = v; imm2Size = UInt8(n) }
-            return .success(v)
         }
         @inline(__always) func zeroExtend(_ v: Int64, _ bytes: Int) -> Int64 {
             bytes >= 8 ? v : v & ((1 << (Int64(bytes) * 8)) - 1)
@@ -421,62 +388,63 @@ public enum X86Decoder {
         var j = 0
         while j < opCount {
             let spec = UInt16(truncatingIfNeeded: ops >> (16 * UInt64(j)))
-            let kind = UInt8(spec >> 8)
-            let code = UInt8(spec & 0xFF)
+            // The generated enums number their cases from 0, as the table's codes do.
+            let kind = unsafeBitCast(UInt8(spec >> 8), to: OperandKind.self)
+            let code = unsafeBitCast(UInt8(spec & 0xFF), to: OperandSizeCode.self)
             let operand: Operand
             switch kind {
-            case OperandKind.E.rawValue:
+            case .E:
                 let n = sizeBytes(code)
                 operand = mod == 3 ? .register(Register(gprClass(n), rmField | rexB)) : memory(n, code: code)
-            case OperandKind.G.rawValue:
+            case .G:
                 operand = .register(Register(gprClass(sizeBytes(code)), regField | rexR))
-            case OperandKind.M.rawValue:
-                if mod == 3 { return .failure(.invalid) }
+            case .M:
+                if mod == 3 { return .invalid }
                 operand = memory(sizeBytes(code), code: code)
-            case OperandKind.R.rawValue:
+            case .R:
                 operand = .register(Register(gprClass(sizeBytes(code)), rmField | rexB))
-            case OperandKind.S.rawValue:
-                if regField > 5 || (j == 0 && regField == 1) { return .failure(.invalid) }
+            case .S:
+                if regField > 5 || (j == 0 && regField == 1) { return .invalid }
                 operand = .register(Register(.segment, regField))
-            case OperandKind.C.rawValue:
+            case .C:
                 // LOCK MOV CRn is AMD's alternative encoding of CR8 outside 64-bit mode.
-                let extra: UInt8 = pfx.contains(.lock) ? 8 : 0
+                let extra: UInt8 = (pf & X86Decoder.pLock != 0) ? 8 : 0
                 operand = .register(Register(.control, regField | rexR | extra))
-            case OperandKind.D.rawValue:
+            case .D:
                 operand = .register(Register(.debug, regField | rexR))
-            case OperandKind.Z.rawValue:
+            case .Z:
                 operand = .register(Register(gprClass(sizeBytes(code)), op & 7 | rexB))
-            case OperandKind.I.rawValue:
+            case .I:
                 let n: Int
                 switch code {
-                case OperandSizeCode.b.rawValue, OperandSizeCode.bs.rawValue: n = 1
-                case OperandSizeCode.w.rawValue: n = 2
-                case OperandSizeCode.d.rawValue: n = 4
-                case OperandSizeCode.z.rawValue: n = osize == 16 ? 2 : 4
+                case .b, .bs: n = 1
+                case .w: n = 2
+                case .d: n = 4
+                case .z: n = osize == 16 ? 2 : 4
                 default: n = Int(osize) >> 3
                 }
-                let v: Int64
-                switch readImmediate(n) {
-                case .success(let x): v = x
-                case .failure(let e): return .failure(e)
-                }
+                if let e = need(i + n) { return e }
+                let v = X86Decoder.signed(p, i, n)
+                i += n
+                if immSize == 0 { imm = v; immSize = UInt8(n) } else { imm2 = v; imm2Size = UInt8(n) }
                 switch code {
-                case OperandSizeCode.b.rawValue, OperandSizeCode.w.rawValue:
+                case .b, .w:
                     operand = .immediate(zeroExtend(v, n), size: UInt8(n))
-                case OperandSizeCode.bs.rawValue, OperandSizeCode.z.rawValue, OperandSizeCode.v.rawValue:
+                case .bs, .z, .v:
                     operand = .immediate(v, size: osize >> 3)
                 default:
                     operand = .immediate(v, size: UInt8(n))
                 }
-            case OperandKind.J.rawValue:
-                let n = code == OperandSizeCode.b.rawValue ? 1 : (osize == 16 ? 2 : 4)
-                switch readImmediate(n) {
-                case .success(let x): operand = .relative(x)
-                case .failure(let e): return .failure(e)
-                }
-            case OperandKind.O.rawValue:
+            case .J:
+                let n = code == .b ? 1 : (osize == 16 ? 2 : 4)
+                if let e = need(i + n) { return e }
+                let v = X86Decoder.signed(p, i, n)
+                i += n
+                imm = v; immSize = UInt8(n)
+                operand = .relative(v)
+            case .O:
                 let n = Int(asize) >> 3
-                if let e = need(i + n) { return .failure(e) }
+                if let e = need(i + n) { return e }
                 var off: UInt64 = 0
                 switch n {
                 case 2: off = UInt64(p.loadUnaligned(fromByteOffset: i, as: UInt16.self))
@@ -485,74 +453,74 @@ public enum X86Decoder {
                 }
                 i += n
                 disp = Int64(bitPattern: off); dispSize = n
-                var segment = SegmentRegister.ds, overridden = false
-                if let s = segOverride, !is64 || s.rawValue >= 4 { segment = s; overridden = true }
-                operand = .memory(MemoryOperand(segment: segment, segmentOverridden: overridden, base: nil, index: nil,
+                operand = .memory(MemoryOperand(segment: dataOverride ?? .ds, segmentOverridden: dataOverride != nil, base: nil, index: nil,
                                                 scale: 1, displacement: disp, ripRelative: false,
                                                 addressSize: asize, size: UInt16(sizeBytes(code))))
-            case OperandKind.A.rawValue:
+            case .A:
                 let n = osize == 16 ? 2 : 4
-                if let e = need(i + n + 2) { return .failure(e) }
+                if let e = need(i + n + 2) { return e }
                 let off = n == 2 ? UInt32(p.loadUnaligned(fromByteOffset: i, as: UInt16.self))
                                  : p.loadUnaligned(fromByteOffset: i, as: UInt32.self)
                 let sel = p.loadUnaligned(fromByteOffset: i + n, as: UInt16.self)
                 i += n + 2
                 imm = Int64(off); immSize = UInt8(n); imm2 = Int64(sel); imm2Size = 2
                 operand = .farPointer(selector: sel, offset: off)
-            case OperandKind.X.rawValue:
+            case .X:
                 operand = stringMemory(sizeBytes(code), destination: false)
-            case OperandKind.Y.rawValue:
+            case .Y:
                 operand = stringMemory(sizeBytes(code), destination: true)
-            case OperandKind.N.rawValue:
+            case .N:
                 operand = .register(Register(.mmx, rmField))
-            case OperandKind.P.rawValue:
+            case .P:
                 operand = .register(Register(.mmx, regField))
-            case OperandKind.Q.rawValue:
+            case .Q:
                 operand = mod == 3 ? .register(Register(.mmx, rmField)) : memory(sizeBytes(code), code: code)
-            case OperandKind.U.rawValue:
+            case .U:
                 operand = .register(Register(vectorClass(code), rmField | rexB | rmHigh))
-            case OperandKind.V.rawValue:
+            case .V:
                 operand = .register(Register(vectorClass(code), regField | rexR | regHigh))
-            case OperandKind.W.rawValue:
+            case .W:
                 operand = mod == 3 ? .register(Register(vectorClass(code), rmField | rexB | rmHigh))
                                    : memory(sizeBytes(code), code: code)
-            case OperandKind.H.rawValue:
+            case .H:
                 operand = .register(Register(vectorClass(code), vec.vvvv))
-            case OperandKind.B.rawValue:
+            case .B:
                 operand = .register(Register(gprClass(sizeBytes(code)), vec.vvvv & 15))
-            case OperandKind.L.rawValue:
-                switch readImmediate(1) {
-                case .success(let x): operand = .register(Register(vectorClass(code), UInt8(truncatingIfNeeded: x >> 4) & (is64 ? 15 : 7)))
-                case .failure(let e): return .failure(e)
-                }
-            case OperandKind.kG.rawValue:
+            case .L:
+                if let e = need(i + 1) { return e }
+                let x = u8(i)
+                i += 1
+                imm = Int64(x); immSize = 1
+                operand = .register(Register(vectorClass(code), (x >> 4) & (is64 ? 15 : 7)))
+            case .kG:
                 operand = .register(Register(.mask, regField))
-            case OperandKind.kE.rawValue:
+            case .kE:
                 operand = mod == 3 ? .register(Register(.mask, rmField)) : memory(sizeBytes(code), code: code)
-            case OperandKind.kH.rawValue:
+            case .kH:
                 operand = .register(Register(.mask, vec.vvvv & 7))
-            case OperandKind.kR.rawValue:
+            case .kR:
                 operand = .register(Register(.mask, rmField))
-            default: // fixed operands
-                switch code {
-                case FixedOperand.AL.rawValue: operand = .register(Register(.gpr8, 0))
-                case FixedOperand.CL.rawValue: operand = .register(Register(.gpr8, 1))
-                case FixedOperand.DX.rawValue: operand = .register(Register(.gpr16, 2))
-                case FixedOperand.rAX.rawValue: operand = .register(Register(gprClass(Int(osize) >> 3), 0))
-                case FixedOperand.eAX.rawValue: operand = .register(Register(osize == 16 ? .gpr16 : .gpr32, 0))
-                case FixedOperand.AX.rawValue: operand = .register(Register(.gpr16, 0))
-                case FixedOperand.st.rawValue: operand = .register(Register(.st, 0))
-                case FixedOperand.sti.rawValue: operand = .register(Register(.st, rmField))
-                case FixedOperand.one.rawValue: operand = .immediate(1, size: 1)
-                case FixedOperand.XMM0.rawValue: operand = .register(Register(.xmm, 0))
-                default: operand = .register(Register(.segment, code - FixedOperand.ES.rawValue))
+            case .fixed:
+                switch unsafeBitCast(code, to: FixedOperand.self) {
+                case .AL: operand = .register(Register(.gpr8, 0))
+                case .CL: operand = .register(Register(.gpr8, 1))
+                case .DX: operand = .register(Register(.gpr16, 2))
+                case .rAX: operand = .register(Register(gprClass(Int(osize) >> 3), 0))
+                case .eAX: operand = .register(Register(osize == 16 ? .gpr16 : .gpr32, 0))
+                case .AX: operand = .register(Register(.gpr16, 0))
+                case .st: operand = .register(Register(.st, 0))
+                case .sti: operand = .register(Register(.st, rmField))
+                case .one: operand = .immediate(1, size: 1)
+                case .XMM0: operand = .register(Register(.xmm, 0))
+                case .ES, .CS, .SS, .DS, .FS, .GS:
+                    operand = .register(Register(.segment, code.rawValue - FixedOperand.ES.rawValue))
                 }
             }
             switch j {
-            case 0: out.0 = operand
-            case 1: out.1 = operand
-            case 2: out.2 = operand
-            default: out.3 = operand
+            case 0: r.operands.0 = operand
+            case 1: r.operands.1 = operand
+            case 2: r.operands.2 = operand
+            default: r.operands.3 = operand
             }
             j += 1
         }
@@ -563,23 +531,73 @@ public enum X86Decoder {
         if map == 0 && op == 0x90 && rex & 1 == 0 {
             mn = lastRep == 2 ? .pause : .nop
             nOperands = 0
-            out = (.none, .none, .none, .none)
+            r.operands = (.none, .none, .none, .none)
         }
         // LOCK is #UD unless the form allows it and its destination is memory.
-        if pfx.contains(.lock) {
+        if (pf & X86Decoder.pLock != 0) {
             let ok = (attrs & FormAttr.lock != 0 && mod != 3)
                 || (opCount == 2 && (kindOf(ops, 0) == OperandKind.C.rawValue || kindOf(ops, 1) == OperandKind.C.rawValue))
-            if !ok { return .failure(.invalid) }
+            if !ok { return .invalid }
         }
 
-        return .success(Instruction(
-            length: UInt8(i), mnemonic: mn, map: OpcodeMap(rawValue: UInt8(map)) ?? .legacy, opcode: op,
-            prefixes: pfx, segmentOverride: segOverride, rex: rex, vector: vec,
-            operandSize: osize, addressSize: asize, mode: UInt8(mode.rawValue),
-            hasModRM: hasModRM, modrm: modrm, hasSIB: hasSIB, sib: sib,
-            displacement: disp, displacementSize: UInt8(dispSize),
-            immediate: imm, immediateSize: immSize, immediate2: imm2, immediate2Size: imm2Size,
-            operandCount: UInt8(nOperands), operands: out, attributes: attrs))
+        r.length = UInt8(i); r.mnemonic = mn; r.map = OpcodeMap(rawValue: UInt8(map)) ?? .legacy; r.opcode = op
+        r.prefixes = Prefixes(rawValue: pf); r.segmentOverride = segOverride; r.rex = rex; r.vector = vec
+        r.operandSize = osize; r.addressSize = asize; r.mode = UInt8(mode.rawValue)
+        r.hasModRM = hasModRM; r.modrm = modrm; r.hasSIB = hasSIB; r.sib = sib
+        r.displacement = disp; r.displacementSize = UInt8(dispSize)
+        r.immediate = imm; r.immediateSize = immSize; r.immediate2 = imm2; r.immediate2Size = imm2Size
+        r.operandCount = UInt8(nOperands); r.attributes = attrs
+        return nil
+    }
+
+    static let pLock: UInt16 = 1 << 0, pRep: UInt16 = 1 << 1, pRepne: UInt16 = 1 << 2, p66: UInt16 = 1 << 3,
+               p67: UInt16 = 1 << 4, pSeg: UInt16 = 1 << 5, pREX: UInt16 = 1 << 6, pVEX: UInt16 = 1 << 7,
+               pEVEX: UInt16 = 1 << 8, pXOP: UInt16 = 1 << 9
+    static let pVector: UInt16 = pVEX | pEVEX | pXOP
+
+    @inline(__always) static func sizeBytes(_ code: OperandSizeCode, osize: UInt8, vlBytes: Int, is64: Bool) -> Int {
+        switch code {
+        case .b: return 1
+        case .w: return 2
+        case .d, .ss: return 4
+        case .q, .sd: return 8
+        case .v, .bs: return Int(osize) >> 3
+        case .z: return osize == 16 ? 2 : 4
+        case .y: return osize == 64 ? 8 : 4
+        case .p: return osize == 16 ? 4 : (osize == 32 ? 6 : 10)
+        case .s: return is64 ? 10 : 6
+        case .a: return Int(osize) >> 2
+        case .x, .ps, .pd: return vlBytes
+        case .dq: return 16
+        case .qq: return 32
+        case .t: return 10
+        case .e: return osize == 16 ? 14 : 28
+        case .f: return osize == 16 ? 94 : 108
+        case .h: return vlBytes >> 1
+        case .s512: return 512
+        case .o: return vlBytes >> 2
+        case .xq: return vlBytes >> 3
+        default: return 0
+        }
+    }
+
+    /// Element size for EVEX broadcast.
+    @inline(__always) static func elementSize(_ code: OperandSizeCode, w: Bool) -> Int {
+        switch code {
+        case .ps, .ss, .d: return 4
+        case .pd, .sd, .q: return 8
+        default: return w ? 8 : 4
+        }
+    }
+
+    /// Loads a little-endian immediate of n bytes, sign-extended.
+    @inline(__always) static func signed(_ p: UnsafeRawPointer, _ i: Int, _ n: Int) -> Int64 {
+        switch n {
+        case 1: return Int64(Int8(bitPattern: p.load(fromByteOffset: i, as: UInt8.self)))
+        case 2: return Int64(Int16(bitPattern: p.loadUnaligned(fromByteOffset: i, as: UInt16.self)))
+        case 4: return Int64(Int32(bitPattern: p.loadUnaligned(fromByteOffset: i, as: UInt32.self)))
+        default: return Int64(bitPattern: p.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+        }
     }
 
     @inline(__always) static func kindOf(_ ops: UInt64, _ j: Int) -> UInt8 {

@@ -227,6 +227,15 @@ public struct Instruction: Equatable, Sendable {
     /// Table attributes of the form (lock/rep allowed...).
     var attributes: UInt16
 
+    /// An empty instruction (length 0, `.invalid`), to decode into with `X86Decoder.decode(_:mode:vendor:into:)`.
+    public init() {
+        length = 0; mnemonic = .invalid; map = .legacy; opcode = 0; prefixes = []; segmentOverride = nil
+        rex = 0; vector = VectorPrefix(); operandSize = 0; addressSize = 0; mode = 0; hasModRM = false
+        modrm = 0; hasSIB = false; sib = 0; displacement = 0; displacementSize = 0; immediate = 0
+        immediateSize = 0; immediate2 = 0; immediate2Size = 0; operandCount = 0
+        operands = (.none, .none, .none, .none); attributes = 0
+    }
+
     public static func == (a: Instruction, b: Instruction) -> Bool {
         a.length == b.length && a.mnemonic == b.mnemonic && a.map == b.map && a.opcode == b.opcode
             && a.prefixes == b.prefixes && a.rex == b.rex && a.vector == b.vector

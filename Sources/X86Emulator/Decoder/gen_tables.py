@@ -197,6 +197,10 @@ def main():
         kind = 3 + sw_i
         if name == "os" and all(("d64" in L.attrs or "near" in L.attrs or "f64" in L.attrs) for L in prim + fb):
             kind = 3 + len(SWITCHES)
+        # W choosing between 32- and 64-bit general registers (vmovd/vmovq, vpextrd/q...): outside
+        # 64-bit mode W is ignored there, so it is emitted as kind wgpr
+        if name == "w" and any(k in ("E", "G", "R", "B") and sz in ("d", "q") for L in prim + fb for (k, sz) in L.operands):
+            kind = 4 + len(SWITCHES)
         nodes.append((kind, base))
         return len(nodes) - 1
 
@@ -257,6 +261,7 @@ def main():
     w("")
     w("enum DecodeNodeKind {")
     w("    static let osd64: UInt8 = %d" % (3 + len(SWITCHES)))
+    w("    static let wgpr: UInt8 = %d" % (4 + len(SWITCHES)))
     w("    static let invalid: UInt8 = 0, leaf: UInt8 = 1, leafMandatory66: UInt8 = 2")
     for i, (n, c) in enumerate(SWITCHES):
         w("    static let %s: UInt8 = %d" % ({"as": "adsize"}.get(n, n), 3 + i))

@@ -1,0 +1,72 @@
+import Benchmark
+import Foundation
+import X86Emulator
+
+/// The real-code corpus: the .text section of a system library (ELF64 section headers read directly).
+enum DecoderCorpus {
+    static func textSection(_ path: String) -> [UInt8]? {
+        guard let d = FileManager.default.contents(atPath: path), d.count > 64 else { return nil }
+        let b = [UInt8](d)
+        func u16(_ o: Int) -> Int { o + 2 <= b.count ? Int(b[o]) | Int(b[o + 1]) << 8 : 0 }
+        func u32(_ o: Int) -> Int { u16(o) | u16(o + 2) << 16 }
+        func u64(_ o: Int) -> Int { u32(o) | u32(o + 4) << 32 }
+        guard b[0] == 0x7F, b[1] == 0x45, b[4] == 2 else { return nil }
+        let shoff = u64(0x28), shentsize = u16(0x3A), shnum = u16(0x3C), shstrndx = u16(0x3E)
+        guard shoff > 0, shstrndx < shnum, shoff + shnum * shentsize <= b.count else { return nil }
+        let strOff = u64(shoff + shstrndx * shentsize + 0x18)
+        for k in 0..<shnum {
+            let h = shoff + k * shentsize
+            var name = "", p = strOff + u32(h)
+            while p < b.count, b[p] != 0, name.count < 32 { name.append(Character(UnicodeScalar(b[p]))); p += 1 }
+            if name == ".text" {
+                let off = u64(h + 0x18), size = u64(h + 0x20)
+                guard off + size <= b.count else { return nil }
+                return Array(b[off..<off + size])
+            }
+        }
+        return nil
+    }
+
+    /// Instruction start offsets found by a linear sweep (undecodable bytes are stepped over).
+    static func load() -> (bytes: [UInt8], starts: [Int]) {
+        let candidates = ["/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/bin/bash", "/usr/bin/ls"]
+        for c in candidates {
+            guard let text = textSection(c) else { continue }
+            var starts: [Int] = []
+            text.withUnsafeBytes { buf in
+                var pos = 0
+                while pos < buf.count - 16 {
+                    switch X86Decoder.decode(UnsafeRawBufferPointer(rebasing: buf[pos...]), mode: .bits64) {
+                    case .success(let i): starts.append(pos); pos += Int(i.length)
+                    case .failure: pos += 1
+                    }
+                }
+            }
+            return (text, starts)
+        }
+        return ([0x90], [0])
+    }
+}
+
+func decoderBenchmarks() {
+    let corpus = DecoderCorpus.load()
+    let config = Benchmark.Configuration(metrics: [.throughput, .wallClock], scalingFactor: .mega,
+                                         maxDuration: .seconds(3), maxIterations: 20)
+    // Full decode (operands included) of real code, one instruction per scaled iteration:
+    // throughput is instructions per second (in M).
+    Benchmark("Decoder: full decode, real x86-64 code", configuration: config) { benchmark in
+        corpus.bytes.withUnsafeBytes { buf in
+            let starts = corpus.starts
+            var k = 0
+            var total = 0
+            for _ in benchmark.scaledIterations {
+                let s = starts[k]
+                k += 1; if k == starts.count { k = 0 }
+                if case .success(let i) = X86Decoder.decode(UnsafeRawBufferPointer(rebasing: buf[s..<min(buf.count, s + 15)]), mode: .bits64) {
+                    total &+= Int(i.length)
+                }
+            }
+            blackHole(total)
+        }
+    }
+}
