@@ -117,13 +117,10 @@ public final class Machine: @unchecked Sendable {
 
     /// "model name" from /proc/cpuinfo.
     static func hostCPU() -> String {
-        guard let f = fopen("/proc/cpuinfo", "r") else { return "unknown" }
-        defer { fclose(f) }
-        var line = [CChar](repeating: 0, count: 1024)
-        while fgets(&line, Int32(line.count), f) != nil {
-            let s = String(cString: line)
-            if s.hasPrefix("model name"), let colon = s.firstIndex(of: ":") {
-                return s[s.index(after: colon)...].trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }
+        for line in text.split(separator: "\n") where line.hasPrefix("model name") {
+            if let colon = line.firstIndex(of: ":") {
+                return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
             }
         }
         return "unknown"
