@@ -48,13 +48,32 @@ enum DecoderCorpus {
     }
 }
 
+/// Zydis full decode (libZydis 4, loaded with dlopen; skipped when absent) for a side-by-side figure.
+final class ZydisForBenchmark {
+    typealias InitFn = @convention(c) (UnsafeMutableRawPointer, UInt32, UInt32) -> UInt32
+    typealias DecodeFullFn = @convention(c) (UnsafeRawPointer, UnsafeRawPointer, Int, UnsafeMutableRawPointer,
+                                             UnsafeMutableRawPointer) -> UInt32
+    let decoder = UnsafeMutableRawPointer.allocate(byteCount: 256, alignment: 16)
+    let instruction = UnsafeMutableRawPointer.allocate(byteCount: 2048, alignment: 16)
+    let operands = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 16)
+    let decodeFull: DecodeFullFn
+
+    init?() {
+        guard let h = dlopen("libZydis.so.4.0", RTLD_NOW) ?? dlopen("libZydis.so", RTLD_NOW),
+              let i = dlsym(h, "ZydisDecoderInit"), let d = dlsym(h, "ZydisDecoderDecodeFull") else { return nil }
+        decodeFull = unsafeBitCast(d, to: DecodeFullFn.self)
+        // ZYDIS_MACHINE_MODE_LONG_64 = 0, ZYDIS_STACK_WIDTH_64 = 2
+        guard unsafeBitCast(i, to: InitFn.self)(decoder, 0, 2) & 0x8000_0000 == 0 else { return nil }
+    }
+}
+
 func decoderBenchmarks() {
     let corpus = DecoderCorpus.load()
-    let config = Benchmark.Configuration(metrics: [.throughput, .wallClock], scalingFactor: .mega,
+    let config = Benchmark.Configuration(metrics: [.throughput, .wallClock, .cpuTotal], scalingFactor: .mega,
                                          maxDuration: .seconds(3), maxIterations: 20)
-    // Full decode (operands included) of real code, one instruction per scaled iteration:
+    // One instruction per scaled iteration over the instruction starts of real code (libc's .text):
     // throughput is instructions per second (in M).
-    Benchmark("Decoder: full decode, real x86-64 code", configuration: config) { benchmark in
+    Benchmark("Decoder: full decode, real x86-64 code (DecodeResult)", configuration: config) { benchmark in
         corpus.bytes.withUnsafeBytes { buf in
             let starts = corpus.starts
             var k = 0
@@ -67,6 +86,39 @@ func decoderBenchmarks() {
                 }
             }
             blackHole(total)
+        }
+    }
+    Benchmark("Decoder: full decode, real x86-64 code (in place)", configuration: config) { benchmark in
+        corpus.bytes.withUnsafeBytes { buf in
+            let starts = corpus.starts
+            var k = 0
+            var total = 0
+            var insn = Instruction()
+            for _ in benchmark.scaledIterations {
+                let s = starts[k]
+                k += 1; if k == starts.count { k = 0 }
+                if X86Decoder.decode(UnsafeRawBufferPointer(rebasing: buf[s..<min(buf.count, s + 15)]), mode: .bits64, into: &insn) == nil {
+                    total &+= Int(insn.length)
+                }
+            }
+            blackHole(total)
+        }
+    }
+    if let z = ZydisForBenchmark() {
+        Benchmark("Zydis: full decode, real x86-64 code (same corpus)", configuration: config) { benchmark in
+            corpus.bytes.withUnsafeBytes { buf in
+                let starts = corpus.starts
+                var k = 0
+                var total = 0
+                for _ in benchmark.scaledIterations {
+                    let s = starts[k]
+                    k += 1; if k == starts.count { k = 0 }
+                    if z.decodeFull(z.decoder, buf.baseAddress! + s, min(15, buf.count - s), z.instruction, z.operands) & 0x8000_0000 == 0 {
+                        total &+= Int(z.instruction.load(fromByteOffset: 8, as: UInt8.self))
+                    }
+                }
+                blackHole(total)
+            }
         }
     }
 }
