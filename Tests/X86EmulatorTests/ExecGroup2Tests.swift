@@ -193,3 +193,30 @@ final class ExecGroup2Tests: XCTestCase {
         XCTAssertEqual(m.step(), .halted)
     }
 }
+
+extension ExecGroup2Tests {
+    /// `run` takes the interpreter's fast path for register forms; `step` never does. Both
+    /// must end in the same state, flags included.
+    func testFastPathAgreesWithFullPath() {
+        let code: [UInt8] = [0xB9, 0x32, 0x00, 0x00, 0x00, 0x48, 0xC7, 0xC0, 0xFB, 0xFF, 0xFF, 0xFF, 0x48, 0x01, 0xC8,
+                             0x29, 0xC2, 0x48, 0x83, 0xF8, 0x07, 0xF7, 0xC2, 0x03, 0x00, 0x00, 0x00, 0xFF, 0xC3, 0x89, 0xD6,
+                             0x48, 0x31, 0xC7, 0x41, 0x81, 0xE0, 0xF0, 0x0F, 0x00, 0x00, 0x4D, 0x09, 0xC1, 0x49, 0x11, 0xC2,
+                             0xFF, 0xC9, 0x75, 0xD9, 0xEB, 0x01, 0x90, 0xF4]
+        let setup: (inout CPUState) -> Void = { s in s.rdx = 0x1234_5678_9ABC; s.r8 = ~0; s.rflags = 0x2 }
+        let fast = TestMachine(.long64, code: code, setup: setup)
+        let slow = TestMachine(.long64, code: code, setup: setup)
+        let (n, last) = fast.cpu.run(count: 10_000)
+        XCTAssertEqual(last, .halted)
+        var k = 0
+        while slow.step() == .ok { k += 1 }
+        XCTAssertEqual(n, k + 1)
+        XCTAssertEqual(fast.state, slow.state)
+        XCTAssertEqual(fast.state.rip, 0x1037)
+        // Partial runs stop exactly where asked.
+        let part = TestMachine(.long64, code: code, setup: setup)
+        XCTAssertEqual(part.cpu.run(count: 100).executed, 100)
+        let ref = TestMachine(.long64, code: code, setup: setup)
+        for _ in 0..<100 { _ = ref.step() }
+        XCTAssertEqual(part.state, ref.state)
+    }
+}

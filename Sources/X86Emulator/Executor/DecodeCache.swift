@@ -9,6 +9,8 @@ final class DecodeCache {
     static let pageBits = 1 << 16
     let tag: UnsafeMutablePointer<UInt64>
     let insn: UnsafeMutablePointer<Instruction>
+    /// The compact form of each entry (`.generic` when it has none).
+    let fast: UnsafeMutablePointer<FastOp>
     /// Per physical page (hashed): 1 when some entry may come from it.
     let codePages: UnsafeMutablePointer<UInt8>
     var enabled = true
@@ -17,6 +19,8 @@ final class DecodeCache {
         tag = .allocate(capacity: DecodeCache.size)
         tag.initialize(repeating: 0, count: DecodeCache.size)
         insn = .allocate(capacity: DecodeCache.size)
+        fast = .allocate(capacity: DecodeCache.size)
+        fast.initialize(repeating: FastOp(), count: DecodeCache.size)
         codePages = .allocate(capacity: DecodeCache.pageBits)
         codePages.initialize(repeating: 0, count: DecodeCache.pageBits)
     }
@@ -25,6 +29,7 @@ final class DecodeCache {
         for i in 0..<DecodeCache.size where tag[i] != 0 { (insn + i).deinitialize(count: 1) }
         tag.deallocate()
         insn.deallocate()
+        fast.deallocate()
         codePages.deallocate()
     }
 
@@ -40,6 +45,7 @@ final class DecodeCache {
         guard enabled else { return }
         let i = DecodeCache.index(pa)
         if tag[i] == 0 { (insn + i).initialize(to: x) } else { insn[i] = x }
+        fast[i] = FastOp.compile(x)
         tag[i] = DecodeCache.key(pa, mode)
         codePages[Int((pa >> 12) & UInt64(DecodeCache.pageBits - 1))] = 1
     }

@@ -639,6 +639,7 @@ extension X86Executor {
                 lin = (seg[segIndex(m)].base &+ effectiveAddress(m)) & 0xFFFF_FFFF
             }
             tlb.flush(page: lin >> 12)
+            fetchValid = false
             cache.flushAll()
         case .invd, .wbinvd, .wbnoinvd:
             try requireCPL0()

@@ -27,7 +27,7 @@ public final class X86Executor {
     /// XCR0 (XGETBV/XSETBV).
     public var xcr0: UInt64 = 1
     /// Instructions retired by `step`/`run`.
-    public private(set) var retired: UInt64 = 0
+    public internal(set) var retired: UInt64 = 0
 
     // MARK: hot register file
     @usableFromInline let gpr: UnsafeMutablePointer<UInt64>
@@ -54,6 +54,10 @@ public final class X86Executor {
     var outcome: StepResult = .ok
 
     let tlb: TLB
+    /// The page RIP executes from, translated once (invalidated with the TLB and on mode changes).
+    @usableFromInline var fetchPage: UInt64 = 0
+    @usableFromInline var fetchFrame: UInt64 = 0
+    @usableFromInline var fetchValid = false
     let cache: DecodeCache
 
     public init(state: CPUState, memory: GuestMemory, ports: IOPorts? = nil, cpuid: CPUIDSource? = nil,
@@ -99,6 +103,7 @@ public final class X86Executor {
             seg[0] = newValue.es; seg[1] = newValue.cs; seg[2] = newValue.ss
             seg[3] = newValue.ds; seg[4] = newValue.fs; seg[5] = newValue.gs
             updateMode()
+            fetchValid = false
             tlb.flushAll()
             cache.flushAll()
         }
@@ -118,6 +123,7 @@ public final class X86Executor {
     public var cpl: UInt8 { sys.cpl }
 
     @inline(__always) func updateMode() {
+        fetchValid = false
         let cs = seg[1]
         if sys.cr0 & CR0.pe == 0 { mode = .real }
         else if sys.efer & EFER.lma != 0 && cs.long { mode = .long64 }
@@ -129,6 +135,7 @@ public final class X86Executor {
 
     /// Called when paging-relevant state changes (CR0, CR3, CR4, EFER): drop cached translations.
     func pagingChanged() {
+        fetchValid = false
         tlb.flushAll()
         cache.flushAll()
     }
@@ -157,6 +164,8 @@ public final class X86Executor {
     public func run(count: Int) -> (executed: Int, last: StepResult) {
         var n = 0
         while n < count {
+            n += runFast(count - n)
+            if n >= count { break }
             let r = step()
             if r != .ok {
                 if case .exception(_, true) = r { n += 1; continue }
