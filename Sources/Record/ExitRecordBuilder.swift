@@ -39,19 +39,20 @@ public struct ExitFacts {
 /// instruction), save area (the state), device side, guest bytes and timing. A plain function of
 /// its inputs, so it is tested without KVM.
 public enum ExitRecordBuilder {
-    static func build(exit: borrowing ObservedExit, singleStep: Bool, openGroup: UInt64?) -> TraceRecord {
+    static func build(exit: borrowing ObservedExit, singleStep: Bool, openGroup: UInt64?, cache: LocatorCache) -> TraceRecord {
         var io: [UInt8] = []
         if let d = exit.ioData { io = Array(d) }
         let facts = ExitFacts(vcpu: exit.vcpu, exit: exit.exit, state: exit.state, stateAfter: exit.stateAfter,
                               access: exit.access, ioData: io, tscAtExit: exit.tscAtExit, tscAtReentry: exit.tscAtReentry)
         return build(facts, memory: ViewMemory(view: exit.memory, state: exit.state), singleStep: singleStep,
-                     openGroup: openGroup)
+                     openGroup: openGroup, cache: cache)
     }
 
     /// - Parameter openGroup: the start of an instruction whose earlier exit said more would follow.
     public static func build(_ f: ExitFacts, memory: RecordMemory, singleStep: Bool = false,
-                             openGroup: UInt64? = nil) -> TraceRecord {
+                             openGroup: UInt64? = nil, cache: LocatorCache? = nil) -> TraceRecord {
         let s = f.state
+        let locator = cache ?? LocatorCache(capacity: 0)
         var r = TraceRecord(kind: .exit, vcpu: UInt16(f.vcpu), kvmExitReason: f.exit.reason, state: s,
                             stateAfter: f.stateAfter, tscExit: f.tscAtExit, tscEntry: f.tscAtReentry)
         var located: LocatedInstruction?
@@ -61,10 +62,10 @@ public enum ExitRecordBuilder {
             let isIn = direction == .in
             // On this host IN is shown pending (RIP on it) and OUT committed (RIP past it).
             if isIn {
-                located = InstructionLocator.pending(state: s, memory: memory)
+                located = locator.pending(state: s, memory: memory)
                 r.visibility = .pending
             } else {
-                located = InstructionLocator.committed(state: s, access: .portOut(port: port, size: Int(size)), memory: memory)
+                located = locator.committed(state: s, access: .portOut(port: port, size: Int(size)), memory: memory)
                 r.visibility = .committed
             }
             let inst = located?.instruction
@@ -81,11 +82,11 @@ public enum ExitRecordBuilder {
             r.lastFragment = lastFragment(inst: inst, state: s, pending: isIn, count: UInt64(count))
         case let .mmio(address, length, isWrite, data):
             if isWrite {
-                located = InstructionLocator.committed(state: s, access: .mmioWrite(gpa: address, size: Int(length)),
+                located = locator.committed(state: s, access: .mmioWrite(gpa: address, size: Int(length)),
                                                        memory: memory, hint: openGroup)
                 r.visibility = .committed
             } else {
-                located = InstructionLocator.pending(state: s, memory: memory)
+                located = locator.pending(state: s, memory: memory)
                 r.visibility = .pending
             }
             r.exitCode = .npf
@@ -104,7 +105,7 @@ public enum ExitRecordBuilder {
                 r.lastFragment = lastFragment(inst: inst, state: s, pending: !isWrite, count: 1)
             }
         case let .rdmsr(index, _), let .wrmsr(index, _, _):
-            located = InstructionLocator.pending(state: s, memory: memory)
+            located = locator.pending(state: s, memory: memory)
             r.visibility = .pending
             r.exitCode = .msr
             var isWrite = false
@@ -115,7 +116,7 @@ public enum ExitRecordBuilder {
                                              data: littleEndian(value, 8))]
         case .hlt:
             // KVM reports HLT after it (RIP past the F4 byte).
-            located = InstructionLocator.committed(state: s, access: .other, memory: memory)
+            located = locator.committed(state: s, access: .other, memory: memory)
             if located?.candidates == 0, s.rip > 0, let b = memory.readLinear(InstructionLocator.linear(s.rip &- 1, state: s), count: 1), b[0] == 0xF4,
                case .success(let inst) = decode(bytes: b, mode: DecoderMode(s.mode)) {
                 located = LocatedInstruction(start: s.rip &- 1, bytes: b, instruction: inst, candidates: 1)
@@ -123,17 +124,17 @@ public enum ExitRecordBuilder {
             r.visibility = .committed
             r.exitCode = .hlt
         case let .debug(exception, _, dr6, _):
-            located = InstructionLocator.pending(state: s, memory: memory)
+            located = locator.pending(state: s, memory: memory)
             r.visibility = .pending
             r.exitCode = .exception(Int(exception))
             r.exitInfo1 = dr6
             if singleStep && exception == 1 { r.kind = .step }
         case .shutdown:
-            located = InstructionLocator.pending(state: s, memory: memory)
+            located = locator.pending(state: s, memory: memory)
             r.exitCode = .shutdown
             r.note = "triple fault"
         case let .internalError(e):
-            located = InstructionLocator.pending(state: s, memory: memory)
+            located = locator.pending(state: s, memory: memory)
             if let b = e.instructionBytes, !b.isEmpty, located?.instruction == nil {
                 located = LocatedInstruction(start: s.rip, bytes: b, instruction: nil, candidates: 0)
             }
@@ -144,7 +145,7 @@ public enum ExitRecordBuilder {
             r.exitInfo1 = hw
             r.note = "FAIL_ENTRY hardware reason 0x\(String(hw, radix: 16)) on cpu \(cpu)"
         case .hypercall:
-            located = InstructionLocator.pending(state: s, memory: memory)
+            located = locator.pending(state: s, memory: memory)
             r.visibility = .pending
             r.exitCode = .vmmcall
         case .irqWindowOpen:

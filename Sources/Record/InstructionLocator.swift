@@ -181,3 +181,64 @@ public enum InstructionLocator {
         }
     }
 }
+
+/// A per-vCPU cache of located instructions: exits repeat at the same few RIPs, and finding a
+/// committed instruction costs up to fifteen decodes. An entry is used only after checking
+/// that the linear address still maps to the same guest-physical bytes, so guest code or page
+/// tables that changed are located afresh. Used by one vCPU thread only.
+public final class LocatorCache {
+    struct Key: Hashable {
+        var rip: UInt64, csBase: UInt64, cr3: UInt64, mode: UInt8, committed: Bool
+    }
+    struct Entry {
+        var located: LocatedInstruction
+        var linear: UInt64
+        var gpa: UInt64
+    }
+    private var entries: [Key: Entry] = [:]
+    private let capacity: Int
+    public private(set) var hits: UInt64 = 0
+
+    public init(capacity: Int = 512) { self.capacity = capacity }
+
+    static func modeTag(_ s: CPUState) -> UInt8 {
+        UInt8(CPUMode.allCases.firstIndex(of: s.mode) ?? 0)
+    }
+
+    public func pending(state: CPUState, memory: LocatorMemory) -> LocatedInstruction {
+        let key = Key(rip: state.rip, csBase: state.cs.base, cr3: state.cr3, mode: Self.modeTag(state), committed: false)
+        if let e = entries[key], valid(e, memory: memory) { hits &+= 1; return e.located }
+        let l = InstructionLocator.pending(state: state, memory: memory)
+        remember(key, l, memory: memory, state: state)
+        return l
+    }
+
+    public func committed(state: CPUState, access: ReportedAccess, memory: LocatorMemory, hint: UInt64? = nil) -> LocatedInstruction {
+        let key = Key(rip: state.rip, csBase: state.cs.base, cr3: state.cr3, mode: Self.modeTag(state), committed: true)
+        if let e = entries[key], valid(e, memory: memory), let inst = e.located.instruction,
+           InstructionLocator.performs(inst, access: access, state: state, memory: memory) {
+            hits &+= 1
+            return e.located
+        }
+        let l = InstructionLocator.committed(state: state, access: access, memory: memory, hint: hint)
+        remember(key, l, memory: memory, state: state)
+        return l
+    }
+
+    private func valid(_ e: Entry, memory: LocatorMemory) -> Bool {
+        guard memory.physical(e.linear) == e.gpa, let now = memory.readLinear(e.linear, count: e.located.bytes.count) else {
+            return false
+        }
+        return now == e.located.bytes
+    }
+
+    private func remember(_ key: Key, _ l: LocatedInstruction, memory: LocatorMemory, state: CPUState) {
+        // Only unambiguous instructions within one page are cached.
+        guard l.candidates == 1, l.instruction != nil else { return }
+        let linear = InstructionLocator.linear(l.start, state: state)
+        guard (linear & 0xFFF) + UInt64(l.bytes.count) <= 4096, let gpa = memory.physical(linear) else { return }
+        guard capacity > 0 else { return }
+        if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+        entries[key] = Entry(located: l, linear: linear, gpa: gpa)
+    }
+}

@@ -43,6 +43,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         var probe: VCPUProbe?
         var lastState = CPUState()
         var pendingMSRWrites: [MSRWrite] = []
+        let locator = LocatorCache()
         /// The open instruction group: its id (seq of fragment 0), start RIP and next fragment.
         var openGroup: (group: UInt64, start: UInt64, next: UInt32)?
         /// Last TSC at re-entry, for gap records under single-step.
@@ -127,7 +128,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         if lane.probe == nil { lane.probe = exit.probe }
         exitCount.increment()
         var record = ExitRecordBuilder.build(exit: exit, singleStep: options.observer.singleStep,
-                                             openGroup: lane.openGroup?.start)
+                                             openGroup: lane.openGroup?.start, cache: lane.locator)
         record.msrWrites = lane.pendingMSRWrites
         lane.pendingMSRWrites.removeAll(keepingCapacity: true)
         if record.visibility == .committed && record.candidates == 0 { unlocated.increment() }
