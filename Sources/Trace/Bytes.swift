@@ -6,41 +6,85 @@
 @inline(__always) func delta(_ new: UInt64, _ old: UInt64) -> UInt64 { zigzag(Int64(bitPattern: new &- old)) }
 @inline(__always) func undelta(_ d: UInt64, _ old: UInt64) -> UInt64 { old &+ UInt64(bitPattern: unzigzag(d)) }
 
-/// An append-only byte buffer for encoding.
-struct ByteSink {
-    var bytes: [UInt8] = []
+/// An append-only byte buffer for encoding: raw memory behind a class, so the encoder's hot
+/// path does plain stores (no copy-on-write or uniqueness checks). A reference type: share it
+/// knowingly.
+final class ByteSink {
+    private var p: UnsafeMutablePointer<UInt8>
+    private var capacity: Int
+    private(set) var count = 0
 
-    init(capacity: Int = 0) { bytes.reserveCapacity(capacity) }
+    init(capacity: Int = 0) {
+        self.capacity = max(capacity, 64)
+        p = .allocate(capacity: self.capacity)
+    }
 
-    var count: Int { bytes.count }
+    deinit { p.deallocate() }
 
-    @inline(__always) mutating func u8(_ v: UInt8) { bytes.append(v) }
-    @inline(__always) mutating func u16(_ v: UInt16) { for i in 0..<2 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * i))) } }
-    @inline(__always) mutating func u32(_ v: UInt32) { for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt32(i)))) } }
-    @inline(__always) mutating func u64(_ v: UInt64) { for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
+    /// A copy of the bytes written so far.
+    var bytes: [UInt8] { [UInt8](UnsafeBufferPointer(start: p, count: count)) }
 
-    @inline(__always) mutating func varint(_ v: UInt64) {
+    var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: p, count: count) }
+
+    /// Forgets the contents, keeps the memory.
+    func reset() { count = 0 }
+
+    @inline(__always) private func reserve(_ n: Int) {
+        if count + n > capacity { grow(count + n) }
+    }
+
+    @inline(never) private func grow(_ need: Int) {
+        var c = capacity * 2
+        while c < need { c *= 2 }
+        let q = UnsafeMutablePointer<UInt8>.allocate(capacity: c)
+        q.update(from: p, count: count)
+        p.deallocate()
+        p = q
+        capacity = c
+    }
+
+    @inline(__always) func u8(_ v: UInt8) {
+        reserve(1)
+        p[count] = v
+        count += 1
+    }
+    @inline(__always) func u16(_ v: UInt16) { for i in 0..<2 { u8(UInt8(truncatingIfNeeded: v >> (8 * i))) } }
+    @inline(__always) func u32(_ v: UInt32) { for i in 0..<4 { u8(UInt8(truncatingIfNeeded: v >> (8 * UInt32(i)))) } }
+    @inline(__always) func u64(_ v: UInt64) { for i in 0..<8 { u8(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
+
+    @inline(__always) func varint(_ v: UInt64) {
+        reserve(10)
         var v = v
         while v >= 0x80 {
-            bytes.append(UInt8(truncatingIfNeeded: v) | 0x80)
+            p[count] = UInt8(truncatingIfNeeded: v) | 0x80
+            count += 1
             v >>= 7
         }
-        bytes.append(UInt8(v))
+        p[count] = UInt8(v)
+        count += 1
     }
 
-    @inline(__always) mutating func varint<T: BinaryInteger>(_ v: T) { varint(UInt64(v)) }
+    @inline(__always) func varint<T: BinaryInteger>(_ v: T) { varint(UInt64(v)) }
 
-    mutating func append<C: Collection>(_ b: C) where C.Element == UInt8 { bytes.append(contentsOf: b) }
-
-    mutating func string(_ s: String) {
-        let u = Array(s.utf8)
-        varint(UInt64(u.count))
-        bytes.append(contentsOf: u)
+    func append(_ b: UnsafeRawBufferPointer) {
+        guard let base = b.baseAddress, b.count > 0 else { return }
+        reserve(b.count)
+        (p + count).update(from: base.assumingMemoryBound(to: UInt8.self), count: b.count)
+        count += b.count
     }
 
-    /// Patches a little-endian UInt32 at `at` (for lengths known only afterwards).
-    mutating func patchU32(_ v: UInt32, at: Int) {
-        for i in 0..<4 { bytes[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) }
+    func append(_ b: [UInt8]) { b.withUnsafeBytes { append($0) } }
+
+    func append(_ b: ArraySlice<UInt8>) { b.withUnsafeBytes { append($0) } }
+
+    func append(_ other: ByteSink) { append(other.buffer) }
+
+    func string(_ s: String) {
+        var s = s
+        s.withUTF8 { u in
+            varint(UInt64(u.count))
+            append(UnsafeRawBufferPointer(u))
+        }
     }
 }
 

@@ -46,7 +46,7 @@ public struct FrameInfo: Equatable, Sendable {
     public var fileSize: UInt64 { UInt64(TraceFormat.frameHeaderSize) + UInt64(compressedSize) }
 
     func headerBytes() -> [UInt8] {
-        var s = ByteSink(capacity: TraceFormat.frameHeaderSize)
+        let s = ByteSink(capacity: TraceFormat.frameHeaderSize)
         s.append(TraceFormat.frameMagic)
         s.u32(compressedSize)
         s.u32(rawSize)

@@ -73,8 +73,8 @@ private struct BlobKey: Hashable {
 /// Encodes one frame's items (uncompressed) for one vCPU. Used by one thread at a time.
 final class FrameEncoder {
     let vcpu: UInt16
-    private(set) var sink: ByteSink
-    private var payload = ByteSink(capacity: 256)
+    let sink: ByteSink
+    private let payload = ByteSink(capacity: 256)
     private(set) var recordCount: UInt32 = 0
     private(set) var firstSeq: UInt64 = 0
     private(set) var lastSeq: UInt64 = 0
@@ -98,7 +98,7 @@ final class FrameEncoder {
 
     /// Starts a new, empty frame.
     func reset() {
-        sink.bytes.removeAll(keepingCapacity: true)
+        sink.reset()
         recordCount = 0
         firstSeq = 0
         lastSeq = 0
@@ -115,8 +115,8 @@ final class FrameEncoder {
     private func item(_ tag: UInt8) {
         sink.u8(tag)
         sink.varint(UInt64(payload.count))
-        sink.append(payload.bytes)
-        payload.bytes.removeAll(keepingCapacity: true)
+        sink.append(payload)
+        payload.reset()
     }
 
     /// Encodes `r` with these sequence numbers (the writer's, not necessarily `r`'s own: passing
@@ -128,7 +128,7 @@ final class FrameEncoder {
             ref = RecordReference(firstSeq: seq, firstVcpuSeq: vcpuSeq)
             // Keyframe: the first state in full (as a delta from the all-zero state).
             refState.set(r.state)
-            StateCodec.encode(refState.p, against: zeroState.p, into: &payload)
+            StateCodec.encode(refState.p, against: zeroState.p, into: payload)
             item(TraceFormat.tagKeyframe)
         }
         // Guest bytes go in before the record that first needs them, once per frame.
@@ -193,7 +193,7 @@ final class FrameEncoder {
         if mask & RecordField.tscExit != 0 { payload.varint(delta(r.tscExit, ref.tscExit)) }
         if mask & RecordField.handling != 0 { payload.varint(zigzag(Int64(bitPattern: handling))) }
         if mask & RecordField.state != 0 {
-            StateCodec.encode(curState.p, against: refState.p, into: &payload)
+            StateCodec.encode(curState.p, against: refState.p, into: payload)
             refState.copy(from: curState)
         }
         if mask & RecordField.accessData != 0 { for a in r.accesses { payload.append(a.data) } }
@@ -217,7 +217,7 @@ final class FrameEncoder {
         if mask & RecordField.fragment != 0 { payload.varint(UInt64(r.fragment)) }
         if mask & RecordField.stateAfter != 0, let after = r.stateAfter {
             afterState.set(after)
-            StateCodec.encode(afterState.p, against: curState.p, into: &payload)
+            StateCodec.encode(afterState.p, against: curState.p, into: payload)
         }
         if mask & RecordField.accesses != 0 {
             payload.varint(UInt64(r.accesses.count))

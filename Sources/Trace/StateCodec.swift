@@ -84,7 +84,7 @@ enum StateCodec {
 
     /// Appends the delta from `old` to `new` (both flattened).
     @inline(__always)
-    static func encode(_ new: UnsafePointer<UInt64>, against old: UnsafePointer<UInt64>, into sink: inout ByteSink) {
+    static func encode(_ new: UnsafePointer<UInt64>, against old: UnsafePointer<UInt64>, into sink: ByteSink) {
         var mask: UInt64 = 0
         fieldStart.withUnsafeBufferPointer { fs in
             for f in 0..<fieldCount {

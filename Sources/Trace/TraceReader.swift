@@ -160,6 +160,7 @@ public final class TraceReader: @unchecked Sendable {
             throw TraceError.corrupted(offset: toff, what: "trailer points at index offset \(indexOffset), outside \(dataStart)..<\(toff)")
         }
         let ih = try src.read(indexOffset, TraceFormat.indexHeaderSize)
+        guard ih.count == TraceFormat.indexHeaderSize else { throw TraceError.truncated(offset: indexOffset, what: "index header cut short") }
         guard Array(ih[0..<4]) == TraceFormat.indexMagic else {
             throw TraceError.corrupted(offset: indexOffset, what: "expected the index (magic \"ESIX\"), found \(hexPreview(ih[0..<4]))")
         }

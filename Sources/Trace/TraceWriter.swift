@@ -92,7 +92,7 @@ public final class TraceWriter: @unchecked Sendable {
         let file = OutputFile(fd: fd, path: path)
 
         let json = try HeaderJSON.encode(h)
-        var s = ByteSink(capacity: json.count + TraceFormat.fileHeaderFixedSize)
+        let s = ByteSink(capacity: json.count + TraceFormat.fileHeaderFixedSize)
         s.append(TraceFormat.fileMagic)
         s.u16(TraceFormat.major)
         s.u16(TraceFormat.minor)
@@ -165,6 +165,11 @@ public final class TraceWriter: @unchecked Sendable {
     private func closeFrame(_ l: Lane) throws {
         let e = l.encoder
         if !e.isEmpty, let provide = frameStats, let s = provide(e.vcpu) { e.appendStats(s) }
+        guard e.sink.count <= TraceFormat.maxFrameBytes else {
+            let n = e.sink.count
+            e.reset()
+            throw TraceError.writer("vCPU \(e.vcpu): a frame of \(n) bytes exceeds the format's limit of \(TraceFormat.maxFrameBytes) (a record's guest bytes are too large); its records were dropped")
+        }
         let job = FramePipeline.Job(raw: e.sink.bytes, vcpu: e.vcpu, recordCount: e.recordCount,
                                     firstSeq: e.firstSeq, lastSeq: e.lastSeq, firstVcpuSeq: e.firstVcpuSeq)
         e.reset()
@@ -197,7 +202,7 @@ public final class TraceWriter: @unchecked Sendable {
         if firstError == nil {
             do {
                 let indexOffset = pipeline.offset
-                var payload = ByteSink()
+                let payload = ByteSink()
                 payload.varint(UInt64(pipeline.frames.count))
                 for f in pipeline.frames {
                     payload.varint(f.offset)
@@ -215,18 +220,18 @@ public final class TraceWriter: @unchecked Sendable {
                     payload.varint(l.lastSeq ?? 0)
                     payload.varint(l.records)
                 }
-                var s = ByteSink(capacity: payload.count + 64)
+                let s = ByteSink(capacity: payload.count + 64)
                 s.append(TraceFormat.indexMagic)
                 s.u32(UInt32(payload.count))
                 s.u32(CRC32C.checksum(payload.bytes))
-                s.append(payload.bytes)
-                var t = ByteSink(capacity: TraceFormat.trailerSize)
+                s.append(payload)
+                let t = ByteSink(capacity: TraceFormat.trailerSize)
                 t.u64(indexOffset)
                 t.u64(stats.records)
                 t.u32(UInt32(truncatingIfNeeded: pipeline.frames.count))
                 t.u32(CRC32C.checksum(t.bytes))
                 t.append(TraceFormat.trailerMagic)
-                s.append(t.bytes)
+                s.append(t)
                 try pipeline.file.write(s.bytes)
                 stats.fileBytes = indexOffset + UInt64(s.count)
                 pipeline.file.sync()

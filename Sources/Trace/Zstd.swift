@@ -10,21 +10,28 @@ final class ZstdCompressor {
         self.level = level
     }
 
-    deinit { ZSTD_freeCCtx(cctx) }
+
+    /// Output buffer reused across frames (a fresh zeroed megabyte per frame costs page faults).
+    private var out = UnsafeMutableRawBufferPointer.allocate(byteCount: 0, alignment: 8)
+
+    deinit {
+        out.deallocate()
+        ZSTD_freeCCtx(cctx)
+    }
 
     func compress(_ src: [UInt8]) throws -> [UInt8] {
         let bound = ZSTD_compressBound(src.count)
-        var out = [UInt8](repeating: 0, count: bound)
-        let n = out.withUnsafeMutableBytes { o in
-            src.withUnsafeBytes { s in
-                ZSTD_compressCCtx(cctx, o.baseAddress, bound, s.baseAddress, s.count, level)
-            }
+        if out.count < bound {
+            out.deallocate()
+            out = .allocate(byteCount: bound, alignment: 8)
+        }
+        let n = src.withUnsafeBytes { s in
+            ZSTD_compressCCtx(cctx, out.baseAddress, bound, s.baseAddress, s.count, level)
         }
         if ZSTD_isError(n) != 0 {
             throw TraceError.writer("zstd compression failed: \(String(cString: ZSTD_getErrorName(n)))")
         }
-        out.removeSubrange(n...)
-        return out
+        return [UInt8](UnsafeRawBufferPointer(rebasing: out[0..<n]))
     }
 }
 

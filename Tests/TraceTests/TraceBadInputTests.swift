@@ -160,16 +160,16 @@ final class TraceBadInputTests: XCTestCase {
     /// this reader ignores them (FORMAT.md, "Compatibility").
     func testUnknownAdditionsOfANewerMinorAreIgnored() throws {
         // Hand-build a frame: keyframe, an unknown item, a record with an unknown high mask bit.
-        var items = ByteSink()
-        var payload = ByteSink()
+        let items = ByteSink()
+        let payload = ByteSink()
         let zero = StateSlots(), st = StateSlots()
         var s = CPUState.flat(.real)
         s.rax = 0x42
         st.set(s)
-        StateCodec.encode(st.p, against: zero.p, into: &payload)
-        items.u8(TraceFormat.tagKeyframe); items.varint(UInt64(payload.count)); items.append(payload.bytes)
+        StateCodec.encode(st.p, against: zero.p, into: payload)
+        items.u8(TraceFormat.tagKeyframe); items.varint(UInt64(payload.count)); items.append(payload)
         items.u8(0x77); items.varint(3); items.append([1, 2, 3]) // unknown item
-        var rec = ByteSink()
+        let rec = ByteSink()
         rec.varint(RecordField.tscExit | RecordField.code | (1 << 40))
         rec.varint(zigzag(1000))
         rec.varint(5)
@@ -179,7 +179,7 @@ final class TraceBadInputTests: XCTestCase {
         let dir = TempDir()
         let path = dir.file("newer.estrace")
         let json = Array(#"{"host_cpu":"future","vcpu_count":1,"future_key":{"x":1}}"#.utf8)
-        var file = ByteSink()
+        let file = ByteSink()
         file.append(TraceFormat.fileMagic); file.u16(1); file.u16(3); file.u32(UInt32(json.count)); file.u32(CRC32C.checksum(json)); file.append(json)
         let compressed = try ZstdCompressor(level: 3).compress(items.bytes)
         var info = FrameInfo(offset: UInt64(file.count), compressedSize: UInt32(compressed.count), rawSize: UInt32(items.count),

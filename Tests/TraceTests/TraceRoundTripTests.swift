@@ -9,7 +9,7 @@ final class TraceRoundTripTests: XCTestCase {
         XCTAssertEqual(CRC32C.checksum(Array("123456789".utf8)), 0xE306_9283)
         let a = Array("hello, ".utf8), b = Array("frames".utf8)
         XCTAssertEqual(CRC32C.checksum(b, continuing: CRC32C.checksum(a)), CRC32C.checksum(a + b))
-        var s = ByteSink()
+        let s = ByteSink()
         s.varint(300)
         s.varint(UInt64.max)
         XCTAssertEqual(s.bytes, [0xAC, 0x02] + Array(repeating: 0xFF, count: 9) + [0x01])
