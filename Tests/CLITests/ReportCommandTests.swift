@@ -12,26 +12,9 @@ final class ReportCommandTests: XCTestCase {
     }
     override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
 
-    static var binary: URL {
-        // The test bundle sits in the products directory beside the executable.
-        var u = Bundle(for: ReportCommandTests.self).bundleURL
-        while u.pathExtension == "xctest" || u.lastPathComponent == "Contents" { u.deleteLastPathComponent() }
-        return u.appendingPathComponent("exitscope")
-    }
+    static var binary: URL { CLI.binary }
 
-    func exitscope(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = Self.binary
-        p.arguments = args
-        let o = Pipe(), e = Pipe()
-        p.standardOutput = o
-        p.standardError = e
-        try p.run()
-        let out = o.fileHandleForReading.readDataToEndOfFile()
-        let err = e.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
-    }
+    func exitscope(_ args: [String]) throws -> (status: Int32, out: String, err: String) { try CLI.run(args) }
 
     func writeTrace(_ name: String, outs: Int) throws -> String {
         let path = dir + "/\(name).estrace"

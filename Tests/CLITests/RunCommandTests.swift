@@ -5,35 +5,12 @@ import XCTest
 final class RunCommandTests: XCTestCase {
     var dir = ""
     override func setUpWithError() throws {
-        guard FileManager.default.fileExists(atPath: Self.binary.path) else {
-            throw XCTSkip("exitscope binary not built at \(Self.binary.path)")
-        }
-        guard FileManager.default.isReadableFile(atPath: "/dev/kvm"),
-              open("/dev/kvm", O_RDWR) >= 0 else { throw XCTSkip("/dev/kvm is not available on this host") }
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("run-cli-\(getpid())-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try CLI.requireKVM()
+        dir = try CLI.makeTemporaryDirectory("run-cli")
     }
     override func tearDownWithError() throws { if !dir.isEmpty { try? FileManager.default.removeItem(atPath: dir) } }
 
-    static var binary: URL {
-        var u = Bundle(for: RunCommandTests.self).bundleURL
-        while u.pathExtension == "xctest" || u.lastPathComponent == "Contents" { u.deleteLastPathComponent() }
-        return u.appendingPathComponent("exitscope")
-    }
-
-    func exitscope(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = Self.binary
-        p.arguments = args
-        let o = Pipe(), e = Pipe()
-        p.standardOutput = o
-        p.standardError = e
-        try p.run()
-        let out = o.fileHandleForReading.readDataToEndOfFile()
-        let err = e.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
-    }
+    func exitscope(_ args: [String]) throws -> (status: Int32, out: String, err: String) { try CLI.run(args) }
 
     func flat(_ name: String, _ bytes: [UInt8]) throws -> String {
         let path = dir + "/" + name
