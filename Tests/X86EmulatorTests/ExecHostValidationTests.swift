@@ -23,6 +23,8 @@ final class ExecHostValidationTests: XCTestCase {
         var opreg = false
         var string = false
         var mandatory: [UInt8] = []
+        /// VEX-encoded: (map 2 = 0F38 or 3 = 0F3A, pp 0 none / 1 66 / 2 F3 / 3 F2).
+        var vex: (map: UInt8, pp: UInt8)? = nil
     }
 
     static func forms() -> [Form] {
@@ -78,6 +80,13 @@ final class ExecHostValidationTests: XCTestCase {
               Form(name: "push r", opcode: [0x50], modrm: nil, sizes: "none", opreg: true),
               Form(name: "pop r", opcode: [0x58], modrm: nil, sizes: "none", opreg: true),
               Form(name: "cmpxchg8b/16b", opcode: [0x0F, 0xC7], modrm: 1, reg: false)]
+        // BMI1 / BMI2 (the host has both)
+        for (n, op, pp, digit) in [("andn", 0xF2, 0, -1), ("blsr", 0xF3, 0, 1), ("blsmsk", 0xF3, 0, 2), ("blsi", 0xF3, 0, 3),
+                                   ("bzhi", 0xF5, 0, -1), ("pext", 0xF5, 2, -1), ("pdep", 0xF5, 3, -1), ("mulx", 0xF6, 3, -1),
+                                   ("bextr", 0xF7, 0, -1), ("shlx", 0xF7, 1, -1), ("sarx", 0xF7, 2, -1), ("shrx", 0xF7, 3, -1)] {
+            f.append(Form(name: n, opcode: [UInt8(op)], modrm: digit, sizes: "vex", vex: (2, UInt8(pp))))
+        }
+        f.append(Form(name: "rorx", opcode: [0xF0], modrm: -1, imm: 1, sizes: "vex", vex: (3, 3)))
         for d in 0..<8 where d != 6 {
             let n = ["rol", "ror", "rcl", "rcr", "shl", "shr", "sal", "sar"][d]
             f.append(Form(name: "\(n) Eb,Ib", opcode: [0xC0], modrm: d, imm: 1, sizes: "b"))
@@ -152,7 +161,10 @@ final class ExecHostValidationTests: XCTestCase {
         if f.string && r.below(3) == 0 { b.append(r.below(2) == 0 ? 0xF3 : 0xF2) }
         if opsizePrefix { b.append(0x66) }
         b += f.mandatory
-        if rex != 0 { b.append(rex) }
+        if let v = f.vex {
+            let w = UInt8(r.below(2)), rr = UInt8(r.below(2)), bb = UInt8(r.below(2)), vvvv = UInt8(r.below(16))
+            b += [0xC4, ((rr ^ 1) << 7) | (1 << 6) | ((bb ^ 1) << 5) | v.map, (w << 7) | ((~vvvv & 0xF) << 3) | v.pp]
+        } else if rex != 0 { b.append(rex) }
         var op = f.opcode
         if f.opreg { op[op.count - 1] |= UInt8(r.below(8)) }
         b += op

@@ -692,6 +692,7 @@ extension X86Executor {
             let v = try readMSRValue(MSRIndex.tscAux)
             try write(o0, v, opSize(o0, i))
         default:
+            if try executeVector(i) { return }
             throw .unsupported
         }
     }

@@ -24,8 +24,9 @@ public final class X86Executor {
     public var accessLog: [AccessEvent] = []
     /// The vendor whose behaviour the executor follows where AMD and Intel differ.
     public var vendor: CPUVendor = .amd
-    /// XCR0 (XGETBV/XSETBV).
-    public var xcr0: UInt64 = 1
+    /// XCR0 (XGETBV/XSETBV). Not part of the state schema: x87, SSE and AVX state enabled, so
+    /// AVX instructions run whenever CR4.OSXSAVE is set.
+    public var xcr0: UInt64 = 7
     /// Instructions retired by `step`/`run`.
     public internal(set) var retired: UInt64 = 0
 

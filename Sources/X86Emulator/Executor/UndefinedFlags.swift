@@ -29,6 +29,8 @@ public enum UndefinedFlags {
         case .aaa, .aas: return of | sf | zf | pf
         case .aam, .aad: return of | af | cf
         case .lzcnt, .tzcnt: return of | sf | pf | af
+        case .andn, .blsi, .blsmsk, .blsr, .bzhi: return af | pf
+        case .bextr: return af | sf | pf
         default: return 0
         }
     }
@@ -48,5 +50,6 @@ public enum UndefinedFlags {
     /// Every mnemonic with undefined flags, for documentation and tests.
     public static let mnemonics: [Mnemonic] = [.and, .or, .xor, .test, .mul, .imul, .div, .idiv, .shl, .sal, .shr,
                                                .sar, .rol, .ror, .rcl, .rcr, .shld, .shrd, .bsf, .bsr, .bt, .bts,
-                                               .btr, .btc, .daa, .das, .aaa, .aas, .aam, .aad, .lzcnt, .tzcnt]
+                                               .btr, .btc, .daa, .das, .aaa, .aas, .aam, .aad, .lzcnt, .tzcnt,
+                                               .andn, .blsi, .blsmsk, .blsr, .bzhi, .bextr]
 }
