@@ -327,6 +327,13 @@ public final class FrameDecoder {
 
     /// The next record of the frame, or nil at its end (after checking the record count).
     public func next() throws -> TraceRecord? {
+        var r = TraceRecord(kind: .exit)
+        return try next(into: &r) ? r : nil
+    }
+
+    /// Decodes the next record into `r` (every field overwritten), avoiding a copy of the
+    /// record; false at the end of the frame.
+    public func next(into r: inout TraceRecord) throws -> Bool {
         var c = cursor
         defer { cursor = c }
         while !c.atEnd {
@@ -347,10 +354,10 @@ public final class FrameDecoder {
             case TraceFormat.tagRecord:
                 guard haveKeyframe else { throw c.corrupt("record before the frame's keyframe") }
                 guard decoded < info.recordCount else { throw c.corrupt("more records than the frame header's \(info.recordCount)") }
-                let r = try decodeRecord(&c, end: itemEnd)
+                try decodeRecord(&c, end: itemEnd, into: &r)
                 c.pos = itemEnd
                 decoded += 1
-                return r
+                return true
             case TraceFormat.tagStats:
                 stats.append(try decodeStats(&c))
             default:
@@ -362,7 +369,7 @@ public final class FrameDecoder {
         guard decoded == info.recordCount else {
             throw c.corrupt("frame header announces \(info.recordCount) records, payload holds \(decoded)")
         }
-        return nil
+        return false
     }
 
     private func decodeStats(_ c: inout ByteCursor) throws -> VCPUFrameStats {
@@ -379,16 +386,15 @@ public final class FrameDecoder {
         return s
     }
 
-    private func decodeRecord(_ c: inout ByteCursor, end: Int) throws -> TraceRecord {
+    private func decodeRecord(_ c: inout ByteCursor, end: Int, into r: inout TraceRecord) throws {
         let mask = try c.varint()
-        var r = TraceRecord(kind: .exit)
         r.vcpu = info.vcpu
         if mask & RecordField.tscExit != 0 { r.tscExit = undelta(try c.varint(), ref.tscExit) } else { r.tscExit = ref.tscExit }
         var handling = ref.handling
         if mask & RecordField.handling != 0 { handling = UInt64(bitPattern: unzigzag(try c.varint())) }
         r.tscEntry = r.tscExit &+ handling
         if mask & RecordField.state != 0 { try StateCodec.decode(&c, old: refState.p, into: refState.p) }
-        r.state = refState.state
+        StateCodec.unflatten(refState.p, into: &r.state)
         if mask & RecordField.accessData != 0 {
             r.accesses = ref.accesses
             for i in r.accesses.indices { r.accesses[i].data = try c.bytes(r.accesses[i].data.count) }
@@ -422,6 +428,7 @@ public final class FrameDecoder {
         guard let v = Visibility(rawValue: vis) else { throw c.corrupt("unknown visibility \(vis)") }
         r.visibility = v
         r.group = mask & RecordField.group != 0 ? r.seq &- (try c.varint()) : r.seq
+        r.fragment = 0
         if mask & RecordField.fragment != 0 {
             let f = try c.varint()
             guard f <= UInt64(UInt32.max) else { throw c.corrupt("fragment \(f) exceeds 32 bits") }
@@ -431,6 +438,8 @@ public final class FrameDecoder {
         if mask & RecordField.stateAfter != 0 {
             try StateCodec.decode(&c, old: refState.p, into: scratch.p)
             r.stateAfter = scratch.state
+        } else {
+            r.stateAfter = nil
         }
         if mask & RecordField.accesses != 0 {
             let n = try c.count(max: c.remaining, "access count")
@@ -462,10 +471,13 @@ public final class FrameDecoder {
             }
             ref.memory = list
         }
-        if !ref.memory.isEmpty {
-            r.memory.reserveCapacity(ref.memory.count)
-            for i in ref.memory { r.memory.append(blobs[i]) }
+        if ref.memory.isEmpty {
+            if !r.memory.isEmpty { r.memory = [] }
+        } else if r.memory.count != ref.memory.count || !zip(r.memory, ref.memory).allSatisfy({ $0 == blobs[$1] }) {
+            // Rebuilt only when it differs from what `r` already holds (a loop keeps it).
+            r.memory = ref.memory.map { blobs[$0] }
         }
+        r.msrWrites.removeAll()
         if mask & RecordField.msrWrites != 0 {
             let n = try c.count(max: c.remaining, "MSR write count")
             r.msrWrites.reserveCapacity(n)
@@ -496,7 +508,6 @@ public final class FrameDecoder {
         ref.candidates = r.candidates
         ref.visibility = vis
         ref.code = r.code
-        return r
     }
 }
 

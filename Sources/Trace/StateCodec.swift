@@ -62,6 +62,13 @@ enum StateCodec {
     /// The inverse of `flatten`; slots must already fit their widths (checked by `decode`).
     static func unflatten(_ p: UnsafePointer<UInt64>) -> CPUState {
         var s = CPUState()
+        unflatten(p, into: &s)
+        return s
+    }
+
+    /// The inverse of `flatten`, in place (no 400-byte temporary on the reading path).
+    @inline(__always)
+    static func unflatten(_ p: UnsafePointer<UInt64>, into s: inout CPUState) {
         s.rax = p[0]; s.rcx = p[1]; s.rdx = p[2]; s.rbx = p[3]
         s.rsp = p[4]; s.rbp = p[5]; s.rsi = p[6]; s.rdi = p[7]
         s.r8 = p[8]; s.r9 = p[9]; s.r10 = p[10]; s.r11 = p[11]
@@ -79,7 +86,6 @@ enum StateCodec {
         s.cpl = UInt8(truncatingIfNeeded: p[60]); s.dr6 = p[61]; s.dr7 = p[62]
         s.star = p[63]; s.lstar = p[64]; s.cstar = p[65]; s.sfmask = p[66]; s.kernelGSBase = p[67]
         s.sysenterCS = p[68]; s.sysenterESP = p[69]; s.sysenterEIP = p[70]; s.pat = p[71]
-        return s
     }
 
     /// Appends the delta from `old` to `new` (both flattened).

@@ -294,7 +294,8 @@ public final class TraceReader: @unchecked Sendable {
     /// Calls `body` for every record in sequence order (bounded memory).
     public func forEachRecord(vcpu: UInt16? = nil, from seq: UInt64 = 0, _ body: (TraceRecord) throws -> Void) throws {
         var it = records(vcpu: vcpu, from: seq)
-        while let r = try it.next() { try body(r) }
+        var r = TraceRecord(kind: .exit)
+        while try it.next(into: &r) { try body(r) }
     }
 
     /// The record with global sequence number `seq`, found through the index: only the frames
@@ -338,6 +339,13 @@ public struct RecordIterator {
     }
 
     public mutating func next() throws -> TraceRecord? {
+        var r = TraceRecord(kind: .exit)
+        return try next(into: &r) ? r : nil
+    }
+
+    /// The next record in sequence order into `out`; false at the end. Cheaper than `next()`:
+    /// the open frame decodes its following record in place.
+    public mutating func next(into out: inout TraceRecord) throws -> Bool {
         while p < pending.count {
             let f = reader.frames[pending[p]]
             if !active.isEmpty {
@@ -347,27 +355,20 @@ public struct RecordIterator {
             }
             let d = try reader.frameDecoder(pending[p])
             p += 1
-            while let r = try d.next() {
-                if r.seq >= from { active.append(Head(d, r)); break }
+            let h = Head(d, TraceRecord(kind: .exit))
+            while try d.next(into: &h.record) {
+                if h.record.seq >= from { active.append(h); break }
             }
         }
-        guard !active.isEmpty else { return nil }
+        guard !active.isEmpty else { return false }
         var best = 0
         if active.count > 1 {
             for i in 1..<active.count where active[i].record.seq < active[best].record.seq { best = i }
         }
         let h = active[best]
-        if let n = try h.decoder.next() {
-            return swapRecord(h, n)
-        }
-        active.remove(at: best)
-        return h.record
-    }
-
-    private func swapRecord(_ h: Head, _ n: TraceRecord) -> TraceRecord {
-        var n = n
-        swap(&h.record, &n)
-        return n
+        out = h.record
+        if try !h.decoder.next(into: &h.record) { active.remove(at: best) }
+        return true
     }
 }
 
