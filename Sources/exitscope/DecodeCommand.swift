@@ -61,7 +61,7 @@ struct DecodeCommand: ParsableCommand {
             var end = UInt64(data.count)
             if let length {
                 guard let n = Self.parseNumber(length) else { throw ValidationError("bad --length \(length)") }
-                end = min(end, off + n)
+                end = n > end - off ? end : off + n   // no overflow on huge --length
             }
             bytes = [UInt8](data[Int(off)..<Int(end)])
         } else {
