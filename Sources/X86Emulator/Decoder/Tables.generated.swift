@@ -577,593 +577,618 @@ public enum Mnemonic: UInt16, Sendable, CaseIterable {
     case rdgsbase = 571
     case rdmsr = 572
     case rdpid = 573
-    case rdpmc = 574
-    case rdpru = 575
-    case rdrand = 576
-    case rdseed = 577
-    case rdtsc = 578
-    case rdtscp = 579
-    case ret = 580
-    case retf = 581
-    case rol = 582
-    case ror = 583
-    case rorx = 584
-    case roundpd = 585
-    case roundps = 586
-    case roundsd = 587
-    case roundss = 588
-    case rsm = 589
-    case rsqrtps = 590
-    case rsqrtss = 591
-    case sahf = 592
-    case sal = 593
-    case salc = 594
-    case sar = 595
-    case sarx = 596
-    case sbb = 597
-    case scas = 598
-    case seta = 599
-    case setae = 600
-    case setb = 601
-    case setbe = 602
-    case sete = 603
-    case setg = 604
-    case setge = 605
-    case setl = 606
-    case setle = 607
-    case setne = 608
-    case setno = 609
-    case setnp = 610
-    case setns = 611
-    case seto = 612
-    case setp = 613
-    case sets = 614
-    case sfence = 615
-    case sgdt = 616
-    case sha1msg1 = 617
-    case sha1msg2 = 618
-    case sha1nexte = 619
-    case sha1rnds4 = 620
-    case sha256msg1 = 621
-    case sha256msg2 = 622
-    case sha256rnds2 = 623
-    case shl = 624
-    case shld = 625
-    case shlx = 626
-    case shr = 627
-    case shrd = 628
-    case shrx = 629
-    case shufpd = 630
-    case shufps = 631
-    case sidt = 632
-    case skinit = 633
-    case sldt = 634
-    case smsw = 635
-    case sqrtpd = 636
-    case sqrtps = 637
-    case sqrtsd = 638
-    case sqrtss = 639
-    case stac = 640
-    case stc = 641
-    case std = 642
-    case stgi = 643
-    case sti = 644
-    case stmxcsr = 645
-    case stos = 646
-    case str = 647
-    case sub = 648
-    case subpd = 649
-    case subps = 650
-    case subsd = 651
-    case subss = 652
-    case swapgs = 653
-    case syscall = 654
-    case sysenter = 655
-    case sysexit = 656
-    case sysexitq = 657
-    case sysret = 658
-    case sysretq = 659
-    case test = 660
-    case tpause = 661
-    case tzcnt = 662
-    case ucomisd = 663
-    case ucomiss = 664
-    case ud0 = 665
-    case ud1 = 666
-    case ud2 = 667
-    case umonitor = 668
-    case umwait = 669
-    case unpckhpd = 670
-    case unpckhps = 671
-    case unpcklpd = 672
-    case unpcklps = 673
-    case vaddpd = 674
-    case vaddps = 675
-    case vaddsd = 676
-    case vaddss = 677
-    case vaddsubpd = 678
-    case vaddsubps = 679
-    case vaesdec = 680
-    case vaesdeclast = 681
-    case vaesenc = 682
-    case vaesenclast = 683
-    case vaesimc = 684
-    case vaeskeygenassist = 685
-    case valignd = 686
-    case valignq = 687
-    case vandnpd = 688
-    case vandnps = 689
-    case vandpd = 690
-    case vandps = 691
-    case vblendpd = 692
-    case vblendps = 693
-    case vblendvpd = 694
-    case vblendvps = 695
-    case vbroadcastf128 = 696
-    case vbroadcasti128 = 697
-    case vbroadcastsd = 698
-    case vbroadcastss = 699
-    case vcmppd = 700
-    case vcmpps = 701
-    case vcmpsd = 702
-    case vcmpss = 703
-    case vcomisd = 704
-    case vcomiss = 705
-    case vcompresspd = 706
-    case vcompressps = 707
-    case vcvtdq2pd = 708
-    case vcvtdq2ps = 709
-    case vcvtpd2dq = 710
-    case vcvtpd2ps = 711
-    case vcvtph2ps = 712
-    case vcvtps2dq = 713
-    case vcvtps2pd = 714
-    case vcvtps2ph = 715
-    case vcvtsd2si = 716
-    case vcvtsd2ss = 717
-    case vcvtsi2sd = 718
-    case vcvtsi2ss = 719
-    case vcvtss2sd = 720
-    case vcvtss2si = 721
-    case vcvttpd2dq = 722
-    case vcvttps2dq = 723
-    case vcvttsd2si = 724
-    case vcvttss2si = 725
-    case vdivpd = 726
-    case vdivps = 727
-    case vdivsd = 728
-    case vdivss = 729
-    case vdppd = 730
-    case vdpps = 731
-    case verr = 732
-    case verw = 733
-    case vexpandpd = 734
-    case vexpandps = 735
-    case vextractf128 = 736
-    case vextractf32x4 = 737
-    case vextractf32x8 = 738
-    case vextractf64x2 = 739
-    case vextractf64x4 = 740
-    case vextracti128 = 741
-    case vextracti32x4 = 742
-    case vextracti32x8 = 743
-    case vextracti64x2 = 744
-    case vextracti64x4 = 745
-    case vextractps = 746
-    case vfmadd132pd = 747
-    case vfmadd132ps = 748
-    case vfmadd132sd = 749
-    case vfmadd132ss = 750
-    case vfmadd213pd = 751
-    case vfmadd213ps = 752
-    case vfmadd213sd = 753
-    case vfmadd213ss = 754
-    case vfmadd231pd = 755
-    case vfmadd231ps = 756
-    case vfmadd231sd = 757
-    case vfmadd231ss = 758
-    case vfmaddsub132pd = 759
-    case vfmaddsub132ps = 760
-    case vfmaddsub213pd = 761
-    case vfmaddsub213ps = 762
-    case vfmaddsub231pd = 763
-    case vfmaddsub231ps = 764
-    case vfmsub132pd = 765
-    case vfmsub132ps = 766
-    case vfmsub132sd = 767
-    case vfmsub132ss = 768
-    case vfmsub213pd = 769
-    case vfmsub213ps = 770
-    case vfmsub213sd = 771
-    case vfmsub213ss = 772
-    case vfmsub231pd = 773
-    case vfmsub231ps = 774
-    case vfmsub231sd = 775
-    case vfmsub231ss = 776
-    case vfmsubadd132pd = 777
-    case vfmsubadd132ps = 778
-    case vfmsubadd213pd = 779
-    case vfmsubadd213ps = 780
-    case vfmsubadd231pd = 781
-    case vfmsubadd231ps = 782
-    case vfnmadd132pd = 783
-    case vfnmadd132ps = 784
-    case vfnmadd132sd = 785
-    case vfnmadd132ss = 786
-    case vfnmadd213pd = 787
-    case vfnmadd213ps = 788
-    case vfnmadd213sd = 789
-    case vfnmadd213ss = 790
-    case vfnmadd231pd = 791
-    case vfnmadd231ps = 792
-    case vfnmadd231sd = 793
-    case vfnmadd231ss = 794
-    case vfnmsub132pd = 795
-    case vfnmsub132ps = 796
-    case vfnmsub132sd = 797
-    case vfnmsub132ss = 798
-    case vfnmsub213pd = 799
-    case vfnmsub213ps = 800
-    case vfnmsub213sd = 801
-    case vfnmsub213ss = 802
-    case vfnmsub231pd = 803
-    case vfnmsub231ps = 804
-    case vfnmsub231sd = 805
-    case vfnmsub231ss = 806
-    case vgatherdpd = 807
-    case vgatherdps = 808
-    case vgatherqpd = 809
-    case vgatherqps = 810
-    case vhaddpd = 811
-    case vhaddps = 812
-    case vhsubpd = 813
-    case vhsubps = 814
-    case vinsertf128 = 815
-    case vinsertf32x4 = 816
-    case vinsertf32x8 = 817
-    case vinsertf64x2 = 818
-    case vinsertf64x4 = 819
-    case vinserti128 = 820
-    case vinserti32x4 = 821
-    case vinserti32x8 = 822
-    case vinserti64x2 = 823
-    case vinserti64x4 = 824
-    case vinsertps = 825
-    case vlddqu = 826
-    case vmaskmovdqu = 827
-    case vmaskmovpd = 828
-    case vmaskmovps = 829
-    case vmaxpd = 830
-    case vmaxps = 831
-    case vmaxsd = 832
-    case vmaxss = 833
-    case vmcall = 834
-    case vmclear = 835
-    case vmfunc = 836
-    case vminpd = 837
-    case vminps = 838
-    case vminsd = 839
-    case vminss = 840
-    case vmlaunch = 841
-    case vmload = 842
-    case vmmcall = 843
-    case vmovapd = 844
-    case vmovaps = 845
-    case vmovd = 846
-    case vmovddup = 847
-    case vmovdqa = 848
-    case vmovdqa32 = 849
-    case vmovdqa64 = 850
-    case vmovdqu = 851
-    case vmovdqu16 = 852
-    case vmovdqu32 = 853
-    case vmovdqu64 = 854
-    case vmovdqu8 = 855
-    case vmovhlps = 856
-    case vmovhpd = 857
-    case vmovhps = 858
-    case vmovlhps = 859
-    case vmovlpd = 860
-    case vmovlps = 861
-    case vmovmskpd = 862
-    case vmovmskps = 863
-    case vmovntdq = 864
-    case vmovntdqa = 865
-    case vmovntpd = 866
-    case vmovntps = 867
-    case vmovq = 868
-    case vmovsd = 869
-    case vmovshdup = 870
-    case vmovsldup = 871
-    case vmovss = 872
-    case vmovupd = 873
-    case vmovups = 874
-    case vmpsadbw = 875
-    case vmptrld = 876
-    case vmptrst = 877
-    case vmread = 878
-    case vmresume = 879
-    case vmrun = 880
-    case vmsave = 881
-    case vmulpd = 882
-    case vmulps = 883
-    case vmulsd = 884
-    case vmulss = 885
-    case vmwrite = 886
-    case vmxoff = 887
-    case vmxon = 888
-    case vorpd = 889
-    case vorps = 890
-    case vpabsb = 891
-    case vpabsd = 892
-    case vpabsw = 893
-    case vpackssdw = 894
-    case vpacksswb = 895
-    case vpackusdw = 896
-    case vpackuswb = 897
-    case vpaddb = 898
-    case vpaddd = 899
-    case vpaddq = 900
-    case vpaddsb = 901
-    case vpaddsw = 902
-    case vpaddusb = 903
-    case vpaddusw = 904
-    case vpaddw = 905
-    case vpalignr = 906
-    case vpand = 907
-    case vpandd = 908
-    case vpandn = 909
-    case vpandnd = 910
-    case vpandnq = 911
-    case vpandq = 912
-    case vpavgb = 913
-    case vpavgw = 914
-    case vpblendd = 915
-    case vpblendmb = 916
-    case vpblendmd = 917
-    case vpblendmq = 918
-    case vpblendmw = 919
-    case vpblendvb = 920
-    case vpblendw = 921
-    case vpbroadcastb = 922
-    case vpbroadcastd = 923
-    case vpbroadcastmb2q = 924
-    case vpbroadcastmw2d = 925
-    case vpbroadcastq = 926
-    case vpbroadcastw = 927
-    case vpclmulqdq = 928
-    case vpcmpb = 929
-    case vpcmpd = 930
-    case vpcmpeqb = 931
-    case vpcmpeqd = 932
-    case vpcmpeqq = 933
-    case vpcmpeqw = 934
-    case vpcmpestri = 935
-    case vpcmpestrm = 936
-    case vpcmpgtb = 937
-    case vpcmpgtd = 938
-    case vpcmpgtq = 939
-    case vpcmpgtw = 940
-    case vpcmpistri = 941
-    case vpcmpistrm = 942
-    case vpcmpq = 943
-    case vpcmpub = 944
-    case vpcmpud = 945
-    case vpcmpuq = 946
-    case vpcmpuw = 947
-    case vpcmpw = 948
-    case vpcompressd = 949
-    case vpcompressq = 950
-    case vperm2f128 = 951
-    case vperm2i128 = 952
-    case vpermb = 953
-    case vpermd = 954
-    case vpermi2d = 955
-    case vpermi2q = 956
-    case vpermilpd = 957
-    case vpermilps = 958
-    case vpermpd = 959
-    case vpermps = 960
-    case vpermq = 961
-    case vpermt2b = 962
-    case vpermt2d = 963
-    case vpermt2q = 964
-    case vpermt2w = 965
-    case vpermw = 966
-    case vpexpandd = 967
-    case vpexpandq = 968
-    case vpextrb = 969
-    case vpextrd = 970
-    case vpextrq = 971
-    case vpextrw = 972
-    case vpgatherdd = 973
-    case vpgatherdq = 974
-    case vpgatherqd = 975
-    case vpgatherqq = 976
-    case vphaddd = 977
-    case vphaddsw = 978
-    case vphaddw = 979
-    case vphminposuw = 980
-    case vphsubd = 981
-    case vphsubsw = 982
-    case vphsubw = 983
-    case vpinsrb = 984
-    case vpinsrd = 985
-    case vpinsrq = 986
-    case vpinsrw = 987
-    case vpmaddubsw = 988
-    case vpmaddwd = 989
-    case vpmaskmovd = 990
-    case vpmaskmovq = 991
-    case vpmaxsb = 992
-    case vpmaxsd = 993
-    case vpmaxsq = 994
-    case vpmaxsw = 995
-    case vpmaxub = 996
-    case vpmaxud = 997
-    case vpmaxuq = 998
-    case vpmaxuw = 999
-    case vpminsb = 1000
-    case vpminsd = 1001
-    case vpminsq = 1002
-    case vpminsw = 1003
-    case vpminub = 1004
-    case vpminud = 1005
-    case vpminuq = 1006
-    case vpminuw = 1007
-    case vpmovb2m = 1008
-    case vpmovd2m = 1009
-    case vpmovdb = 1010
-    case vpmovdw = 1011
-    case vpmovm2b = 1012
-    case vpmovm2d = 1013
-    case vpmovm2q = 1014
-    case vpmovm2w = 1015
-    case vpmovmskb = 1016
-    case vpmovq2m = 1017
-    case vpmovqb = 1018
-    case vpmovqd = 1019
-    case vpmovqw = 1020
-    case vpmovsxbd = 1021
-    case vpmovsxbq = 1022
-    case vpmovsxbw = 1023
-    case vpmovsxdq = 1024
-    case vpmovsxwd = 1025
-    case vpmovsxwq = 1026
-    case vpmovw2m = 1027
-    case vpmovwb = 1028
-    case vpmovzxbd = 1029
-    case vpmovzxbq = 1030
-    case vpmovzxbw = 1031
-    case vpmovzxdq = 1032
-    case vpmovzxwd = 1033
-    case vpmovzxwq = 1034
-    case vpmuldq = 1035
-    case vpmulhrsw = 1036
-    case vpmulhuw = 1037
-    case vpmulhw = 1038
-    case vpmulld = 1039
-    case vpmullq = 1040
-    case vpmullw = 1041
-    case vpmuludq = 1042
-    case vpor = 1043
-    case vpord = 1044
-    case vporq = 1045
-    case vprold = 1046
-    case vprolq = 1047
-    case vprord = 1048
-    case vprorq = 1049
-    case vpsadbw = 1050
-    case vpshufb = 1051
-    case vpshufd = 1052
-    case vpshufhw = 1053
-    case vpshuflw = 1054
-    case vpsignb = 1055
-    case vpsignd = 1056
-    case vpsignw = 1057
-    case vpslld = 1058
-    case vpslldq = 1059
-    case vpsllq = 1060
-    case vpsllvd = 1061
-    case vpsllvq = 1062
-    case vpsllw = 1063
-    case vpsrad = 1064
-    case vpsraq = 1065
-    case vpsravd = 1066
-    case vpsraw = 1067
-    case vpsrld = 1068
-    case vpsrldq = 1069
-    case vpsrlq = 1070
-    case vpsrlvd = 1071
-    case vpsrlvq = 1072
-    case vpsrlw = 1073
-    case vpsubb = 1074
-    case vpsubd = 1075
-    case vpsubq = 1076
-    case vpsubsb = 1077
-    case vpsubsw = 1078
-    case vpsubusb = 1079
-    case vpsubusw = 1080
-    case vpsubw = 1081
-    case vpternlogd = 1082
-    case vpternlogq = 1083
-    case vptest = 1084
-    case vptestmb = 1085
-    case vptestmd = 1086
-    case vptestmq = 1087
-    case vptestmw = 1088
-    case vptestnmb = 1089
-    case vptestnmd = 1090
-    case vptestnmq = 1091
-    case vptestnmw = 1092
-    case vpunpckhbw = 1093
-    case vpunpckhdq = 1094
-    case vpunpckhqdq = 1095
-    case vpunpckhwd = 1096
-    case vpunpcklbw = 1097
-    case vpunpckldq = 1098
-    case vpunpcklqdq = 1099
-    case vpunpcklwd = 1100
-    case vpxor = 1101
-    case vpxord = 1102
-    case vpxorq = 1103
-    case vrcpps = 1104
-    case vrcpss = 1105
-    case vroundpd = 1106
-    case vroundps = 1107
-    case vroundsd = 1108
-    case vroundss = 1109
-    case vrsqrtps = 1110
-    case vrsqrtss = 1111
-    case vshuff32x4 = 1112
-    case vshuff64x2 = 1113
-    case vshufi32x4 = 1114
-    case vshufi64x2 = 1115
-    case vshufpd = 1116
-    case vshufps = 1117
-    case vsqrtpd = 1118
-    case vsqrtps = 1119
-    case vsqrtsd = 1120
-    case vsqrtss = 1121
-    case vsubpd = 1122
-    case vsubps = 1123
-    case vsubsd = 1124
-    case vsubss = 1125
-    case vtestpd = 1126
-    case vtestps = 1127
-    case vucomisd = 1128
-    case vucomiss = 1129
-    case vunpckhpd = 1130
-    case vunpckhps = 1131
-    case vunpcklpd = 1132
-    case vunpcklps = 1133
-    case vxorpd = 1134
-    case vxorps = 1135
-    case vzeroall = 1136
-    case vzeroupper = 1137
-    case wbinvd = 1138
-    case wbnoinvd = 1139
-    case wrfsbase = 1140
-    case wrgsbase = 1141
-    case wrmsr = 1142
-    case xabort = 1143
-    case xadd = 1144
-    case xbegin = 1145
-    case xchg = 1146
-    case xend = 1147
-    case xgetbv = 1148
-    case xlat = 1149
-    case xor = 1150
-    case xorpd = 1151
-    case xorps = 1152
-    case xrstor = 1153
-    case xrstors = 1154
-    case xsave = 1155
-    case xsavec = 1156
-    case xsaveopt = 1157
-    case xsaves = 1158
-    case xsetbv = 1159
-    case xtest = 1160
+    case rdpkru = 574
+    case rdpmc = 575
+    case rdpru = 576
+    case rdrand = 577
+    case rdseed = 578
+    case rdtsc = 579
+    case rdtscp = 580
+    case ret = 581
+    case retf = 582
+    case rol = 583
+    case ror = 584
+    case rorx = 585
+    case roundpd = 586
+    case roundps = 587
+    case roundsd = 588
+    case roundss = 589
+    case rsm = 590
+    case rsqrtps = 591
+    case rsqrtss = 592
+    case sahf = 593
+    case sal = 594
+    case salc = 595
+    case sar = 596
+    case sarx = 597
+    case sbb = 598
+    case scas = 599
+    case serialize = 600
+    case seta = 601
+    case setae = 602
+    case setb = 603
+    case setbe = 604
+    case sete = 605
+    case setg = 606
+    case setge = 607
+    case setl = 608
+    case setle = 609
+    case setne = 610
+    case setno = 611
+    case setnp = 612
+    case setns = 613
+    case seto = 614
+    case setp = 615
+    case sets = 616
+    case sfence = 617
+    case sgdt = 618
+    case sha1msg1 = 619
+    case sha1msg2 = 620
+    case sha1nexte = 621
+    case sha1rnds4 = 622
+    case sha256msg1 = 623
+    case sha256msg2 = 624
+    case sha256rnds2 = 625
+    case shl = 626
+    case shld = 627
+    case shlx = 628
+    case shr = 629
+    case shrd = 630
+    case shrx = 631
+    case shufpd = 632
+    case shufps = 633
+    case sidt = 634
+    case skinit = 635
+    case sldt = 636
+    case smsw = 637
+    case sqrtpd = 638
+    case sqrtps = 639
+    case sqrtsd = 640
+    case sqrtss = 641
+    case stac = 642
+    case stc = 643
+    case std = 644
+    case stgi = 645
+    case sti = 646
+    case stmxcsr = 647
+    case stos = 648
+    case str = 649
+    case sub = 650
+    case subpd = 651
+    case subps = 652
+    case subsd = 653
+    case subss = 654
+    case swapgs = 655
+    case syscall = 656
+    case sysenter = 657
+    case sysexit = 658
+    case sysexitq = 659
+    case sysret = 660
+    case sysretq = 661
+    case test = 662
+    case tpause = 663
+    case tzcnt = 664
+    case ucomisd = 665
+    case ucomiss = 666
+    case ud0 = 667
+    case ud1 = 668
+    case ud2 = 669
+    case umonitor = 670
+    case umwait = 671
+    case unpckhpd = 672
+    case unpckhps = 673
+    case unpcklpd = 674
+    case unpcklps = 675
+    case vaddpd = 676
+    case vaddps = 677
+    case vaddsd = 678
+    case vaddss = 679
+    case vaddsubpd = 680
+    case vaddsubps = 681
+    case vaesdec = 682
+    case vaesdeclast = 683
+    case vaesenc = 684
+    case vaesenclast = 685
+    case vaesimc = 686
+    case vaeskeygenassist = 687
+    case valignd = 688
+    case valignq = 689
+    case vandnpd = 690
+    case vandnps = 691
+    case vandpd = 692
+    case vandps = 693
+    case vblendpd = 694
+    case vblendps = 695
+    case vblendvpd = 696
+    case vblendvps = 697
+    case vbroadcastf128 = 698
+    case vbroadcasti128 = 699
+    case vbroadcastsd = 700
+    case vbroadcastss = 701
+    case vcmppd = 702
+    case vcmpps = 703
+    case vcmpsd = 704
+    case vcmpss = 705
+    case vcomisd = 706
+    case vcomiss = 707
+    case vcompresspd = 708
+    case vcompressps = 709
+    case vcvtdq2pd = 710
+    case vcvtdq2ps = 711
+    case vcvtpd2dq = 712
+    case vcvtpd2ps = 713
+    case vcvtph2ps = 714
+    case vcvtps2dq = 715
+    case vcvtps2pd = 716
+    case vcvtps2ph = 717
+    case vcvtsd2si = 718
+    case vcvtsd2ss = 719
+    case vcvtsi2sd = 720
+    case vcvtsi2ss = 721
+    case vcvtss2sd = 722
+    case vcvtss2si = 723
+    case vcvttpd2dq = 724
+    case vcvttps2dq = 725
+    case vcvttsd2si = 726
+    case vcvttss2si = 727
+    case vdivpd = 728
+    case vdivps = 729
+    case vdivsd = 730
+    case vdivss = 731
+    case vdppd = 732
+    case vdpps = 733
+    case verr = 734
+    case verw = 735
+    case vexpandpd = 736
+    case vexpandps = 737
+    case vextractf128 = 738
+    case vextractf32x4 = 739
+    case vextractf32x8 = 740
+    case vextractf64x2 = 741
+    case vextractf64x4 = 742
+    case vextracti128 = 743
+    case vextracti32x4 = 744
+    case vextracti32x8 = 745
+    case vextracti64x2 = 746
+    case vextracti64x4 = 747
+    case vextractps = 748
+    case vfmadd132pd = 749
+    case vfmadd132ps = 750
+    case vfmadd132sd = 751
+    case vfmadd132ss = 752
+    case vfmadd213pd = 753
+    case vfmadd213ps = 754
+    case vfmadd213sd = 755
+    case vfmadd213ss = 756
+    case vfmadd231pd = 757
+    case vfmadd231ps = 758
+    case vfmadd231sd = 759
+    case vfmadd231ss = 760
+    case vfmaddpd = 761
+    case vfmaddps = 762
+    case vfmaddsd = 763
+    case vfmaddss = 764
+    case vfmaddsub132pd = 765
+    case vfmaddsub132ps = 766
+    case vfmaddsub213pd = 767
+    case vfmaddsub213ps = 768
+    case vfmaddsub231pd = 769
+    case vfmaddsub231ps = 770
+    case vfmaddsubpd = 771
+    case vfmaddsubps = 772
+    case vfmsub132pd = 773
+    case vfmsub132ps = 774
+    case vfmsub132sd = 775
+    case vfmsub132ss = 776
+    case vfmsub213pd = 777
+    case vfmsub213ps = 778
+    case vfmsub213sd = 779
+    case vfmsub213ss = 780
+    case vfmsub231pd = 781
+    case vfmsub231ps = 782
+    case vfmsub231sd = 783
+    case vfmsub231ss = 784
+    case vfmsubadd132pd = 785
+    case vfmsubadd132ps = 786
+    case vfmsubadd213pd = 787
+    case vfmsubadd213ps = 788
+    case vfmsubadd231pd = 789
+    case vfmsubadd231ps = 790
+    case vfmsubaddpd = 791
+    case vfmsubaddps = 792
+    case vfmsubpd = 793
+    case vfmsubps = 794
+    case vfmsubsd = 795
+    case vfmsubss = 796
+    case vfnmadd132pd = 797
+    case vfnmadd132ps = 798
+    case vfnmadd132sd = 799
+    case vfnmadd132ss = 800
+    case vfnmadd213pd = 801
+    case vfnmadd213ps = 802
+    case vfnmadd213sd = 803
+    case vfnmadd213ss = 804
+    case vfnmadd231pd = 805
+    case vfnmadd231ps = 806
+    case vfnmadd231sd = 807
+    case vfnmadd231ss = 808
+    case vfnmaddpd = 809
+    case vfnmaddps = 810
+    case vfnmaddsd = 811
+    case vfnmaddss = 812
+    case vfnmsub132pd = 813
+    case vfnmsub132ps = 814
+    case vfnmsub132sd = 815
+    case vfnmsub132ss = 816
+    case vfnmsub213pd = 817
+    case vfnmsub213ps = 818
+    case vfnmsub213sd = 819
+    case vfnmsub213ss = 820
+    case vfnmsub231pd = 821
+    case vfnmsub231ps = 822
+    case vfnmsub231sd = 823
+    case vfnmsub231ss = 824
+    case vfnmsubpd = 825
+    case vfnmsubps = 826
+    case vfnmsubsd = 827
+    case vfnmsubss = 828
+    case vgatherdpd = 829
+    case vgatherdps = 830
+    case vgatherqpd = 831
+    case vgatherqps = 832
+    case vhaddpd = 833
+    case vhaddps = 834
+    case vhsubpd = 835
+    case vhsubps = 836
+    case vinsertf128 = 837
+    case vinsertf32x4 = 838
+    case vinsertf32x8 = 839
+    case vinsertf64x2 = 840
+    case vinsertf64x4 = 841
+    case vinserti128 = 842
+    case vinserti32x4 = 843
+    case vinserti32x8 = 844
+    case vinserti64x2 = 845
+    case vinserti64x4 = 846
+    case vinsertps = 847
+    case vlddqu = 848
+    case vldmxcsr = 849
+    case vmaskmovdqu = 850
+    case vmaskmovpd = 851
+    case vmaskmovps = 852
+    case vmaxpd = 853
+    case vmaxps = 854
+    case vmaxsd = 855
+    case vmaxss = 856
+    case vmcall = 857
+    case vmclear = 858
+    case vmfunc = 859
+    case vminpd = 860
+    case vminps = 861
+    case vminsd = 862
+    case vminss = 863
+    case vmlaunch = 864
+    case vmload = 865
+    case vmmcall = 866
+    case vmovapd = 867
+    case vmovaps = 868
+    case vmovd = 869
+    case vmovddup = 870
+    case vmovdqa = 871
+    case vmovdqa32 = 872
+    case vmovdqa64 = 873
+    case vmovdqu = 874
+    case vmovdqu16 = 875
+    case vmovdqu32 = 876
+    case vmovdqu64 = 877
+    case vmovdqu8 = 878
+    case vmovhlps = 879
+    case vmovhpd = 880
+    case vmovhps = 881
+    case vmovlhps = 882
+    case vmovlpd = 883
+    case vmovlps = 884
+    case vmovmskpd = 885
+    case vmovmskps = 886
+    case vmovntdq = 887
+    case vmovntdqa = 888
+    case vmovntpd = 889
+    case vmovntps = 890
+    case vmovq = 891
+    case vmovsd = 892
+    case vmovshdup = 893
+    case vmovsldup = 894
+    case vmovss = 895
+    case vmovupd = 896
+    case vmovups = 897
+    case vmpsadbw = 898
+    case vmptrld = 899
+    case vmptrst = 900
+    case vmread = 901
+    case vmresume = 902
+    case vmrun = 903
+    case vmsave = 904
+    case vmulpd = 905
+    case vmulps = 906
+    case vmulsd = 907
+    case vmulss = 908
+    case vmwrite = 909
+    case vmxoff = 910
+    case vmxon = 911
+    case vorpd = 912
+    case vorps = 913
+    case vpabsb = 914
+    case vpabsd = 915
+    case vpabsw = 916
+    case vpackssdw = 917
+    case vpacksswb = 918
+    case vpackusdw = 919
+    case vpackuswb = 920
+    case vpaddb = 921
+    case vpaddd = 922
+    case vpaddq = 923
+    case vpaddsb = 924
+    case vpaddsw = 925
+    case vpaddusb = 926
+    case vpaddusw = 927
+    case vpaddw = 928
+    case vpalignr = 929
+    case vpand = 930
+    case vpandd = 931
+    case vpandn = 932
+    case vpandnd = 933
+    case vpandnq = 934
+    case vpandq = 935
+    case vpavgb = 936
+    case vpavgw = 937
+    case vpblendd = 938
+    case vpblendmb = 939
+    case vpblendmd = 940
+    case vpblendmq = 941
+    case vpblendmw = 942
+    case vpblendvb = 943
+    case vpblendw = 944
+    case vpbroadcastb = 945
+    case vpbroadcastd = 946
+    case vpbroadcastmb2q = 947
+    case vpbroadcastmw2d = 948
+    case vpbroadcastq = 949
+    case vpbroadcastw = 950
+    case vpclmulqdq = 951
+    case vpcmpb = 952
+    case vpcmpd = 953
+    case vpcmpeqb = 954
+    case vpcmpeqd = 955
+    case vpcmpeqq = 956
+    case vpcmpeqw = 957
+    case vpcmpestri = 958
+    case vpcmpestrm = 959
+    case vpcmpgtb = 960
+    case vpcmpgtd = 961
+    case vpcmpgtq = 962
+    case vpcmpgtw = 963
+    case vpcmpistri = 964
+    case vpcmpistrm = 965
+    case vpcmpq = 966
+    case vpcmpub = 967
+    case vpcmpud = 968
+    case vpcmpuq = 969
+    case vpcmpuw = 970
+    case vpcmpw = 971
+    case vpcompressd = 972
+    case vpcompressq = 973
+    case vperm2f128 = 974
+    case vperm2i128 = 975
+    case vpermb = 976
+    case vpermd = 977
+    case vpermi2d = 978
+    case vpermi2q = 979
+    case vpermilpd = 980
+    case vpermilps = 981
+    case vpermpd = 982
+    case vpermps = 983
+    case vpermq = 984
+    case vpermt2b = 985
+    case vpermt2d = 986
+    case vpermt2q = 987
+    case vpermt2w = 988
+    case vpermw = 989
+    case vpexpandd = 990
+    case vpexpandq = 991
+    case vpextrb = 992
+    case vpextrd = 993
+    case vpextrq = 994
+    case vpextrw = 995
+    case vpgatherdd = 996
+    case vpgatherdq = 997
+    case vpgatherqd = 998
+    case vpgatherqq = 999
+    case vphaddd = 1000
+    case vphaddsw = 1001
+    case vphaddw = 1002
+    case vphminposuw = 1003
+    case vphsubd = 1004
+    case vphsubsw = 1005
+    case vphsubw = 1006
+    case vpinsrb = 1007
+    case vpinsrd = 1008
+    case vpinsrq = 1009
+    case vpinsrw = 1010
+    case vpmaddubsw = 1011
+    case vpmaddwd = 1012
+    case vpmaskmovd = 1013
+    case vpmaskmovq = 1014
+    case vpmaxsb = 1015
+    case vpmaxsd = 1016
+    case vpmaxsq = 1017
+    case vpmaxsw = 1018
+    case vpmaxub = 1019
+    case vpmaxud = 1020
+    case vpmaxuq = 1021
+    case vpmaxuw = 1022
+    case vpminsb = 1023
+    case vpminsd = 1024
+    case vpminsq = 1025
+    case vpminsw = 1026
+    case vpminub = 1027
+    case vpminud = 1028
+    case vpminuq = 1029
+    case vpminuw = 1030
+    case vpmovb2m = 1031
+    case vpmovd2m = 1032
+    case vpmovdb = 1033
+    case vpmovdw = 1034
+    case vpmovm2b = 1035
+    case vpmovm2d = 1036
+    case vpmovm2q = 1037
+    case vpmovm2w = 1038
+    case vpmovmskb = 1039
+    case vpmovq2m = 1040
+    case vpmovqb = 1041
+    case vpmovqd = 1042
+    case vpmovqw = 1043
+    case vpmovsxbd = 1044
+    case vpmovsxbq = 1045
+    case vpmovsxbw = 1046
+    case vpmovsxdq = 1047
+    case vpmovsxwd = 1048
+    case vpmovsxwq = 1049
+    case vpmovw2m = 1050
+    case vpmovwb = 1051
+    case vpmovzxbd = 1052
+    case vpmovzxbq = 1053
+    case vpmovzxbw = 1054
+    case vpmovzxdq = 1055
+    case vpmovzxwd = 1056
+    case vpmovzxwq = 1057
+    case vpmuldq = 1058
+    case vpmulhrsw = 1059
+    case vpmulhuw = 1060
+    case vpmulhw = 1061
+    case vpmulld = 1062
+    case vpmullq = 1063
+    case vpmullw = 1064
+    case vpmuludq = 1065
+    case vpor = 1066
+    case vpord = 1067
+    case vporq = 1068
+    case vprold = 1069
+    case vprolq = 1070
+    case vprord = 1071
+    case vprorq = 1072
+    case vpsadbw = 1073
+    case vpshufb = 1074
+    case vpshufd = 1075
+    case vpshufhw = 1076
+    case vpshuflw = 1077
+    case vpsignb = 1078
+    case vpsignd = 1079
+    case vpsignw = 1080
+    case vpslld = 1081
+    case vpslldq = 1082
+    case vpsllq = 1083
+    case vpsllvd = 1084
+    case vpsllvq = 1085
+    case vpsllw = 1086
+    case vpsrad = 1087
+    case vpsraq = 1088
+    case vpsravd = 1089
+    case vpsraw = 1090
+    case vpsrld = 1091
+    case vpsrldq = 1092
+    case vpsrlq = 1093
+    case vpsrlvd = 1094
+    case vpsrlvq = 1095
+    case vpsrlw = 1096
+    case vpsubb = 1097
+    case vpsubd = 1098
+    case vpsubq = 1099
+    case vpsubsb = 1100
+    case vpsubsw = 1101
+    case vpsubusb = 1102
+    case vpsubusw = 1103
+    case vpsubw = 1104
+    case vpternlogd = 1105
+    case vpternlogq = 1106
+    case vptest = 1107
+    case vptestmb = 1108
+    case vptestmd = 1109
+    case vptestmq = 1110
+    case vptestmw = 1111
+    case vptestnmb = 1112
+    case vptestnmd = 1113
+    case vptestnmq = 1114
+    case vptestnmw = 1115
+    case vpunpckhbw = 1116
+    case vpunpckhdq = 1117
+    case vpunpckhqdq = 1118
+    case vpunpckhwd = 1119
+    case vpunpcklbw = 1120
+    case vpunpckldq = 1121
+    case vpunpcklqdq = 1122
+    case vpunpcklwd = 1123
+    case vpxor = 1124
+    case vpxord = 1125
+    case vpxorq = 1126
+    case vrcpps = 1127
+    case vrcpss = 1128
+    case vroundpd = 1129
+    case vroundps = 1130
+    case vroundsd = 1131
+    case vroundss = 1132
+    case vrsqrtps = 1133
+    case vrsqrtss = 1134
+    case vshuff32x4 = 1135
+    case vshuff64x2 = 1136
+    case vshufi32x4 = 1137
+    case vshufi64x2 = 1138
+    case vshufpd = 1139
+    case vshufps = 1140
+    case vsqrtpd = 1141
+    case vsqrtps = 1142
+    case vsqrtsd = 1143
+    case vsqrtss = 1144
+    case vstmxcsr = 1145
+    case vsubpd = 1146
+    case vsubps = 1147
+    case vsubsd = 1148
+    case vsubss = 1149
+    case vtestpd = 1150
+    case vtestps = 1151
+    case vucomisd = 1152
+    case vucomiss = 1153
+    case vunpckhpd = 1154
+    case vunpckhps = 1155
+    case vunpcklpd = 1156
+    case vunpcklps = 1157
+    case vxorpd = 1158
+    case vxorps = 1159
+    case vzeroall = 1160
+    case vzeroupper = 1161
+    case wbinvd = 1162
+    case wbnoinvd = 1163
+    case wrfsbase = 1164
+    case wrgsbase = 1165
+    case wrmsr = 1166
+    case wrpkru = 1167
+    case xabort = 1168
+    case xadd = 1169
+    case xbegin = 1170
+    case xchg = 1171
+    case xend = 1172
+    case xgetbv = 1173
+    case xlat = 1174
+    case xor = 1175
+    case xorpd = 1176
+    case xorps = 1177
+    case xrstor = 1178
+    case xrstors = 1179
+    case xsave = 1180
+    case xsavec = 1181
+    case xsaveopt = 1182
+    case xsaves = 1183
+    case xsetbv = 1184
+    case xtest = 1185
 
     /// The mnemonic as written in assembly.
     public var name: String { mnemonicNames[Int(rawValue)] }
@@ -1241,81 +1266,84 @@ let mnemonicNames: [String] = [
     "psubsb", "psubsw", "psubusb", "psubusw", "psubw", "ptest", "ptwrite", "punpckhbw",
     "punpckhdq", "punpckhqdq", "punpckhwd", "punpcklbw", "punpckldq", "punpcklqdq", "punpcklwd", "push",
     "pusha", "pushad", "pushf", "pushfd", "pushfq", "pxor", "rcl", "rcpps",
-    "rcpss", "rcr", "rdfsbase", "rdgsbase", "rdmsr", "rdpid", "rdpmc", "rdpru",
-    "rdrand", "rdseed", "rdtsc", "rdtscp", "ret", "retf", "rol", "ror",
-    "rorx", "roundpd", "roundps", "roundsd", "roundss", "rsm", "rsqrtps", "rsqrtss",
-    "sahf", "sal", "salc", "sar", "sarx", "sbb", "scas", "seta",
-    "setae", "setb", "setbe", "sete", "setg", "setge", "setl", "setle",
-    "setne", "setno", "setnp", "setns", "seto", "setp", "sets", "sfence",
-    "sgdt", "sha1msg1", "sha1msg2", "sha1nexte", "sha1rnds4", "sha256msg1", "sha256msg2", "sha256rnds2",
-    "shl", "shld", "shlx", "shr", "shrd", "shrx", "shufpd", "shufps",
-    "sidt", "skinit", "sldt", "smsw", "sqrtpd", "sqrtps", "sqrtsd", "sqrtss",
-    "stac", "stc", "std", "stgi", "sti", "stmxcsr", "stos", "str",
-    "sub", "subpd", "subps", "subsd", "subss", "swapgs", "syscall", "sysenter",
-    "sysexit", "sysexitq", "sysret", "sysretq", "test", "tpause", "tzcnt", "ucomisd",
-    "ucomiss", "ud0", "ud1", "ud2", "umonitor", "umwait", "unpckhpd", "unpckhps",
-    "unpcklpd", "unpcklps", "vaddpd", "vaddps", "vaddsd", "vaddss", "vaddsubpd", "vaddsubps",
-    "vaesdec", "vaesdeclast", "vaesenc", "vaesenclast", "vaesimc", "vaeskeygenassist", "valignd", "valignq",
-    "vandnpd", "vandnps", "vandpd", "vandps", "vblendpd", "vblendps", "vblendvpd", "vblendvps",
-    "vbroadcastf128", "vbroadcasti128", "vbroadcastsd", "vbroadcastss", "vcmppd", "vcmpps", "vcmpsd", "vcmpss",
-    "vcomisd", "vcomiss", "vcompresspd", "vcompressps", "vcvtdq2pd", "vcvtdq2ps", "vcvtpd2dq", "vcvtpd2ps",
-    "vcvtph2ps", "vcvtps2dq", "vcvtps2pd", "vcvtps2ph", "vcvtsd2si", "vcvtsd2ss", "vcvtsi2sd", "vcvtsi2ss",
-    "vcvtss2sd", "vcvtss2si", "vcvttpd2dq", "vcvttps2dq", "vcvttsd2si", "vcvttss2si", "vdivpd", "vdivps",
-    "vdivsd", "vdivss", "vdppd", "vdpps", "verr", "verw", "vexpandpd", "vexpandps",
-    "vextractf128", "vextractf32x4", "vextractf32x8", "vextractf64x2", "vextractf64x4", "vextracti128", "vextracti32x4", "vextracti32x8",
-    "vextracti64x2", "vextracti64x4", "vextractps", "vfmadd132pd", "vfmadd132ps", "vfmadd132sd", "vfmadd132ss", "vfmadd213pd",
-    "vfmadd213ps", "vfmadd213sd", "vfmadd213ss", "vfmadd231pd", "vfmadd231ps", "vfmadd231sd", "vfmadd231ss", "vfmaddsub132pd",
-    "vfmaddsub132ps", "vfmaddsub213pd", "vfmaddsub213ps", "vfmaddsub231pd", "vfmaddsub231ps", "vfmsub132pd", "vfmsub132ps", "vfmsub132sd",
+    "rcpss", "rcr", "rdfsbase", "rdgsbase", "rdmsr", "rdpid", "rdpkru", "rdpmc",
+    "rdpru", "rdrand", "rdseed", "rdtsc", "rdtscp", "ret", "retf", "rol",
+    "ror", "rorx", "roundpd", "roundps", "roundsd", "roundss", "rsm", "rsqrtps",
+    "rsqrtss", "sahf", "sal", "salc", "sar", "sarx", "sbb", "scas",
+    "serialize", "seta", "setae", "setb", "setbe", "sete", "setg", "setge",
+    "setl", "setle", "setne", "setno", "setnp", "setns", "seto", "setp",
+    "sets", "sfence", "sgdt", "sha1msg1", "sha1msg2", "sha1nexte", "sha1rnds4", "sha256msg1",
+    "sha256msg2", "sha256rnds2", "shl", "shld", "shlx", "shr", "shrd", "shrx",
+    "shufpd", "shufps", "sidt", "skinit", "sldt", "smsw", "sqrtpd", "sqrtps",
+    "sqrtsd", "sqrtss", "stac", "stc", "std", "stgi", "sti", "stmxcsr",
+    "stos", "str", "sub", "subpd", "subps", "subsd", "subss", "swapgs",
+    "syscall", "sysenter", "sysexit", "sysexitq", "sysret", "sysretq", "test", "tpause",
+    "tzcnt", "ucomisd", "ucomiss", "ud0", "ud1", "ud2", "umonitor", "umwait",
+    "unpckhpd", "unpckhps", "unpcklpd", "unpcklps", "vaddpd", "vaddps", "vaddsd", "vaddss",
+    "vaddsubpd", "vaddsubps", "vaesdec", "vaesdeclast", "vaesenc", "vaesenclast", "vaesimc", "vaeskeygenassist",
+    "valignd", "valignq", "vandnpd", "vandnps", "vandpd", "vandps", "vblendpd", "vblendps",
+    "vblendvpd", "vblendvps", "vbroadcastf128", "vbroadcasti128", "vbroadcastsd", "vbroadcastss", "vcmppd", "vcmpps",
+    "vcmpsd", "vcmpss", "vcomisd", "vcomiss", "vcompresspd", "vcompressps", "vcvtdq2pd", "vcvtdq2ps",
+    "vcvtpd2dq", "vcvtpd2ps", "vcvtph2ps", "vcvtps2dq", "vcvtps2pd", "vcvtps2ph", "vcvtsd2si", "vcvtsd2ss",
+    "vcvtsi2sd", "vcvtsi2ss", "vcvtss2sd", "vcvtss2si", "vcvttpd2dq", "vcvttps2dq", "vcvttsd2si", "vcvttss2si",
+    "vdivpd", "vdivps", "vdivsd", "vdivss", "vdppd", "vdpps", "verr", "verw",
+    "vexpandpd", "vexpandps", "vextractf128", "vextractf32x4", "vextractf32x8", "vextractf64x2", "vextractf64x4", "vextracti128",
+    "vextracti32x4", "vextracti32x8", "vextracti64x2", "vextracti64x4", "vextractps", "vfmadd132pd", "vfmadd132ps", "vfmadd132sd",
+    "vfmadd132ss", "vfmadd213pd", "vfmadd213ps", "vfmadd213sd", "vfmadd213ss", "vfmadd231pd", "vfmadd231ps", "vfmadd231sd",
+    "vfmadd231ss", "vfmaddpd", "vfmaddps", "vfmaddsd", "vfmaddss", "vfmaddsub132pd", "vfmaddsub132ps", "vfmaddsub213pd",
+    "vfmaddsub213ps", "vfmaddsub231pd", "vfmaddsub231ps", "vfmaddsubpd", "vfmaddsubps", "vfmsub132pd", "vfmsub132ps", "vfmsub132sd",
     "vfmsub132ss", "vfmsub213pd", "vfmsub213ps", "vfmsub213sd", "vfmsub213ss", "vfmsub231pd", "vfmsub231ps", "vfmsub231sd",
-    "vfmsub231ss", "vfmsubadd132pd", "vfmsubadd132ps", "vfmsubadd213pd", "vfmsubadd213ps", "vfmsubadd231pd", "vfmsubadd231ps", "vfnmadd132pd",
-    "vfnmadd132ps", "vfnmadd132sd", "vfnmadd132ss", "vfnmadd213pd", "vfnmadd213ps", "vfnmadd213sd", "vfnmadd213ss", "vfnmadd231pd",
-    "vfnmadd231ps", "vfnmadd231sd", "vfnmadd231ss", "vfnmsub132pd", "vfnmsub132ps", "vfnmsub132sd", "vfnmsub132ss", "vfnmsub213pd",
-    "vfnmsub213ps", "vfnmsub213sd", "vfnmsub213ss", "vfnmsub231pd", "vfnmsub231ps", "vfnmsub231sd", "vfnmsub231ss", "vgatherdpd",
-    "vgatherdps", "vgatherqpd", "vgatherqps", "vhaddpd", "vhaddps", "vhsubpd", "vhsubps", "vinsertf128",
-    "vinsertf32x4", "vinsertf32x8", "vinsertf64x2", "vinsertf64x4", "vinserti128", "vinserti32x4", "vinserti32x8", "vinserti64x2",
-    "vinserti64x4", "vinsertps", "vlddqu", "vmaskmovdqu", "vmaskmovpd", "vmaskmovps", "vmaxpd", "vmaxps",
-    "vmaxsd", "vmaxss", "vmcall", "vmclear", "vmfunc", "vminpd", "vminps", "vminsd",
-    "vminss", "vmlaunch", "vmload", "vmmcall", "vmovapd", "vmovaps", "vmovd", "vmovddup",
-    "vmovdqa", "vmovdqa32", "vmovdqa64", "vmovdqu", "vmovdqu16", "vmovdqu32", "vmovdqu64", "vmovdqu8",
-    "vmovhlps", "vmovhpd", "vmovhps", "vmovlhps", "vmovlpd", "vmovlps", "vmovmskpd", "vmovmskps",
-    "vmovntdq", "vmovntdqa", "vmovntpd", "vmovntps", "vmovq", "vmovsd", "vmovshdup", "vmovsldup",
-    "vmovss", "vmovupd", "vmovups", "vmpsadbw", "vmptrld", "vmptrst", "vmread", "vmresume",
-    "vmrun", "vmsave", "vmulpd", "vmulps", "vmulsd", "vmulss", "vmwrite", "vmxoff",
-    "vmxon", "vorpd", "vorps", "vpabsb", "vpabsd", "vpabsw", "vpackssdw", "vpacksswb",
-    "vpackusdw", "vpackuswb", "vpaddb", "vpaddd", "vpaddq", "vpaddsb", "vpaddsw", "vpaddusb",
-    "vpaddusw", "vpaddw", "vpalignr", "vpand", "vpandd", "vpandn", "vpandnd", "vpandnq",
-    "vpandq", "vpavgb", "vpavgw", "vpblendd", "vpblendmb", "vpblendmd", "vpblendmq", "vpblendmw",
-    "vpblendvb", "vpblendw", "vpbroadcastb", "vpbroadcastd", "vpbroadcastmb2q", "vpbroadcastmw2d", "vpbroadcastq", "vpbroadcastw",
-    "vpclmulqdq", "vpcmpb", "vpcmpd", "vpcmpeqb", "vpcmpeqd", "vpcmpeqq", "vpcmpeqw", "vpcmpestri",
-    "vpcmpestrm", "vpcmpgtb", "vpcmpgtd", "vpcmpgtq", "vpcmpgtw", "vpcmpistri", "vpcmpistrm", "vpcmpq",
-    "vpcmpub", "vpcmpud", "vpcmpuq", "vpcmpuw", "vpcmpw", "vpcompressd", "vpcompressq", "vperm2f128",
-    "vperm2i128", "vpermb", "vpermd", "vpermi2d", "vpermi2q", "vpermilpd", "vpermilps", "vpermpd",
-    "vpermps", "vpermq", "vpermt2b", "vpermt2d", "vpermt2q", "vpermt2w", "vpermw", "vpexpandd",
-    "vpexpandq", "vpextrb", "vpextrd", "vpextrq", "vpextrw", "vpgatherdd", "vpgatherdq", "vpgatherqd",
-    "vpgatherqq", "vphaddd", "vphaddsw", "vphaddw", "vphminposuw", "vphsubd", "vphsubsw", "vphsubw",
-    "vpinsrb", "vpinsrd", "vpinsrq", "vpinsrw", "vpmaddubsw", "vpmaddwd", "vpmaskmovd", "vpmaskmovq",
-    "vpmaxsb", "vpmaxsd", "vpmaxsq", "vpmaxsw", "vpmaxub", "vpmaxud", "vpmaxuq", "vpmaxuw",
-    "vpminsb", "vpminsd", "vpminsq", "vpminsw", "vpminub", "vpminud", "vpminuq", "vpminuw",
-    "vpmovb2m", "vpmovd2m", "vpmovdb", "vpmovdw", "vpmovm2b", "vpmovm2d", "vpmovm2q", "vpmovm2w",
-    "vpmovmskb", "vpmovq2m", "vpmovqb", "vpmovqd", "vpmovqw", "vpmovsxbd", "vpmovsxbq", "vpmovsxbw",
-    "vpmovsxdq", "vpmovsxwd", "vpmovsxwq", "vpmovw2m", "vpmovwb", "vpmovzxbd", "vpmovzxbq", "vpmovzxbw",
-    "vpmovzxdq", "vpmovzxwd", "vpmovzxwq", "vpmuldq", "vpmulhrsw", "vpmulhuw", "vpmulhw", "vpmulld",
-    "vpmullq", "vpmullw", "vpmuludq", "vpor", "vpord", "vporq", "vprold", "vprolq",
-    "vprord", "vprorq", "vpsadbw", "vpshufb", "vpshufd", "vpshufhw", "vpshuflw", "vpsignb",
-    "vpsignd", "vpsignw", "vpslld", "vpslldq", "vpsllq", "vpsllvd", "vpsllvq", "vpsllw",
-    "vpsrad", "vpsraq", "vpsravd", "vpsraw", "vpsrld", "vpsrldq", "vpsrlq", "vpsrlvd",
-    "vpsrlvq", "vpsrlw", "vpsubb", "vpsubd", "vpsubq", "vpsubsb", "vpsubsw", "vpsubusb",
-    "vpsubusw", "vpsubw", "vpternlogd", "vpternlogq", "vptest", "vptestmb", "vptestmd", "vptestmq",
-    "vptestmw", "vptestnmb", "vptestnmd", "vptestnmq", "vptestnmw", "vpunpckhbw", "vpunpckhdq", "vpunpckhqdq",
-    "vpunpckhwd", "vpunpcklbw", "vpunpckldq", "vpunpcklqdq", "vpunpcklwd", "vpxor", "vpxord", "vpxorq",
-    "vrcpps", "vrcpss", "vroundpd", "vroundps", "vroundsd", "vroundss", "vrsqrtps", "vrsqrtss",
-    "vshuff32x4", "vshuff64x2", "vshufi32x4", "vshufi64x2", "vshufpd", "vshufps", "vsqrtpd", "vsqrtps",
-    "vsqrtsd", "vsqrtss", "vsubpd", "vsubps", "vsubsd", "vsubss", "vtestpd", "vtestps",
+    "vfmsub231ss", "vfmsubadd132pd", "vfmsubadd132ps", "vfmsubadd213pd", "vfmsubadd213ps", "vfmsubadd231pd", "vfmsubadd231ps", "vfmsubaddpd",
+    "vfmsubaddps", "vfmsubpd", "vfmsubps", "vfmsubsd", "vfmsubss", "vfnmadd132pd", "vfnmadd132ps", "vfnmadd132sd",
+    "vfnmadd132ss", "vfnmadd213pd", "vfnmadd213ps", "vfnmadd213sd", "vfnmadd213ss", "vfnmadd231pd", "vfnmadd231ps", "vfnmadd231sd",
+    "vfnmadd231ss", "vfnmaddpd", "vfnmaddps", "vfnmaddsd", "vfnmaddss", "vfnmsub132pd", "vfnmsub132ps", "vfnmsub132sd",
+    "vfnmsub132ss", "vfnmsub213pd", "vfnmsub213ps", "vfnmsub213sd", "vfnmsub213ss", "vfnmsub231pd", "vfnmsub231ps", "vfnmsub231sd",
+    "vfnmsub231ss", "vfnmsubpd", "vfnmsubps", "vfnmsubsd", "vfnmsubss", "vgatherdpd", "vgatherdps", "vgatherqpd",
+    "vgatherqps", "vhaddpd", "vhaddps", "vhsubpd", "vhsubps", "vinsertf128", "vinsertf32x4", "vinsertf32x8",
+    "vinsertf64x2", "vinsertf64x4", "vinserti128", "vinserti32x4", "vinserti32x8", "vinserti64x2", "vinserti64x4", "vinsertps",
+    "vlddqu", "vldmxcsr", "vmaskmovdqu", "vmaskmovpd", "vmaskmovps", "vmaxpd", "vmaxps", "vmaxsd",
+    "vmaxss", "vmcall", "vmclear", "vmfunc", "vminpd", "vminps", "vminsd", "vminss",
+    "vmlaunch", "vmload", "vmmcall", "vmovapd", "vmovaps", "vmovd", "vmovddup", "vmovdqa",
+    "vmovdqa32", "vmovdqa64", "vmovdqu", "vmovdqu16", "vmovdqu32", "vmovdqu64", "vmovdqu8", "vmovhlps",
+    "vmovhpd", "vmovhps", "vmovlhps", "vmovlpd", "vmovlps", "vmovmskpd", "vmovmskps", "vmovntdq",
+    "vmovntdqa", "vmovntpd", "vmovntps", "vmovq", "vmovsd", "vmovshdup", "vmovsldup", "vmovss",
+    "vmovupd", "vmovups", "vmpsadbw", "vmptrld", "vmptrst", "vmread", "vmresume", "vmrun",
+    "vmsave", "vmulpd", "vmulps", "vmulsd", "vmulss", "vmwrite", "vmxoff", "vmxon",
+    "vorpd", "vorps", "vpabsb", "vpabsd", "vpabsw", "vpackssdw", "vpacksswb", "vpackusdw",
+    "vpackuswb", "vpaddb", "vpaddd", "vpaddq", "vpaddsb", "vpaddsw", "vpaddusb", "vpaddusw",
+    "vpaddw", "vpalignr", "vpand", "vpandd", "vpandn", "vpandnd", "vpandnq", "vpandq",
+    "vpavgb", "vpavgw", "vpblendd", "vpblendmb", "vpblendmd", "vpblendmq", "vpblendmw", "vpblendvb",
+    "vpblendw", "vpbroadcastb", "vpbroadcastd", "vpbroadcastmb2q", "vpbroadcastmw2d", "vpbroadcastq", "vpbroadcastw", "vpclmulqdq",
+    "vpcmpb", "vpcmpd", "vpcmpeqb", "vpcmpeqd", "vpcmpeqq", "vpcmpeqw", "vpcmpestri", "vpcmpestrm",
+    "vpcmpgtb", "vpcmpgtd", "vpcmpgtq", "vpcmpgtw", "vpcmpistri", "vpcmpistrm", "vpcmpq", "vpcmpub",
+    "vpcmpud", "vpcmpuq", "vpcmpuw", "vpcmpw", "vpcompressd", "vpcompressq", "vperm2f128", "vperm2i128",
+    "vpermb", "vpermd", "vpermi2d", "vpermi2q", "vpermilpd", "vpermilps", "vpermpd", "vpermps",
+    "vpermq", "vpermt2b", "vpermt2d", "vpermt2q", "vpermt2w", "vpermw", "vpexpandd", "vpexpandq",
+    "vpextrb", "vpextrd", "vpextrq", "vpextrw", "vpgatherdd", "vpgatherdq", "vpgatherqd", "vpgatherqq",
+    "vphaddd", "vphaddsw", "vphaddw", "vphminposuw", "vphsubd", "vphsubsw", "vphsubw", "vpinsrb",
+    "vpinsrd", "vpinsrq", "vpinsrw", "vpmaddubsw", "vpmaddwd", "vpmaskmovd", "vpmaskmovq", "vpmaxsb",
+    "vpmaxsd", "vpmaxsq", "vpmaxsw", "vpmaxub", "vpmaxud", "vpmaxuq", "vpmaxuw", "vpminsb",
+    "vpminsd", "vpminsq", "vpminsw", "vpminub", "vpminud", "vpminuq", "vpminuw", "vpmovb2m",
+    "vpmovd2m", "vpmovdb", "vpmovdw", "vpmovm2b", "vpmovm2d", "vpmovm2q", "vpmovm2w", "vpmovmskb",
+    "vpmovq2m", "vpmovqb", "vpmovqd", "vpmovqw", "vpmovsxbd", "vpmovsxbq", "vpmovsxbw", "vpmovsxdq",
+    "vpmovsxwd", "vpmovsxwq", "vpmovw2m", "vpmovwb", "vpmovzxbd", "vpmovzxbq", "vpmovzxbw", "vpmovzxdq",
+    "vpmovzxwd", "vpmovzxwq", "vpmuldq", "vpmulhrsw", "vpmulhuw", "vpmulhw", "vpmulld", "vpmullq",
+    "vpmullw", "vpmuludq", "vpor", "vpord", "vporq", "vprold", "vprolq", "vprord",
+    "vprorq", "vpsadbw", "vpshufb", "vpshufd", "vpshufhw", "vpshuflw", "vpsignb", "vpsignd",
+    "vpsignw", "vpslld", "vpslldq", "vpsllq", "vpsllvd", "vpsllvq", "vpsllw", "vpsrad",
+    "vpsraq", "vpsravd", "vpsraw", "vpsrld", "vpsrldq", "vpsrlq", "vpsrlvd", "vpsrlvq",
+    "vpsrlw", "vpsubb", "vpsubd", "vpsubq", "vpsubsb", "vpsubsw", "vpsubusb", "vpsubusw",
+    "vpsubw", "vpternlogd", "vpternlogq", "vptest", "vptestmb", "vptestmd", "vptestmq", "vptestmw",
+    "vptestnmb", "vptestnmd", "vptestnmq", "vptestnmw", "vpunpckhbw", "vpunpckhdq", "vpunpckhqdq", "vpunpckhwd",
+    "vpunpcklbw", "vpunpckldq", "vpunpcklqdq", "vpunpcklwd", "vpxor", "vpxord", "vpxorq", "vrcpps",
+    "vrcpss", "vroundpd", "vroundps", "vroundsd", "vroundss", "vrsqrtps", "vrsqrtss", "vshuff32x4",
+    "vshuff64x2", "vshufi32x4", "vshufi64x2", "vshufpd", "vshufps", "vsqrtpd", "vsqrtps", "vsqrtsd",
+    "vsqrtss", "vstmxcsr", "vsubpd", "vsubps", "vsubsd", "vsubss", "vtestpd", "vtestps",
     "vucomisd", "vucomiss", "vunpckhpd", "vunpckhps", "vunpcklpd", "vunpcklps", "vxorpd", "vxorps",
-    "vzeroall", "vzeroupper", "wbinvd", "wbnoinvd", "wrfsbase", "wrgsbase", "wrmsr", "xabort",
-    "xadd", "xbegin", "xchg", "xend", "xgetbv", "xlat", "xor", "xorpd",
-    "xorps", "xrstor", "xrstors", "xsave", "xsavec", "xsaveopt", "xsaves", "xsetbv",
-    "xtest",
+    "vzeroall", "vzeroupper", "wbinvd", "wbnoinvd", "wrfsbase", "wrgsbase", "wrmsr", "wrpkru",
+    "xabort", "xadd", "xbegin", "xchg", "xend", "xgetbv", "xlat", "xor",
+    "xorpd", "xorps", "xrstor", "xrstors", "xsave", "xsavec", "xsaveopt", "xsaves",
+    "xsetbv", "xtest",
 ]
 
 /// Operand kinds of the opcode table (AMD APM / Intel SDM appendix A letters).
@@ -1441,31 +1469,29 @@ let tableRoot: [UInt16] = [
     381, 382, 383, 384, 385, 386, 387, 388, 389, 390, 391, 392, 393, 394, 395, 396, 397, 398, 399, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412,
     429, 446, 447, 448, 455, 462, 495, 528, 529, 530, 531, 532, 533, 534, 538, 545, 562, 579, 596, 613, 617, 621, 625, 626, 663, 767, 810, 857, 894, 928, 974, 1019,
     1020, 1021, 1022, 1029, 1030, 1031, 1032, 1033, 1034, 1035, 1039, 1040, 1041, 1042, 1043, 1044, 0, 1045, 0, 0, 1046, 1047, 1064, 1081, 1082, 1083, 1084, 1085, 1086, 1087, 1098, 1131,
-    1164, 1376, 1377, 1378, 0, 1379, 1380, 1387, 1388, 1397, 0, 1398, 0, 1418, 1419, 0, 1428, 1437, 1453, 1466, 1473, 1480, 1495, 1508, 1545, 1546, 1547, 1548, 1549, 1550, 1595, 1596,
-    1597, 1598, 1599, 1600, 0, 0, 0, 0, 1607, 1614, 1623, 1630, 1639, 1648, 1655, 1662, 1663, 1664, 1665, 1666, 1667, 1674, 0, 1675, 0, 0, 0, 0, 0, 0, 0, 0,
-    1676, 1677, 1678, 1679, 1680, 1681, 1682, 1683, 1684, 1685, 1686, 1687, 1688, 1689, 1690, 1691, 1704, 1713, 1720, 1727, 1734, 1741, 1748, 1755, 1764, 1773, 1782, 1790, 1799, 1808, 1817, 1826,
-    1833, 1840, 1847, 1854, 1861, 1868, 1875, 1882, 1889, 1896, 1903, 1910, 1916, 1922, 1937, 1945, 1954, 1989, 2024, 2059, 2066, 2073, 2080, 2089, 2113, 2128, 0, 0, 2135, 2142, 2158, 2166,
-    2167, 2168, 2169, 2170, 2171, 2172, 2173, 2174, 2175, 2176, 2177, 2178, 2179, 2180, 2181, 2182, 2183, 2184, 2185, 2186, 2187, 2188, 2189, 2190, 2191, 2192, 2193, 2194, 2195, 2196, 2197, 2198,
-    2199, 2200, 2201, 2202, 2203, 2204, 0, 0, 2205, 2206, 2207, 2208, 2209, 2210, 2317, 2318, 2319, 2320, 2324, 2325, 2329, 2333, 2334, 2335, 2341, 2342, 2355, 2356, 2365, 2374, 2375, 2376,
-    2377, 2378, 2387, 2408, 2415, 2428, 2435, 2566, 2567, 2568, 2569, 2570, 2571, 2572, 2573, 2574, 2581, 2588, 2595, 2602, 2609, 2616, 2630, 2643, 2650, 2657, 2664, 2671, 2678, 2685, 2692, 2699,
-    2706, 2713, 2720, 2727, 2734, 2741, 2749, 2762, 2769, 2776, 2783, 2790, 2797, 2804, 2811, 2818, 2827, 2834, 2841, 2848, 2855, 2862, 2869, 2882, 2889, 2896, 2903, 2910, 2917, 2924, 2931, 2932,
-    2939, 2946, 2953, 2960, 2967, 2974, 2981, 2988, 2995, 3002, 3009, 3016, 0, 0, 0, 0, 3022, 0, 0, 0, 3028, 3034, 0, 3040, 0, 0, 0, 0, 3047, 3054, 3061, 0,
-    3067, 3073, 3079, 3085, 3091, 3097, 0, 0, 3103, 3109, 3115, 3121, 0, 0, 0, 0, 3127, 3133, 3139, 3145, 3151, 3157, 0, 3163, 3169, 3175, 3181, 3187, 3193, 3199, 3205, 3211,
-    3217, 3223, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1164, 2109, 2110, 2111, 0, 2112, 2113, 2120, 2121, 2130, 0, 2131, 0, 2151, 2152, 0, 2161, 2170, 2186, 2199, 2206, 2213, 2228, 2241, 2278, 2279, 2280, 2281, 2282, 2283, 2328, 2329,
+    2330, 2331, 2332, 2333, 0, 0, 0, 0, 2340, 2347, 2356, 2363, 2372, 2381, 2388, 2395, 2396, 2397, 2398, 2399, 2400, 2407, 0, 2408, 0, 0, 0, 0, 0, 0, 0, 0,
+    2409, 2410, 2411, 2412, 2413, 2414, 2415, 2416, 2417, 2418, 2419, 2420, 2421, 2422, 2423, 2424, 2437, 2446, 2453, 2460, 2467, 2474, 2481, 2488, 2497, 2506, 2515, 2523, 2532, 2541, 2550, 2559,
+    2566, 2573, 2580, 2587, 2594, 2601, 2608, 2615, 2622, 2629, 2636, 2643, 2649, 2655, 2670, 2678, 2687, 2722, 2757, 2792, 2799, 2806, 2813, 2822, 2846, 2861, 0, 0, 2868, 2875, 2891, 2899,
+    2900, 2901, 2902, 2903, 2904, 2905, 2906, 2907, 2908, 2909, 2910, 2911, 2912, 2913, 2914, 2915, 2916, 2917, 2918, 2919, 2920, 2921, 2922, 2923, 2924, 2925, 2926, 2927, 2928, 2929, 2930, 2931,
+    2932, 2933, 2934, 2935, 2936, 2937, 0, 0, 2938, 2939, 2940, 2941, 2942, 2943, 3050, 3051, 3052, 3053, 3057, 3058, 3062, 3066, 3067, 3068, 3074, 3075, 3088, 3089, 3098, 3107, 3108, 3109,
+    3110, 3111, 3120, 3141, 3148, 3161, 3168, 3299, 3300, 3301, 3302, 3303, 3304, 3305, 3306, 3307, 3314, 3321, 3328, 3335, 3342, 3349, 3363, 3376, 3383, 3390, 3397, 3404, 3411, 3418, 3425, 3432,
+    3439, 3446, 3453, 3460, 3467, 3474, 3482, 3495, 3502, 3509, 3516, 3523, 3530, 3537, 3544, 3551, 3560, 3567, 3574, 3581, 3588, 3595, 3602, 3615, 3622, 3629, 3636, 3643, 3650, 3657, 3664, 3665,
+    3672, 3679, 3686, 3693, 3700, 3707, 3714, 3721, 3728, 3735, 3742, 3749, 0, 0, 0, 0, 3755, 0, 0, 0, 3761, 3767, 0, 3773, 0, 0, 0, 0, 3780, 3787, 3794, 0,
+    3800, 3806, 3812, 3818, 3824, 3830, 0, 0, 3836, 3842, 3848, 3854, 0, 0, 0, 0, 3860, 3866, 3872, 3878, 3884, 3890, 0, 3896, 3902, 3908, 3914, 3920, 3926, 3932, 3938, 3944,
+    3950, 3956, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    3232, 3241, 3250, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    3965, 3974, 3983, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 3256, 3262, 3268, 3274, 3280, 3286, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3292, 3298, 3304, 3310, 3316,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3334, 3352, 0, 0, 0, 0, 3359, 0, 3368, 3389, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 3395, 3401, 3407, 3413, 3419, 3425, 3431, 3438, 0, 0, 0, 0, 3444, 3450, 3460, 3466, 0, 0, 0, 0, 0, 0, 0, 0,
-    3472, 3478, 3488, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    3494, 3500, 3506, 0, 3512, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    3518, 3524, 3530, 3536, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3542, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3548,
+    0, 0, 0, 0, 0, 0, 0, 0, 3989, 3995, 4001, 4007, 4013, 4019, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4025, 4031, 4037, 4043, 4049,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4067, 4085, 0, 0, 0, 0, 4092, 0, 4101, 4122, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 4128, 4134, 4140, 4146, 4152, 4158, 4164, 4171, 0, 0, 0, 0, 4177, 4183, 4193, 4199, 0, 0, 0, 0, 0, 0, 0, 0,
+    4205, 4211, 4221, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    4227, 4233, 4239, 0, 4245, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    4251, 4257, 4263, 4269, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4275, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4281,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -1473,49 +1499,51 @@ let tableRoot: [UInt16] = [
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3565, 3582, 3598, 3611, 3618, 3625, 3640, 3653, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 3660, 3667, 3674, 3681, 3688, 3695, 3702, 3709, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 3746, 3783, 0, 3820, 3857, 3894, 3931, 0, 0, 0, 3963, 0, 0, 0, 0, 3976, 3985, 3992, 3999, 4006, 4013, 4020, 4027, 4036, 4045, 4054, 4062, 4071, 4080, 4089, 4098,
-    4104, 4110, 4116, 4122, 4128, 4134, 4140, 4146, 4152, 4158, 4164, 4170, 4176, 4182, 4192, 4199, 4207, 4227, 4247, 4268, 4274, 4280, 4286, 4297, 0, 0, 0, 0, 4304, 4311, 4322, 4329,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4360, 4397, 4440, 4483, 0, 0, 0, 0, 4520, 4557, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 4566, 0, 4572, 4581, 4588, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4595, 4601, 4607, 4613, 4619, 4625, 4631, 4640, 4646, 4652, 4658, 4664, 4670, 4676, 4682, 4688,
-    4694, 4700, 4706, 4712, 4718, 4724, 4732, 4741, 4747, 4753, 4759, 4765, 4771, 4777, 4783, 4789, 4798, 4804, 4810, 4816, 4822, 4828, 4834, 4843, 4849, 4855, 4861, 4867, 4873, 4879, 4885, 0,
-    4891, 4897, 4903, 4909, 4915, 4921, 4927, 4933, 4939, 4945, 4951, 4957, 4966, 4975, 4984, 4993, 0, 0, 0, 5002, 0, 0, 5015, 5021, 5030, 5043, 5059, 0, 5065, 5071, 5077, 0,
-    5083, 5089, 5095, 5101, 5107, 5113, 0, 0, 5119, 5125, 5131, 5137, 5149, 5161, 5173, 5185, 5191, 5197, 5203, 5209, 5215, 5221, 5234, 5240, 5246, 5252, 5258, 5264, 5270, 5276, 5282, 5288,
-    5294, 5300, 0, 0, 0, 5310, 5319, 5329, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5338, 5347, 5363, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5372, 5381, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5394, 0, 5407, 0, 5420, 5433, 5446, 5459, 0, 0, 5469, 5479, 5489, 5499, 5509, 5519, 5529, 5539, 5549, 5559,
-    0, 0, 0, 0, 0, 0, 5569, 5579, 5589, 5599, 5609, 5619, 5629, 5639, 5649, 5659, 0, 0, 0, 0, 0, 0, 5669, 5679, 5689, 5699, 5709, 5719, 5729, 5739, 5749, 5759,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5765, 5771, 5777, 5783, 5789,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5799, 5828, 0, 5848, 5858, 5883, 0, 0, 0, 0, 0, 0, 0, 0,
-    5896, 5909, 5918, 0, 5927, 5936, 5949, 0, 5955, 5961, 5967, 5973, 5979, 5985, 5991, 5997, 0, 0, 0, 0, 6003, 6009, 6019, 6025, 6038, 6051, 0, 0, 0, 6060, 0, 0,
-    6066, 6072, 6082, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6103, 6124, 6145, 6166, 0, 0, 0, 0, 6179, 6192, 0, 0, 0, 0, 0, 0,
-    6198, 6204, 6210, 0, 6216, 0, 6229, 0, 0, 0, 6238, 6247, 6256, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    6262, 6268, 6274, 6280, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6286,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6296, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6313, 6330, 6346, 6359, 6366, 6373, 6388, 6401, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 6408, 6415, 6422, 6429, 6436, 6443, 6450, 6457, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6466, 0, 0, 6473, 6480, 6487, 6494, 6503, 6512, 6521, 6529, 6538, 6547, 6556, 6565,
-    6571, 6577, 6583, 6589, 6595, 6601, 6607, 6613, 6619, 6625, 6631, 6637, 6643, 6649, 6659, 6679, 6687, 6704, 6735, 6753, 6759, 6765, 6771, 0, 0, 0, 0, 0, 0, 0, 6782, 6802,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4298, 4315, 4331, 4344, 4351, 4358, 4373, 4386, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 4393, 4400, 4407, 4414, 4421, 4428, 4435, 4442, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 4479, 4516, 0, 4553, 4590, 4627, 4664, 0, 0, 0, 4696, 0, 0, 0, 0, 4709, 4718, 4725, 4732, 4739, 4746, 4753, 4760, 4769, 4778, 4787, 4795, 4804, 4813, 4822, 4831,
+    4837, 4843, 4849, 4855, 4861, 4867, 4873, 4879, 4885, 4891, 4897, 4903, 4909, 4915, 4925, 4932, 4940, 4960, 4980, 5001, 5007, 5013, 5019, 5030, 0, 0, 0, 0, 5037, 5044, 5055, 5062,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5093, 5130, 5173, 5216, 0, 0, 0, 0, 5253, 5290, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5317, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 5326, 0, 5332, 5341, 5348, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5355, 5361, 5367, 5373, 5379, 5385, 5391, 5400, 5406, 5412, 5418, 5424, 5430, 5436, 5442, 5448,
+    5454, 5460, 5466, 5472, 5478, 5484, 5492, 5501, 5507, 5513, 5519, 5525, 5531, 5537, 5543, 5549, 5558, 5564, 5570, 5576, 5582, 5588, 5594, 5603, 5609, 5615, 5621, 5627, 5633, 5639, 5645, 0,
+    5651, 5657, 5663, 5669, 5675, 5681, 5687, 5693, 5699, 5705, 5711, 5717, 5726, 5735, 5744, 5753, 0, 0, 0, 5762, 0, 0, 5775, 5781, 5790, 5803, 5819, 0, 5825, 5831, 5837, 0,
+    5843, 5849, 5855, 5861, 5867, 5873, 0, 0, 5879, 5885, 5891, 5897, 5909, 5921, 5933, 5945, 5951, 5957, 5963, 5969, 5975, 5981, 5994, 6000, 6006, 6012, 6018, 6024, 6030, 6036, 6042, 6048,
+    6054, 6060, 0, 0, 0, 6070, 6079, 6089, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6098, 6107, 6123, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6132, 6141, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6154, 0, 6167, 0, 6180, 6193, 6206, 6219, 0, 0, 6229, 6239, 6249, 6259, 6269, 6279, 6289, 6299, 6309, 6319,
+    0, 0, 0, 0, 0, 0, 6329, 6339, 6349, 6359, 6369, 6379, 6389, 6399, 6409, 6419, 0, 0, 0, 0, 0, 0, 6429, 6439, 6449, 6459, 6469, 6479, 6489, 6499, 6509, 6519,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6525, 6531, 6537, 6543, 6549,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6559, 6588, 0, 6608, 6618, 6643, 0, 0, 0, 0, 0, 0, 0, 0,
+    6656, 6669, 6678, 0, 6687, 6696, 6709, 0, 6715, 6721, 6727, 6733, 6739, 6745, 6751, 6757, 0, 0, 0, 0, 6763, 6769, 6779, 6785, 6798, 6811, 0, 0, 0, 6820, 0, 0,
+    6826, 6832, 6842, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6863, 6884, 6905, 6926, 0, 0, 0, 0, 6939, 6952, 0, 0, 0, 0, 0, 0,
+    6958, 6964, 6970, 0, 6976, 0, 6989, 0, 0, 0, 6998, 7007, 7016, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7026, 7036, 7046, 7056,
+    7062, 7068, 7074, 7080, 0, 0, 0, 0, 7090, 7100, 7110, 7120, 7130, 7140, 7150, 7160, 0, 0, 0, 0, 0, 0, 0, 0, 7170, 7180, 7190, 7200, 7210, 7220, 7230, 7240,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 6811, 0, 6817, 6826, 6833, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6839, 6845, 6851, 6857, 6863, 6869, 0, 6875, 6881, 6887, 6897, 6903, 6909, 6915, 6925,
-    6931, 6937, 6947, 6953, 6959, 6965, 6973, 6982, 6988, 6994, 7000, 7010, 7016, 7022, 7028, 7038, 0, 7044, 7050, 7056, 7062, 7068, 7074, 0, 7080, 7086, 7092, 7098, 7104, 7110, 7116, 0,
-    7122, 0, 0, 0, 7128, 0, 0, 0, 0, 0, 0, 7134, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7144, 0, 7153, 7162, 0, 0, 7168, 7174, 7180, 0,
-    7186, 7192, 7198, 7204, 7210, 7216, 7231, 7246, 7260, 7277, 7290, 7296, 0, 0, 0, 0, 7306, 7316, 7326, 7336, 7346, 7356, 7366, 7375, 7389, 7407, 7420, 7430, 7436, 7446, 7452, 7462,
-    7472, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7481, 7490, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 7500, 0, 7510, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7520, 0, 7529, 7538, 7550, 7562, 7575, 7585, 7595, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 7605, 7615, 7625, 7635, 0, 7645, 0, 0, 0, 0, 0, 0, 0, 0, 7655, 7665, 7675, 7685, 7695, 7705, 7715, 7725, 7735, 7745,
-    0, 0, 0, 0, 0, 0, 7755, 7765, 7775, 7785, 7795, 7805, 7815, 7825, 7835, 7845, 0, 0, 0, 0, 0, 0, 7855, 7865, 7875, 7885, 7895, 7905, 7915, 7925, 7935, 7945,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7951, 7957, 7963, 7969,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7246,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7256, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7273, 7290, 7306, 7319, 7326, 7333, 7348, 7361, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 7368, 7375, 7382, 7389, 7396, 7403, 7410, 7417, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7426, 0, 0, 7433, 7440, 7447, 7454, 7463, 7472, 7481, 7489, 7498, 7507, 7516, 7525,
+    7531, 7537, 7543, 7549, 7555, 7561, 7567, 7573, 7579, 7585, 7591, 7597, 7603, 7609, 7619, 7639, 7647, 7664, 7695, 7713, 7719, 7725, 7731, 0, 0, 0, 0, 0, 0, 0, 7742, 7762,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    7978, 7987, 0, 7997, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8003, 0, 0, 0, 0, 8009, 8015, 8025, 8031, 8041, 8051, 8061, 8071, 0, 0, 8081, 8091,
-    8097, 8103, 8113, 8123, 0, 8133, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8143, 8153, 8163, 8173, 0, 0, 8183, 8193,
-    0, 0, 0, 8203, 8209, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 7771, 0, 7777, 7786, 7793, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7799, 7805, 7811, 7817, 7823, 7829, 0, 7835, 7841, 7847, 7857, 7863, 7869, 7875, 7885,
+    7891, 7897, 7907, 7913, 7919, 7925, 7933, 7942, 7948, 7954, 7960, 7970, 7976, 7982, 7988, 7998, 0, 8004, 8010, 8016, 8022, 8028, 8034, 0, 8040, 8046, 8052, 8058, 8064, 8070, 8076, 0,
+    8082, 0, 0, 0, 8088, 0, 0, 0, 0, 0, 0, 8094, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8104, 0, 8113, 8122, 0, 0, 8128, 8134, 8140, 0,
+    8146, 8152, 8158, 8164, 8170, 8176, 8191, 8206, 8220, 8237, 8250, 8256, 0, 0, 0, 0, 8266, 8276, 8286, 8296, 8306, 8316, 8326, 8335, 8349, 8367, 8380, 8390, 8396, 8406, 8412, 8422,
+    8432, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8441, 8450, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 8460, 0, 8470, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8480, 0, 8489, 8498, 8510, 8522, 8535, 8545, 8555, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 8565, 8575, 8585, 8595, 0, 8605, 0, 0, 0, 0, 0, 0, 0, 0, 8615, 8625, 8635, 8645, 8655, 8665, 8675, 8685, 8695, 8705,
+    0, 0, 0, 0, 0, 0, 8715, 8725, 8735, 8745, 8755, 8765, 8775, 8785, 8795, 8805, 0, 0, 0, 0, 0, 0, 8815, 8825, 8835, 8845, 8855, 8865, 8875, 8885, 8895, 8905,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8911, 8917, 8923, 8929,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    8938, 8947, 0, 8957, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8963, 0, 0, 0, 0, 8969, 8975, 8985, 8991, 9001, 9011, 9021, 9031, 0, 0, 9041, 9051,
+    9057, 9063, 9073, 9083, 0, 9093, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9103, 9113, 9123, 9133, 0, 0, 9143, 9153,
+    0, 0, 0, 9163, 9169, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -1586,14 +1614,14 @@ let tableHasModRM: [UInt8] = [
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,
     1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
     1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0,
     1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0,
-    1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -1669,139 +1697,164 @@ let tableNodeKind: [UInt8] = [
     1, 1, 1, 0, 1, 0, 1, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 6, 1, 1, 1, 1, 1,
     1, 1, 1, 1, 1, 1, 1, 0, 0, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 6, 1, 1, 1,
     1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 7, 1, 1, 1, 1, 1, 1, 1,
-    1, 0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1,
-    0, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 0, 1, 7, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 0, 0,
+    0, 0, 0, 1, 1, 7, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 7, 1, 7, 6, 6, 6,
+    5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 7, 1, 1, 1, 1, 1, 1,
+    0, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 7, 1, 7, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
     1, 0, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1,
     7, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 0, 1, 7, 6, 6, 6, 5, 5, 5,
-    3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 6, 6, 0, 5, 1, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1,
-    1, 1, 5, 2, 2, 0, 5, 1, 1, 5, 5, 1, 1, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0,
-    0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 1, 1, 5, 2, 2, 0, 5, 1, 5, 5, 1, 0, 4, 1, 1, 0, 5, 2, 2, 0, 5,
-    5, 5, 0, 0, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 7, 6, 1, 6, 5, 1, 1, 1, 5, 1, 4, 1, 1, 1, 1,
-    1, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1,
-    2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 5,
-    2, 0, 2, 5, 5, 5, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1, 1, 0, 1, 0, 4, 1, 1, 1, 0, 1, 0, 4,
-    1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1,
-    1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1,
-    2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2,
-    1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
-    2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0,
-    0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
-    0, 0, 4, 1, 1, 1, 1, 13, 2, 2, 2, 2, 13, 13, 13, 0, 0, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1, 2, 1, 1, 1, 2,
-    1, 1, 4, 1, 1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 6, 0, 6, 5, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6,
-    5, 5, 5, 0, 0, 4, 1, 1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 6, 0, 6, 5, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0,
-    6, 0, 6, 5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 1, 0, 0, 0, 1, 0, 6, 0, 6, 5, 2, 2, 2, 2, 0, 0, 2, 2, 0,
-    0, 2, 2, 6, 0, 6, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0,
-    4, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 6, 0, 6, 5, 1, 1, 0, 1, 5, 1, 5, 1,
-    5, 4, 1, 2, 0, 2, 5, 1, 1, 0, 1, 5, 1, 5, 1, 5, 4, 2, 1, 0, 2, 0, 1, 4, 2, 1, 0, 2, 0, 1, 4, 1,
-    1, 1, 1, 13, 2, 2, 2, 2, 13, 1, 13, 13, 1, 0, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 6,
-    6, 6, 5, 2, 2, 0, 0, 0, 0, 0, 0, 2, 2, 6, 2, 0, 0, 0, 0, 0, 0, 2, 0, 6, 6, 6, 5, 1, 0, 0, 0, 0,
-    1, 0, 0, 0, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 13, 1, 1, 1, 1, 1, 1, 13, 1, 0, 6, 6, 6, 5, 1, 0, 0, 0,
-    0, 0, 0, 1, 0, 6, 0, 6, 5, 5, 5, 5, 5, 4, 1, 1, 1, 1, 1, 0, 5, 1, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1,
-    1, 0, 0, 1, 0, 4, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1,
-    1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5,
-    1, 1, 0, 5, 5, 5, 5, 5, 4, 1, 2, 1, 2, 0, 0, 4, 1, 0, 1, 5, 2, 0, 2, 5, 5, 5, 0, 0, 4, 1, 2, 1,
-    2, 0, 0, 4, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 0, 10, 0, 1, 1, 1, 1, 1, 6, 1, 1, 0, 0, 0, 0, 0,
-    0, 1, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 2, 0, 10, 0, 1, 1, 1, 2, 0, 6, 6, 0, 5, 1, 1,
-    1, 1, 1, 1, 10, 1, 1, 1, 1, 0, 10, 0, 1, 1, 1, 1, 0, 6, 1, 0, 0, 0, 0, 0, 0, 0, 1, 6, 6, 6, 5, 1,
-    1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 0, 10, 0, 1, 1, 1, 1, 1, 6, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 6, 6,
-    6, 5, 5, 5, 5, 5, 4, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 0, 2, 0, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1,
-    2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 1, 0, 1, 5, 1, 0,
-    1, 5, 0, 2, 5, 5, 4, 1, 0, 1, 5, 2, 0, 2, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0,
-    0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2,
-    1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0,
-    4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 1, 1, 0, 2, 1, 1, 4, 1, 1,
-    0, 5, 2, 2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4,
+    7, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 7, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7,
+    7, 1, 7, 1, 7, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1,
+    1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1,
+    1, 7, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 7, 1, 7, 6, 6, 6, 5, 5, 5, 5,
+    5, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 7, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 7, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 7, 1, 7, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 0, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0,
+    0, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 7, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 7,
+    7, 7, 7, 7, 1, 7, 1, 7, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 6, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 0, 0, 0,
+    0, 0, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 7, 1, 7, 6, 6, 6,
+    5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 7, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 7, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 7, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 0, 0, 7, 7, 7, 7, 7, 1, 7, 1, 7, 6, 6, 6, 5, 5, 5, 5, 5, 4, 4, 4, 3, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 6, 6, 0, 5, 1, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1, 1, 1, 5,
+    2, 2, 0, 5, 1, 1, 5, 5, 1, 1, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    2, 1, 2, 0, 0, 4, 1, 1, 1, 1, 5, 2, 2, 0, 5, 1, 5, 5, 1, 0, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0,
+    0, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 1, 1, 1, 7, 6, 1, 6, 5, 1, 1, 1, 5, 1, 4, 1, 1, 1, 1, 1, 1, 2,
+    1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1,
+    1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 5, 2, 0, 2,
+    5, 5, 5, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1, 1, 0, 1, 0, 4, 1, 1, 1, 0, 1, 0, 4, 1, 2, 1,
+    2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1,
+    1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1, 2, 1, 1,
+    1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4,
     1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2,
-    0, 0, 4, 1, 1, 0, 5, 0, 0, 0, 5, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0,
-    4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 0, 1, 5, 2, 0, 2, 5, 5, 5,
     0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
-    2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2,
-    0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    1, 1, 1, 1, 13, 2, 2, 2, 2, 13, 13, 13, 0, 0, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4,
+    1, 1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 6, 0, 6, 5, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6, 5, 5, 5,
+    0, 0, 4, 1, 1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 6, 0, 6, 5, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6,
+    5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 1, 0, 0, 0, 1, 0, 6, 0, 6, 5, 2, 2, 2, 2, 0, 0, 2, 2, 0, 0, 2, 2,
+    6, 0, 6, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1,
+    1, 1, 1, 1, 1, 1, 4, 1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 6, 0, 6, 5, 1, 1, 0, 1, 5, 1, 5, 1, 5, 4, 1,
+    2, 0, 2, 5, 1, 1, 0, 1, 5, 1, 5, 1, 5, 4, 2, 1, 0, 2, 0, 1, 4, 2, 1, 0, 2, 0, 1, 4, 1, 1, 1, 1,
+    13, 2, 2, 2, 2, 13, 1, 13, 13, 1, 0, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 6, 6, 6, 5,
+    2, 2, 0, 0, 0, 0, 0, 0, 2, 2, 6, 2, 0, 0, 0, 0, 0, 0, 2, 0, 6, 6, 6, 5, 1, 0, 0, 0, 0, 1, 0, 0,
+    0, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 13, 1, 1, 1, 1, 1, 1, 13, 1, 0, 6, 6, 6, 5, 1, 0, 0, 0, 0, 0, 0,
+    1, 0, 6, 0, 6, 5, 5, 5, 5, 5, 4, 1, 1, 1, 1, 1, 0, 5, 1, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 1, 0, 0,
+    1, 0, 4, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1, 1,
+    1, 1, 1, 4, 1, 1, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0,
+    5, 5, 5, 5, 5, 4, 1, 2, 1, 2, 0, 0, 4, 1, 0, 1, 5, 2, 0, 2, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0,
+    4, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 1, 1, 0, 10, 0, 1, 1, 1, 1, 1, 6, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1,
+    6, 6, 6, 5, 1, 1, 1, 1, 1, 1, 10, 1, 1, 1, 2, 0, 10, 0, 1, 1, 1, 2, 0, 6, 6, 0, 5, 1, 1, 1, 1, 1,
+    1, 10, 1, 1, 1, 1, 0, 10, 0, 1, 1, 1, 1, 0, 6, 1, 0, 0, 0, 0, 0, 0, 0, 1, 6, 6, 6, 5, 1, 1, 1, 1,
+    1, 1, 10, 1, 1, 1, 1, 1, 0, 10, 0, 1, 1, 1, 1, 1, 6, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 6, 6, 6, 5, 5,
+    5, 5, 5, 4, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 0, 2, 0, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0,
+    4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 1, 0, 1, 5, 1, 0, 1, 5, 0,
+    2, 5, 5, 4, 1, 0, 1, 5, 2, 0, 2, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
     2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0,
-    0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0,
-    4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
-    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2,
+    1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 1, 1, 0, 2, 1, 1, 4, 1, 1, 0, 5, 2,
+    2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1,
+    2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4,
+    1, 1, 0, 5, 0, 0, 0, 5, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2,
+    1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 0, 1, 5, 2, 0, 2, 5, 5, 5, 0, 0, 4,
+    1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2,
+    0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4,
+    1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2,
+    0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 2,
+    1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
+    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0,
+    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
+    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 0, 5, 0, 5, 0, 0, 4, 2, 2,
+    0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 5, 0, 5, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1, 1, 0, 0,
+    0, 4, 1, 1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1, 5,
+    5, 5, 1, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1, 5, 5, 5, 1, 4, 2, 1, 0, 2, 1, 0, 4, 1, 1, 0,
+    5, 0, 0, 0, 5, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 5, 5, 5, 5, 4, 2, 0, 2, 0, 0,
+    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
+    0, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 13, 0, 13, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 13, 0, 13, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 2, 1, 1, 1, 1,
+    5, 1, 1, 1, 1, 5, 1, 2, 5, 5, 4, 1, 2, 1, 1, 1, 1, 5, 1, 1, 1, 1, 5, 1, 2, 5, 5, 4, 1, 1, 1, 1,
+    5, 2, 2, 0, 5, 1, 1, 5, 5, 1, 1, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4,
+    1, 2, 1, 2, 0, 0, 4, 1, 1, 1, 1, 5, 2, 2, 0, 5, 1, 5, 5, 1, 0, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5,
+    0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 0, 0, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1,
+    1, 0, 0, 1, 1, 4, 1, 1, 0, 0, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 0, 1, 0, 9,
+    1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4,
+    1, 0, 1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5,
+    5, 5, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9,
+    9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 2,
+    0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2,
+    0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0, 9, 9, 9,
+    8, 0, 8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0, 9, 1, 0,
+    1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 5, 2, 0, 2,
+    5, 5, 5, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1, 1, 0, 1, 0, 4, 1, 1, 1, 0, 1, 0, 4, 1, 2, 1,
+    2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1,
+    1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1, 2, 1, 1,
+    1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4,
     2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
     2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
-    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
-    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 0, 5, 0, 5, 0, 0,
-    4, 2, 2, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 5, 0, 5, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1,
-    1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 1, 1, 0, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
-    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0,
-    5, 1, 5, 5, 5, 1, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1, 5, 5, 5, 1, 4, 2, 1, 0, 2, 1, 0, 4,
-    1, 1, 0, 5, 0, 0, 0, 5, 4, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 1, 1, 0, 5, 5, 5, 5, 5, 4, 2, 0,
-    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
-    0, 4, 2, 0, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 13,
-    0, 13, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 13, 0, 13, 0, 0,
-    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
-    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 2, 1,
-    1, 1, 1, 5, 1, 1, 1, 1, 5, 1, 2, 5, 5, 4, 1, 2, 1, 1, 1, 1, 5, 1, 1, 1, 1, 5, 1, 2, 5, 5, 4, 1,
-    1, 1, 1, 5, 2, 2, 0, 5, 1, 1, 5, 5, 1, 1, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2,
-    0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 1, 1, 5, 2, 2, 0, 5, 1, 5, 5, 1, 0, 4, 1, 1, 0, 5, 2, 2, 0,
-    5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 1, 0, 0, 1, 1, 4, 1, 2, 1, 2, 0,
-    0, 4, 1, 1, 0, 0, 1, 1, 4, 1, 1, 0, 0, 1, 1, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 0,
-    1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5,
-    0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8,
-    0, 8, 5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 2, 2, 0, 0, 9, 2, 2, 0,
-    0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2,
-    0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0, 9, 9, 9, 8, 0,
-    8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0, 9, 1, 0, 1, 0,
-    9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 2, 0, 2, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 0,
-    9, 1, 0, 1, 0, 9, 9, 9, 8, 0, 8, 5, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 0, 1, 5,
-    2, 0, 2, 5, 5, 5, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 1, 1, 0, 1, 0, 4, 1, 1, 1, 0, 1, 0, 4,
-    1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1, 2, 1, 1,
-    1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 2, 1, 0, 4, 1,
-    2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2,
-    1, 1, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0,
-    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
-    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 13, 0, 13, 0, 0,
-    4, 2, 1, 0, 2, 1, 0, 4, 2, 1, 1, 0, 2, 1, 1, 4, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6, 5, 0,
-    5, 0, 0, 4, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 0, 0, 2, 2,
-    0, 0, 2, 2, 6, 0, 6, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1,
-    1, 1, 1, 0, 9, 9, 0, 0, 0, 4, 2, 1, 0, 2, 0, 1, 4, 2, 1, 0, 2, 0, 1, 4, 2, 2, 2, 2, 13, 1, 0, 13,
-    1, 0, 4, 2, 1, 0, 2, 1, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 2, 2, 0, 0, 9, 2, 2, 0, 0,
-    9, 9, 9, 8, 8, 8, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 8, 0, 5, 2, 2, 0, 0, 9, 2, 2,
-    0, 0, 9, 9, 9, 8, 8, 0, 5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 9, 9, 0, 13, 0, 13, 5, 2, 2, 0, 0, 9, 9, 0,
-    13, 0, 13, 5, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 13, 0, 13, 5, 5, 5, 0, 5, 4, 1, 1, 0, 0, 9, 9, 0,
-    13, 0, 13, 5, 2, 2, 0, 0, 9, 9, 0, 13, 0, 13, 5, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 13, 0, 13, 5, 5,
-    5, 0, 5, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9,
-    8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 2, 2, 0, 0, 9, 2, 2,
-    0, 0, 9, 9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
-    5, 0, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 2, 1, 0, 2, 0, 1, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
-    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 5, 0, 5, 0, 0,
-    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 13, 0, 13, 0, 0, 4, 2, 1,
+    0, 2, 1, 0, 4, 2, 1, 1, 0, 2, 1, 1, 4, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6, 5, 0, 5, 0, 0,
+    4, 2, 2, 2, 0, 0, 2, 0, 2, 0, 2, 0, 6, 0, 6, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 0, 0, 2, 2, 0, 0, 2,
+    2, 6, 0, 6, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 1, 1,
+    0, 9, 9, 0, 0, 0, 4, 2, 1, 0, 2, 0, 1, 4, 2, 1, 0, 2, 0, 1, 4, 2, 2, 2, 2, 13, 1, 0, 13, 1, 0, 4,
+    2, 1, 0, 2, 1, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9,
+    8, 8, 8, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 8, 0, 5, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9,
+    9, 9, 8, 8, 0, 5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 9, 9, 0, 13, 0, 13, 5, 2, 2, 0, 0, 9, 9, 0, 13, 0, 13,
+    5, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 13, 0, 13, 5, 5, 5, 0, 5, 4, 1, 1, 0, 0, 9, 9, 0, 13, 0, 13,
+    5, 2, 2, 0, 0, 9, 9, 0, 13, 0, 13, 5, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 13, 0, 13, 5, 5, 5, 0, 5,
+    4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9, 8, 0, 8,
+    5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 8, 0, 8, 5, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9,
+    9, 9, 8, 0, 8, 5, 5, 5, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 0, 0, 9, 9, 0, 0, 0, 0, 6, 6, 0,
+    5, 5, 0, 0, 0, 4, 1, 2, 1, 1, 1, 2, 1, 1, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 5, 0, 5, 0, 0, 4, 1, 2,
+    1, 2, 0, 0, 4, 2, 1, 0, 2, 0, 1, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
     0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
-    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 1, 1, 0, 2, 1, 1, 4, 2, 2, 0,
-    5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
-    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 5, 0, 0, 0, 5, 4, 2,
-    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
-    0, 0, 4, 2, 0, 2, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0,
+    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 1, 1, 0, 2, 1, 1, 4, 2, 2, 0, 5, 0, 5, 0, 0, 4, 2, 0,
     2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
-    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
-    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2,
-    0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0,
-    0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2,
-    0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 8, 0, 5, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 5, 0, 0, 0, 5, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 5, 0,
     5, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
     0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
-    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2,
-    0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 8, 8, 0, 5, 0, 5, 0,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2,
+    2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8,
+    0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2,
+    0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0,
     0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
-    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2,
-    0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
-    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2,
-    2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0,
-    8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0,
-    8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4,
-    2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8,
-    0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 8, 8, 0, 5, 0, 5, 0,
+    0, 4, 2, 2, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0,
+    4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4,
+    2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0,
+    9, 9, 0, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2,
+    2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5,
+    0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2,
+    2, 2, 2, 8, 8, 0, 5, 0, 5, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4,
+    2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2,
     2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2,
     8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0,
     8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0,
@@ -1809,25 +1862,30 @@ let tableNodeKind: [UInt8] = [
     2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2,
     2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2,
     8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0,
-    8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0,
-    0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4,
-    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1,
-    0, 0, 9, 9, 0, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 0, 9, 9, 9, 0, 0, 0, 0, 6,
-    6, 0, 0, 0, 4, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 0, 9, 9, 4, 1, 1, 0, 0, 9, 0, 0,
-    0, 9, 4, 1, 1, 0, 0, 9, 2, 2, 0, 0, 9, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 9, 9, 4, 2, 0, 2, 0,
-    9, 0, 9, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 0, 9, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2,
-    2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0,
-    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
-    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 13, 0,
-    13, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0,
-    8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 13, 0, 13,
-    0, 0, 4, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 2, 0, 0, 9, 2, 2, 0,
-    0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0,
-    0, 4, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0,
-    8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
-    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2,
-    2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
-    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 0, 9, 0, 0, 0, 9, 4, 1, 2, 1, 1, 1, 1, 5,
+    8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0,
+    2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 0, 9, 9, 0, 0, 0, 4,
+    1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 0, 9, 9, 9, 0, 0, 0, 0, 6, 6, 0, 0, 0, 4, 1, 1, 0,
+    0, 9, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 0, 9, 9, 4, 1, 1, 0, 0, 9, 0, 0, 0, 9, 4, 1, 1, 0, 0, 9,
+    2, 2, 0, 0, 9, 1, 1, 0, 0, 9, 1, 1, 0, 0, 9, 9, 9, 9, 9, 4, 2, 0, 2, 0, 9, 0, 9, 8, 0, 8, 0, 0,
+    4, 2, 0, 2, 0, 9, 0, 9, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4,
+    2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4,
+    2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 13, 0, 13, 0, 0, 4, 2, 0, 2, 0,
+    0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8,
+    0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 13, 0, 13, 0, 0, 4, 2, 2, 0, 0, 9,
+    2, 2, 0, 0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9, 8, 0, 8, 5,
+    0, 5, 0, 0, 4, 2, 2, 0, 0, 9, 2, 2, 0, 0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 2, 0, 0, 9, 2,
+    2, 0, 0, 9, 9, 9, 8, 0, 8, 5, 0, 5, 0, 0, 4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0,
+    9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0,
+    4, 2, 0, 2, 0, 9, 9, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 0, 8, 0, 8, 0, 0, 4,
+    2, 2, 0, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2,
+    2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 0, 2,
+    0, 0, 4, 2, 0, 2, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2,
+    2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8,
+    0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8,
+    0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0,
+    4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 2, 2, 2, 8, 0, 8, 0, 0, 4, 2,
+    2, 2, 2, 8, 0, 8, 0, 0, 4, 2, 0, 2, 0, 0, 4, 1, 1, 0, 0, 9, 0, 0, 0, 9, 4, 1, 2, 1, 1, 1, 1, 5,
     1, 1, 1, 1, 5, 1, 2, 5, 5, 4, 1, 2, 1, 1, 1, 1, 5, 1, 1, 1, 1, 5, 1, 2, 5, 5, 4, 1, 1, 1, 1, 5,
     2, 2, 0, 5, 1, 1, 5, 5, 1, 1, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0, 0, 4, 1, 2, 1, 2, 0, 0, 4, 1,
     2, 1, 2, 0, 0, 4, 1, 1, 1, 1, 5, 2, 2, 0, 5, 1, 5, 5, 1, 0, 4, 1, 1, 0, 5, 2, 2, 0, 5, 5, 5, 0,
@@ -1929,287 +1987,319 @@ let tableNodeArg: [UInt16] = [
     422, 423, 424, 0, 426, 0, 428, 0, 1120, 1106, 1120, 1129, 429, 430, 431, 432, 433, 434, 429, 430, 431, 432, 433, 434, 0, 0, 1138, 435, 436, 431, 432, 433,
     434, 435, 436, 431, 432, 433, 434, 0, 0, 1153, 1138, 1153, 1162, 437, 438, 439, 440, 441, 442, 443, 437, 438, 439, 440, 441, 0, 442, 443, 1172, 444, 445, 446,
     447, 448, 444, 445, 446, 447, 448, 0, 0, 0, 1186, 449, 450, 451, 452, 453, 449, 450, 451, 452, 0, 0, 0, 453, 1200, 454, 455, 456, 457, 458, 459, 454,
-    455, 0, 0, 456, 457, 458, 459, 1215, 460, 461, 462, 463, 464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467, 1232, 468, 442, 469, 470, 471, 472, 473,
-    0, 469, 470, 471, 472, 473, 0, 0, 1248, 1186, 1200, 1215, 1232, 468, 0, 442, 1248, 1257, 1172, 1257, 1266, 437, 438, 439, 440, 441, 442, 443, 437, 438, 439, 440,
-    441, 0, 442, 443, 1276, 444, 445, 446, 447, 448, 444, 445, 446, 447, 448, 0, 0, 0, 1290, 449, 450, 451, 452, 453, 449, 450, 451, 452, 0, 0, 0, 453,
-    1304, 454, 455, 456, 457, 458, 459, 454, 455, 0, 0, 456, 457, 458, 459, 1319, 460, 461, 462, 463, 464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467,
-    1336, 468, 442, 474, 469, 470, 471, 472, 473, 474, 469, 470, 471, 472, 473, 0, 0, 1353, 1290, 1304, 1319, 1336, 468, 0, 442, 1353, 1362, 1276, 1362, 1371, 1266, 1371,
-    1374, 475, 476, 477, 478, 479, 479, 480, 479, 479, 480, 1384, 481, 482, 482, 483, 482, 482, 482, 483, 482, 1393, 484, 485, 486, 487, 485, 485, 485, 485, 485, 485,
-    486, 487, 485, 485, 485, 485, 485, 1407, 1407, 0, 1416, 488, 489, 490, 491, 492, 489, 490, 491, 492, 1424, 493, 494, 495, 496, 493, 494, 495, 496, 1433, 497, 498,
-    497, 498, 1440, 499, 499, 0, 1444, 500, 501, 1440, 1444, 500, 501, 1449, 502, 502, 0, 1455, 503, 503, 0, 1459, 1455, 1459, 0, 0, 1462, 504, 505, 504, 505, 0,
-    0, 1469, 506, 507, 506, 507, 0, 0, 1476, 508, 509, 508, 509, 1483, 510, 510, 0, 1487, 511, 1483, 1487, 511, 0, 1491, 512, 512, 0, 1497, 513, 513, 0, 1501,
-    1497, 1501, 0, 0, 1504, 514, 515, 516, 517, 518, 518, 518, 518, 514, 515, 516, 517, 518, 518, 518, 518, 1517, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518,
-    518, 518, 518, 518, 518, 518, 1534, 1517, 1534, 1543, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 518, 519, 520, 518, 518, 518,
-    518, 518, 518, 519, 520, 518, 518, 518, 518, 1569, 518, 518, 518, 518, 518, 518, 518, 1569, 1578, 518, 1578, 1587, 518, 518, 518, 1587, 518, 1591, 518, 521, 522, 523,
-    524, 525, 526, 525, 526, 0, 0, 1603, 527, 528, 527, 528, 0, 0, 1610, 529, 530, 531, 532, 529, 530, 531, 532, 1619, 533, 534, 533, 534, 0, 0, 1626, 535,
-    536, 537, 538, 535, 536, 537, 538, 1635, 539, 540, 541, 542, 539, 540, 541, 542, 1644, 543, 544, 543, 544, 0, 0, 1651, 545, 546, 545, 546, 0, 0, 1658, 547,
-    548, 549, 550, 551, 552, 552, 553, 552, 552, 553, 1671, 554, 555, 556, 557, 558, 559, 560, 561, 562, 563, 564, 565, 566, 567, 568, 569, 570, 571, 0, 571, 1693,
-    572, 0, 572, 1697, 1693, 1697, 0, 0, 1700, 573, 574, 575, 576, 573, 574, 575, 576, 1709, 577, 578, 577, 0, 578, 0, 1716, 579, 580, 579, 0, 580, 0, 1723,
-    581, 582, 581, 582, 0, 0, 1730, 583, 584, 583, 584, 0, 0, 1737, 585, 586, 585, 586, 0, 0, 1744, 587, 588, 587, 588, 0, 0, 1751, 589, 590, 591, 592,
-    589, 590, 591, 592, 1760, 593, 594, 595, 596, 593, 594, 595, 596, 1769, 597, 598, 599, 600, 597, 598, 599, 600, 1778, 601, 602, 603, 601, 602, 603, 0, 1786, 604,
-    605, 606, 607, 604, 605, 606, 607, 1795, 608, 609, 610, 611, 608, 609, 610, 611, 1804, 612, 613, 614, 615, 612, 613, 614, 615, 1813, 616, 617, 618, 619, 616, 617,
-    618, 619, 1822, 620, 621, 620, 621, 0, 0, 1829, 622, 623, 622, 623, 0, 0, 1836, 624, 625, 624, 625, 0, 0, 1843, 626, 627, 626, 627, 0, 0, 1850, 628,
-    629, 628, 629, 0, 0, 1857, 630, 631, 630, 631, 0, 0, 1864, 632, 633, 632, 633, 0, 0, 1871, 634, 635, 634, 635, 0, 0, 1878, 636, 637, 636, 637, 0,
-    0, 1885, 638, 639, 638, 639, 0, 0, 1892, 640, 641, 640, 641, 0, 0, 1899, 642, 643, 642, 643, 0, 0, 1906, 644, 0, 644, 0, 0, 1912, 645, 0, 645,
-    0, 0, 1918, 646, 647, 646, 647, 1925, 648, 649, 648, 649, 1930, 1925, 1930, 0, 0, 1933, 650, 651, 652, 650, 651, 652, 0, 1941, 653, 654, 655, 656, 653, 654,
-    655, 656, 1950, 657, 658, 659, 0, 0, 657, 0, 658, 0, 659, 0, 1958, 0, 1958, 1967, 660, 661, 662, 0, 0, 660, 0, 661, 0, 662, 0, 1973, 0, 1973,
-    1982, 1967, 1982, 0, 0, 1985, 663, 664, 665, 0, 0, 663, 0, 664, 0, 665, 0, 1993, 0, 1993, 2002, 666, 667, 668, 0, 0, 666, 0, 667, 0, 668, 0,
-    2008, 0, 2008, 2017, 2002, 2017, 0, 0, 2020, 669, 670, 0, 0, 669, 0, 0, 0, 670, 0, 2027, 0, 2027, 2036, 671, 672, 673, 674, 0, 0, 671, 672, 0,
-    0, 673, 674, 2043, 0, 2043, 2052, 2036, 2052, 0, 0, 2055, 675, 676, 675, 676, 0, 0, 2062, 677, 678, 677, 678, 0, 0, 2069, 679, 680, 679, 680, 0, 0,
-    2076, 681, 681, 681, 681, 681, 681, 681, 681, 2085, 682, 683, 683, 0, 0, 0, 0, 0, 0, 0, 2092, 0, 2092, 2101, 682, 684, 0, 684, 2106, 682, 2101, 682,
-    2106, 2109, 685, 686, 0, 686, 2116, 685, 687, 0, 687, 2121, 685, 2116, 685, 2121, 2124, 688, 689, 0, 688, 0, 689, 2131, 690, 691, 0, 690, 0, 691, 2138, 692,
-    693, 692, 693, 2145, 694, 695, 694, 695, 2150, 696, 2145, 2150, 696, 0, 2154, 697, 698, 699, 697, 698, 699, 0, 2162, 700, 701, 702, 703, 704, 705, 706, 707, 708,
-    709, 710, 711, 712, 713, 714, 715, 716, 717, 718, 719, 720, 721, 722, 723, 724, 725, 726, 727, 728, 729, 730, 731, 732, 733, 734, 735, 736, 737, 738, 739, 740,
-    741, 742, 743, 744, 745, 746, 747, 748, 749, 750, 751, 744, 745, 746, 747, 748, 749, 750, 751, 2219, 752, 753, 754, 0, 0, 0, 0, 0, 752, 753, 754, 2231,
-    2219, 2231, 2240, 755, 756, 0, 0, 0, 0, 0, 0, 755, 756, 2245, 757, 0, 0, 0, 0, 0, 0, 757, 0, 2255, 2245, 2255, 2264, 758, 0, 0, 0, 0,
-    758, 0, 0, 0, 2268, 759, 760, 761, 762, 758, 763, 764, 763, 764, 2284, 765, 759, 760, 761, 762, 758, 2284, 765, 0, 2288, 2268, 2288, 2297, 766, 0, 0, 0,
-    0, 0, 0, 766, 0, 2301, 0, 2301, 2310, 2240, 2264, 2297, 2310, 2313, 767, 768, 769, 770, 770, 0, 2322, 771, 772, 772, 0, 2327, 773, 773, 0, 2331, 774, 775,
-    776, 0, 0, 776, 0, 2337, 777, 778, 779, 780, 781, 0, 0, 0, 0, 778, 779, 780, 781, 2347, 782, 783, 783, 784, 783, 783, 783, 784, 783, 2361, 785, 785,
-    786, 785, 785, 785, 786, 785, 2370, 787, 788, 789, 790, 791, 792, 793, 794, 791, 792, 793, 794, 2383, 795, 795, 0, 2389, 795, 795, 0, 2393, 795, 795, 0, 2397,
-    795, 795, 0, 2401, 2389, 2393, 2397, 2401, 2404, 796, 797, 796, 797, 0, 0, 2411, 798, 0, 798, 2417, 799, 0, 799, 2421, 2417, 2421, 0, 0, 2424, 800, 801, 800,
-    801, 0, 0, 2431, 802, 802, 803, 802, 802, 803, 2439, 804, 805, 806, 807, 808, 0, 2439, 0, 804, 805, 806, 807, 808, 2448, 809, 810, 0, 0, 0, 0, 0,
-    0, 809, 810, 2459, 2448, 2459, 2468, 802, 802, 803, 802, 802, 803, 2474, 804, 805, 806, 811, 0, 2474, 0, 804, 805, 806, 811, 0, 2482, 2482, 0, 2491, 802, 802,
-    803, 802, 802, 803, 2497, 804, 805, 806, 812, 0, 2497, 0, 804, 805, 806, 812, 0, 2505, 813, 0, 0, 0, 0, 0, 0, 0, 813, 2515, 2505, 2515, 2524, 802,
-    802, 803, 802, 802, 803, 2530, 804, 805, 806, 807, 808, 0, 2530, 0, 804, 805, 806, 807, 808, 2539, 809, 810, 0, 0, 0, 0, 0, 0, 809, 810, 2550, 2539,
-    2550, 2559, 2468, 2491, 2524, 2559, 2562, 814, 814, 814, 814, 814, 814, 814, 814, 815, 816, 0, 815, 0, 816, 2577, 817, 818, 817, 818, 0, 0, 2584, 819, 820, 819,
-    820, 0, 0, 2591, 821, 822, 821, 822, 0, 0, 2598, 823, 824, 823, 824, 0, 0, 2605, 825, 826, 825, 826, 0, 0, 2612, 827, 828, 0, 828, 2619, 829, 0,
-    829, 2623, 0, 827, 2619, 2623, 2626, 830, 0, 830, 2632, 831, 0, 831, 2636, 2632, 2636, 0, 0, 2639, 832, 833, 832, 833, 0, 0, 2646, 834, 835, 834, 835, 0,
-    0, 2653, 836, 837, 836, 837, 0, 0, 2660, 838, 839, 838, 839, 0, 0, 2667, 840, 841, 840, 841, 0, 0, 2674, 842, 843, 842, 843, 0, 0, 2681, 844, 845,
-    844, 845, 0, 0, 2688, 846, 847, 846, 847, 0, 0, 2695, 848, 849, 848, 849, 0, 0, 2702, 850, 851, 850, 851, 0, 0, 2709, 852, 853, 852, 853, 0, 0,
-    2716, 854, 855, 854, 855, 0, 0, 2723, 856, 857, 856, 857, 0, 0, 2730, 858, 859, 858, 859, 0, 0, 2737, 860, 861, 862, 0, 860, 861, 862, 2745, 863, 863,
-    0, 2751, 864, 864, 0, 2755, 2751, 2755, 0, 0, 2758, 865, 866, 865, 866, 0, 0, 2765, 867, 868, 867, 868, 0, 0, 2772, 869, 870, 869, 870, 0, 0, 2779,
-    871, 872, 871, 872, 0, 0, 2786, 873, 874, 873, 874, 0, 0, 2793, 875, 876, 875, 876, 0, 0, 2800, 877, 878, 877, 878, 0, 0, 2807, 879, 880, 879, 880,
-    0, 0, 2814, 881, 881, 0, 2820, 0, 0, 0, 2820, 2823, 882, 883, 882, 883, 0, 0, 2830, 884, 885, 884, 885, 0, 0, 2837, 886, 887, 886, 887, 0, 0,
-    2844, 888, 889, 888, 889, 0, 0, 2851, 890, 891, 890, 891, 0, 0, 2858, 892, 893, 892, 893, 0, 0, 2865, 894, 0, 894, 2871, 895, 0, 895, 2875, 2871, 2875,
-    0, 0, 2878, 896, 897, 896, 897, 0, 0, 2885, 898, 899, 898, 899, 0, 0, 2892, 900, 901, 900, 901, 0, 0, 2899, 902, 903, 902, 903, 0, 0, 2906, 904,
-    905, 904, 905, 0, 0, 2913, 906, 907, 906, 907, 0, 0, 2920, 908, 909, 908, 909, 0, 0, 2927, 910, 911, 912, 911, 912, 0, 0, 2935, 913, 914, 913, 914,
-    0, 0, 2942, 915, 916, 915, 916, 0, 0, 2949, 917, 918, 917, 918, 0, 0, 2956, 919, 920, 919, 920, 0, 0, 2963, 921, 922, 921, 922, 0, 0, 2970, 923,
-    924, 923, 924, 0, 0, 2977, 925, 926, 925, 926, 0, 0, 2984, 927, 928, 927, 928, 0, 0, 2991, 929, 930, 929, 930, 0, 0, 2998, 931, 932, 931, 932, 0,
-    0, 3005, 933, 934, 933, 934, 0, 0, 3012, 935, 0, 935, 0, 0, 3018, 936, 0, 936, 0, 0, 3024, 937, 0, 937, 0, 0, 3030, 938, 0, 938, 0, 0,
-    3036, 939, 940, 939, 940, 0, 0, 3043, 941, 942, 941, 942, 0, 0, 3050, 943, 944, 943, 944, 0, 0, 3057, 945, 0, 945, 0, 0, 3063, 946, 0, 946, 0,
-    0, 3069, 947, 0, 947, 0, 0, 3075, 948, 0, 948, 0, 0, 3081, 949, 0, 949, 0, 0, 3087, 950, 0, 950, 0, 0, 3093, 951, 0, 951, 0, 0, 3099,
-    952, 0, 952, 0, 0, 3105, 953, 0, 953, 0, 0, 3111, 954, 0, 954, 0, 0, 3117, 955, 0, 955, 0, 0, 3123, 956, 0, 956, 0, 0, 3129, 957, 0,
-    957, 0, 0, 3135, 958, 0, 958, 0, 0, 3141, 959, 0, 959, 0, 0, 3147, 960, 0, 960, 0, 0, 3153, 961, 0, 961, 0, 0, 3159, 962, 0, 962, 0,
-    0, 3165, 963, 0, 963, 0, 0, 3171, 964, 0, 964, 0, 0, 3177, 965, 0, 965, 0, 0, 3183, 966, 0, 966, 0, 0, 3189, 967, 0, 967, 0, 0, 3195,
-    968, 0, 968, 0, 0, 3201, 969, 0, 969, 0, 0, 3207, 970, 0, 970, 0, 0, 3213, 971, 0, 971, 0, 0, 3219, 972, 972, 0, 3225, 0, 3225, 0, 0,
-    3228, 973, 973, 0, 3234, 0, 3234, 0, 0, 3237, 974, 974, 0, 3243, 0, 3243, 0, 0, 3246, 975, 975, 0, 0, 0, 3252, 976, 976, 0, 0, 0, 3258, 977,
-    977, 0, 0, 0, 3264, 978, 978, 0, 0, 0, 3270, 979, 979, 0, 0, 0, 3276, 980, 980, 0, 0, 0, 3282, 981, 0, 981, 0, 0, 3288, 982, 0, 982,
-    0, 0, 3294, 983, 0, 983, 0, 0, 3300, 984, 0, 984, 0, 0, 3306, 985, 0, 985, 0, 0, 3312, 986, 986, 0, 3318, 986, 986, 0, 3322, 986, 986, 0,
-    3326, 987, 3318, 3322, 3326, 987, 3330, 988, 988, 0, 3336, 988, 988, 0, 3340, 988, 988, 0, 3344, 989, 3336, 3340, 3344, 989, 3348, 990, 991, 0, 990, 991, 0, 3355,
-    992, 992, 0, 3361, 0, 0, 0, 3361, 3364, 993, 993, 0, 3370, 993, 993, 0, 3374, 993, 993, 0, 3378, 993, 993, 0, 3382, 3370, 3374, 3378, 3382, 3385, 994, 0,
-    994, 0, 0, 3391, 995, 0, 995, 0, 0, 3397, 996, 0, 996, 0, 0, 3403, 997, 0, 997, 0, 0, 3409, 998, 0, 998, 0, 0, 3415, 999, 0, 999, 0,
-    0, 3421, 1000, 0, 1000, 0, 0, 3427, 1001, 1002, 1001, 1002, 0, 0, 3434, 1003, 0, 1003, 0, 0, 3440, 1004, 0, 1004, 0, 0, 3446, 1005, 1006, 1005, 1006, 3453,
-    0, 3453, 0, 0, 3456, 1007, 0, 1007, 0, 0, 3462, 1008, 0, 1008, 0, 0, 3468, 1009, 0, 1009, 0, 0, 3474, 1010, 1011, 1010, 1011, 3481, 0, 3481, 0, 0,
-    3484, 1012, 0, 1012, 0, 0, 3490, 1013, 0, 1013, 0, 0, 3496, 1014, 0, 1014, 0, 0, 3502, 1015, 0, 1015, 0, 0, 3508, 1016, 0, 1016, 0, 0, 3514, 1017,
-    0, 1017, 0, 0, 3520, 1018, 0, 1018, 0, 0, 3526, 1019, 0, 1019, 0, 0, 3532, 1020, 1020, 0, 0, 0, 3538, 1021, 0, 1021, 0, 0, 3544, 1022, 1023, 1024,
-    1025, 1024, 1025, 3553, 1026, 1027, 1026, 1027, 3558, 1022, 1023, 3553, 3558, 3561, 1028, 1029, 1030, 1031, 1030, 1031, 3570, 1032, 1033, 1032, 1033, 3575, 1028, 1029, 3570, 3575, 3578, 1034,
-    1035, 1034, 1035, 3585, 1036, 1036, 0, 3589, 1037, 1038, 3585, 3589, 1037, 1038, 3594, 1039, 1039, 0, 3600, 1040, 1040, 0, 3604, 3600, 3604, 0, 0, 3607, 1041, 1042, 1041, 1042,
-    0, 0, 3614, 1043, 1044, 1043, 1044, 0, 0, 3621, 1045, 1046, 1045, 1046, 3628, 1047, 1047, 0, 3632, 1048, 3628, 3632, 1048, 0, 3636, 1049, 1049, 0, 3642, 1050, 1050, 0,
-    3646, 3642, 3646, 0, 0, 3649, 1051, 1052, 1051, 1052, 0, 0, 3656, 1053, 1054, 1053, 1054, 0, 0, 3663, 1055, 1056, 0, 0, 1055, 1056, 3670, 1057, 1058, 1057, 1058, 0,
-    0, 3677, 1059, 1060, 0, 0, 1059, 1060, 3684, 1061, 1062, 0, 0, 1061, 1062, 3691, 1063, 1064, 1063, 1064, 0, 0, 3698, 1065, 1066, 1065, 1066, 0, 0, 3705, 1067, 0,
-    1067, 0, 3711, 1068, 0, 1068, 0, 3716, 3711, 3716, 3720, 0, 3720, 3723, 1069, 0, 1069, 0, 3727, 1070, 0, 1070, 0, 3732, 3727, 3732, 3736, 0, 3736, 3739, 3723, 3739,
-    0, 0, 3742, 1071, 0, 1071, 0, 3748, 1072, 0, 1072, 0, 3753, 3748, 3753, 3757, 0, 3757, 3760, 1073, 0, 1073, 0, 3764, 1074, 0, 1074, 0, 3769, 3764, 3769, 3773,
-    0, 3773, 3776, 3760, 3776, 0, 0, 3779, 1075, 1075, 0, 0, 3785, 1076, 1076, 0, 0, 3790, 3785, 3790, 3794, 0, 3794, 3797, 1077, 1077, 0, 0, 3801, 1078, 1078, 0,
-    0, 3806, 3801, 3806, 3810, 0, 3810, 3813, 3797, 3813, 0, 0, 3816, 1079, 0, 1079, 0, 3822, 1080, 0, 1080, 0, 3827, 3822, 3827, 3831, 0, 3831, 3834, 1081, 0, 1081,
-    0, 3838, 1082, 0, 1082, 0, 3843, 3838, 3843, 3847, 0, 3847, 3850, 3834, 3850, 0, 0, 3853, 1083, 0, 1083, 0, 3859, 1084, 0, 1084, 0, 3864, 3859, 3864, 3868, 0,
-    3868, 3871, 1085, 0, 1085, 0, 3875, 1086, 0, 1086, 0, 3880, 3875, 3880, 3884, 0, 3884, 3887, 3871, 3887, 0, 0, 3890, 1087, 0, 1087, 0, 3896, 1088, 0, 1088, 0,
-    3901, 3896, 3901, 3905, 0, 3905, 3908, 1089, 0, 1089, 0, 3912, 1090, 0, 1090, 0, 3917, 3912, 3917, 3921, 0, 3921, 3924, 3908, 3924, 0, 0, 3927, 1091, 0, 1091, 0,
-    3933, 1092, 0, 1092, 0, 3938, 3933, 3938, 3942, 0, 3942, 3945, 1093, 0, 1093, 0, 3949, 3949, 0, 3953, 0, 3953, 3956, 3945, 3956, 0, 0, 3959, 1094, 0, 1094, 3965,
-    1095, 0, 1095, 3969, 3965, 3969, 0, 0, 3972, 1096, 1097, 1098, 1099, 1096, 1097, 1098, 1099, 3981, 1100, 1101, 1100, 0, 1101, 0, 3988, 1102, 1103, 1102, 0, 1103, 0, 3995,
-    1104, 1105, 1104, 1105, 0, 0, 4002, 1106, 1107, 1106, 1107, 0, 0, 4009, 1108, 1109, 1108, 1109, 0, 0, 4016, 1110, 1111, 1110, 1111, 0, 0, 4023, 1112, 1113, 1114, 1115,
-    1112, 1113, 1114, 1115, 4032, 1116, 1117, 1118, 1119, 1116, 1117, 1118, 1119, 4041, 1120, 1121, 1122, 1123, 1120, 1121, 1122, 1123, 4050, 1124, 1125, 1126, 1124, 1125, 1126, 0, 4058, 1127,
-    1128, 1129, 1130, 1127, 1128, 1129, 1130, 4067, 1131, 1132, 1133, 1134, 1131, 1132, 1133, 1134, 4076, 1135, 1136, 1137, 1138, 1135, 1136, 1137, 1138, 4085, 1139, 1140, 1141, 1142, 1139, 1140,
-    1141, 1142, 4094, 1143, 0, 1143, 0, 0, 4100, 1144, 0, 1144, 0, 0, 4106, 1145, 0, 1145, 0, 0, 4112, 1146, 0, 1146, 0, 0, 4118, 1147, 0, 1147, 0, 0,
-    4124, 1148, 0, 1148, 0, 0, 4130, 1149, 0, 1149, 0, 0, 4136, 1150, 0, 1150, 0, 0, 4142, 1151, 0, 1151, 0, 0, 4148, 1152, 0, 1152, 0, 0, 4154, 1153,
-    0, 1153, 0, 0, 4160, 1154, 0, 1154, 0, 0, 4166, 1155, 0, 1155, 0, 0, 4172, 1156, 0, 1156, 0, 0, 4178, 1157, 1158, 1157, 1158, 4185, 0, 4185, 0, 0,
-    4188, 1159, 1160, 0, 1159, 1160, 0, 4195, 1161, 1162, 1163, 0, 1161, 1162, 1163, 4203, 1164, 1165, 1166, 0, 0, 1164, 0, 1165, 0, 1166, 0, 4211, 0, 4211, 4220, 0,
-    4220, 0, 0, 4223, 1167, 1168, 1169, 0, 0, 1167, 0, 1168, 0, 1169, 0, 4231, 0, 4231, 4240, 0, 4240, 0, 0, 4243, 1170, 1171, 1172, 1173, 0, 0, 1170, 1171,
-    0, 0, 1172, 1173, 4252, 0, 4252, 4261, 0, 4261, 0, 0, 4264, 1174, 0, 1174, 0, 0, 4270, 1175, 0, 1175, 0, 0, 4276, 1176, 0, 1176, 0, 0, 4282, 1177,
-    1178, 1177, 1178, 0, 4289, 4289, 0, 0, 0, 4293, 1179, 1180, 0, 1179, 0, 1180, 4300, 1181, 1182, 0, 1181, 0, 1182, 4307, 1183, 1184, 1183, 1184, 4314, 1185, 0, 4314,
-    1185, 0, 4318, 1186, 1187, 0, 1186, 1187, 0, 4325, 1188, 1188, 0, 0, 4331, 1189, 1189, 0, 0, 4336, 4331, 4336, 4340, 1190, 1190, 0, 0, 4344, 1191, 1191, 0, 0,
-    4349, 4344, 4349, 4353, 4340, 4353, 0, 0, 4356, 1192, 1192, 0, 0, 4362, 1193, 1193, 0, 0, 4367, 4362, 4367, 4371, 4371, 0, 4374, 1194, 1194, 0, 0, 4378, 1195, 1195,
-    0, 0, 4383, 4378, 4383, 4387, 4387, 0, 4390, 4374, 4390, 0, 0, 4393, 1196, 1196, 0, 0, 4399, 4399, 0, 4403, 0, 4403, 4406, 1197, 1197, 0, 0, 4410, 4410, 0,
-    4414, 0, 4414, 4417, 1198, 1198, 0, 0, 4421, 1199, 1199, 0, 0, 4426, 4421, 4426, 4430, 0, 4430, 4433, 4406, 4417, 0, 4433, 4436, 1200, 1200, 0, 0, 4442, 4442, 0,
-    4446, 0, 4446, 4449, 1201, 1201, 0, 0, 4453, 4453, 0, 4457, 0, 4457, 4460, 1202, 1202, 0, 0, 4464, 1203, 1203, 0, 0, 4469, 4464, 4469, 4473, 0, 4473, 4476, 4449,
-    4460, 0, 4476, 4479, 1204, 1204, 0, 0, 4485, 1205, 1205, 0, 0, 4490, 4485, 4490, 4494, 0, 4494, 4497, 1206, 1206, 0, 0, 4501, 1207, 1207, 0, 0, 4506, 4501, 4506,
-    4510, 0, 4510, 4513, 4497, 4513, 0, 0, 4516, 1208, 1208, 0, 0, 4522, 1209, 1209, 0, 0, 4527, 4522, 4527, 4531, 0, 4531, 4534, 1210, 1210, 0, 0, 4538, 1211, 1211,
-    0, 0, 4543, 4538, 4543, 4547, 0, 4547, 4550, 4534, 4550, 0, 0, 4553, 1212, 1213, 1214, 1215, 1212, 1213, 1214, 1215, 4562, 1216, 0, 1216, 0, 0, 4568, 1217, 0, 1217,
-    4574, 0, 4574, 0, 0, 4577, 1218, 1219, 1218, 1219, 0, 0, 4584, 1220, 1221, 0, 1220, 0, 1221, 4591, 1222, 0, 1222, 0, 0, 4597, 1223, 0, 1223, 0, 0, 4603,
-    1224, 0, 1224, 0, 0, 4609, 1225, 0, 1225, 0, 0, 4615, 1226, 0, 1226, 0, 0, 4621, 1227, 0, 1227, 0, 0, 4627, 1228, 0, 1228, 4633, 0, 4633, 0, 0,
-    4636, 1229, 0, 1229, 0, 0, 4642, 1230, 0, 1230, 0, 0, 4648, 1231, 0, 1231, 0, 0, 4654, 1232, 0, 1232, 0, 0, 4660, 1233, 0, 1233, 0, 0, 4666, 1234,
-    0, 1234, 0, 0, 4672, 1235, 0, 1235, 0, 0, 4678, 1236, 0, 1236, 0, 0, 4684, 1237, 0, 1237, 0, 0, 4690, 1238, 0, 1238, 0, 0, 4696, 1239, 0, 1239,
-    0, 0, 4702, 1240, 0, 1240, 0, 0, 4708, 1241, 0, 1241, 0, 0, 4714, 1242, 0, 1242, 0, 0, 4720, 1243, 1244, 1245, 0, 1243, 1244, 1245, 4728, 1246, 1246, 0,
-    4734, 0, 4734, 0, 0, 4737, 1247, 0, 1247, 0, 0, 4743, 1248, 0, 1248, 0, 0, 4749, 1249, 0, 1249, 0, 0, 4755, 1250, 0, 1250, 0, 0, 4761, 1251, 0,
-    1251, 0, 0, 4767, 1252, 0, 1252, 0, 0, 4773, 1253, 0, 1253, 0, 0, 4779, 1254, 0, 1254, 0, 0, 4785, 1255, 1255, 0, 4791, 0, 0, 0, 4791, 4794, 1256,
-    0, 1256, 0, 0, 4800, 1257, 0, 1257, 0, 0, 4806, 1258, 0, 1258, 0, 0, 4812, 1259, 0, 1259, 0, 0, 4818, 1260, 0, 1260, 0, 0, 4824, 1261, 0, 1261,
-    0, 0, 4830, 1262, 0, 1262, 4836, 0, 4836, 0, 0, 4839, 1263, 0, 1263, 0, 0, 4845, 1264, 0, 1264, 0, 0, 4851, 1265, 0, 1265, 0, 0, 4857, 1266, 0,
-    1266, 0, 0, 4863, 1267, 0, 1267, 0, 0, 4869, 1268, 0, 1268, 0, 0, 4875, 1269, 0, 1269, 0, 0, 4881, 1270, 0, 1270, 0, 0, 4887, 1271, 0, 1271, 0,
-    0, 4893, 1272, 0, 1272, 0, 0, 4899, 1273, 0, 1273, 0, 0, 4905, 1274, 0, 1274, 0, 0, 4911, 1275, 0, 1275, 0, 0, 4917, 1276, 0, 1276, 0, 0, 4923,
-    1277, 0, 1277, 0, 0, 4929, 1278, 0, 1278, 0, 0, 4935, 1279, 0, 1279, 0, 0, 4941, 1280, 0, 1280, 0, 0, 4947, 1281, 0, 1281, 0, 0, 4953, 1282, 1282,
-    0, 4959, 0, 4959, 0, 0, 4962, 1283, 1283, 0, 4968, 0, 4968, 0, 0, 4971, 1284, 1284, 0, 4977, 0, 4977, 0, 0, 4980, 1285, 1285, 0, 4986, 0, 4986, 0,
-    0, 4989, 1286, 1286, 0, 4995, 0, 4995, 0, 0, 4998, 1287, 0, 1287, 0, 5004, 5004, 0, 5008, 0, 5008, 0, 0, 5011, 1288, 0, 1288, 0, 0, 5017, 1289, 1289,
-    0, 5023, 0, 5023, 0, 0, 5026, 1290, 0, 1290, 0, 5032, 5032, 0, 5036, 0, 5036, 0, 0, 5039, 1291, 0, 1291, 0, 5045, 5045, 0, 5049, 5049, 0, 5052, 0,
-    5052, 0, 0, 5055, 1292, 0, 1292, 0, 0, 5061, 1293, 0, 1293, 0, 0, 5067, 1294, 0, 1294, 0, 0, 5073, 1295, 0, 1295, 0, 0, 5079, 1296, 0, 1296, 0,
-    0, 5085, 1297, 0, 1297, 0, 0, 5091, 1298, 0, 1298, 0, 0, 5097, 1299, 0, 1299, 0, 0, 5103, 1300, 0, 1300, 0, 0, 5109, 1301, 0, 1301, 0, 0, 5115,
-    1302, 0, 1302, 0, 0, 5121, 1303, 0, 1303, 0, 0, 5127, 1304, 0, 1304, 0, 0, 5133, 1305, 1305, 0, 5139, 5139, 0, 5142, 0, 5142, 0, 0, 5145, 1306, 1306,
-    0, 5151, 5151, 0, 5154, 0, 5154, 0, 0, 5157, 1307, 1307, 0, 5163, 5163, 0, 5166, 0, 5166, 0, 0, 5169, 1308, 1308, 0, 5175, 5175, 0, 5178, 0, 5178, 0,
-    0, 5181, 1309, 0, 1309, 0, 0, 5187, 1310, 0, 1310, 0, 0, 5193, 1311, 0, 1311, 0, 0, 5199, 1312, 0, 1312, 0, 0, 5205, 1313, 0, 1313, 0, 0, 5211,
-    1314, 0, 1314, 0, 0, 5217, 1315, 0, 1315, 0, 5223, 5223, 0, 5227, 0, 5227, 0, 0, 5230, 1316, 0, 1316, 0, 0, 5236, 1317, 0, 1317, 0, 0, 5242, 1318,
-    0, 1318, 0, 0, 5248, 1319, 0, 1319, 0, 0, 5254, 1320, 0, 1320, 0, 0, 5260, 1321, 0, 1321, 0, 0, 5266, 1322, 0, 1322, 0, 0, 5272, 1323, 0, 1323,
-    0, 0, 5278, 1324, 0, 1324, 0, 0, 5284, 1325, 0, 1325, 0, 0, 5290, 1326, 0, 1326, 0, 0, 5296, 1327, 1328, 1327, 1328, 5303, 0, 5303, 0, 0, 5306, 1329,
-    1329, 0, 5312, 0, 5312, 0, 0, 5315, 1330, 1331, 1330, 1331, 5322, 0, 5322, 0, 0, 5325, 1332, 1332, 0, 5331, 0, 5331, 0, 0, 5334, 1333, 1333, 0, 5340, 0,
-    5340, 0, 0, 5343, 1334, 0, 1334, 0, 5349, 5349, 0, 5353, 5353, 0, 5356, 0, 5356, 0, 0, 5359, 1335, 1335, 0, 5365, 0, 5365, 0, 0, 5368, 1336, 1336, 0,
-    5374, 0, 5374, 0, 0, 5377, 1337, 1338, 1337, 1338, 5384, 5384, 0, 5387, 0, 5387, 0, 0, 5390, 1339, 1340, 1339, 1340, 5397, 5397, 0, 5400, 0, 5400, 0, 0, 5403,
-    1341, 1342, 1341, 1342, 5410, 5410, 0, 5413, 0, 5413, 0, 0, 5416, 1343, 1344, 1343, 1344, 5423, 5423, 0, 5426, 0, 5426, 0, 0, 5429, 1345, 1346, 1345, 1346, 5436, 5436,
-    0, 5439, 0, 5439, 0, 0, 5442, 1347, 1348, 1347, 1348, 5449, 5449, 0, 5452, 0, 5452, 0, 0, 5455, 1349, 1350, 1349, 1350, 5462, 0, 5462, 0, 0, 5465, 1351, 1352,
-    1351, 1352, 5472, 0, 5472, 0, 0, 5475, 1353, 1354, 1353, 1354, 5482, 0, 5482, 0, 0, 5485, 1355, 1356, 1355, 1356, 5492, 0, 5492, 0, 0, 5495, 1357, 1358, 1357, 1358,
-    5502, 0, 5502, 0, 0, 5505, 1359, 1360, 1359, 1360, 5512, 0, 5512, 0, 0, 5515, 1361, 1362, 1361, 1362, 5522, 0, 5522, 0, 0, 5525, 1363, 1364, 1363, 1364, 5532, 0,
-    5532, 0, 0, 5535, 1365, 1366, 1365, 1366, 5542, 0, 5542, 0, 0, 5545, 1367, 1368, 1367, 1368, 5552, 0, 5552, 0, 0, 5555, 1369, 1370, 1369, 1370, 5562, 0, 5562, 0,
-    0, 5565, 1371, 1372, 1371, 1372, 5572, 0, 5572, 0, 0, 5575, 1373, 1374, 1373, 1374, 5582, 0, 5582, 0, 0, 5585, 1375, 1376, 1375, 1376, 5592, 0, 5592, 0, 0, 5595,
-    1377, 1378, 1377, 1378, 5602, 0, 5602, 0, 0, 5605, 1379, 1380, 1379, 1380, 5612, 0, 5612, 0, 0, 5615, 1381, 1382, 1381, 1382, 5622, 0, 5622, 0, 0, 5625, 1383, 1384,
-    1383, 1384, 5632, 0, 5632, 0, 0, 5635, 1385, 1386, 1385, 1386, 5642, 0, 5642, 0, 0, 5645, 1387, 1388, 1387, 1388, 5652, 0, 5652, 0, 0, 5655, 1389, 1390, 1389, 1390,
-    5662, 0, 5662, 0, 0, 5665, 1391, 1392, 1391, 1392, 5672, 0, 5672, 0, 0, 5675, 1393, 1394, 1393, 1394, 5682, 0, 5682, 0, 0, 5685, 1395, 1396, 1395, 1396, 5692, 0,
-    5692, 0, 0, 5695, 1397, 1398, 1397, 1398, 5702, 0, 5702, 0, 0, 5705, 1399, 1400, 1399, 1400, 5712, 0, 5712, 0, 0, 5715, 1401, 1402, 1401, 1402, 5722, 0, 5722, 0,
-    0, 5725, 1403, 1404, 1403, 1404, 5732, 0, 5732, 0, 0, 5735, 1405, 1406, 1405, 1406, 5742, 0, 5742, 0, 0, 5745, 1407, 1408, 1407, 1408, 5752, 0, 5752, 0, 0, 5755,
-    1409, 0, 1409, 0, 0, 5761, 1410, 0, 1410, 0, 0, 5767, 1411, 0, 1411, 0, 0, 5773, 1412, 0, 1412, 0, 0, 5779, 1413, 0, 1413, 0, 0, 5785, 1414, 1414,
-    0, 0, 5791, 5791, 0, 0, 0, 5795, 1415, 1415, 0, 0, 5801, 1416, 1416, 0, 0, 5806, 1417, 1417, 0, 0, 5811, 0, 5801, 5806, 5811, 0, 0, 0, 0, 5815,
-    5815, 0, 0, 0, 5824, 1418, 1418, 0, 0, 5830, 1419, 1419, 0, 0, 5835, 1420, 1420, 0, 0, 5840, 5830, 0, 5835, 5840, 5844, 1421, 1421, 0, 0, 5850, 0, 0,
-    0, 5850, 5854, 1422, 1422, 0, 0, 5860, 1423, 1423, 0, 0, 5865, 1424, 1424, 0, 0, 5870, 1425, 1425, 0, 0, 5875, 5860, 5865, 5870, 5875, 5879, 1426, 0, 1426, 0,
-    5885, 0, 5885, 5889, 0, 5889, 0, 0, 5892, 1427, 0, 1427, 0, 5898, 0, 5898, 5902, 0, 5902, 0, 0, 5905, 1428, 1428, 0, 5911, 0, 5911, 0, 0, 5914, 1429,
-    1429, 0, 5920, 0, 5920, 0, 0, 5923, 1430, 1430, 0, 5929, 0, 5929, 0, 0, 5932, 1431, 0, 1431, 0, 5938, 5938, 0, 5942, 0, 5942, 0, 0, 5945, 1432, 0,
-    1432, 0, 0, 5951, 1433, 0, 1433, 0, 0, 5957, 1434, 0, 1434, 0, 0, 5963, 1435, 0, 1435, 0, 0, 5969, 1436, 0, 1436, 0, 0, 5975, 1437, 0, 1437, 0,
-    0, 5981, 1438, 0, 1438, 0, 0, 5987, 1439, 0, 1439, 0, 0, 5993, 1440, 0, 1440, 0, 0, 5999, 1441, 0, 1441, 0, 0, 6005, 1442, 1443, 1442, 1443, 6012, 0,
-    6012, 0, 0, 6015, 1444, 0, 1444, 0, 0, 6021, 1445, 0, 1445, 0, 6027, 6027, 0, 6031, 0, 6031, 0, 0, 6034, 1446, 0, 1446, 0, 6040, 6040, 0, 6044, 0,
-    6044, 0, 0, 6047, 1447, 1447, 0, 6053, 0, 6053, 0, 0, 6056, 1448, 0, 1448, 0, 0, 6062, 1449, 0, 1449, 0, 0, 6068, 1450, 1451, 1450, 1451, 6075, 0, 6075,
-    0, 0, 6078, 1452, 1452, 0, 0, 6084, 1453, 1453, 0, 0, 6089, 6084, 6089, 6093, 0, 6093, 6096, 0, 6096, 0, 0, 6099, 1454, 1454, 0, 0, 6105, 1455, 1455, 0,
-    0, 6110, 6105, 6110, 6114, 0, 6114, 6117, 0, 6117, 0, 0, 6120, 1456, 1456, 0, 0, 6126, 1457, 1457, 0, 0, 6131, 6126, 6131, 6135, 0, 6135, 6138, 0, 6138, 0,
-    0, 6141, 1458, 1458, 0, 0, 6147, 1459, 1459, 0, 0, 6152, 6147, 6152, 6156, 0, 6156, 6159, 0, 6159, 0, 0, 6162, 1460, 0, 1460, 0, 6168, 6168, 0, 6172, 0,
-    6172, 0, 0, 6175, 1461, 0, 1461, 0, 6181, 6181, 0, 6185, 0, 6185, 0, 0, 6188, 1462, 0, 1462, 0, 0, 6194, 1463, 0, 1463, 0, 0, 6200, 1464, 0, 1464,
-    0, 0, 6206, 1465, 0, 1465, 0, 0, 6212, 1466, 0, 1466, 0, 6218, 6218, 0, 6222, 0, 6222, 0, 0, 6225, 1467, 1467, 0, 6231, 0, 6231, 0, 0, 6234, 1468,
-    1468, 0, 6240, 0, 6240, 0, 0, 6243, 1469, 1469, 0, 6249, 0, 6249, 0, 0, 6252, 1470, 0, 1470, 0, 0, 6258, 1471, 0, 1471, 0, 0, 6264, 1472, 0, 1472,
-    0, 0, 6270, 1473, 0, 1473, 0, 0, 6276, 1474, 0, 1474, 0, 0, 6282, 1475, 1475, 0, 0, 6288, 0, 0, 0, 6288, 6292, 1476, 1477, 1478, 1479, 1478, 1479, 6301,
-    1480, 1481, 1480, 1481, 6306, 1476, 1477, 6301, 6306, 6309, 1482, 1483, 1484, 1485, 1484, 1485, 6318, 1486, 1487, 1486, 1487, 6323, 1482, 1483, 6318, 6323, 6326, 1488, 1489, 1488, 1489, 6333,
-    1490, 1490, 0, 6337, 1491, 1492, 6333, 6337, 1491, 1492, 6342, 1493, 1493, 0, 6348, 1494, 1494, 0, 6352, 6348, 6352, 0, 0, 6355, 1495, 1496, 1495, 1496, 0, 0, 6362, 1497,
-    1498, 1497, 1498, 0, 0, 6369, 1499, 1500, 1499, 1500, 6376, 1501, 1501, 0, 6380, 1502, 6376, 6380, 1502, 0, 6384, 1503, 1503, 0, 6390, 1504, 1504, 0, 6394, 6390, 6394, 0,
-    0, 6397, 1505, 1506, 1505, 1506, 0, 0, 6404, 1507, 1508, 1507, 1508, 0, 0, 6411, 1509, 1510, 0, 0, 1509, 1510, 6418, 1511, 1512, 1511, 1512, 0, 0, 6425, 1513, 1514,
-    0, 0, 1513, 1514, 6432, 1515, 1516, 0, 0, 1515, 1516, 6439, 1517, 1518, 1517, 1518, 0, 0, 6446, 1519, 1520, 1519, 1520, 0, 0, 6453, 1521, 1522, 1523, 1524, 1521, 1522,
-    1523, 1524, 6462, 1525, 1526, 1525, 1526, 0, 0, 6469, 1527, 1528, 1527, 1528, 0, 0, 6476, 1529, 1530, 1529, 1530, 0, 0, 6483, 1531, 1532, 1531, 1532, 0, 0, 6490, 1533,
-    1534, 1535, 1536, 1533, 1534, 1535, 1536, 6499, 1537, 1538, 1539, 1540, 1537, 1538, 1539, 1540, 6508, 1541, 1542, 1543, 1544, 1541, 1542, 1543, 1544, 6517, 1545, 1546, 1547, 1545, 1546, 1547,
-    0, 6525, 1548, 1549, 1550, 1551, 1548, 1549, 1550, 1551, 6534, 1552, 1553, 1554, 1555, 1552, 1553, 1554, 1555, 6543, 1556, 1557, 1558, 1559, 1556, 1557, 1558, 1559, 6552, 1560, 1561, 1562,
-    1563, 1560, 1561, 1562, 1563, 6561, 1564, 0, 1564, 0, 0, 6567, 1565, 0, 1565, 0, 0, 6573, 1566, 0, 1566, 0, 0, 6579, 1567, 0, 1567, 0, 0, 6585, 1568, 0,
-    1568, 0, 0, 6591, 1569, 0, 1569, 0, 0, 6597, 1570, 0, 1570, 0, 0, 6603, 1571, 0, 1571, 0, 0, 6609, 1572, 0, 1572, 0, 0, 6615, 1573, 0, 1573, 0,
-    0, 6621, 1574, 0, 1574, 0, 0, 6627, 1575, 0, 1575, 0, 0, 6633, 1576, 0, 1576, 0, 0, 6639, 1577, 0, 1577, 0, 0, 6645, 1578, 1579, 1578, 1579, 6652, 0,
-    6652, 0, 0, 6655, 1580, 1581, 1580, 1581, 6662, 1582, 1583, 1582, 1583, 6667, 1584, 1585, 1584, 1585, 6672, 0, 6662, 6667, 6672, 6675, 1586, 1587, 1588, 0, 1586, 1587, 1588, 6683,
-    1589, 1590, 1591, 0, 0, 1589, 0, 1590, 0, 1591, 0, 6691, 0, 6691, 0, 0, 6700, 1592, 1593, 1592, 1593, 6707, 1594, 1595, 1594, 1595, 6712, 1596, 1597, 1598, 1597, 1598,
-    6718, 1599, 6707, 6712, 1596, 0, 6718, 0, 1599, 0, 6722, 0, 6722, 0, 0, 6731, 1600, 1601, 1602, 1603, 0, 0, 1600, 1601, 0, 0, 1602, 1603, 6740, 0, 6740, 0,
-    0, 6749, 1604, 0, 1604, 0, 0, 6755, 1605, 0, 1605, 0, 0, 6761, 1606, 0, 1606, 0, 0, 6767, 1607, 1608, 1607, 1608, 6774, 1609, 0, 6774, 1609, 0, 6778, 1610,
-    1611, 1610, 1611, 6785, 1612, 1613, 1612, 1613, 6790, 1614, 1615, 1614, 1615, 6795, 0, 6785, 6790, 6795, 6798, 1616, 1617, 1618, 1619, 1616, 1617, 1618, 1619, 6807, 1620, 0, 1620, 0,
-    0, 6813, 1621, 0, 1621, 6819, 0, 6819, 0, 0, 6822, 1622, 1623, 1622, 1623, 0, 0, 6829, 1624, 0, 1624, 0, 0, 6835, 1625, 0, 1625, 0, 0, 6841, 1626, 0,
-    1626, 0, 0, 6847, 1627, 0, 1627, 0, 0, 6853, 1628, 0, 1628, 0, 0, 6859, 1629, 0, 1629, 0, 0, 6865, 1630, 0, 1630, 0, 0, 6871, 1631, 0, 1631, 0,
-    0, 6877, 1632, 0, 1632, 0, 0, 6883, 1633, 1634, 1633, 1634, 6890, 0, 6890, 0, 0, 6893, 1635, 0, 1635, 0, 0, 6899, 1636, 0, 1636, 0, 0, 6905, 1637, 0,
-    1637, 0, 0, 6911, 1638, 1639, 1638, 1639, 6918, 0, 6918, 0, 0, 6921, 1640, 0, 1640, 0, 0, 6927, 1641, 0, 1641, 0, 0, 6933, 1642, 1643, 1642, 1643, 6940, 0,
-    6940, 0, 0, 6943, 1644, 0, 1644, 0, 0, 6949, 1645, 0, 1645, 0, 0, 6955, 1646, 0, 1646, 0, 0, 6961, 1647, 1648, 1649, 0, 1647, 1648, 1649, 6969, 1650, 1650,
-    0, 6975, 0, 6975, 0, 0, 6978, 1651, 0, 1651, 0, 0, 6984, 1652, 0, 1652, 0, 0, 6990, 1653, 0, 1653, 0, 0, 6996, 1654, 1655, 1654, 1655, 7003, 0, 7003,
-    0, 0, 7006, 1656, 0, 1656, 0, 0, 7012, 1657, 0, 1657, 0, 0, 7018, 1658, 0, 1658, 0, 0, 7024, 1659, 1660, 1659, 1660, 7031, 0, 7031, 0, 0, 7034, 1661,
-    0, 1661, 0, 0, 7040, 1662, 0, 1662, 0, 0, 7046, 1663, 0, 1663, 0, 0, 7052, 1664, 0, 1664, 0, 0, 7058, 1665, 0, 1665, 0, 0, 7064, 1666, 0, 1666,
-    0, 0, 7070, 1667, 0, 1667, 0, 0, 7076, 1668, 0, 1668, 0, 0, 7082, 1669, 0, 1669, 0, 0, 7088, 1670, 0, 1670, 0, 0, 7094, 1671, 0, 1671, 0, 0,
-    7100, 1672, 0, 1672, 0, 0, 7106, 1673, 0, 1673, 0, 0, 7112, 1674, 0, 1674, 0, 0, 7118, 1675, 0, 1675, 0, 0, 7124, 1676, 0, 1676, 0, 0, 7130, 1677,
-    1678, 1677, 1678, 7137, 0, 7137, 0, 0, 7140, 1679, 1679, 0, 7146, 0, 7146, 0, 0, 7149, 1680, 0, 1680, 7155, 0, 7155, 0, 0, 7158, 1681, 0, 1681, 0, 0,
-    7164, 1682, 0, 1682, 0, 0, 7170, 1683, 0, 1683, 0, 0, 7176, 1684, 0, 1684, 0, 0, 7182, 1685, 0, 1685, 0, 0, 7188, 1686, 0, 1686, 0, 0, 7194, 1687,
-    0, 1687, 0, 0, 7200, 1688, 0, 1688, 0, 0, 7206, 1689, 0, 1689, 0, 0, 7212, 1690, 1691, 1690, 1691, 7219, 1692, 1693, 1692, 1693, 7224, 0, 7219, 7224, 0, 7227,
-    1694, 1695, 1694, 1695, 7234, 1696, 1697, 1696, 1697, 7239, 0, 7234, 7239, 0, 7242, 1698, 1699, 1700, 1699, 1700, 7250, 0, 7250, 7253, 0, 1698, 7253, 0, 7256, 1701, 0, 1701,
-    7262, 1702, 1703, 1702, 1703, 7267, 0, 7267, 7270, 0, 7262, 7270, 0, 7273, 1704, 1705, 0, 1705, 7280, 0, 7280, 7283, 0, 1704, 7283, 0, 7286, 1706, 0, 1706, 0, 0,
-    7292, 1707, 1708, 1708, 0, 7299, 0, 1707, 7299, 0, 7302, 1709, 1710, 1710, 0, 7309, 0, 1709, 7309, 0, 7312, 1711, 1712, 1712, 0, 7319, 0, 1711, 7319, 0, 7322, 1713,
-    1714, 1714, 0, 7329, 0, 1713, 7329, 0, 7332, 1715, 1716, 1716, 0, 7339, 0, 1715, 7339, 0, 7342, 1717, 1718, 1718, 0, 7349, 0, 1717, 7349, 0, 7352, 1719, 1720, 1719,
-    1720, 7359, 0, 7359, 0, 0, 7362, 1721, 0, 1721, 7368, 0, 7368, 0, 0, 7371, 1722, 1723, 1724, 1723, 1724, 7379, 0, 7379, 7382, 0, 1722, 7382, 0, 7385, 1725, 1726,
-    1725, 1726, 7392, 1727, 1728, 1727, 1728, 7397, 0, 7397, 7400, 0, 7392, 7400, 0, 7403, 1729, 1730, 1730, 0, 7410, 0, 7410, 7413, 0, 1729, 7413, 0, 7416, 1731, 1732, 1731,
-    1732, 7423, 0, 7423, 0, 0, 7426, 1733, 0, 1733, 0, 0, 7432, 1734, 1735, 1734, 1735, 7439, 0, 7439, 0, 0, 7442, 1736, 0, 1736, 0, 0, 7448, 1737, 1738, 1737,
-    1738, 7455, 0, 7455, 0, 0, 7458, 1739, 1740, 1739, 1740, 7465, 0, 7465, 0, 0, 7468, 1741, 1741, 0, 7474, 0, 7474, 0, 0, 7477, 1742, 0, 1742, 7483, 0, 7483,
-    0, 0, 7486, 1743, 1744, 1743, 1744, 7493, 0, 7493, 0, 0, 7496, 1745, 1746, 1745, 1746, 7503, 0, 7503, 0, 0, 7506, 1747, 1748, 1747, 1748, 7513, 0, 7513, 0, 0,
-    7516, 1749, 1749, 0, 7522, 0, 7522, 0, 0, 7525, 1750, 1750, 0, 7531, 0, 7531, 0, 0, 7534, 1751, 1751, 0, 7540, 0, 7540, 7543, 0, 7543, 0, 0, 7546, 1752,
-    1752, 0, 7552, 0, 7552, 7555, 0, 7555, 0, 0, 7558, 1753, 1754, 1753, 1754, 7565, 0, 7565, 7568, 0, 7568, 0, 0, 7571, 1755, 1756, 1755, 1756, 7578, 0, 7578, 0,
-    0, 7581, 1757, 1758, 1757, 1758, 7588, 0, 7588, 0, 0, 7591, 1759, 1760, 1759, 1760, 7598, 0, 7598, 0, 0, 7601, 1761, 1762, 1761, 1762, 7608, 0, 7608, 0, 0, 7611,
-    1763, 1764, 1763, 1764, 7618, 0, 7618, 0, 0, 7621, 1765, 1766, 1765, 1766, 7628, 0, 7628, 0, 0, 7631, 1767, 1768, 1767, 1768, 7638, 0, 7638, 0, 0, 7641, 1769, 1770,
-    1769, 1770, 7648, 0, 7648, 0, 0, 7651, 1771, 1772, 1771, 1772, 7658, 0, 7658, 0, 0, 7661, 1773, 1774, 1773, 1774, 7668, 0, 7668, 0, 0, 7671, 1775, 1776, 1775, 1776,
-    7678, 0, 7678, 0, 0, 7681, 1777, 1778, 1777, 1778, 7688, 0, 7688, 0, 0, 7691, 1779, 1780, 1779, 1780, 7698, 0, 7698, 0, 0, 7701, 1781, 1782, 1781, 1782, 7708, 0,
-    7708, 0, 0, 7711, 1783, 1784, 1783, 1784, 7718, 0, 7718, 0, 0, 7721, 1785, 1786, 1785, 1786, 7728, 0, 7728, 0, 0, 7731, 1787, 1788, 1787, 1788, 7738, 0, 7738, 0,
-    0, 7741, 1789, 1790, 1789, 1790, 7748, 0, 7748, 0, 0, 7751, 1791, 1792, 1791, 1792, 7758, 0, 7758, 0, 0, 7761, 1793, 1794, 1793, 1794, 7768, 0, 7768, 0, 0, 7771,
-    1795, 1796, 1795, 1796, 7778, 0, 7778, 0, 0, 7781, 1797, 1798, 1797, 1798, 7788, 0, 7788, 0, 0, 7791, 1799, 1800, 1799, 1800, 7798, 0, 7798, 0, 0, 7801, 1801, 1802,
-    1801, 1802, 7808, 0, 7808, 0, 0, 7811, 1803, 1804, 1803, 1804, 7818, 0, 7818, 0, 0, 7821, 1805, 1806, 1805, 1806, 7828, 0, 7828, 0, 0, 7831, 1807, 1808, 1807, 1808,
-    7838, 0, 7838, 0, 0, 7841, 1809, 1810, 1809, 1810, 7848, 0, 7848, 0, 0, 7851, 1811, 1812, 1811, 1812, 7858, 0, 7858, 0, 0, 7861, 1813, 1814, 1813, 1814, 7868, 0,
-    7868, 0, 0, 7871, 1815, 1816, 1815, 1816, 7878, 0, 7878, 0, 0, 7881, 1817, 1818, 1817, 1818, 7888, 0, 7888, 0, 0, 7891, 1819, 1820, 1819, 1820, 7898, 0, 7898, 0,
-    0, 7901, 1821, 1822, 1821, 1822, 7908, 0, 7908, 0, 0, 7911, 1823, 1824, 1823, 1824, 7918, 0, 7918, 0, 0, 7921, 1825, 1826, 1825, 1826, 7928, 0, 7928, 0, 0, 7931,
-    1827, 1828, 1827, 1828, 7938, 0, 7938, 0, 0, 7941, 1829, 0, 1829, 0, 0, 7947, 1830, 0, 1830, 0, 0, 7953, 1831, 0, 1831, 0, 0, 7959, 1832, 0, 1832, 0,
-    0, 7965, 1833, 0, 1833, 7971, 0, 7971, 0, 0, 7974, 1834, 0, 1834, 7980, 0, 7980, 0, 0, 7983, 1835, 1836, 1835, 1836, 7990, 0, 7990, 0, 0, 7993, 1837, 0,
-    1837, 0, 0, 7999, 1838, 0, 1838, 0, 0, 8005, 1839, 0, 1839, 0, 0, 8011, 1840, 1841, 1840, 1841, 8018, 0, 8018, 0, 0, 8021, 1842, 0, 1842, 0, 0, 8027,
-    1843, 1844, 1843, 1844, 8034, 0, 8034, 0, 0, 8037, 1845, 1846, 1845, 1846, 8044, 0, 8044, 0, 0, 8047, 1847, 1848, 1847, 1848, 8054, 0, 8054, 0, 0, 8057, 1849, 1850,
-    1849, 1850, 8064, 0, 8064, 0, 0, 8067, 1851, 1852, 1851, 1852, 8074, 0, 8074, 0, 0, 8077, 1853, 1854, 1853, 1854, 8084, 0, 8084, 0, 0, 8087, 1855, 0, 1855, 0,
-    0, 8093, 1856, 0, 1856, 0, 0, 8099, 1857, 1858, 1857, 1858, 8106, 0, 8106, 0, 0, 8109, 1859, 1860, 1859, 1860, 8116, 0, 8116, 0, 0, 8119, 1861, 1862, 1861, 1862,
-    8126, 0, 8126, 0, 0, 8129, 1863, 1864, 1863, 1864, 8136, 0, 8136, 0, 0, 8139, 1865, 1866, 1865, 1866, 8146, 0, 8146, 0, 0, 8149, 1867, 1868, 1867, 1868, 8156, 0,
-    8156, 0, 0, 8159, 1869, 1870, 1869, 1870, 8166, 0, 8166, 0, 0, 8169, 1871, 1872, 1871, 1872, 8176, 0, 8176, 0, 0, 8179, 1873, 1874, 1873, 1874, 8186, 0, 8186, 0,
-    0, 8189, 1875, 1876, 1875, 1876, 8196, 0, 8196, 0, 0, 8199, 1877, 0, 1877, 0, 0, 8205,
+    455, 0, 0, 456, 457, 458, 459, 1215, 460, 461, 462, 463, 464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467, 1232, 468, 469, 470, 471, 469, 0, 0,
+    0, 0, 0, 470, 471, 1245, 442, 472, 473, 474, 475, 476, 0, 472, 473, 474, 475, 476, 0, 0, 1260, 1186, 1200, 1215, 1232, 468, 1245, 442, 1260, 1269, 1172, 1269,
+    1278, 437, 438, 439, 440, 441, 442, 443, 437, 438, 439, 440, 441, 0, 442, 443, 1288, 444, 445, 446, 447, 448, 444, 445, 446, 447, 448, 0, 0, 0, 1302, 449,
+    450, 451, 452, 453, 449, 450, 451, 452, 0, 0, 0, 453, 1316, 454, 455, 456, 457, 458, 459, 454, 455, 0, 0, 456, 457, 458, 459, 1331, 460, 461, 462, 463,
+    464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467, 1348, 468, 469, 470, 471, 469, 0, 0, 0, 0, 0, 470, 471, 1361, 442, 472, 473, 474, 475, 476,
+    0, 472, 473, 474, 475, 476, 0, 0, 1376, 1302, 1316, 1331, 1348, 468, 1361, 442, 1376, 1385, 1288, 1385, 1394, 437, 438, 439, 440, 441, 442, 443, 437, 438, 439, 440,
+    441, 0, 442, 443, 1404, 444, 445, 446, 447, 448, 444, 445, 446, 447, 448, 0, 0, 0, 1418, 449, 450, 451, 452, 453, 449, 450, 451, 452, 0, 0, 0, 453,
+    1432, 454, 455, 456, 457, 458, 459, 454, 455, 0, 0, 456, 457, 458, 459, 1447, 460, 461, 462, 463, 464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467,
+    1464, 468, 469, 470, 471, 469, 0, 0, 0, 0, 0, 470, 471, 1477, 442, 472, 473, 474, 475, 476, 0, 472, 473, 474, 475, 476, 0, 0, 1492, 1418, 1432, 1447,
+    1464, 468, 1477, 442, 1492, 1501, 1404, 1501, 1510, 437, 438, 439, 440, 441, 442, 443, 437, 438, 439, 440, 441, 0, 442, 443, 1520, 444, 445, 446, 447, 448, 444, 445,
+    446, 447, 448, 0, 0, 0, 1534, 449, 450, 451, 452, 453, 449, 450, 451, 452, 0, 0, 0, 453, 1548, 454, 455, 456, 457, 458, 459, 454, 455, 0, 0, 456,
+    457, 458, 459, 1563, 460, 461, 462, 463, 464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467, 1580, 468, 469, 470, 471, 469, 0, 0, 0, 0, 0, 470,
+    471, 1593, 442, 472, 473, 474, 475, 476, 0, 472, 473, 474, 475, 476, 0, 0, 1608, 1534, 1548, 1563, 1580, 468, 1593, 442, 1608, 1617, 1520, 1617, 1626, 1278, 1394, 1510,
+    1626, 1629, 437, 438, 439, 440, 441, 442, 443, 437, 438, 439, 440, 441, 0, 442, 443, 1641, 444, 445, 446, 447, 448, 444, 445, 446, 447, 448, 0, 0, 0, 1655,
+    449, 450, 451, 452, 453, 449, 450, 451, 452, 0, 0, 0, 453, 1669, 454, 455, 456, 457, 458, 459, 454, 455, 0, 0, 456, 457, 458, 459, 1684, 460, 461, 462,
+    463, 464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467, 1701, 468, 469, 470, 471, 469, 0, 0, 0, 0, 0, 470, 471, 1714, 442, 477, 472, 473, 474,
+    475, 476, 477, 472, 473, 474, 475, 476, 0, 0, 1730, 1655, 1669, 1684, 1701, 468, 1714, 442, 1730, 1739, 1641, 1739, 1748, 437, 438, 439, 440, 441, 442, 443, 437, 438,
+    439, 440, 441, 0, 442, 443, 1758, 444, 445, 446, 447, 448, 444, 445, 446, 447, 448, 0, 0, 0, 1772, 449, 450, 451, 452, 453, 449, 450, 451, 452, 0, 0,
+    0, 453, 1786, 454, 455, 456, 457, 458, 459, 454, 455, 0, 0, 456, 457, 458, 459, 1801, 460, 461, 462, 463, 464, 465, 466, 467, 460, 461, 462, 463, 464, 465,
+    466, 467, 1818, 468, 469, 470, 471, 469, 0, 0, 0, 0, 0, 470, 471, 1831, 442, 477, 472, 473, 474, 475, 476, 477, 472, 473, 474, 475, 476, 0, 0, 1847,
+    1772, 1786, 1801, 1818, 468, 1831, 442, 1847, 1856, 1758, 1856, 1865, 437, 438, 439, 440, 441, 442, 443, 437, 438, 439, 440, 441, 0, 442, 443, 1875, 444, 445, 446, 447,
+    448, 444, 445, 446, 447, 448, 0, 0, 0, 1889, 449, 450, 451, 452, 453, 449, 450, 451, 452, 0, 0, 0, 453, 1903, 454, 455, 456, 457, 458, 459, 454, 455,
+    0, 0, 456, 457, 458, 459, 1918, 460, 461, 462, 463, 464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467, 1935, 468, 469, 470, 471, 469, 0, 0, 0,
+    0, 0, 470, 471, 1948, 442, 477, 472, 473, 474, 475, 476, 477, 472, 473, 474, 475, 476, 0, 0, 1964, 1889, 1903, 1918, 1935, 468, 1948, 442, 1964, 1973, 1875, 1973,
+    1982, 437, 438, 439, 440, 441, 442, 443, 437, 438, 439, 440, 441, 0, 442, 443, 1992, 444, 445, 446, 447, 448, 444, 445, 446, 447, 448, 0, 0, 0, 2006, 449,
+    450, 451, 452, 453, 449, 450, 451, 452, 0, 0, 0, 453, 2020, 454, 455, 456, 457, 458, 459, 454, 455, 0, 0, 456, 457, 458, 459, 2035, 460, 461, 462, 463,
+    464, 465, 466, 467, 460, 461, 462, 463, 464, 465, 466, 467, 2052, 468, 469, 470, 471, 469, 0, 0, 0, 0, 0, 470, 471, 2065, 442, 477, 472, 473, 474, 475,
+    476, 477, 472, 473, 474, 475, 476, 0, 0, 2081, 2006, 2020, 2035, 2052, 468, 2065, 442, 2081, 2090, 1992, 2090, 2099, 1748, 1865, 1982, 2099, 2102, 1629, 2102, 2107, 478, 479,
+    480, 481, 482, 482, 483, 482, 482, 483, 2117, 484, 485, 485, 486, 485, 485, 485, 486, 485, 2126, 487, 488, 489, 490, 488, 488, 488, 488, 488, 488, 489, 490, 488,
+    488, 488, 488, 488, 2140, 2140, 0, 2149, 491, 492, 493, 494, 495, 492, 493, 494, 495, 2157, 496, 497, 498, 499, 496, 497, 498, 499, 2166, 500, 501, 500, 501, 2173,
+    502, 502, 0, 2177, 503, 504, 2173, 2177, 503, 504, 2182, 505, 505, 0, 2188, 506, 506, 0, 2192, 2188, 2192, 0, 0, 2195, 507, 508, 507, 508, 0, 0, 2202, 509,
+    510, 509, 510, 0, 0, 2209, 511, 512, 511, 512, 2216, 513, 513, 0, 2220, 514, 2216, 2220, 514, 0, 2224, 515, 515, 0, 2230, 516, 516, 0, 2234, 2230, 2234, 0,
+    0, 2237, 517, 518, 519, 520, 521, 521, 521, 521, 517, 518, 519, 520, 521, 521, 521, 521, 2250, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521,
+    521, 521, 521, 2267, 2250, 2267, 2276, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 521, 522, 523, 521, 521, 521, 521, 521, 521,
+    522, 523, 521, 521, 521, 521, 2302, 521, 521, 521, 521, 521, 521, 521, 2302, 2311, 521, 2311, 2320, 521, 521, 521, 2320, 521, 2324, 521, 524, 525, 526, 527, 528, 529,
+    528, 529, 0, 0, 2336, 530, 531, 530, 531, 0, 0, 2343, 532, 533, 534, 535, 532, 533, 534, 535, 2352, 536, 537, 536, 537, 0, 0, 2359, 538, 539, 540, 541,
+    538, 539, 540, 541, 2368, 542, 543, 544, 545, 542, 543, 544, 545, 2377, 546, 547, 546, 547, 0, 0, 2384, 548, 549, 548, 549, 0, 0, 2391, 550, 551, 552, 553,
+    554, 555, 555, 556, 555, 555, 556, 2404, 557, 558, 559, 560, 561, 562, 563, 564, 565, 566, 567, 568, 569, 570, 571, 572, 573, 574, 0, 574, 2426, 575, 0, 575,
+    2430, 2426, 2430, 0, 0, 2433, 576, 577, 578, 579, 576, 577, 578, 579, 2442, 580, 581, 580, 0, 581, 0, 2449, 582, 583, 582, 0, 583, 0, 2456, 584, 585, 584,
+    585, 0, 0, 2463, 586, 587, 586, 587, 0, 0, 2470, 588, 589, 588, 589, 0, 0, 2477, 590, 591, 590, 591, 0, 0, 2484, 592, 593, 594, 595, 592, 593, 594,
+    595, 2493, 596, 597, 598, 599, 596, 597, 598, 599, 2502, 600, 601, 602, 603, 600, 601, 602, 603, 2511, 604, 605, 606, 604, 605, 606, 0, 2519, 607, 608, 609, 610,
+    607, 608, 609, 610, 2528, 611, 612, 613, 614, 611, 612, 613, 614, 2537, 615, 616, 617, 618, 615, 616, 617, 618, 2546, 619, 620, 621, 622, 619, 620, 621, 622, 2555,
+    623, 624, 623, 624, 0, 0, 2562, 625, 626, 625, 626, 0, 0, 2569, 627, 628, 627, 628, 0, 0, 2576, 629, 630, 629, 630, 0, 0, 2583, 631, 632, 631, 632,
+    0, 0, 2590, 633, 634, 633, 634, 0, 0, 2597, 635, 636, 635, 636, 0, 0, 2604, 637, 638, 637, 638, 0, 0, 2611, 639, 640, 639, 640, 0, 0, 2618, 641,
+    642, 641, 642, 0, 0, 2625, 643, 644, 643, 644, 0, 0, 2632, 645, 646, 645, 646, 0, 0, 2639, 647, 0, 647, 0, 0, 2645, 648, 0, 648, 0, 0, 2651,
+    649, 650, 649, 650, 2658, 651, 652, 651, 652, 2663, 2658, 2663, 0, 0, 2666, 653, 654, 655, 653, 654, 655, 0, 2674, 656, 657, 658, 659, 656, 657, 658, 659, 2683,
+    660, 661, 662, 0, 0, 660, 0, 661, 0, 662, 0, 2691, 0, 2691, 2700, 663, 664, 665, 0, 0, 663, 0, 664, 0, 665, 0, 2706, 0, 2706, 2715, 2700, 2715,
+    0, 0, 2718, 666, 667, 668, 0, 0, 666, 0, 667, 0, 668, 0, 2726, 0, 2726, 2735, 669, 670, 671, 0, 0, 669, 0, 670, 0, 671, 0, 2741, 0, 2741,
+    2750, 2735, 2750, 0, 0, 2753, 672, 673, 0, 0, 672, 0, 0, 0, 673, 0, 2760, 0, 2760, 2769, 674, 675, 676, 677, 0, 0, 674, 675, 0, 0, 676, 677,
+    2776, 0, 2776, 2785, 2769, 2785, 0, 0, 2788, 678, 679, 678, 679, 0, 0, 2795, 680, 681, 680, 681, 0, 0, 2802, 682, 683, 682, 683, 0, 0, 2809, 684, 684,
+    684, 684, 684, 684, 684, 684, 2818, 685, 686, 686, 0, 0, 0, 0, 0, 0, 0, 2825, 0, 2825, 2834, 685, 687, 0, 687, 2839, 685, 2834, 685, 2839, 2842, 688,
+    689, 0, 689, 2849, 688, 690, 0, 690, 2854, 688, 2849, 688, 2854, 2857, 691, 692, 0, 691, 0, 692, 2864, 693, 694, 0, 693, 0, 694, 2871, 695, 696, 695, 696,
+    2878, 697, 698, 697, 698, 2883, 699, 2878, 2883, 699, 0, 2887, 700, 701, 702, 700, 701, 702, 0, 2895, 703, 704, 705, 706, 707, 708, 709, 710, 711, 712, 713, 714,
+    715, 716, 717, 718, 719, 720, 721, 722, 723, 724, 725, 726, 727, 728, 729, 730, 731, 732, 733, 734, 735, 736, 737, 738, 739, 740, 741, 742, 743, 744, 745, 746,
+    747, 748, 749, 750, 751, 752, 753, 754, 747, 748, 749, 750, 751, 752, 753, 754, 2952, 755, 756, 757, 0, 0, 0, 0, 0, 755, 756, 757, 2964, 2952, 2964, 2973,
+    758, 759, 0, 0, 0, 0, 0, 0, 758, 759, 2978, 760, 0, 0, 0, 0, 0, 0, 760, 0, 2988, 2978, 2988, 2997, 761, 0, 0, 0, 0, 761, 0, 0,
+    0, 3001, 762, 763, 764, 765, 761, 766, 767, 766, 767, 3017, 768, 762, 763, 764, 765, 761, 3017, 768, 0, 3021, 3001, 3021, 3030, 769, 0, 0, 0, 0, 0, 0,
+    769, 0, 3034, 0, 3034, 3043, 2973, 2997, 3030, 3043, 3046, 770, 771, 772, 773, 773, 0, 3055, 774, 775, 775, 0, 3060, 776, 776, 0, 3064, 777, 778, 779, 0, 0,
+    779, 0, 3070, 780, 781, 782, 783, 784, 0, 0, 0, 0, 781, 782, 783, 784, 3080, 785, 786, 786, 787, 786, 786, 786, 787, 786, 3094, 788, 788, 789, 788, 788,
+    788, 789, 788, 3103, 790, 791, 792, 793, 794, 795, 796, 797, 794, 795, 796, 797, 3116, 798, 798, 0, 3122, 798, 798, 0, 3126, 798, 798, 0, 3130, 798, 798, 0,
+    3134, 3122, 3126, 3130, 3134, 3137, 799, 800, 799, 800, 0, 0, 3144, 801, 0, 801, 3150, 802, 0, 802, 3154, 3150, 3154, 0, 0, 3157, 803, 804, 803, 804, 0, 0,
+    3164, 805, 805, 806, 805, 805, 806, 3172, 807, 808, 809, 810, 811, 0, 3172, 0, 807, 808, 809, 810, 811, 3181, 812, 813, 0, 0, 0, 0, 0, 0, 812, 813,
+    3192, 3181, 3192, 3201, 805, 805, 806, 805, 805, 806, 3207, 807, 808, 809, 814, 0, 3207, 0, 807, 808, 809, 814, 0, 3215, 3215, 0, 3224, 805, 805, 806, 805, 805,
+    806, 3230, 807, 808, 809, 815, 0, 3230, 0, 807, 808, 809, 815, 0, 3238, 816, 0, 0, 0, 0, 0, 0, 0, 816, 3248, 3238, 3248, 3257, 805, 805, 806, 805,
+    805, 806, 3263, 807, 808, 809, 810, 811, 0, 3263, 0, 807, 808, 809, 810, 811, 3272, 812, 813, 0, 0, 0, 0, 0, 0, 812, 813, 3283, 3272, 3283, 3292, 3201,
+    3224, 3257, 3292, 3295, 817, 817, 817, 817, 817, 817, 817, 817, 818, 819, 0, 818, 0, 819, 3310, 820, 821, 820, 821, 0, 0, 3317, 822, 823, 822, 823, 0, 0,
+    3324, 824, 825, 824, 825, 0, 0, 3331, 826, 827, 826, 827, 0, 0, 3338, 828, 829, 828, 829, 0, 0, 3345, 830, 831, 0, 831, 3352, 832, 0, 832, 3356, 0,
+    830, 3352, 3356, 3359, 833, 0, 833, 3365, 834, 0, 834, 3369, 3365, 3369, 0, 0, 3372, 835, 836, 835, 836, 0, 0, 3379, 837, 838, 837, 838, 0, 0, 3386, 839,
+    840, 839, 840, 0, 0, 3393, 841, 842, 841, 842, 0, 0, 3400, 843, 844, 843, 844, 0, 0, 3407, 845, 846, 845, 846, 0, 0, 3414, 847, 848, 847, 848, 0,
+    0, 3421, 849, 850, 849, 850, 0, 0, 3428, 851, 852, 851, 852, 0, 0, 3435, 853, 854, 853, 854, 0, 0, 3442, 855, 856, 855, 856, 0, 0, 3449, 857, 858,
+    857, 858, 0, 0, 3456, 859, 860, 859, 860, 0, 0, 3463, 861, 862, 861, 862, 0, 0, 3470, 863, 864, 865, 0, 863, 864, 865, 3478, 866, 866, 0, 3484, 867,
+    867, 0, 3488, 3484, 3488, 0, 0, 3491, 868, 869, 868, 869, 0, 0, 3498, 870, 871, 870, 871, 0, 0, 3505, 872, 873, 872, 873, 0, 0, 3512, 874, 875, 874,
+    875, 0, 0, 3519, 876, 877, 876, 877, 0, 0, 3526, 878, 879, 878, 879, 0, 0, 3533, 880, 881, 880, 881, 0, 0, 3540, 882, 883, 882, 883, 0, 0, 3547,
+    884, 884, 0, 3553, 0, 0, 0, 3553, 3556, 885, 886, 885, 886, 0, 0, 3563, 887, 888, 887, 888, 0, 0, 3570, 889, 890, 889, 890, 0, 0, 3577, 891, 892,
+    891, 892, 0, 0, 3584, 893, 894, 893, 894, 0, 0, 3591, 895, 896, 895, 896, 0, 0, 3598, 897, 0, 897, 3604, 898, 0, 898, 3608, 3604, 3608, 0, 0, 3611,
+    899, 900, 899, 900, 0, 0, 3618, 901, 902, 901, 902, 0, 0, 3625, 903, 904, 903, 904, 0, 0, 3632, 905, 906, 905, 906, 0, 0, 3639, 907, 908, 907, 908,
+    0, 0, 3646, 909, 910, 909, 910, 0, 0, 3653, 911, 912, 911, 912, 0, 0, 3660, 913, 914, 915, 914, 915, 0, 0, 3668, 916, 917, 916, 917, 0, 0, 3675,
+    918, 919, 918, 919, 0, 0, 3682, 920, 921, 920, 921, 0, 0, 3689, 922, 923, 922, 923, 0, 0, 3696, 924, 925, 924, 925, 0, 0, 3703, 926, 927, 926, 927,
+    0, 0, 3710, 928, 929, 928, 929, 0, 0, 3717, 930, 931, 930, 931, 0, 0, 3724, 932, 933, 932, 933, 0, 0, 3731, 934, 935, 934, 935, 0, 0, 3738, 936,
+    937, 936, 937, 0, 0, 3745, 938, 0, 938, 0, 0, 3751, 939, 0, 939, 0, 0, 3757, 940, 0, 940, 0, 0, 3763, 941, 0, 941, 0, 0, 3769, 942, 943,
+    942, 943, 0, 0, 3776, 944, 945, 944, 945, 0, 0, 3783, 946, 947, 946, 947, 0, 0, 3790, 948, 0, 948, 0, 0, 3796, 949, 0, 949, 0, 0, 3802, 950,
+    0, 950, 0, 0, 3808, 951, 0, 951, 0, 0, 3814, 952, 0, 952, 0, 0, 3820, 953, 0, 953, 0, 0, 3826, 954, 0, 954, 0, 0, 3832, 955, 0, 955,
+    0, 0, 3838, 956, 0, 956, 0, 0, 3844, 957, 0, 957, 0, 0, 3850, 958, 0, 958, 0, 0, 3856, 959, 0, 959, 0, 0, 3862, 960, 0, 960, 0, 0,
+    3868, 961, 0, 961, 0, 0, 3874, 962, 0, 962, 0, 0, 3880, 963, 0, 963, 0, 0, 3886, 964, 0, 964, 0, 0, 3892, 965, 0, 965, 0, 0, 3898, 966,
+    0, 966, 0, 0, 3904, 967, 0, 967, 0, 0, 3910, 968, 0, 968, 0, 0, 3916, 969, 0, 969, 0, 0, 3922, 970, 0, 970, 0, 0, 3928, 971, 0, 971,
+    0, 0, 3934, 972, 0, 972, 0, 0, 3940, 973, 0, 973, 0, 0, 3946, 974, 0, 974, 0, 0, 3952, 975, 975, 0, 3958, 0, 3958, 0, 0, 3961, 976, 976,
+    0, 3967, 0, 3967, 0, 0, 3970, 977, 977, 0, 3976, 0, 3976, 0, 0, 3979, 978, 978, 0, 0, 0, 3985, 979, 979, 0, 0, 0, 3991, 980, 980, 0, 0,
+    0, 3997, 981, 981, 0, 0, 0, 4003, 982, 982, 0, 0, 0, 4009, 983, 983, 0, 0, 0, 4015, 984, 0, 984, 0, 0, 4021, 985, 0, 985, 0, 0, 4027,
+    986, 0, 986, 0, 0, 4033, 987, 0, 987, 0, 0, 4039, 988, 0, 988, 0, 0, 4045, 989, 989, 0, 4051, 989, 989, 0, 4055, 989, 989, 0, 4059, 990, 4051,
+    4055, 4059, 990, 4063, 991, 991, 0, 4069, 991, 991, 0, 4073, 991, 991, 0, 4077, 992, 4069, 4073, 4077, 992, 4081, 993, 994, 0, 993, 994, 0, 4088, 995, 995, 0,
+    4094, 0, 0, 0, 4094, 4097, 996, 996, 0, 4103, 996, 996, 0, 4107, 996, 996, 0, 4111, 996, 996, 0, 4115, 4103, 4107, 4111, 4115, 4118, 997, 0, 997, 0, 0,
+    4124, 998, 0, 998, 0, 0, 4130, 999, 0, 999, 0, 0, 4136, 1000, 0, 1000, 0, 0, 4142, 1001, 0, 1001, 0, 0, 4148, 1002, 0, 1002, 0, 0, 4154, 1003,
+    0, 1003, 0, 0, 4160, 1004, 1005, 1004, 1005, 0, 0, 4167, 1006, 0, 1006, 0, 0, 4173, 1007, 0, 1007, 0, 0, 4179, 1008, 1009, 1008, 1009, 4186, 0, 4186, 0,
+    0, 4189, 1010, 0, 1010, 0, 0, 4195, 1011, 0, 1011, 0, 0, 4201, 1012, 0, 1012, 0, 0, 4207, 1013, 1014, 1013, 1014, 4214, 0, 4214, 0, 0, 4217, 1015, 0,
+    1015, 0, 0, 4223, 1016, 0, 1016, 0, 0, 4229, 1017, 0, 1017, 0, 0, 4235, 1018, 0, 1018, 0, 0, 4241, 1019, 0, 1019, 0, 0, 4247, 1020, 0, 1020, 0,
+    0, 4253, 1021, 0, 1021, 0, 0, 4259, 1022, 0, 1022, 0, 0, 4265, 1023, 1023, 0, 0, 0, 4271, 1024, 0, 1024, 0, 0, 4277, 1025, 1026, 1027, 1028, 1027, 1028,
+    4286, 1029, 1030, 1029, 1030, 4291, 1025, 1026, 4286, 4291, 4294, 1031, 1032, 1033, 1034, 1033, 1034, 4303, 1035, 1036, 1035, 1036, 4308, 1031, 1032, 4303, 4308, 4311, 1037, 1038, 1037, 1038,
+    4318, 1039, 1039, 0, 4322, 1040, 1041, 4318, 4322, 1040, 1041, 4327, 1042, 1042, 0, 4333, 1043, 1043, 0, 4337, 4333, 4337, 0, 0, 4340, 1044, 1045, 1044, 1045, 0, 0, 4347,
+    1046, 1047, 1046, 1047, 0, 0, 4354, 1048, 1049, 1048, 1049, 4361, 1050, 1050, 0, 4365, 1051, 4361, 4365, 1051, 0, 4369, 1052, 1052, 0, 4375, 1053, 1053, 0, 4379, 4375, 4379,
+    0, 0, 4382, 1054, 1055, 1054, 1055, 0, 0, 4389, 1056, 1057, 1056, 1057, 0, 0, 4396, 1058, 1059, 0, 0, 1058, 1059, 4403, 1060, 1061, 1060, 1061, 0, 0, 4410, 1062,
+    1063, 0, 0, 1062, 1063, 4417, 1064, 1065, 0, 0, 1064, 1065, 4424, 1066, 1067, 1066, 1067, 0, 0, 4431, 1068, 1069, 1068, 1069, 0, 0, 4438, 1070, 0, 1070, 0, 4444,
+    1071, 0, 1071, 0, 4449, 4444, 4449, 4453, 0, 4453, 4456, 1072, 0, 1072, 0, 4460, 1073, 0, 1073, 0, 4465, 4460, 4465, 4469, 0, 4469, 4472, 4456, 4472, 0, 0, 4475,
+    1074, 0, 1074, 0, 4481, 1075, 0, 1075, 0, 4486, 4481, 4486, 4490, 0, 4490, 4493, 1076, 0, 1076, 0, 4497, 1077, 0, 1077, 0, 4502, 4497, 4502, 4506, 0, 4506, 4509,
+    4493, 4509, 0, 0, 4512, 1078, 1078, 0, 0, 4518, 1079, 1079, 0, 0, 4523, 4518, 4523, 4527, 0, 4527, 4530, 1080, 1080, 0, 0, 4534, 1081, 1081, 0, 0, 4539, 4534,
+    4539, 4543, 0, 4543, 4546, 4530, 4546, 0, 0, 4549, 1082, 0, 1082, 0, 4555, 1083, 0, 1083, 0, 4560, 4555, 4560, 4564, 0, 4564, 4567, 1084, 0, 1084, 0, 4571, 1085,
+    0, 1085, 0, 4576, 4571, 4576, 4580, 0, 4580, 4583, 4567, 4583, 0, 0, 4586, 1086, 0, 1086, 0, 4592, 1087, 0, 1087, 0, 4597, 4592, 4597, 4601, 0, 4601, 4604, 1088,
+    0, 1088, 0, 4608, 1089, 0, 1089, 0, 4613, 4608, 4613, 4617, 0, 4617, 4620, 4604, 4620, 0, 0, 4623, 1090, 0, 1090, 0, 4629, 1091, 0, 1091, 0, 4634, 4629, 4634,
+    4638, 0, 4638, 4641, 1092, 0, 1092, 0, 4645, 1093, 0, 1093, 0, 4650, 4645, 4650, 4654, 0, 4654, 4657, 4641, 4657, 0, 0, 4660, 1094, 0, 1094, 0, 4666, 1095, 0,
+    1095, 0, 4671, 4666, 4671, 4675, 0, 4675, 4678, 1096, 0, 1096, 0, 4682, 4682, 0, 4686, 0, 4686, 4689, 4678, 4689, 0, 0, 4692, 1097, 0, 1097, 4698, 1098, 0, 1098,
+    4702, 4698, 4702, 0, 0, 4705, 1099, 1100, 1101, 1102, 1099, 1100, 1101, 1102, 4714, 1103, 1104, 1103, 0, 1104, 0, 4721, 1105, 1106, 1105, 0, 1106, 0, 4728, 1107, 1108, 1107,
+    1108, 0, 0, 4735, 1109, 1110, 1109, 1110, 0, 0, 4742, 1111, 1112, 1111, 1112, 0, 0, 4749, 1113, 1114, 1113, 1114, 0, 0, 4756, 1115, 1116, 1117, 1118, 1115, 1116, 1117,
+    1118, 4765, 1119, 1120, 1121, 1122, 1119, 1120, 1121, 1122, 4774, 1123, 1124, 1125, 1126, 1123, 1124, 1125, 1126, 4783, 1127, 1128, 1129, 1127, 1128, 1129, 0, 4791, 1130, 1131, 1132, 1133,
+    1130, 1131, 1132, 1133, 4800, 1134, 1135, 1136, 1137, 1134, 1135, 1136, 1137, 4809, 1138, 1139, 1140, 1141, 1138, 1139, 1140, 1141, 4818, 1142, 1143, 1144, 1145, 1142, 1143, 1144, 1145, 4827,
+    1146, 0, 1146, 0, 0, 4833, 1147, 0, 1147, 0, 0, 4839, 1148, 0, 1148, 0, 0, 4845, 1149, 0, 1149, 0, 0, 4851, 1150, 0, 1150, 0, 0, 4857, 1151, 0,
+    1151, 0, 0, 4863, 1152, 0, 1152, 0, 0, 4869, 1153, 0, 1153, 0, 0, 4875, 1154, 0, 1154, 0, 0, 4881, 1155, 0, 1155, 0, 0, 4887, 1156, 0, 1156, 0,
+    0, 4893, 1157, 0, 1157, 0, 0, 4899, 1158, 0, 1158, 0, 0, 4905, 1159, 0, 1159, 0, 0, 4911, 1160, 1161, 1160, 1161, 4918, 0, 4918, 0, 0, 4921, 1162, 1163,
+    0, 1162, 1163, 0, 4928, 1164, 1165, 1166, 0, 1164, 1165, 1166, 4936, 1167, 1168, 1169, 0, 0, 1167, 0, 1168, 0, 1169, 0, 4944, 0, 4944, 4953, 0, 4953, 0, 0,
+    4956, 1170, 1171, 1172, 0, 0, 1170, 0, 1171, 0, 1172, 0, 4964, 0, 4964, 4973, 0, 4973, 0, 0, 4976, 1173, 1174, 1175, 1176, 0, 0, 1173, 1174, 0, 0, 1175,
+    1176, 4985, 0, 4985, 4994, 0, 4994, 0, 0, 4997, 1177, 0, 1177, 0, 0, 5003, 1178, 0, 1178, 0, 0, 5009, 1179, 0, 1179, 0, 0, 5015, 1180, 1181, 1180, 1181,
+    0, 5022, 5022, 0, 0, 0, 5026, 1182, 1183, 0, 1182, 0, 1183, 5033, 1184, 1185, 0, 1184, 0, 1185, 5040, 1186, 1187, 1186, 1187, 5047, 1188, 0, 5047, 1188, 0, 5051,
+    1189, 1190, 0, 1189, 1190, 0, 5058, 1191, 1191, 0, 0, 5064, 1192, 1192, 0, 0, 5069, 5064, 5069, 5073, 1193, 1193, 0, 0, 5077, 1194, 1194, 0, 0, 5082, 5077, 5082,
+    5086, 5073, 5086, 0, 0, 5089, 1195, 1195, 0, 0, 5095, 1196, 1196, 0, 0, 5100, 5095, 5100, 5104, 5104, 0, 5107, 1197, 1197, 0, 0, 5111, 1198, 1198, 0, 0, 5116,
+    5111, 5116, 5120, 5120, 0, 5123, 5107, 5123, 0, 0, 5126, 1199, 1199, 0, 0, 5132, 5132, 0, 5136, 0, 5136, 5139, 1200, 1200, 0, 0, 5143, 5143, 0, 5147, 0, 5147,
+    5150, 1201, 1201, 0, 0, 5154, 1202, 1202, 0, 0, 5159, 5154, 5159, 5163, 0, 5163, 5166, 5139, 5150, 0, 5166, 5169, 1203, 1203, 0, 0, 5175, 5175, 0, 5179, 0, 5179,
+    5182, 1204, 1204, 0, 0, 5186, 5186, 0, 5190, 0, 5190, 5193, 1205, 1205, 0, 0, 5197, 1206, 1206, 0, 0, 5202, 5197, 5202, 5206, 0, 5206, 5209, 5182, 5193, 0, 5209,
+    5212, 1207, 1207, 0, 0, 5218, 1208, 1208, 0, 0, 5223, 5218, 5223, 5227, 0, 5227, 5230, 1209, 1209, 0, 0, 5234, 1210, 1210, 0, 0, 5239, 5234, 5239, 5243, 0, 5243,
+    5246, 5230, 5246, 0, 0, 5249, 1211, 1211, 0, 0, 5255, 1212, 1212, 0, 0, 5260, 5255, 5260, 5264, 0, 5264, 5267, 1213, 1213, 0, 0, 5271, 1214, 1214, 0, 0, 5276,
+    5271, 5276, 5280, 0, 5280, 5283, 5267, 5283, 0, 0, 5286, 1215, 1215, 0, 0, 5292, 1216, 1216, 0, 0, 5297, 0, 0, 5292, 5297, 0, 0, 0, 0, 5301, 5301, 0,
+    5310, 5310, 0, 0, 0, 5313, 1217, 1218, 1219, 1220, 1217, 1218, 1219, 1220, 5322, 1221, 0, 1221, 0, 0, 5328, 1222, 0, 1222, 5334, 0, 5334, 0, 0, 5337, 1223, 1224,
+    1223, 1224, 0, 0, 5344, 1225, 1226, 0, 1225, 0, 1226, 5351, 1227, 0, 1227, 0, 0, 5357, 1228, 0, 1228, 0, 0, 5363, 1229, 0, 1229, 0, 0, 5369, 1230, 0,
+    1230, 0, 0, 5375, 1231, 0, 1231, 0, 0, 5381, 1232, 0, 1232, 0, 0, 5387, 1233, 0, 1233, 5393, 0, 5393, 0, 0, 5396, 1234, 0, 1234, 0, 0, 5402, 1235,
+    0, 1235, 0, 0, 5408, 1236, 0, 1236, 0, 0, 5414, 1237, 0, 1237, 0, 0, 5420, 1238, 0, 1238, 0, 0, 5426, 1239, 0, 1239, 0, 0, 5432, 1240, 0, 1240,
+    0, 0, 5438, 1241, 0, 1241, 0, 0, 5444, 1242, 0, 1242, 0, 0, 5450, 1243, 0, 1243, 0, 0, 5456, 1244, 0, 1244, 0, 0, 5462, 1245, 0, 1245, 0, 0,
+    5468, 1246, 0, 1246, 0, 0, 5474, 1247, 0, 1247, 0, 0, 5480, 1248, 1249, 1250, 0, 1248, 1249, 1250, 5488, 1251, 1251, 0, 5494, 0, 5494, 0, 0, 5497, 1252, 0,
+    1252, 0, 0, 5503, 1253, 0, 1253, 0, 0, 5509, 1254, 0, 1254, 0, 0, 5515, 1255, 0, 1255, 0, 0, 5521, 1256, 0, 1256, 0, 0, 5527, 1257, 0, 1257, 0,
+    0, 5533, 1258, 0, 1258, 0, 0, 5539, 1259, 0, 1259, 0, 0, 5545, 1260, 1260, 0, 5551, 0, 0, 0, 5551, 5554, 1261, 0, 1261, 0, 0, 5560, 1262, 0, 1262,
+    0, 0, 5566, 1263, 0, 1263, 0, 0, 5572, 1264, 0, 1264, 0, 0, 5578, 1265, 0, 1265, 0, 0, 5584, 1266, 0, 1266, 0, 0, 5590, 1267, 0, 1267, 5596, 0,
+    5596, 0, 0, 5599, 1268, 0, 1268, 0, 0, 5605, 1269, 0, 1269, 0, 0, 5611, 1270, 0, 1270, 0, 0, 5617, 1271, 0, 1271, 0, 0, 5623, 1272, 0, 1272, 0,
+    0, 5629, 1273, 0, 1273, 0, 0, 5635, 1274, 0, 1274, 0, 0, 5641, 1275, 0, 1275, 0, 0, 5647, 1276, 0, 1276, 0, 0, 5653, 1277, 0, 1277, 0, 0, 5659,
+    1278, 0, 1278, 0, 0, 5665, 1279, 0, 1279, 0, 0, 5671, 1280, 0, 1280, 0, 0, 5677, 1281, 0, 1281, 0, 0, 5683, 1282, 0, 1282, 0, 0, 5689, 1283, 0,
+    1283, 0, 0, 5695, 1284, 0, 1284, 0, 0, 5701, 1285, 0, 1285, 0, 0, 5707, 1286, 0, 1286, 0, 0, 5713, 1287, 1287, 0, 5719, 0, 5719, 0, 0, 5722, 1288,
+    1288, 0, 5728, 0, 5728, 0, 0, 5731, 1289, 1289, 0, 5737, 0, 5737, 0, 0, 5740, 1290, 1290, 0, 5746, 0, 5746, 0, 0, 5749, 1291, 1291, 0, 5755, 0, 5755,
+    0, 0, 5758, 1292, 0, 1292, 0, 5764, 5764, 0, 5768, 0, 5768, 0, 0, 5771, 1293, 0, 1293, 0, 0, 5777, 1294, 1294, 0, 5783, 0, 5783, 0, 0, 5786, 1295,
+    0, 1295, 0, 5792, 5792, 0, 5796, 0, 5796, 0, 0, 5799, 1296, 0, 1296, 0, 5805, 5805, 0, 5809, 5809, 0, 5812, 0, 5812, 0, 0, 5815, 1297, 0, 1297, 0,
+    0, 5821, 1298, 0, 1298, 0, 0, 5827, 1299, 0, 1299, 0, 0, 5833, 1300, 0, 1300, 0, 0, 5839, 1301, 0, 1301, 0, 0, 5845, 1302, 0, 1302, 0, 0, 5851,
+    1303, 0, 1303, 0, 0, 5857, 1304, 0, 1304, 0, 0, 5863, 1305, 0, 1305, 0, 0, 5869, 1306, 0, 1306, 0, 0, 5875, 1307, 0, 1307, 0, 0, 5881, 1308, 0,
+    1308, 0, 0, 5887, 1309, 0, 1309, 0, 0, 5893, 1310, 1310, 0, 5899, 5899, 0, 5902, 0, 5902, 0, 0, 5905, 1311, 1311, 0, 5911, 5911, 0, 5914, 0, 5914, 0,
+    0, 5917, 1312, 1312, 0, 5923, 5923, 0, 5926, 0, 5926, 0, 0, 5929, 1313, 1313, 0, 5935, 5935, 0, 5938, 0, 5938, 0, 0, 5941, 1314, 0, 1314, 0, 0, 5947,
+    1315, 0, 1315, 0, 0, 5953, 1316, 0, 1316, 0, 0, 5959, 1317, 0, 1317, 0, 0, 5965, 1318, 0, 1318, 0, 0, 5971, 1319, 0, 1319, 0, 0, 5977, 1320, 0,
+    1320, 0, 5983, 5983, 0, 5987, 0, 5987, 0, 0, 5990, 1321, 0, 1321, 0, 0, 5996, 1322, 0, 1322, 0, 0, 6002, 1323, 0, 1323, 0, 0, 6008, 1324, 0, 1324,
+    0, 0, 6014, 1325, 0, 1325, 0, 0, 6020, 1326, 0, 1326, 0, 0, 6026, 1327, 0, 1327, 0, 0, 6032, 1328, 0, 1328, 0, 0, 6038, 1329, 0, 1329, 0, 0,
+    6044, 1330, 0, 1330, 0, 0, 6050, 1331, 0, 1331, 0, 0, 6056, 1332, 1333, 1332, 1333, 6063, 0, 6063, 0, 0, 6066, 1334, 1334, 0, 6072, 0, 6072, 0, 0, 6075,
+    1335, 1336, 1335, 1336, 6082, 0, 6082, 0, 0, 6085, 1337, 1337, 0, 6091, 0, 6091, 0, 0, 6094, 1338, 1338, 0, 6100, 0, 6100, 0, 0, 6103, 1339, 0, 1339, 0,
+    6109, 6109, 0, 6113, 6113, 0, 6116, 0, 6116, 0, 0, 6119, 1340, 1340, 0, 6125, 0, 6125, 0, 0, 6128, 1341, 1341, 0, 6134, 0, 6134, 0, 0, 6137, 1342, 1343,
+    1342, 1343, 6144, 6144, 0, 6147, 0, 6147, 0, 0, 6150, 1344, 1345, 1344, 1345, 6157, 6157, 0, 6160, 0, 6160, 0, 0, 6163, 1346, 1347, 1346, 1347, 6170, 6170, 0, 6173,
+    0, 6173, 0, 0, 6176, 1348, 1349, 1348, 1349, 6183, 6183, 0, 6186, 0, 6186, 0, 0, 6189, 1350, 1351, 1350, 1351, 6196, 6196, 0, 6199, 0, 6199, 0, 0, 6202, 1352,
+    1353, 1352, 1353, 6209, 6209, 0, 6212, 0, 6212, 0, 0, 6215, 1354, 1355, 1354, 1355, 6222, 0, 6222, 0, 0, 6225, 1356, 1357, 1356, 1357, 6232, 0, 6232, 0, 0, 6235,
+    1358, 1359, 1358, 1359, 6242, 0, 6242, 0, 0, 6245, 1360, 1361, 1360, 1361, 6252, 0, 6252, 0, 0, 6255, 1362, 1363, 1362, 1363, 6262, 0, 6262, 0, 0, 6265, 1364, 1365,
+    1364, 1365, 6272, 0, 6272, 0, 0, 6275, 1366, 1367, 1366, 1367, 6282, 0, 6282, 0, 0, 6285, 1368, 1369, 1368, 1369, 6292, 0, 6292, 0, 0, 6295, 1370, 1371, 1370, 1371,
+    6302, 0, 6302, 0, 0, 6305, 1372, 1373, 1372, 1373, 6312, 0, 6312, 0, 0, 6315, 1374, 1375, 1374, 1375, 6322, 0, 6322, 0, 0, 6325, 1376, 1377, 1376, 1377, 6332, 0,
+    6332, 0, 0, 6335, 1378, 1379, 1378, 1379, 6342, 0, 6342, 0, 0, 6345, 1380, 1381, 1380, 1381, 6352, 0, 6352, 0, 0, 6355, 1382, 1383, 1382, 1383, 6362, 0, 6362, 0,
+    0, 6365, 1384, 1385, 1384, 1385, 6372, 0, 6372, 0, 0, 6375, 1386, 1387, 1386, 1387, 6382, 0, 6382, 0, 0, 6385, 1388, 1389, 1388, 1389, 6392, 0, 6392, 0, 0, 6395,
+    1390, 1391, 1390, 1391, 6402, 0, 6402, 0, 0, 6405, 1392, 1393, 1392, 1393, 6412, 0, 6412, 0, 0, 6415, 1394, 1395, 1394, 1395, 6422, 0, 6422, 0, 0, 6425, 1396, 1397,
+    1396, 1397, 6432, 0, 6432, 0, 0, 6435, 1398, 1399, 1398, 1399, 6442, 0, 6442, 0, 0, 6445, 1400, 1401, 1400, 1401, 6452, 0, 6452, 0, 0, 6455, 1402, 1403, 1402, 1403,
+    6462, 0, 6462, 0, 0, 6465, 1404, 1405, 1404, 1405, 6472, 0, 6472, 0, 0, 6475, 1406, 1407, 1406, 1407, 6482, 0, 6482, 0, 0, 6485, 1408, 1409, 1408, 1409, 6492, 0,
+    6492, 0, 0, 6495, 1410, 1411, 1410, 1411, 6502, 0, 6502, 0, 0, 6505, 1412, 1413, 1412, 1413, 6512, 0, 6512, 0, 0, 6515, 1414, 0, 1414, 0, 0, 6521, 1415, 0,
+    1415, 0, 0, 6527, 1416, 0, 1416, 0, 0, 6533, 1417, 0, 1417, 0, 0, 6539, 1418, 0, 1418, 0, 0, 6545, 1419, 1419, 0, 0, 6551, 6551, 0, 0, 0, 6555,
+    1420, 1420, 0, 0, 6561, 1421, 1421, 0, 0, 6566, 1422, 1422, 0, 0, 6571, 0, 6561, 6566, 6571, 0, 0, 0, 0, 6575, 6575, 0, 0, 0, 6584, 1423, 1423, 0,
+    0, 6590, 1424, 1424, 0, 0, 6595, 1425, 1425, 0, 0, 6600, 6590, 0, 6595, 6600, 6604, 1426, 1426, 0, 0, 6610, 0, 0, 0, 6610, 6614, 1427, 1427, 0, 0, 6620,
+    1428, 1428, 0, 0, 6625, 1429, 1429, 0, 0, 6630, 1430, 1430, 0, 0, 6635, 6620, 6625, 6630, 6635, 6639, 1431, 0, 1431, 0, 6645, 0, 6645, 6649, 0, 6649, 0, 0,
+    6652, 1432, 0, 1432, 0, 6658, 0, 6658, 6662, 0, 6662, 0, 0, 6665, 1433, 1433, 0, 6671, 0, 6671, 0, 0, 6674, 1434, 1434, 0, 6680, 0, 6680, 0, 0, 6683,
+    1435, 1435, 0, 6689, 0, 6689, 0, 0, 6692, 1436, 0, 1436, 0, 6698, 6698, 0, 6702, 0, 6702, 0, 0, 6705, 1437, 0, 1437, 0, 0, 6711, 1438, 0, 1438, 0,
+    0, 6717, 1439, 0, 1439, 0, 0, 6723, 1440, 0, 1440, 0, 0, 6729, 1441, 0, 1441, 0, 0, 6735, 1442, 0, 1442, 0, 0, 6741, 1443, 0, 1443, 0, 0, 6747,
+    1444, 0, 1444, 0, 0, 6753, 1445, 0, 1445, 0, 0, 6759, 1446, 0, 1446, 0, 0, 6765, 1447, 1448, 1447, 1448, 6772, 0, 6772, 0, 0, 6775, 1449, 0, 1449, 0,
+    0, 6781, 1450, 0, 1450, 0, 6787, 6787, 0, 6791, 0, 6791, 0, 0, 6794, 1451, 0, 1451, 0, 6800, 6800, 0, 6804, 0, 6804, 0, 0, 6807, 1452, 1452, 0, 6813,
+    0, 6813, 0, 0, 6816, 1453, 0, 1453, 0, 0, 6822, 1454, 0, 1454, 0, 0, 6828, 1455, 1456, 1455, 1456, 6835, 0, 6835, 0, 0, 6838, 1457, 1457, 0, 0, 6844,
+    1458, 1458, 0, 0, 6849, 6844, 6849, 6853, 0, 6853, 6856, 0, 6856, 0, 0, 6859, 1459, 1459, 0, 0, 6865, 1460, 1460, 0, 0, 6870, 6865, 6870, 6874, 0, 6874, 6877,
+    0, 6877, 0, 0, 6880, 1461, 1461, 0, 0, 6886, 1462, 1462, 0, 0, 6891, 6886, 6891, 6895, 0, 6895, 6898, 0, 6898, 0, 0, 6901, 1463, 1463, 0, 0, 6907, 1464,
+    1464, 0, 0, 6912, 6907, 6912, 6916, 0, 6916, 6919, 0, 6919, 0, 0, 6922, 1465, 0, 1465, 0, 6928, 6928, 0, 6932, 0, 6932, 0, 0, 6935, 1466, 0, 1466, 0,
+    6941, 6941, 0, 6945, 0, 6945, 0, 0, 6948, 1467, 0, 1467, 0, 0, 6954, 1468, 0, 1468, 0, 0, 6960, 1469, 0, 1469, 0, 0, 6966, 1470, 0, 1470, 0, 0,
+    6972, 1471, 0, 1471, 0, 6978, 6978, 0, 6982, 0, 6982, 0, 0, 6985, 1472, 1472, 0, 6991, 0, 6991, 0, 0, 6994, 1473, 1473, 0, 7000, 0, 7000, 0, 0, 7003,
+    1474, 1474, 0, 7009, 0, 7009, 0, 0, 7012, 1475, 1476, 1475, 1476, 7019, 0, 7019, 0, 0, 7022, 1477, 1478, 1477, 1478, 7029, 0, 7029, 0, 0, 7032, 1479, 1480, 1479,
+    1480, 7039, 0, 7039, 0, 0, 7042, 1481, 1482, 1481, 1482, 7049, 0, 7049, 0, 0, 7052, 1483, 0, 1483, 0, 0, 7058, 1484, 0, 1484, 0, 0, 7064, 1485, 0, 1485,
+    0, 0, 7070, 1486, 0, 1486, 0, 0, 7076, 1487, 1488, 1487, 1488, 7083, 0, 7083, 0, 0, 7086, 1489, 1490, 1489, 1490, 7093, 0, 7093, 0, 0, 7096, 1491, 1492, 1491,
+    1492, 7103, 0, 7103, 0, 0, 7106, 1493, 1494, 1493, 1494, 7113, 0, 7113, 0, 0, 7116, 1495, 1496, 1495, 1496, 7123, 0, 7123, 0, 0, 7126, 1497, 1498, 1497, 1498, 7133,
+    0, 7133, 0, 0, 7136, 1499, 1500, 1499, 1500, 7143, 0, 7143, 0, 0, 7146, 1501, 1502, 1501, 1502, 7153, 0, 7153, 0, 0, 7156, 1503, 1504, 1503, 1504, 7163, 0, 7163,
+    0, 0, 7166, 1505, 1506, 1505, 1506, 7173, 0, 7173, 0, 0, 7176, 1507, 1508, 1507, 1508, 7183, 0, 7183, 0, 0, 7186, 1509, 1510, 1509, 1510, 7193, 0, 7193, 0, 0,
+    7196, 1511, 1512, 1511, 1512, 7203, 0, 7203, 0, 0, 7206, 1513, 1514, 1513, 1514, 7213, 0, 7213, 0, 0, 7216, 1515, 1516, 1515, 1516, 7223, 0, 7223, 0, 0, 7226, 1517,
+    1518, 1517, 1518, 7233, 0, 7233, 0, 0, 7236, 1519, 0, 1519, 0, 0, 7242, 1520, 1520, 0, 0, 7248, 0, 0, 0, 7248, 7252, 1521, 1522, 1523, 1524, 1523, 1524, 7261,
+    1525, 1526, 1525, 1526, 7266, 1521, 1522, 7261, 7266, 7269, 1527, 1528, 1529, 1530, 1529, 1530, 7278, 1531, 1532, 1531, 1532, 7283, 1527, 1528, 7278, 7283, 7286, 1533, 1534, 1533, 1534, 7293,
+    1535, 1535, 0, 7297, 1536, 1537, 7293, 7297, 1536, 1537, 7302, 1538, 1538, 0, 7308, 1539, 1539, 0, 7312, 7308, 7312, 0, 0, 7315, 1540, 1541, 1540, 1541, 0, 0, 7322, 1542,
+    1543, 1542, 1543, 0, 0, 7329, 1544, 1545, 1544, 1545, 7336, 1546, 1546, 0, 7340, 1547, 7336, 7340, 1547, 0, 7344, 1548, 1548, 0, 7350, 1549, 1549, 0, 7354, 7350, 7354, 0,
+    0, 7357, 1550, 1551, 1550, 1551, 0, 0, 7364, 1552, 1553, 1552, 1553, 0, 0, 7371, 1554, 1555, 0, 0, 1554, 1555, 7378, 1556, 1557, 1556, 1557, 0, 0, 7385, 1558, 1559,
+    0, 0, 1558, 1559, 7392, 1560, 1561, 0, 0, 1560, 1561, 7399, 1562, 1563, 1562, 1563, 0, 0, 7406, 1564, 1565, 1564, 1565, 0, 0, 7413, 1566, 1567, 1568, 1569, 1566, 1567,
+    1568, 1569, 7422, 1570, 1571, 1570, 1571, 0, 0, 7429, 1572, 1573, 1572, 1573, 0, 0, 7436, 1574, 1575, 1574, 1575, 0, 0, 7443, 1576, 1577, 1576, 1577, 0, 0, 7450, 1578,
+    1579, 1580, 1581, 1578, 1579, 1580, 1581, 7459, 1582, 1583, 1584, 1585, 1582, 1583, 1584, 1585, 7468, 1586, 1587, 1588, 1589, 1586, 1587, 1588, 1589, 7477, 1590, 1591, 1592, 1590, 1591, 1592,
+    0, 7485, 1593, 1594, 1595, 1596, 1593, 1594, 1595, 1596, 7494, 1597, 1598, 1599, 1600, 1597, 1598, 1599, 1600, 7503, 1601, 1602, 1603, 1604, 1601, 1602, 1603, 1604, 7512, 1605, 1606, 1607,
+    1608, 1605, 1606, 1607, 1608, 7521, 1609, 0, 1609, 0, 0, 7527, 1610, 0, 1610, 0, 0, 7533, 1611, 0, 1611, 0, 0, 7539, 1612, 0, 1612, 0, 0, 7545, 1613, 0,
+    1613, 0, 0, 7551, 1614, 0, 1614, 0, 0, 7557, 1615, 0, 1615, 0, 0, 7563, 1616, 0, 1616, 0, 0, 7569, 1617, 0, 1617, 0, 0, 7575, 1618, 0, 1618, 0,
+    0, 7581, 1619, 0, 1619, 0, 0, 7587, 1620, 0, 1620, 0, 0, 7593, 1621, 0, 1621, 0, 0, 7599, 1622, 0, 1622, 0, 0, 7605, 1623, 1624, 1623, 1624, 7612, 0,
+    7612, 0, 0, 7615, 1625, 1626, 1625, 1626, 7622, 1627, 1628, 1627, 1628, 7627, 1629, 1630, 1629, 1630, 7632, 0, 7622, 7627, 7632, 7635, 1631, 1632, 1633, 0, 1631, 1632, 1633, 7643,
+    1634, 1635, 1636, 0, 0, 1634, 0, 1635, 0, 1636, 0, 7651, 0, 7651, 0, 0, 7660, 1637, 1638, 1637, 1638, 7667, 1639, 1640, 1639, 1640, 7672, 1641, 1642, 1643, 1642, 1643,
+    7678, 1644, 7667, 7672, 1641, 0, 7678, 0, 1644, 0, 7682, 0, 7682, 0, 0, 7691, 1645, 1646, 1647, 1648, 0, 0, 1645, 1646, 0, 0, 1647, 1648, 7700, 0, 7700, 0,
+    0, 7709, 1649, 0, 1649, 0, 0, 7715, 1650, 0, 1650, 0, 0, 7721, 1651, 0, 1651, 0, 0, 7727, 1652, 1653, 1652, 1653, 7734, 1654, 0, 7734, 1654, 0, 7738, 1655,
+    1656, 1655, 1656, 7745, 1657, 1658, 1657, 1658, 7750, 1659, 1660, 1659, 1660, 7755, 0, 7745, 7750, 7755, 7758, 1661, 1662, 1663, 1664, 1661, 1662, 1663, 1664, 7767, 1665, 0, 1665, 0,
+    0, 7773, 1666, 0, 1666, 7779, 0, 7779, 0, 0, 7782, 1667, 1668, 1667, 1668, 0, 0, 7789, 1669, 0, 1669, 0, 0, 7795, 1670, 0, 1670, 0, 0, 7801, 1671, 0,
+    1671, 0, 0, 7807, 1672, 0, 1672, 0, 0, 7813, 1673, 0, 1673, 0, 0, 7819, 1674, 0, 1674, 0, 0, 7825, 1675, 0, 1675, 0, 0, 7831, 1676, 0, 1676, 0,
+    0, 7837, 1677, 0, 1677, 0, 0, 7843, 1678, 1679, 1678, 1679, 7850, 0, 7850, 0, 0, 7853, 1680, 0, 1680, 0, 0, 7859, 1681, 0, 1681, 0, 0, 7865, 1682, 0,
+    1682, 0, 0, 7871, 1683, 1684, 1683, 1684, 7878, 0, 7878, 0, 0, 7881, 1685, 0, 1685, 0, 0, 7887, 1686, 0, 1686, 0, 0, 7893, 1687, 1688, 1687, 1688, 7900, 0,
+    7900, 0, 0, 7903, 1689, 0, 1689, 0, 0, 7909, 1690, 0, 1690, 0, 0, 7915, 1691, 0, 1691, 0, 0, 7921, 1692, 1693, 1694, 0, 1692, 1693, 1694, 7929, 1695, 1695,
+    0, 7935, 0, 7935, 0, 0, 7938, 1696, 0, 1696, 0, 0, 7944, 1697, 0, 1697, 0, 0, 7950, 1698, 0, 1698, 0, 0, 7956, 1699, 1700, 1699, 1700, 7963, 0, 7963,
+    0, 0, 7966, 1701, 0, 1701, 0, 0, 7972, 1702, 0, 1702, 0, 0, 7978, 1703, 0, 1703, 0, 0, 7984, 1704, 1705, 1704, 1705, 7991, 0, 7991, 0, 0, 7994, 1706,
+    0, 1706, 0, 0, 8000, 1707, 0, 1707, 0, 0, 8006, 1708, 0, 1708, 0, 0, 8012, 1709, 0, 1709, 0, 0, 8018, 1710, 0, 1710, 0, 0, 8024, 1711, 0, 1711,
+    0, 0, 8030, 1712, 0, 1712, 0, 0, 8036, 1713, 0, 1713, 0, 0, 8042, 1714, 0, 1714, 0, 0, 8048, 1715, 0, 1715, 0, 0, 8054, 1716, 0, 1716, 0, 0,
+    8060, 1717, 0, 1717, 0, 0, 8066, 1718, 0, 1718, 0, 0, 8072, 1719, 0, 1719, 0, 0, 8078, 1720, 0, 1720, 0, 0, 8084, 1721, 0, 1721, 0, 0, 8090, 1722,
+    1723, 1722, 1723, 8097, 0, 8097, 0, 0, 8100, 1724, 1724, 0, 8106, 0, 8106, 0, 0, 8109, 1725, 0, 1725, 8115, 0, 8115, 0, 0, 8118, 1726, 0, 1726, 0, 0,
+    8124, 1727, 0, 1727, 0, 0, 8130, 1728, 0, 1728, 0, 0, 8136, 1729, 0, 1729, 0, 0, 8142, 1730, 0, 1730, 0, 0, 8148, 1731, 0, 1731, 0, 0, 8154, 1732,
+    0, 1732, 0, 0, 8160, 1733, 0, 1733, 0, 0, 8166, 1734, 0, 1734, 0, 0, 8172, 1735, 1736, 1735, 1736, 8179, 1737, 1738, 1737, 1738, 8184, 0, 8179, 8184, 0, 8187,
+    1739, 1740, 1739, 1740, 8194, 1741, 1742, 1741, 1742, 8199, 0, 8194, 8199, 0, 8202, 1743, 1744, 1745, 1744, 1745, 8210, 0, 8210, 8213, 0, 1743, 8213, 0, 8216, 1746, 0, 1746,
+    8222, 1747, 1748, 1747, 1748, 8227, 0, 8227, 8230, 0, 8222, 8230, 0, 8233, 1749, 1750, 0, 1750, 8240, 0, 8240, 8243, 0, 1749, 8243, 0, 8246, 1751, 0, 1751, 0, 0,
+    8252, 1752, 1753, 1753, 0, 8259, 0, 1752, 8259, 0, 8262, 1754, 1755, 1755, 0, 8269, 0, 1754, 8269, 0, 8272, 1756, 1757, 1757, 0, 8279, 0, 1756, 8279, 0, 8282, 1758,
+    1759, 1759, 0, 8289, 0, 1758, 8289, 0, 8292, 1760, 1761, 1761, 0, 8299, 0, 1760, 8299, 0, 8302, 1762, 1763, 1763, 0, 8309, 0, 1762, 8309, 0, 8312, 1764, 1765, 1764,
+    1765, 8319, 0, 8319, 0, 0, 8322, 1766, 0, 1766, 8328, 0, 8328, 0, 0, 8331, 1767, 1768, 1769, 1768, 1769, 8339, 0, 8339, 8342, 0, 1767, 8342, 0, 8345, 1770, 1771,
+    1770, 1771, 8352, 1772, 1773, 1772, 1773, 8357, 0, 8357, 8360, 0, 8352, 8360, 0, 8363, 1774, 1775, 1775, 0, 8370, 0, 8370, 8373, 0, 1774, 8373, 0, 8376, 1776, 1777, 1776,
+    1777, 8383, 0, 8383, 0, 0, 8386, 1778, 0, 1778, 0, 0, 8392, 1779, 1780, 1779, 1780, 8399, 0, 8399, 0, 0, 8402, 1781, 0, 1781, 0, 0, 8408, 1782, 1783, 1782,
+    1783, 8415, 0, 8415, 0, 0, 8418, 1784, 1785, 1784, 1785, 8425, 0, 8425, 0, 0, 8428, 1786, 1786, 0, 8434, 0, 8434, 0, 0, 8437, 1787, 0, 1787, 8443, 0, 8443,
+    0, 0, 8446, 1788, 1789, 1788, 1789, 8453, 0, 8453, 0, 0, 8456, 1790, 1791, 1790, 1791, 8463, 0, 8463, 0, 0, 8466, 1792, 1793, 1792, 1793, 8473, 0, 8473, 0, 0,
+    8476, 1794, 1794, 0, 8482, 0, 8482, 0, 0, 8485, 1795, 1795, 0, 8491, 0, 8491, 0, 0, 8494, 1796, 1796, 0, 8500, 0, 8500, 8503, 0, 8503, 0, 0, 8506, 1797,
+    1797, 0, 8512, 0, 8512, 8515, 0, 8515, 0, 0, 8518, 1798, 1799, 1798, 1799, 8525, 0, 8525, 8528, 0, 8528, 0, 0, 8531, 1800, 1801, 1800, 1801, 8538, 0, 8538, 0,
+    0, 8541, 1802, 1803, 1802, 1803, 8548, 0, 8548, 0, 0, 8551, 1804, 1805, 1804, 1805, 8558, 0, 8558, 0, 0, 8561, 1806, 1807, 1806, 1807, 8568, 0, 8568, 0, 0, 8571,
+    1808, 1809, 1808, 1809, 8578, 0, 8578, 0, 0, 8581, 1810, 1811, 1810, 1811, 8588, 0, 8588, 0, 0, 8591, 1812, 1813, 1812, 1813, 8598, 0, 8598, 0, 0, 8601, 1814, 1815,
+    1814, 1815, 8608, 0, 8608, 0, 0, 8611, 1816, 1817, 1816, 1817, 8618, 0, 8618, 0, 0, 8621, 1818, 1819, 1818, 1819, 8628, 0, 8628, 0, 0, 8631, 1820, 1821, 1820, 1821,
+    8638, 0, 8638, 0, 0, 8641, 1822, 1823, 1822, 1823, 8648, 0, 8648, 0, 0, 8651, 1824, 1825, 1824, 1825, 8658, 0, 8658, 0, 0, 8661, 1826, 1827, 1826, 1827, 8668, 0,
+    8668, 0, 0, 8671, 1828, 1829, 1828, 1829, 8678, 0, 8678, 0, 0, 8681, 1830, 1831, 1830, 1831, 8688, 0, 8688, 0, 0, 8691, 1832, 1833, 1832, 1833, 8698, 0, 8698, 0,
+    0, 8701, 1834, 1835, 1834, 1835, 8708, 0, 8708, 0, 0, 8711, 1836, 1837, 1836, 1837, 8718, 0, 8718, 0, 0, 8721, 1838, 1839, 1838, 1839, 8728, 0, 8728, 0, 0, 8731,
+    1840, 1841, 1840, 1841, 8738, 0, 8738, 0, 0, 8741, 1842, 1843, 1842, 1843, 8748, 0, 8748, 0, 0, 8751, 1844, 1845, 1844, 1845, 8758, 0, 8758, 0, 0, 8761, 1846, 1847,
+    1846, 1847, 8768, 0, 8768, 0, 0, 8771, 1848, 1849, 1848, 1849, 8778, 0, 8778, 0, 0, 8781, 1850, 1851, 1850, 1851, 8788, 0, 8788, 0, 0, 8791, 1852, 1853, 1852, 1853,
+    8798, 0, 8798, 0, 0, 8801, 1854, 1855, 1854, 1855, 8808, 0, 8808, 0, 0, 8811, 1856, 1857, 1856, 1857, 8818, 0, 8818, 0, 0, 8821, 1858, 1859, 1858, 1859, 8828, 0,
+    8828, 0, 0, 8831, 1860, 1861, 1860, 1861, 8838, 0, 8838, 0, 0, 8841, 1862, 1863, 1862, 1863, 8848, 0, 8848, 0, 0, 8851, 1864, 1865, 1864, 1865, 8858, 0, 8858, 0,
+    0, 8861, 1866, 1867, 1866, 1867, 8868, 0, 8868, 0, 0, 8871, 1868, 1869, 1868, 1869, 8878, 0, 8878, 0, 0, 8881, 1870, 1871, 1870, 1871, 8888, 0, 8888, 0, 0, 8891,
+    1872, 1873, 1872, 1873, 8898, 0, 8898, 0, 0, 8901, 1874, 0, 1874, 0, 0, 8907, 1875, 0, 1875, 0, 0, 8913, 1876, 0, 1876, 0, 0, 8919, 1877, 0, 1877, 0,
+    0, 8925, 1878, 0, 1878, 8931, 0, 8931, 0, 0, 8934, 1879, 0, 1879, 8940, 0, 8940, 0, 0, 8943, 1880, 1881, 1880, 1881, 8950, 0, 8950, 0, 0, 8953, 1882, 0,
+    1882, 0, 0, 8959, 1883, 0, 1883, 0, 0, 8965, 1884, 0, 1884, 0, 0, 8971, 1885, 1886, 1885, 1886, 8978, 0, 8978, 0, 0, 8981, 1887, 0, 1887, 0, 0, 8987,
+    1888, 1889, 1888, 1889, 8994, 0, 8994, 0, 0, 8997, 1890, 1891, 1890, 1891, 9004, 0, 9004, 0, 0, 9007, 1892, 1893, 1892, 1893, 9014, 0, 9014, 0, 0, 9017, 1894, 1895,
+    1894, 1895, 9024, 0, 9024, 0, 0, 9027, 1896, 1897, 1896, 1897, 9034, 0, 9034, 0, 0, 9037, 1898, 1899, 1898, 1899, 9044, 0, 9044, 0, 0, 9047, 1900, 0, 1900, 0,
+    0, 9053, 1901, 0, 1901, 0, 0, 9059, 1902, 1903, 1902, 1903, 9066, 0, 9066, 0, 0, 9069, 1904, 1905, 1904, 1905, 9076, 0, 9076, 0, 0, 9079, 1906, 1907, 1906, 1907,
+    9086, 0, 9086, 0, 0, 9089, 1908, 1909, 1908, 1909, 9096, 0, 9096, 0, 0, 9099, 1910, 1911, 1910, 1911, 9106, 0, 9106, 0, 0, 9109, 1912, 1913, 1912, 1913, 9116, 0,
+    9116, 0, 0, 9119, 1914, 1915, 1914, 1915, 9126, 0, 9126, 0, 0, 9129, 1916, 1917, 1916, 1917, 9136, 0, 9136, 0, 0, 9139, 1918, 1919, 1918, 1919, 9146, 0, 9146, 0,
+    0, 9149, 1920, 1921, 1920, 1921, 9156, 0, 9156, 0, 0, 9159, 1922, 0, 1922, 0, 0, 9165,
 ]
 
 let tableFormMnemonic: [UInt16] = [
-    7, 7, 7, 7, 7, 7, 559, 507, 415, 415, 415, 415, 415, 415, 559, 5, 5, 5, 5, 5, 5, 559, 507, 597, 597, 597, 597, 597, 597, 559, 507, 21,
-    21, 21, 21, 21, 21, 114, 648, 648, 648, 648, 648, 648, 115, 1150, 1150, 1150, 1150, 1150, 1150, 1, 76, 76, 76, 76, 76, 76, 4, 245, 116, 559, 507, 560,
+    7, 7, 7, 7, 7, 7, 559, 507, 415, 415, 415, 415, 415, 415, 559, 5, 5, 5, 5, 5, 5, 559, 507, 598, 598, 598, 598, 598, 598, 559, 507, 21,
+    21, 21, 21, 21, 21, 114, 650, 650, 650, 650, 650, 650, 115, 1175, 1175, 1175, 1175, 1175, 1175, 1, 76, 76, 76, 76, 76, 76, 4, 245, 116, 559, 507, 560,
     561, 508, 509, 36, 27, 399, 559, 243, 559, 243, 248, 248, 419, 419, 280, 277, 266, 265, 269, 276, 267, 264, 283, 279, 281, 278, 273, 272, 274, 271, 7, 415,
-    5, 597, 21, 648, 1150, 76, 7, 415, 5, 597, 21, 648, 1150, 76, 7, 415, 5, 597, 21, 648, 1150, 76, 660, 660, 1146, 1146, 367, 367, 367, 367, 367, 336,
-    367, 507, 1146, 46, 113, 48, 112, 47, 88, 45, 226, 562, 563, 564, 511, 512, 513, 592, 331, 367, 367, 367, 367, 393, 393, 79, 79, 660, 660, 646, 646, 346,
-    346, 598, 598, 367, 367, 582, 583, 566, 569, 624, 627, 593, 595, 582, 583, 566, 569, 624, 627, 593, 595, 580, 580, 338, 335, 367, 1143, 367, 1145, 131, 337, 581,
-    581, 253, 251, 254, 261, 262, 263, 582, 583, 566, 569, 624, 627, 593, 595, 582, 583, 566, 569, 624, 627, 593, 595, 582, 583, 566, 569, 624, 627, 593, 595, 582,
-    583, 566, 569, 624, 627, 593, 595, 3, 2, 594, 1149, 136, 189, 149, 153, 216, 218, 159, 161, 136, 189, 149, 153, 216, 218, 159, 161, 179, 211, 212, 182, 181,
+    5, 598, 21, 650, 1175, 76, 7, 415, 5, 598, 21, 650, 1175, 76, 7, 415, 5, 598, 21, 650, 1175, 76, 662, 662, 1171, 1171, 367, 367, 367, 367, 367, 336,
+    367, 507, 1171, 46, 113, 48, 112, 47, 88, 45, 226, 562, 563, 564, 511, 512, 513, 593, 331, 367, 367, 367, 367, 393, 393, 79, 79, 662, 662, 648, 648, 346,
+    346, 599, 599, 367, 367, 583, 584, 566, 569, 626, 629, 594, 596, 583, 584, 566, 569, 626, 629, 594, 596, 581, 581, 338, 335, 367, 1168, 367, 1170, 131, 337, 582,
+    582, 253, 251, 254, 261, 262, 263, 583, 584, 566, 569, 626, 629, 594, 596, 583, 584, 566, 569, 626, 629, 594, 596, 583, 584, 566, 569, 626, 629, 594, 596, 583,
+    584, 566, 569, 626, 629, 594, 596, 3, 2, 595, 1174, 136, 189, 149, 153, 216, 218, 159, 161, 136, 189, 149, 153, 216, 218, 159, 161, 179, 211, 212, 182, 181,
     199, 198, 179, 228, 195, 213, 140, 135, 220, 227, 180, 184, 183, 187, 185, 186, 188, 134, 234, 204, 201, 233, 203, 158, 173, 202, 235, 210, 209, 205, 207, 208,
     157, 166, 172, 167, 168, 177, 178, 169, 170, 141, 143, 142, 148, 225, 171, 176, 174, 175, 179, 212, 144, 146, 145, 147, 193, 192, 191, 194, 197, 222, 151, 136,
     189, 149, 153, 216, 218, 159, 161, 136, 189, 150, 154, 218, 216, 161, 159, 179, 176, 211, 212, 206, 196, 200, 164, 229, 211, 212, 221, 224, 166, 172, 167, 168,
     177, 178, 169, 170, 137, 190, 155, 156, 219, 217, 162, 160, 171, 176, 174, 175, 138, 171, 139, 175, 165, 230, 214, 215, 200, 223, 152, 349, 348, 347, 268, 270,
-    282, 244, 244, 418, 418, 45, 275, 275, 275, 244, 244, 418, 418, 252, 239, 59, 660, 414, 412, 404, 243, 117, 242, 660, 414, 412, 404, 243, 117, 242, 50, 641,
-    55, 644, 51, 642, 245, 116, 245, 116, 45, 45, 275, 275, 559, 634, 647, 344, 352, 732, 733, 634, 647, 616, 632, 341, 343, 635, 345, 257, 127, 834, 841, 879,
-    887, 365, 410, 49, 640, 125, 1148, 1159, 836, 1147, 1160, 126, 880, 843, 842, 881, 643, 54, 633, 258, 635, 579, 366, 411, 58, 575, 653, 332, 350, 654, 56, 658,
-    659, 255, 1138, 1139, 667, 515, 520, 521, 163, 401, 400, 397, 394, 401, 400, 397, 394, 382, 377, 381, 396, 372, 382, 381, 673, 672, 671, 670, 379, 380, 378, 395,
-    379, 378, 516, 517, 518, 519, 413, 129, 128, 367, 367, 367, 367, 369, 368, 369, 368, 96, 95, 103, 102, 389, 388, 109, 107, 111, 110, 99, 93, 105, 100, 664,
-    663, 86, 85, 1142, 578, 572, 574, 655, 656, 657, 236, 73, 70, 62, 61, 64, 69, 63, 60, 75, 72, 74, 71, 67, 66, 68, 65, 384, 383, 637, 636, 639,
-    638, 590, 591, 567, 568, 26, 25, 24, 23, 417, 416, 1152, 1151, 9, 8, 11, 10, 406, 405, 408, 407, 98, 94, 104, 101, 91, 97, 108, 650, 649, 652, 651,
-    362, 361, 364, 363, 119, 118, 121, 120, 357, 356, 359, 358, 555, 555, 558, 558, 556, 556, 424, 424, 450, 450, 453, 453, 451, 451, 426, 426, 551, 551, 554, 554,
-    552, 552, 423, 423, 557, 553, 371, 391, 371, 391, 391, 375, 376, 527, 524, 525, 526, 540, 536, 534, 540, 536, 534, 537, 535, 531, 537, 535, 531, 539, 533, 539,
-    538, 533, 532, 444, 444, 447, 447, 445, 445, 124, 878, 133, 250, 886, 133, 250, 237, 238, 240, 241, 371, 391, 371, 391, 391, 391, 375, 376, 280, 277, 266, 265,
-    269, 276, 267, 264, 283, 279, 281, 278, 273, 272, 274, 271, 612, 609, 601, 600, 603, 608, 602, 599, 614, 611, 613, 610, 606, 605, 607, 604, 559, 507, 87, 40,
-    625, 625, 559, 507, 589, 43, 628, 628, 232, 231, 334, 645, 1155, 1153, 1157, 52, 339, 360, 615, 57, 53, 661, 550, 570, 571, 1140, 1141, 246, 247, 668, 669, 243,
-    82, 82, 351, 42, 340, 342, 402, 402, 510, 666, 40, 43, 42, 41, 41, 37, 662, 38, 353, 398, 398, 1144, 1144, 78, 77, 81, 80, 387, 472, 472, 461, 461,
-    631, 630, 84, 83, 1154, 1156, 1158, 876, 877, 576, 577, 835, 888, 573, 39, 12, 13, 540, 540, 537, 537, 539, 539, 429, 429, 505, 505, 391, 392, 374, 487, 487,
-    546, 546, 547, 547, 484, 484, 436, 436, 432, 432, 433, 433, 478, 478, 437, 437, 439, 439, 536, 536, 535, 535, 440, 440, 502, 502, 503, 503, 106, 90, 92, 390,
-    385, 544, 544, 545, 545, 483, 483, 514, 514, 430, 430, 431, 431, 477, 477, 565, 565, 333, 534, 534, 531, 531, 533, 533, 506, 506, 474, 474, 522, 522, 355, 354,
-    541, 541, 548, 548, 542, 542, 543, 543, 427, 427, 434, 434, 428, 428, 665, 523, 523, 464, 464, 462, 462, 463, 463, 473, 473, 468, 468, 466, 466, 467, 467, 528,
-    528, 530, 530, 529, 529, 501, 501, 441, 32, 31, 549, 420, 420, 422, 422, 421, 421, 490, 488, 489, 492, 493, 491, 500, 446, 386, 425, 496, 494, 495, 498, 499,
-    497, 452, 481, 482, 486, 485, 475, 476, 480, 479, 504, 465, 256, 260, 259, 619, 617, 618, 623, 621, 622, 19, 17, 18, 15, 16, 370, 89, 370, 89, 6, 14,
-    130, 373, 586, 585, 588, 587, 30, 29, 442, 435, 435, 458, 461, 459, 460, 132, 469, 249, 470, 471, 123, 122, 403, 443, 449, 448, 455, 454, 620, 20, 874, 873,
-    872, 872, 869, 869, 874, 873, 872, 872, 869, 869, 861, 856, 860, 871, 847, 861, 860, 1133, 1132, 1131, 1130, 858, 859, 857, 870, 858, 857, 845, 844, 845, 844, 719,
-    718, 867, 866, 725, 724, 721, 716, 1129, 1128, 705, 704, 291, 290, 284, 285, 289, 288, 286, 287, 299, 298, 296, 297, 307, 302, 300, 301, 326, 325, 323, 324, 330,
-    329, 327, 328, 322, 321, 320, 863, 862, 1119, 1118, 1121, 1120, 1110, 1111, 1104, 1105, 691, 690, 689, 688, 890, 889, 1135, 1134, 675, 674, 677, 676, 883, 882, 885, 884,
-    714, 711, 720, 717, 709, 713, 723, 1123, 1122, 1125, 1124, 838, 837, 840, 839, 727, 726, 729, 728, 831, 830, 833, 832, 1097, 1100, 1098, 895, 937, 940, 938, 897, 1093,
-    1096, 1094, 894, 1099, 1095, 846, 868, 848, 851, 1052, 1053, 1054, 1073, 1067, 1063, 1068, 1064, 1058, 1070, 1069, 1060, 1059, 931, 934, 932, 1137, 1136, 811, 812, 813, 814, 846,
-    868, 868, 848, 851, 295, 294, 292, 293, 295, 294, 292, 293, 295, 292, 293, 294, 295, 292, 293, 294, 306, 305, 303, 304, 319, 318, 316, 317, 701, 700, 703, 702,
-    987, 972, 1117, 1116, 678, 679, 1073, 1068, 1070, 900, 1041, 868, 1016, 1079, 1080, 1004, 907, 903, 904, 996, 909, 913, 1067, 1064, 914, 1037, 1038, 722, 708, 710, 864, 1077,
-    1078, 1003, 1043, 901, 902, 995, 1101, 826, 1063, 1058, 1060, 1042, 989, 1050, 827, 1074, 1081, 1075, 1076, 898, 905, 899, 1051, 979, 977, 978, 988, 983, 981, 982, 1055, 1057,
-    1056, 1036, 958, 957, 1127, 1126, 712, 960, 1084, 699, 698, 696, 891, 893, 892, 1023, 1021, 1022, 1025, 1026, 1024, 1035, 933, 865, 896, 829, 828, 829, 828, 1031, 1029, 1030,
-    1033, 1034, 1032, 954, 939, 1000, 1001, 1007, 1005, 992, 993, 999, 997, 1039, 980, 1071, 1072, 1066, 1061, 1062, 923, 926, 697, 922, 927, 990, 991, 990, 991, 973, 974, 975,
-    976, 808, 807, 810, 809, 760, 759, 778, 777, 748, 747, 750, 749, 766, 765, 768, 767, 784, 783, 786, 785, 796, 795, 798, 797, 762, 761, 780, 779, 752, 751, 754,
-    753, 770, 769, 772, 771, 788, 787, 790, 789, 800, 799, 802, 801, 764, 763, 782, 781, 756, 755, 758, 757, 774, 773, 776, 775, 792, 791, 794, 793, 804, 803, 806,
-    805, 684, 682, 683, 680, 681, 22, 35, 34, 33, 44, 457, 456, 409, 28, 626, 596, 629, 961, 959, 915, 958, 957, 951, 1107, 1106, 1109, 1108, 693, 692, 921, 906,
-    969, 972, 970, 971, 746, 815, 736, 715, 984, 825, 985, 986, 312, 315, 313, 314, 308, 311, 309, 310, 820, 741, 731, 730, 875, 928, 952, 695, 694, 920, 936, 935,
-    942, 941, 685, 584, 874, 873, 872, 872, 869, 869, 874, 873, 872, 872, 869, 869, 861, 856, 860, 871, 847, 861, 860, 1133, 1132, 1131, 1130, 858, 859, 857, 870, 858,
-    857, 845, 844, 845, 844, 719, 718, 867, 866, 725, 724, 721, 716, 1129, 1128, 705, 704, 1119, 1118, 1121, 1120, 691, 690, 689, 688, 890, 889, 1135, 1134, 675, 674, 677,
-    676, 883, 882, 885, 884, 714, 711, 720, 717, 709, 713, 723, 1123, 1122, 1125, 1124, 838, 837, 840, 839, 727, 726, 729, 728, 831, 830, 833, 832, 1097, 1100, 1098, 895,
-    937, 940, 938, 897, 1093, 1096, 1094, 894, 1099, 1095, 846, 868, 849, 850, 853, 854, 855, 852, 1052, 1053, 1054, 1073, 1067, 1063, 1048, 1049, 1046, 1047, 1068, 1064, 1065, 1058,
-    1070, 1069, 1060, 1059, 931, 934, 932, 846, 868, 868, 849, 850, 853, 854, 855, 852, 701, 700, 703, 702, 987, 972, 1117, 1116, 1073, 1068, 1070, 900, 1041, 868, 1079, 1080,
-    1004, 908, 912, 903, 904, 996, 910, 911, 913, 1067, 1064, 1065, 914, 1037, 1038, 722, 708, 710, 864, 1077, 1078, 1003, 1044, 1045, 901, 902, 995, 1102, 1103, 1063, 1058, 1060,
-    1042, 989, 1050, 1074, 1081, 1075, 1076, 898, 905, 899, 1051, 988, 1036, 960, 959, 699, 698, 891, 893, 892, 1023, 1021, 1022, 1025, 1026, 1024, 1085, 1088, 1089, 1092, 1086, 1087,
-    1090, 1091, 1035, 1012, 1015, 933, 1008, 1027, 865, 924, 896, 1031, 1028, 1029, 1010, 1030, 1018, 1033, 1011, 1034, 1020, 1032, 1019, 954, 961, 939, 1000, 1013, 1014, 1001, 1002, 1009,
-    1017, 1007, 925, 1005, 1006, 992, 993, 994, 999, 997, 998, 1039, 1040, 923, 926, 917, 918, 916, 919, 955, 956, 922, 927, 922, 927, 923, 926, 962, 965, 963, 964, 735,
-    734, 967, 968, 707, 706, 949, 950, 953, 966, 760, 759, 778, 777, 748, 747, 750, 749, 766, 765, 768, 767, 784, 783, 786, 785, 796, 795, 798, 797, 762, 761, 780,
-    779, 752, 751, 754, 753, 770, 769, 772, 771, 788, 787, 790, 789, 800, 799, 802, 801, 764, 763, 782, 781, 756, 755, 758, 757, 774, 773, 776, 775, 792, 791, 794,
-    793, 804, 803, 806, 805, 682, 683, 680, 681, 961, 959, 686, 687, 906, 969, 972, 970, 971, 746, 816, 818, 737, 739, 817, 819, 738, 740, 945, 946, 930, 943, 984,
-    825, 985, 986, 1112, 1113, 1082, 1083, 821, 823, 742, 744, 822, 824, 743, 745, 944, 947, 929, 948, 1114, 1115, 928,
+    282, 244, 244, 418, 418, 45, 275, 275, 275, 244, 244, 418, 418, 252, 239, 59, 662, 414, 412, 404, 243, 117, 242, 662, 414, 412, 404, 243, 117, 242, 50, 643,
+    55, 646, 51, 644, 245, 116, 245, 116, 45, 45, 275, 275, 559, 636, 649, 344, 352, 734, 735, 636, 649, 618, 634, 341, 343, 637, 345, 257, 127, 857, 864, 902,
+    910, 365, 410, 49, 642, 125, 1173, 1184, 859, 1172, 1185, 126, 903, 866, 865, 904, 645, 54, 635, 258, 637, 600, 574, 1167, 580, 366, 411, 58, 576, 655, 332, 350,
+    656, 56, 660, 661, 255, 1162, 1163, 669, 515, 520, 521, 163, 401, 400, 397, 394, 401, 400, 397, 394, 382, 377, 381, 396, 372, 382, 381, 675, 674, 673, 672, 379,
+    380, 378, 395, 379, 378, 516, 517, 518, 519, 413, 129, 128, 367, 367, 367, 367, 369, 368, 369, 368, 96, 95, 103, 102, 389, 388, 109, 107, 111, 110, 99, 93,
+    105, 100, 666, 665, 86, 85, 1166, 579, 572, 575, 657, 658, 659, 236, 73, 70, 62, 61, 64, 69, 63, 60, 75, 72, 74, 71, 67, 66, 68, 65, 384, 383,
+    639, 638, 641, 640, 591, 592, 567, 568, 26, 25, 24, 23, 417, 416, 1177, 1176, 9, 8, 11, 10, 406, 405, 408, 407, 98, 94, 104, 101, 91, 97, 108, 652,
+    651, 654, 653, 362, 361, 364, 363, 119, 118, 121, 120, 357, 356, 359, 358, 555, 555, 558, 558, 556, 556, 424, 424, 450, 450, 453, 453, 451, 451, 426, 426, 551,
+    551, 554, 554, 552, 552, 423, 423, 557, 553, 371, 391, 371, 391, 391, 375, 376, 527, 524, 525, 526, 540, 536, 534, 540, 536, 534, 537, 535, 531, 537, 535, 531,
+    539, 533, 539, 538, 533, 532, 444, 444, 447, 447, 445, 445, 124, 901, 133, 250, 909, 133, 250, 237, 238, 240, 241, 371, 391, 371, 391, 391, 391, 375, 376, 280,
+    277, 266, 265, 269, 276, 267, 264, 283, 279, 281, 278, 273, 272, 274, 271, 614, 611, 603, 602, 605, 610, 604, 601, 616, 613, 615, 612, 608, 607, 609, 606, 559,
+    507, 87, 40, 627, 627, 559, 507, 590, 43, 630, 630, 232, 231, 334, 647, 1180, 1178, 1182, 52, 339, 360, 617, 57, 53, 663, 550, 570, 571, 1164, 1165, 246, 247,
+    670, 671, 243, 82, 82, 351, 42, 340, 342, 402, 402, 510, 668, 40, 43, 42, 41, 41, 37, 664, 38, 353, 398, 398, 1169, 1169, 78, 77, 81, 80, 387, 472,
+    472, 461, 461, 633, 632, 84, 83, 1179, 1181, 1183, 899, 900, 577, 578, 858, 911, 573, 39, 12, 13, 540, 540, 537, 537, 539, 539, 429, 429, 505, 505, 391, 392,
+    374, 487, 487, 546, 546, 547, 547, 484, 484, 436, 436, 432, 432, 433, 433, 478, 478, 437, 437, 439, 439, 536, 536, 535, 535, 440, 440, 502, 502, 503, 503, 106,
+    90, 92, 390, 385, 544, 544, 545, 545, 483, 483, 514, 514, 430, 430, 431, 431, 477, 477, 565, 565, 333, 534, 534, 531, 531, 533, 533, 506, 506, 474, 474, 522,
+    522, 355, 354, 541, 541, 548, 548, 542, 542, 543, 543, 427, 427, 434, 434, 428, 428, 667, 523, 523, 464, 464, 462, 462, 463, 463, 473, 473, 468, 468, 466, 466,
+    467, 467, 528, 528, 530, 530, 529, 529, 501, 501, 441, 32, 31, 549, 420, 420, 422, 422, 421, 421, 490, 488, 489, 492, 493, 491, 500, 446, 386, 425, 496, 494,
+    495, 498, 499, 497, 452, 481, 482, 486, 485, 475, 476, 480, 479, 504, 465, 256, 260, 259, 621, 619, 620, 625, 623, 624, 19, 17, 18, 15, 16, 370, 89, 370,
+    89, 6, 14, 130, 373, 587, 586, 589, 588, 30, 29, 442, 435, 435, 458, 461, 459, 460, 132, 469, 249, 470, 471, 123, 122, 403, 443, 449, 448, 455, 454, 622,
+    20, 897, 896, 895, 895, 892, 892, 897, 896, 895, 895, 892, 892, 884, 879, 883, 894, 870, 884, 883, 1157, 1156, 1155, 1154, 881, 882, 880, 893, 881, 880, 868, 867,
+    868, 867, 721, 720, 890, 889, 727, 726, 723, 718, 1153, 1152, 707, 706, 291, 290, 284, 285, 289, 288, 286, 287, 299, 298, 296, 297, 307, 302, 300, 301, 326, 325,
+    323, 324, 330, 329, 327, 328, 322, 321, 320, 886, 885, 1142, 1141, 1144, 1143, 1133, 1134, 1127, 1128, 693, 692, 691, 690, 913, 912, 1159, 1158, 677, 676, 679, 678, 906,
+    905, 908, 907, 716, 713, 722, 719, 711, 715, 725, 1147, 1146, 1149, 1148, 861, 860, 863, 862, 729, 728, 731, 730, 854, 853, 856, 855, 1120, 1123, 1121, 918, 960, 963,
+    961, 920, 1116, 1119, 1117, 917, 1122, 1118, 869, 891, 871, 874, 1075, 1076, 1077, 1096, 1090, 1086, 1091, 1087, 1081, 1093, 1092, 1083, 1082, 954, 957, 955, 1161, 1160, 833, 834,
+    835, 836, 869, 891, 891, 871, 874, 295, 294, 292, 293, 295, 294, 292, 293, 295, 292, 293, 294, 295, 292, 293, 294, 306, 305, 303, 304, 319, 318, 316, 317, 849,
+    1145, 703, 702, 705, 704, 1010, 995, 1140, 1139, 680, 681, 1096, 1091, 1093, 923, 1064, 891, 1039, 1102, 1103, 1027, 930, 926, 927, 1019, 932, 936, 1090, 1087, 937, 1060, 1061,
+    724, 710, 712, 887, 1100, 1101, 1026, 1066, 924, 925, 1018, 1124, 848, 1086, 1081, 1083, 1065, 1012, 1073, 850, 1097, 1104, 1098, 1099, 921, 928, 922, 1074, 1002, 1000, 1001, 1011,
+    1006, 1004, 1005, 1078, 1080, 1079, 1059, 981, 980, 1151, 1150, 714, 983, 1107, 701, 700, 698, 914, 916, 915, 1046, 1044, 1045, 1048, 1049, 1047, 1058, 956, 888, 919, 852, 851,
+    852, 851, 1054, 1052, 1053, 1056, 1057, 1055, 977, 962, 1023, 1024, 1030, 1028, 1015, 1016, 1022, 1020, 1062, 1003, 1094, 1095, 1089, 1084, 1085, 946, 949, 699, 945, 950, 1013, 1014,
+    1013, 1014, 996, 997, 998, 999, 830, 829, 832, 831, 766, 765, 786, 785, 750, 749, 752, 751, 774, 773, 776, 775, 798, 797, 800, 799, 814, 813, 816, 815, 768, 767,
+    788, 787, 754, 753, 756, 755, 778, 777, 780, 779, 802, 801, 804, 803, 818, 817, 820, 819, 770, 769, 790, 789, 758, 757, 760, 759, 782, 781, 784, 783, 806, 805,
+    808, 807, 822, 821, 824, 823, 686, 684, 685, 682, 683, 22, 35, 34, 33, 44, 457, 456, 409, 28, 628, 597, 631, 984, 982, 938, 981, 980, 974, 1130, 1129, 1132,
+    1131, 695, 694, 944, 929, 992, 995, 993, 994, 748, 837, 738, 717, 1007, 847, 1008, 1009, 312, 315, 313, 314, 308, 311, 309, 310, 842, 743, 733, 732, 898, 951, 975,
+    697, 696, 943, 772, 772, 771, 771, 792, 792, 791, 791, 959, 958, 965, 964, 762, 762, 761, 761, 764, 764, 763, 763, 794, 794, 793, 793, 796, 796, 795, 795, 810,
+    810, 809, 809, 812, 812, 811, 811, 826, 826, 825, 825, 828, 828, 827, 827, 687, 585, 897, 896, 895, 895, 892, 892, 897, 896, 895, 895, 892, 892, 884, 879, 883,
+    894, 870, 884, 883, 1157, 1156, 1155, 1154, 881, 882, 880, 893, 881, 880, 868, 867, 868, 867, 721, 720, 890, 889, 727, 726, 723, 718, 1153, 1152, 707, 706, 1142, 1141,
+    1144, 1143, 693, 692, 691, 690, 913, 912, 1159, 1158, 677, 676, 679, 678, 906, 905, 908, 907, 716, 713, 722, 719, 711, 715, 725, 1147, 1146, 1149, 1148, 861, 860, 863,
+    862, 729, 728, 731, 730, 854, 853, 856, 855, 1120, 1123, 1121, 918, 960, 963, 961, 920, 1116, 1119, 1117, 917, 1122, 1118, 869, 891, 872, 873, 876, 877, 878, 875, 1075,
+    1076, 1077, 1096, 1090, 1086, 1071, 1072, 1069, 1070, 1091, 1087, 1088, 1081, 1093, 1092, 1083, 1082, 954, 957, 955, 869, 891, 891, 872, 873, 876, 877, 878, 875, 703, 702, 705,
+    704, 1010, 995, 1140, 1139, 1096, 1091, 1093, 923, 1064, 891, 1102, 1103, 1027, 931, 935, 926, 927, 1019, 933, 934, 936, 1090, 1087, 1088, 937, 1060, 1061, 724, 710, 712, 887,
+    1100, 1101, 1026, 1067, 1068, 924, 925, 1018, 1125, 1126, 1086, 1081, 1083, 1065, 1012, 1073, 1097, 1104, 1098, 1099, 921, 928, 922, 1074, 1011, 1059, 983, 982, 701, 700, 914, 916,
+    915, 1046, 1044, 1045, 1048, 1049, 1047, 1108, 1111, 1112, 1115, 1109, 1110, 1113, 1114, 1058, 1035, 1038, 956, 1031, 1050, 888, 947, 919, 1054, 1051, 1052, 1033, 1053, 1041, 1056, 1034,
+    1057, 1043, 1055, 1042, 977, 984, 962, 1023, 1036, 1037, 1024, 1025, 1032, 1040, 1030, 948, 1028, 1029, 1015, 1016, 1017, 1022, 1020, 1021, 1062, 1063, 946, 949, 940, 941, 939, 942,
+    978, 979, 945, 950, 945, 950, 946, 949, 985, 988, 986, 987, 737, 736, 990, 991, 709, 708, 972, 973, 976, 989, 766, 765, 786, 785, 750, 749, 752, 751, 774, 773,
+    776, 775, 798, 797, 800, 799, 814, 813, 816, 815, 768, 767, 788, 787, 754, 753, 756, 755, 778, 777, 780, 779, 802, 801, 804, 803, 818, 817, 820, 819, 770, 769,
+    790, 789, 758, 757, 760, 759, 782, 781, 784, 783, 806, 805, 808, 807, 822, 821, 824, 823, 684, 685, 682, 683, 984, 982, 688, 689, 929, 992, 995, 993, 994, 748,
+    838, 840, 739, 741, 839, 841, 740, 742, 968, 969, 953, 966, 1007, 847, 1008, 1009, 1135, 1136, 1105, 1106, 843, 845, 744, 746, 844, 846, 745, 747, 967, 970, 952, 971,
+    1137, 1138, 951,
 ]
 
 let tableFormOperands: [UInt64] = [
@@ -2272,182 +2362,188 @@ let tableFormOperands: [UInt64] = [
     0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
     0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
     0x0, 0x0, 0x0, 0x0, 0x305, 0x0, 0x0, 0x0,
-    0x0, 0x0, 0x0, 0x20105, 0x20105, 0x0, 0x0, 0x0,
-    0x0, 0x0, 0x0, 0x0, 0x0, 0x201, 0x201, 0x201,
-    0x0, 0x130e120e, 0x130f120f, 0x13101210, 0x13111211, 0x120e130e, 0x120f130f, 0x12101310,
-    0x12111311, 0x204120c, 0x110c120c, 0x204120c, 0x130b120b, 0x130b120b, 0x120c0204, 0x120c0204,
-    0x130e120e, 0x130f120f, 0x130e120e, 0x130f120f, 0x204120c, 0x110c120c, 0x204120c, 0x130b120b,
-    0x120c0204, 0x120c0204, 0x201, 0x201, 0x201, 0x201, 0x5, 0x0,
-    0x0, 0x5070307, 0x6070307, 0x3070507, 0x3070607, 0x130e120e, 0x130f120f, 0x120e130e,
-    0x120f130f, 0x1004120c, 0x1004120c, 0x7120c, 0x7120c, 0x120e020e, 0x120f020f, 0x13040f04,
-    0x130c0f04, 0x13100107, 0x13110107, 0x13040f04, 0x130c0f04, 0x13100107, 0x13110107, 0x13101210,
-    0x13111211, 0x13101210, 0x13111211, 0x0, 0x0, 0x0, 0x0, 0x0,
-    0x0, 0x0, 0x0, 0x50105, 0x50105, 0x50105, 0x50105, 0x50105,
+    0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x20105, 0x20105,
+    0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
+    0x201, 0x201, 0x201, 0x0, 0x130e120e, 0x130f120f, 0x13101210, 0x13111211,
+    0x120e130e, 0x120f130f, 0x12101310, 0x12111311, 0x204120c, 0x110c120c, 0x204120c, 0x130b120b,
+    0x130b120b, 0x120c0204, 0x120c0204, 0x130e120e, 0x130f120f, 0x130e120e, 0x130f120f, 0x204120c,
+    0x110c120c, 0x204120c, 0x130b120b, 0x120c0204, 0x120c0204, 0x201, 0x201, 0x201,
+    0x201, 0x5, 0x0, 0x0, 0x5070307, 0x6070307, 0x3070507, 0x3070607,
+    0x130e120e, 0x130f120f, 0x120e130e, 0x120f130f, 0x1004120c, 0x1004120c, 0x7120c, 0x7120c,
+    0x120e020e, 0x120f020f, 0x13040f04, 0x130c0f04, 0x13100107, 0x13110107, 0x13040f04, 0x130c0f04,
+    0x13100107, 0x13110107, 0x13101210, 0x13111211, 0x13101210, 0x13111211, 0x0, 0x0,
+    0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x50105, 0x50105,
     0x50105, 0x50105, 0x50105, 0x50105, 0x50105, 0x50105, 0x50105, 0x50105,
-    0x50105, 0x50105, 0x50105, 0x110e0103, 0x110f0103, 0x130e120e, 0x130f120f, 0x1310120c,
-    0x1311120c, 0x130e120e, 0x1310120c, 0x130e120e, 0x1310120c, 0x130e120e, 0x130f120f, 0x130e120e,
-    0x130f120f, 0x130e120e, 0x130f120f, 0x130e120e, 0x130f120f, 0x130e120e, 0x130f120f, 0x1310120c,
-    0x1311120c, 0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c, 0x1316120f, 0x130f1216, 0x1310120c,
-    0x1311120c, 0x130b120e, 0x130e120b, 0x130e120b, 0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c,
+    0x50105, 0x50105, 0x50105, 0x50105, 0x50105, 0x50105, 0x110e0103, 0x110f0103,
+    0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c, 0x130e120e, 0x1310120c, 0x130e120e, 0x1310120c,
+    0x130e120e, 0x130f120f, 0x130e120e, 0x130f120f, 0x130e120e, 0x130f120f, 0x130e120e, 0x130f120f,
     0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c, 0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c,
-    0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
-    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
-    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
-    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x130b120b, 0x130b120b, 0x30f04, 0x40f04,
-    0x3120c, 0x4120c, 0x10040f04, 0x130b120b, 0x130b120b, 0x80110040f04, 0x801130b120b, 0x801130b120b,
-    0x801130b120b, 0x8010e04, 0x8010e04, 0x8010e04, 0x801110b, 0x801110b, 0x801110b, 0x8010e04,
-    0x8010e04, 0x8010e04, 0x801110b, 0x801110b, 0x801110b, 0x8010e04, 0x8010e04, 0x801110b,
-    0x801110b, 0x801110b, 0x801110b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
-    0x130b120b, 0x0, 0x1070007, 0x8010801110c, 0x8010801110c120c, 0x70107, 0x110c120c, 0x110c120c,
-    0x130f120f, 0x130e120e, 0x130f120f, 0x130e120e, 0xf040003, 0xf040004, 0x120c0003, 0x120c0004,
-    0x1304120c, 0xf041004, 0x120b130b, 0x120b130b, 0x906, 0x906, 0x906, 0x906,
+    0x1316120f, 0x130f1216, 0x1310120c, 0x1311120c, 0x130b120e, 0x130e120b, 0x130e120b, 0x130e120e,
+    0x130f120f, 0x1310120c, 0x1311120c, 0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c, 0x130e120e,
+    0x130f120f, 0x1310120c, 0x1311120c, 0x130e120e, 0x130f120f, 0x1310120c, 0x1311120c, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x130b120b,
+    0x130b120b, 0x30f04, 0x40f04, 0x3120c, 0x4120c, 0x10040f04, 0x130b120b, 0x130b120b,
+    0x80110040f04, 0x801130b120b, 0x801130b120b, 0x801130b120b, 0x8010e04, 0x8010e04, 0x8010e04, 0x801110b,
+    0x801110b, 0x801110b, 0x8010e04, 0x8010e04, 0x8010e04, 0x801110b, 0x801110b, 0x801110b,
+    0x8010e04, 0x8010e04, 0x801110b, 0x801110b, 0x801110b, 0x801110b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x0, 0x1070007, 0x8010801110c, 0x8010801110c120c,
+    0x70107, 0x110c120c, 0x110c120c, 0x130f120f, 0x130e120e, 0x130f120f, 0x130e120e, 0xf040003,
+    0xf040004, 0x120c0003, 0x120c0004, 0x1304120c, 0xf041004, 0x120b130b, 0x120b130b, 0x906,
     0x906, 0x906, 0x906, 0x906, 0x906, 0x906, 0x906, 0x906,
-    0x906, 0x906, 0x906, 0x906, 0x1, 0x1, 0x1, 0x1,
+    0x906, 0x906, 0x906, 0x906, 0x906, 0x906, 0x906, 0x1,
     0x1, 0x1, 0x1, 0x1, 0x1, 0x1, 0x1, 0x1,
-    0x1, 0x1, 0x1, 0x1, 0x1b0d, 0x1b0d, 0x0, 0x1050005,
-    0x80101050005, 0x1b0101050005, 0x1b0e, 0x1b0e, 0x0, 0x1050005, 0x80101050005, 0x1b0101050005,
-    0x218, 0x218, 0x203, 0x203, 0x213, 0x213, 0x213, 0x201,
-    0x0, 0x0, 0x0, 0x201, 0x201, 0x303, 0x7, 0x307,
-    0x307, 0x307, 0x307, 0x303, 0x304, 0x305, 0x303, 0x50105,
-    0x1010001, 0x1050005, 0x2080105, 0x1050005, 0x2080105, 0x2080105, 0x10105, 0x20105,
-    0x50105, 0x50105, 0x8010005, 0x8010005, 0x8010005, 0x8010005, 0x1050005, 0x50105,
-    0x50105, 0x50105, 0x50105, 0x10105, 0x20105, 0x1010001, 0x1050005, 0x801130e120e,
-    0x801130f120f, 0x8011310120c, 0x8011311120c, 0x1070207, 0x80100020f04, 0x8010002120c, 0x8010e040103, 0x801110c0103,
-    0x801130e120e, 0x801130f120f, 0x204, 0x20c, 0x213, 0x213, 0x213, 0x204,
-    0x204, 0x305, 0x305, 0x204, 0x204, 0x307, 0x707, 0x130f120f,
-    0x130e120e, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b, 0x10040f04,
-    0x130b120b, 0x10040f04, 0x130b120b, 0x120c1304, 0xe04120c, 0x110c0f04, 0xe040103, 0x110b0103,
+    0x1, 0x1, 0x1, 0x1, 0x1, 0x1, 0x1, 0x1b0d,
+    0x1b0d, 0x0, 0x1050005, 0x80101050005, 0x1b0101050005, 0x1b0e, 0x1b0e, 0x0,
+    0x1050005, 0x80101050005, 0x1b0101050005, 0x218, 0x218, 0x203, 0x203, 0x213,
+    0x213, 0x213, 0x201, 0x0, 0x0, 0x0, 0x201, 0x201,
+    0x303, 0x7, 0x307, 0x307, 0x307, 0x307, 0x303, 0x304,
+    0x305, 0x303, 0x50105, 0x1010001, 0x1050005, 0x2080105, 0x1050005, 0x2080105,
+    0x2080105, 0x10105, 0x20105, 0x50105, 0x50105, 0x8010005, 0x8010005, 0x8010005,
+    0x8010005, 0x1050005, 0x50105, 0x50105, 0x50105, 0x50105, 0x10105, 0x20105,
+    0x1010001, 0x1050005, 0x801130e120e, 0x801130f120f, 0x8011310120c, 0x8011311120c, 0x1070207, 0x80100020f04,
+    0x8010002120c, 0x8010e040103, 0x801110c0103, 0x801130e120e, 0x801130f120f, 0x204, 0x20c, 0x213,
+    0x213, 0x213, 0x204, 0x204, 0x305, 0x305, 0x204, 0x204,
+    0x307, 0x707, 0x130f120f, 0x130e120e, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b,
+    0x10040f04, 0x130c120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x120c1304, 0xe04120c,
+    0x110c0f04, 0xe040103, 0x110b0103, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130c120b, 0x10040f04,
+    0x130c120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x130f1216,
+    0x1316120b, 0x130f1216, 0xf040204, 0x120b020b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x20b120b, 0x10040f04, 0x130c120b, 0x10040f04,
+    0x130c120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0xe040f04, 0x110c120c, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
+    0x130b120b, 0x50105, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
     0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
     0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
-    0x10040f04, 0x130b120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130b120b,
-    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x130f1216, 0x1316120b, 0x130f1216, 0xf040204,
-    0x120b020b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
-    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
-    0x130b120b, 0x20b120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b, 0x10040f04, 0x130c120b,
-    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0xe040f04, 0x110c120c,
-    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b,
-    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x50105, 0x10040f04,
-    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
-    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
-    0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x1b0f130c120c,
-    0x1b0f130c120c, 0x1b0f130c120c, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x10040f04,
-    0x130b120b, 0x1316120b, 0x131a120b, 0x131b120b, 0x1316120b, 0x131a120b, 0x1316120b, 0x130b120b,
-    0x130b120b, 0x20b120b, 0x130b120b, 0x1316120b, 0x131a120b, 0x131b120b, 0x1316120b, 0x131a120b,
-    0x1316120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b,
-    0x130b120b, 0x130b120b, 0x130b120b, 0x130c120c, 0x20c0104, 0x20c0104, 0x20c0104, 0x130c120c,
-    0x130c120c, 0x130c120c, 0x1b0f130c120c, 0x130c120c, 0x130c120c, 0x130c120c, 0x130b120b, 0x130b120b,
-    0x130b120b, 0x130b120b, 0x2050105, 0x10107, 0x1050205, 0x50107, 0x70107, 0x70107,
-    0x2130105, 0x1070207, 0x801130b120b, 0x801130b120b, 0x8011310120c, 0x8011311120c, 0x801130b120b, 0x801130b120b,
-    0x801130b120b, 0x80110040f04, 0x801130b120b, 0x801120c0001, 0x801120c0002, 0x801120c0003, 0x801120c0004, 0x801120c0003,
-    0x8010001120c, 0x8011310120c, 0x8010003120c, 0x8010004120c, 0x801130b120b, 0x801130c120c, 0x801130b120b, 0x801130b120b,
-    0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x130e120e, 0x130f120f,
-    0x210120c, 0x1110140c120c, 0x211120c, 0x1111140c120c, 0x120e130e, 0x120f130f, 0x12100210, 0x1210140c110c,
-    0x12110211, 0x1211140c110c, 0x204140c120c, 0x110c140c120c, 0x204140c120c, 0x130b120b, 0x130b120b, 0x120c0204,
-    0x120c0204, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x204140c120c, 0x110c140c120c, 0x204140c120c,
-    0x130b120b, 0x120c0204, 0x120c0204, 0x130e120e, 0x130f120f, 0x120e130e, 0x120f130f, 0x7140c120c,
-    0x7140c120c, 0x120e020e, 0x120f020f, 0x13100107, 0x13110107, 0x13100107, 0x13110107, 0x13101210,
-    0x13111211, 0x13101210, 0x13111211, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700,
-    0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a001700, 0x1a001700, 0x1a001700, 0x1a001700, 0x1a0019001700,
+    0x10040f04, 0x130b120b, 0x1b0f130c120c, 0x1b0f130c120c, 0x1b0f130c120c, 0x130b120b, 0x10040f04, 0x130b120b,
+    0x10040f04, 0x130b120b, 0x10040f04, 0x130b120b, 0x1316120b, 0x131a120b, 0x131b120b, 0x1316120b,
+    0x131a120b, 0x1316120b, 0x130b120b, 0x130b120b, 0x20b120b, 0x130b120b, 0x1316120b, 0x131a120b,
+    0x131b120b, 0x1316120b, 0x131a120b, 0x1316120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b,
+    0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130c120c, 0x20c0104,
+    0x20c0104, 0x20c0104, 0x130c120c, 0x130c120c, 0x130c120c, 0x1b0f130c120c, 0x130c120c, 0x130c120c,
+    0x130c120c, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x2050105, 0x10107, 0x1050205,
+    0x50107, 0x70107, 0x70107, 0x2130105, 0x1070207, 0x801130b120b, 0x801130b120b, 0x8011310120c,
+    0x8011311120c, 0x801130b120b, 0x801130b120b, 0x801130b120b, 0x80110040f04, 0x801130b120b, 0x801120c0001, 0x801120c0002,
+    0x801120c0003, 0x801120c0004, 0x801120c0003, 0x8010001120c, 0x8011310120c, 0x8010003120c, 0x8010004120c, 0x801130b120b,
+    0x801130c120c, 0x801130b120b, 0x801130b120b, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c,
+    0x801130c120c, 0x130e120e, 0x130f120f, 0x210120c, 0x1110140c120c, 0x211120c, 0x1111140c120c, 0x120e130e,
+    0x120f130f, 0x12100210, 0x1210140c110c, 0x12110211, 0x1211140c110c, 0x204140c120c, 0x110c140c120c, 0x204140c120c,
+    0x130b120b, 0x130b120b, 0x120c0204, 0x120c0204, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f,
+    0x204140c120c, 0x110c140c120c, 0x204140c120c, 0x130b120b, 0x120c0204, 0x120c0204, 0x130e120e, 0x130f120f,
+    0x120e130e, 0x120f130f, 0x7140c120c, 0x7140c120c, 0x120e020e, 0x120f020f, 0x13100107, 0x13110107,
+    0x13100107, 0x13110107, 0x13101210, 0x13111211, 0x13101210, 0x13111211, 0x1a0019001700, 0x1a0019001700,
+    0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a001700, 0x1a001700,
+    0x1a001700, 0x1a001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700,
     0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700,
-    0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x1a0019001700, 0x110e0103, 0x110f0103,
-    0x130e120e, 0x130f120f, 0x1310140c120c, 0x1311140c120c, 0x130e120e, 0x1310140c120c, 0x130e120e, 0x1310140c120c,
-    0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f,
-    0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c,
-    0x1316120f, 0x130f1216, 0x1310140c120c, 0x1311140c120c, 0x130b120e, 0x130e120b, 0x130e120b, 0x130e140e120e,
-    0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e,
-    0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b,
+    0x1a0019001700, 0x110e0103, 0x110f0103, 0x130e120e, 0x130f120f, 0x1310140c120c, 0x1311140c120c, 0x130e120e,
+    0x1310140c120c, 0x130e120e, 0x1310140c120c, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e,
+    0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e,
+    0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x1316120f, 0x130f1216, 0x1310140c120c, 0x1311140c120c, 0x130b120e,
+    0x130e120b, 0x130e120b, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f,
+    0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
     0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x3120c, 0x4120c, 0x130b120b,
-    0x130b120b, 0x801130b120b, 0x801130b120b, 0x801130b120b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b,
-    0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x0, 0x0, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x120c0003,
-    0x120c0004, 0x1304120c, 0x120b130b, 0x120b130b, 0x18021700, 0x18041700, 0x18011700, 0x18031700,
-    0x17000202, 0x17000204, 0x17000201, 0x17000203, 0x3031700, 0x3031700, 0x3031700, 0x3041700,
-    0x1a000103, 0x1a000103, 0x1a000103, 0x1a000104, 0x1a001700, 0x1a001700, 0x1a001700, 0x1a001700,
-    0x1a001700, 0x1a001700, 0x1a001700, 0x1a001700, 0x801130e140e120e, 0x801130f140f120f, 0x8011310140c120c, 0x8011311140c120c,
-    0x8010002140c120c, 0x801110c0103, 0x801130e140e120e, 0x801130f140f120f, 0x130f140f120f, 0x130e140e120e, 0x130c140b120b, 0x130c140b120b,
-    0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x120c1304, 0x110b0103, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130c140b120b, 0x130c140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130f1216, 0x1316120b, 0x130f1216, 0x120b020b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x20b120b,
-    0x130c140b120b, 0x130c140b120b, 0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x110c120c, 0x130b140b120b,
+    0x3120c, 0x4120c, 0x130b120b, 0x130b120b, 0x801130b120b, 0x801130b120b, 0x801130b120b, 0x801110b140b,
+    0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b, 0x801110b140b,
+    0x801110b140b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x0, 0x0, 0x130f140f120f, 0x130e140e120e,
+    0x130f140f120f, 0x130e140e120e, 0x120c0003, 0x120c0004, 0x1304120c, 0x120b130b, 0x120b130b, 0x18021700,
+    0x18041700, 0x18011700, 0x18031700, 0x17000202, 0x17000204, 0x17000201, 0x17000203, 0x3031700,
+    0x3031700, 0x3031700, 0x3041700, 0x1a000103, 0x1a000103, 0x1a000103, 0x1a000104, 0x1a001700,
+    0x1a001700, 0x1a001700, 0x1a001700, 0x1a001700, 0x1a001700, 0x1a001700, 0x1a001700, 0x203,
+    0x203, 0x801130e140e120e, 0x801130f140f120f, 0x8011310140c120c, 0x8011311140c120c, 0x8010002140c120c, 0x801110c0103, 0x801130e140e120e,
+    0x801130f140f120f, 0x130f140f120f, 0x130e140e120e, 0x130c140b120b, 0x130c140b120b, 0x130c140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x120c1304, 0x110b0103, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130c140b120b, 0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130f1216, 0x1316120b, 0x130f1216, 0x120b020b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x20b120b, 0x130c140b120b, 0x130c140b120b, 0x130c140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x110c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
     0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
     0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b120b, 0x130b120b, 0x1316120b, 0x130d140d120d,
-    0x130b120b, 0x1303120b, 0x1304120d, 0x20c120d, 0x130b120b, 0x130b120b, 0x130b120b, 0x1316120b,
-    0x131a120b, 0x131b120b, 0x1316120b, 0x131a120b, 0x1316120b, 0x130b140b120b, 0x130b140b120b, 0x20b120b,
-    0x130b140b120b, 0x20b140b120b, 0x20b140b120b, 0x120b140b020b, 0x120b140b020b, 0x1316120b, 0x131a120b, 0x131b120b,
-    0x1316120b, 0x131a120b, 0x1316120b, 0x130d140d120d, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130c120c, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1303120b, 0x1304120b, 0x20c120d, 0x1301120b,
-    0x1302120b, 0x20b140b120b, 0x20b140b120b, 0x120b140b020b, 0x120b140b020b, 0x140b020b120b, 0x140b020b120b, 0x140b020b120b,
-    0x140b020b120b, 0x140b020b120b, 0x140b020b120b, 0x140b020b120b, 0x140b020b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x715070107, 0x71507,
-    0x71507, 0x71507, 0x150700070107, 0x715070107, 0x715070107, 0x715070107, 0x150700070107, 0x150700070107,
-    0x150700070107, 0x150700070107, 0x801130d120d, 0x801130d120d, 0x801130b140b120b, 0x801130b120b, 0x801130b120b, 0x801130d140d120d,
-    0x801130b120b, 0x801130b120b, 0x8011310140c120c, 0x8011311140c120c, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b,
-    0x801120c0001, 0x801120c0002, 0x801120c0003, 0x801120c0004, 0x801120c0003, 0x801130c140d120d, 0x801120d130c, 0x801120b1316,
-    0x8010001140c120c, 0x8011310140c120c, 0x8010003140c120c, 0x8010004140c120c, 0x8011a001700, 0x8011a001700, 0x8011a001700, 0x8011a001700,
-    0x8011a001700, 0x8011a001700, 0x8011a001700, 0x8011a001700, 0x801130c140d120d, 0x801120d130c, 0x801130b140b120b, 0x801130c140c120c,
-    0x801130b140b120b, 0x801130b140b120b, 0x801130d140d120d, 0x160b130b140b120b, 0x160b130b140b120b, 0x160b130b140b120b, 0x801130c120c, 0x801130c120c,
-    0x801130c120c, 0x801130c120c, 0x801130c120c, 0x80100070107, 0x130e120e, 0x130f120f, 0x210120c, 0x1110140c120c,
-    0x211120c, 0x1111140c120c, 0x120e130e, 0x120f130f, 0x12100210, 0x1210140c110c, 0x12110211, 0x1211140c110c,
-    0x204140c120c, 0x110c140c120c, 0x204140c120c, 0x130b120b, 0x130b120b, 0x120c0204, 0x120c0204, 0x130e140e120e,
-    0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x204140c120c, 0x110c140c120c, 0x204140c120c, 0x130b120b, 0x120c0204,
-    0x120c0204, 0x130e120e, 0x130f120f, 0x120e130e, 0x120f130f, 0x7140c120c, 0x7140c120c, 0x120e020e,
-    0x120f020f, 0x13100107, 0x13110107, 0x13100107, 0x13110107, 0x13101210, 0x13111211, 0x13101210,
-    0x13111211, 0x130e120e, 0x130f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e,
-    0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c,
-    0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x1316120f, 0x130f1216, 0x1310140c120c,
-    0x1311140c120c, 0x130b120e, 0x130e120b, 0x130e120b, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c,
-    0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c,
-    0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x3120c, 0x4120c, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b,
-    0x130b120b, 0x130b120b, 0x801130b120b, 0x801130b120b, 0x801130b120b, 0x801130b140b, 0x801130b140b, 0x801130b140b,
+    0x130b140b120b, 0x130b120b, 0x130b120b, 0x1316120b, 0x130d140d120d, 0x130b120b, 0x1303120b, 0x1304120d,
+    0x20c120d, 0x130b120b, 0x130b120b, 0x130b120b, 0x1316120b, 0x131a120b, 0x131b120b, 0x1316120b,
+    0x131a120b, 0x1316120b, 0x130b140b120b, 0x130b140b120b, 0x20b120b, 0x130b140b120b, 0x20b140b120b, 0x20b140b120b,
+    0x120b140b020b, 0x120b140b020b, 0x1316120b, 0x131a120b, 0x131b120b, 0x1316120b, 0x131a120b, 0x1316120b,
+    0x130d140d120d, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x1303120b, 0x1304120b, 0x20c120d, 0x1301120b, 0x1302120b, 0x20b140b120b, 0x20b140b120b,
+    0x120b140b020b, 0x120b140b020b, 0x140b020b120b, 0x140b020b120b, 0x140b020b120b, 0x140b020b120b, 0x140b020b120b, 0x140b020b120b,
+    0x140b020b120b, 0x140b020b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130c120c, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x715070107, 0x71507, 0x71507, 0x71507, 0x150700070107,
+    0x715070107, 0x715070107, 0x715070107, 0x150700070107, 0x150700070107, 0x150700070107, 0x150700070107, 0x801130d120d,
+    0x801130d120d, 0x801130b140b120b, 0x801130b120b, 0x801130b120b, 0x801130d140d120d, 0x801130b120b, 0x801130b120b, 0x8011310140c120c,
+    0x8011311140c120c, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801120c0001, 0x801120c0002, 0x801120c0003,
+    0x801120c0004, 0x801120c0003, 0x801130c140d120d, 0x801120d130c, 0x801120b1316, 0x8010001140c120c, 0x8011310140c120c, 0x8010003140c120c,
+    0x8010004140c120c, 0x8011a001700, 0x8011a001700, 0x8011a001700, 0x8011a001700, 0x8011a001700, 0x8011a001700, 0x8011a001700,
+    0x8011a001700, 0x801130c140d120d, 0x801120d130c, 0x801130b140b120b, 0x801130c140c120c, 0x801130b140b120b, 0x801130b140b120b, 0x801130d140d120d,
+    0x160b130b140b120b, 0x160b130b140b120b, 0x160b130b140b120b, 0x160b130b140b120b, 0x130b160b140b120b, 0x160b130b140b120b, 0x130b160b140b120b, 0x160b130b140b120b,
+    0x130b160b140b120b, 0x160b130b140b120b, 0x130b160b140b120b, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x160b130b140b120b,
+    0x130b160b140b120b, 0x160b130b140b120b, 0x130b160b140b120b, 0x160b1310140b120b, 0x1310160b140b120b, 0x160b1311140b120b, 0x1311160b140b120b, 0x160b130b140b120b,
+    0x130b160b140b120b, 0x160b130b140b120b, 0x130b160b140b120b, 0x160b1310140b120b, 0x1310160b140b120b, 0x160b1311140b120b, 0x1311160b140b120b, 0x160b130b140b120b,
+    0x130b160b140b120b, 0x160b130b140b120b, 0x130b160b140b120b, 0x160b1310140b120b, 0x1310160b140b120b, 0x160b1311140b120b, 0x1311160b140b120b, 0x160b130b140b120b,
+    0x130b160b140b120b, 0x160b130b140b120b, 0x130b160b140b120b, 0x160b1310140b120b, 0x1310160b140b120b, 0x160b1311140b120b, 0x1311160b140b120b, 0x801130c120c,
+    0x80100070107, 0x130e120e, 0x130f120f, 0x210120c, 0x1110140c120c, 0x211120c, 0x1111140c120c, 0x120e130e,
+    0x120f130f, 0x12100210, 0x1210140c110c, 0x12110211, 0x1211140c110c, 0x204140c120c, 0x110c140c120c, 0x204140c120c,
+    0x130b120b, 0x130b120b, 0x120c0204, 0x120c0204, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f,
+    0x204140c120c, 0x110c140c120c, 0x204140c120c, 0x130b120b, 0x120c0204, 0x120c0204, 0x130e120e, 0x130f120f,
+    0x120e130e, 0x120f130f, 0x7140c120c, 0x7140c120c, 0x120e020e, 0x120f020f, 0x13100107, 0x13110107,
+    0x13100107, 0x13110107, 0x13101210, 0x13111211, 0x13101210, 0x13111211, 0x130e120e, 0x130f120f,
+    0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f,
+    0x130e140e120e, 0x130f140f120f, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f,
+    0x1310140c120c, 0x1311140c120c, 0x1316120f, 0x130f1216, 0x1310140c120c, 0x1311140c120c, 0x130b120e, 0x130e120b,
+    0x130e120b, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c,
+    0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c, 0x1311140c120c, 0x130e140e120e, 0x130f140f120f, 0x1310140c120c,
+    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x3120c,
+    0x4120c, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x801130b120b,
+    0x801130b120b, 0x801130b120b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b,
     0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b,
-    0x801130b140b, 0x801130b140b, 0x801130b140b, 0x801130b140b, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x120c0003,
-    0x120c0004, 0x1304120c, 0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b,
-    0x801130e140e1700, 0x801130f140f1700, 0x8011310140c1700, 0x8011311140c1700, 0x8010002140c120c, 0x801110c0103, 0x801130e140e120e, 0x801130f140f120f,
-    0x130c140b120b, 0x130c140b120b, 0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x120c1304, 0x130b140b120b, 0x130b140b120b,
+    0x801130b140b, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x120c0003, 0x120c0004, 0x1304120c, 0x120b130b,
+    0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b, 0x801130e140e1700, 0x801130f140f1700, 0x8011310140c1700,
+    0x8011311140c1700, 0x8010002140c120c, 0x801110c0103, 0x801130e140e120e, 0x801130f140f120f, 0x130c140b120b, 0x130c140b120b, 0x130c140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x120c1304, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130c140b120b, 0x130c140b120b,
+    0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130f1216, 0x1316120b, 0x130f1216, 0x120b020b,
     0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130c140b120b, 0x130c140b120b, 0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130f1216,
-    0x1316120b, 0x130f1216, 0x120b020b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130c140b120b, 0x130c140b120b, 0x130c140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130c140b120b, 0x130c140b120b, 0x130c140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
     0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1303120b,
-    0x1304120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x1316120b, 0x131a120b, 0x131b120b, 0x1316120b,
-    0x131a120b, 0x1316120b, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700,
-    0x130b140b1700, 0x130b140b1700, 0x130b140b120b, 0x1a00120b, 0x1a00120b, 0x130b140b1700, 0x110b1700, 0x110b1700,
-    0x20b120b, 0x1a00120b, 0x130b140b120b, 0x1316120b, 0x120b1316, 0x131a120b, 0x120b131a, 0x131b120b,
-    0x120b131b, 0x1316120b, 0x120b1316, 0x131a120b, 0x120b131a, 0x1316120b, 0x120b1316, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b1700, 0x130b140b120b, 0x1a00120b, 0x1a00120b, 0x130b140b120b, 0x130b140b120b, 0x110b1700,
-    0x110b1700, 0x130b140b120b, 0x1a00120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1303120b, 0x1304120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1301120b, 0x1302120b, 0x303120b,
-    0x303120b, 0x303120b, 0x304120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b120b,
-    0x130b120b, 0x130b120b, 0x130b120b, 0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c,
-    0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
-    0x130b140b120b, 0x801130b120b, 0x801130b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801120c0001, 0x801120c0002,
-    0x801120c0003, 0x801120c0004, 0x801120c0003, 0x801130c140b120b, 0x801130c140b120b, 0x801120b130c, 0x801120b130c, 0x801130d140b120b,
-    0x801130d140b120b, 0x801120b130d, 0x801120b130d, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x8010001140c120c,
-    0x8011310140c120c, 0x8010003140c120c, 0x8010004140c120c, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130c140b120b,
-    0x801130c140b120b, 0x801120b130c, 0x801120b130c, 0x801130d140b120b, 0x801130d140b120b, 0x801120b130d, 0x801120b130d, 0x801130b140b1700,
-    0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1303120b, 0x1304120b, 0x130b120b, 0x130b120b,
+    0x130b120b, 0x1316120b, 0x131a120b, 0x131b120b, 0x1316120b, 0x131a120b, 0x1316120b, 0x130b140b1700,
+    0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b1700, 0x130b140b120b,
+    0x1a00120b, 0x1a00120b, 0x130b140b1700, 0x110b1700, 0x110b1700, 0x20b120b, 0x1a00120b, 0x130b140b120b,
+    0x1316120b, 0x120b1316, 0x131a120b, 0x120b131a, 0x131b120b, 0x120b131b, 0x1316120b, 0x120b1316,
+    0x131a120b, 0x120b131a, 0x1316120b, 0x120b1316, 0x130b140b120b, 0x130b140b120b, 0x130b140b1700, 0x130b140b120b,
+    0x1a00120b, 0x1a00120b, 0x130b140b120b, 0x130b140b120b, 0x110b1700, 0x110b1700, 0x130b140b120b, 0x1a00120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x1303120b, 0x1304120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x1301120b, 0x1302120b, 0x303120b, 0x303120b, 0x303120b, 0x304120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b,
+    0x120b130b, 0x120b130b, 0x120b130b, 0x120b130b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b,
+    0x1310140c120c, 0x1311140c120c, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x130b140b120b, 0x801130b120b, 0x801130b120b,
+    0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801120c0001, 0x801120c0002, 0x801120c0003, 0x801120c0004, 0x801120c0003,
+    0x801130c140b120b, 0x801130c140b120b, 0x801120b130c, 0x801120b130c, 0x801130d140b120b, 0x801130d140b120b, 0x801120b130d, 0x801120b130d,
+    0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x8010001140c120c, 0x8011310140c120c, 0x8010003140c120c, 0x8010004140c120c,
+    0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130c140b120b, 0x801130c140b120b, 0x801120b130c, 0x801120b130c,
+    0x801130d140b120b, 0x801130d140b120b, 0x801120b130d, 0x801120b130d, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700,
+    0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b,
 ]
 
 let tableFormAttrs: [UInt16] = [
@@ -2465,50 +2561,52 @@ let tableFormAttrs: [UInt16] = [
     8192, 8192, 8192, 8192, 16384, 16384, 8192, 0, 16384, 16384, 16384, 16384, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 16384, 16384, 8224, 8224, 8224, 8224, 8224,
     8224, 16384, 16384, 16384, 16384, 8224, 8224, 8192, 8224, 16384, 16384, 16384, 16384, 0, 0, 0, 16384, 8193, 8193, 8192, 8192, 8192, 8192, 16384, 8193, 8193, 8192, 8192, 8192, 8192, 0, 0,
     0, 0, 0, 0, 8193, 8193, 8193, 8193, 8224, 8192, 8224, 8192, 8200, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8192, 0, 0, 0, 0, 0, 0, 16384, 16384, 0, 0, 0,
-    0, 0, 0, 0, 0, 8192, 8192, 8192, 0, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
-    16448, 16448, 8192, 8192, 8192, 8192, 8192, 0, 0, 16400, 16400, 16400, 16400, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
-    16448, 16448, 16448, 0, 0, 0, 0, 0, 0, 0, 0, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16448, 16448, 16448, 16448, 16448,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8192, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16384, 16384,
+    0, 0, 0, 0, 0, 0, 0, 0, 8192, 8192, 8192, 0, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 8192, 8192, 8192, 8192, 8192, 0, 0, 16400, 16400, 16400, 16400, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 0, 0, 0, 0, 0, 0, 0, 0, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16448, 16448,
     16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
     16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
-    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 24640, 24640, 24640, 24640, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
-    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 0, 16400, 24640, 32832, 16400, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 8224, 8224, 8224, 8224,
-    8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8200, 8200, 0, 16384,
-    24576, 24576, 8200, 8200, 0, 16385, 24576, 24576, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 0, 0, 0, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 16384,
-    16385, 16385, 16384, 16385, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16385, 16385, 16385, 16385, 16384, 16384, 16384, 16384, 16384, 16384, 16385, 16385, 24640, 24640, 24640, 24640, 16384, 24640, 24640, 24640, 24640,
-    24640, 24640, 8193, 8193, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8208, 8192, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 24640, 24640, 24640, 24640, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 0, 16400, 24640, 32832, 16400, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 8224,
+    8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8224, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8200,
+    8200, 0, 16384, 24576, 24576, 8200, 8200, 0, 16385, 24576, 24576, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 0, 0, 0, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192,
+    8192, 8192, 16384, 16385, 16385, 16384, 16385, 16384, 16384, 16384, 16384, 16384, 16384, 16384, 16385, 16385, 16385, 16385, 16384, 16384, 16384, 16384, 16384, 16384, 16385, 16385, 24640, 24640, 24640, 24640, 16384, 24640,
+    24640, 24640, 24640, 24640, 24640, 8193, 8193, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192, 8208, 8192, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
     16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
     16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
-    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16384, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
-    16448, 16448, 16448, 16448, 16448, 16448, 16448, 24640, 24640, 24640, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
-    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16400, 16400, 16400, 16448, 16448, 16448, 24640, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16384, 16384, 16384, 16384, 16384, 16384,
-    16384, 16384, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 16640, 16640,
-    16704, 24896, 16704, 24896, 16640, 16640, 16704, 24896, 16704, 24896, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 24832,
-    24832, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
-    24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 16640, 24832, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
-    16640, 16640, 24832, 24832, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
-    24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 256, 256, 24832, 24832, 24832, 24832, 16640,
-    16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 33024, 33024, 33024, 33024,
-    33024, 24832, 33024, 33024, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832,
-    24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
-    24832, 24832, 24896, 24896, 16704, 16704, 16704, 24896, 16640, 16704, 16704, 16704, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 24832, 24832, 16640, 24832, 24896, 24896, 24896, 24896, 16640, 16640, 16640,
-    16640, 16640, 16640, 24896, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 24896, 24896, 24896, 24896, 24896, 16704, 16704, 16704, 16704, 16704, 24896, 24896, 24896, 24896, 24896, 24896, 24896,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16384, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 24640, 24640, 24640, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448,
+    16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16400, 16400, 16400, 16448, 16448, 16448, 24640, 16448, 16448, 16448, 16448, 16448, 16448, 16448, 16384, 16384, 16384,
+    16384, 16384, 16384, 16384, 16384, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640, 24640,
+    24640, 16640, 16640, 16704, 24896, 16704, 24896, 16640, 16640, 16704, 24896, 16704, 24896, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 16640,
+    16640, 16640, 24832, 24832, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832,
+    24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 16640, 24832, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
+    24832, 24832, 24832, 16640, 16640, 24832, 24832, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
+    24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 256, 256, 24832, 24832,
+    24832, 24832, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 8448,
+    8448, 33024, 33024, 33024, 33024, 33024, 24832, 33024, 33024, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
+    16640, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832,
+    24832, 24832, 24832, 24832, 24832, 24832, 24832, 24896, 24896, 16704, 16704, 16704, 24896, 16640, 16704, 16704, 16704, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 16640, 24832, 24832, 16640, 24832, 24896, 24896,
+    24896, 24896, 16640, 16640, 16640, 16640, 16640, 16640, 24896, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 16640, 24896, 24896, 24896, 24896, 24896, 16704, 16704, 16704, 16704, 16704, 24896, 24896,
     24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896,
     24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896, 24896,
-    24896, 16640, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24896, 24896, 33088, 24896, 24896, 33088, 24832, 24832, 33024, 33024, 33024, 33024, 33024, 33024,
-    24832, 24832, 24832, 24832, 24832, 33088, 24896, 24896, 33024, 33024, 33024, 33024, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 33088, 24896, 33024, 33024, 33024, 33024, 33088, 33088, 33088, 33088, 24832, 24832,
-    24832, 24832, 24832, 24832, 16512, 16512, 16576, 24768, 16576, 24768, 16512, 16512, 16576, 24768, 16576, 24768, 24704, 24704, 24704, 16512, 16512, 16512, 16512, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 16512, 16512,
-    16512, 16512, 16512, 16512, 16512, 24704, 24704, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704,
-    24704, 24704, 24704, 24704, 24704, 16512, 16512, 24704, 24704, 16512, 16512, 16512, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704,
-    24768, 24768, 24768, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 16512, 16512, 16576, 16576, 16576, 16576, 16576, 16576, 24704, 24704, 24704, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768,
-    24768, 24768, 24768, 24768, 24768, 24768, 24768, 16512, 16512, 16512, 16576, 16576, 16576, 16576, 16576, 16576, 32960, 32960, 32960, 32960, 32896, 24704, 32896, 32896, 24704, 24704, 24704, 24704, 24704, 16512, 24704, 24704,
-    24704, 24768, 24768, 24704, 24704, 24704, 24768, 24768, 24704, 24704, 24704, 24768, 24704, 24704, 24704, 16512, 16512, 16512, 16512, 24704, 24704, 24704, 24768, 24768, 24704, 24704, 24704, 24768, 24768, 24704, 24704, 24704,
-    24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24768, 24768, 16576, 16576, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 24768, 24768, 24768, 24768, 24768, 24768,
-    24768, 24768, 24704, 16576, 16576, 24768, 16576, 16576, 16512, 16576, 24704, 16512, 16576, 16512, 16576, 16512, 16576, 16512, 16576, 16512, 16576, 16512, 16576, 24768, 24768, 24768, 24704, 16576, 16576, 24768, 24768, 16576,
-    16576, 24704, 16576, 24768, 24768, 24704, 24768, 24768, 24704, 24768, 24768, 24768, 24768, 16576, 16576, 24768, 24768, 24768, 24768, 24768, 24768, 16576, 16576, 16576, 16576, 16576, 16576, 24768, 24768, 24768, 24768, 16576,
-    16576, 16576, 16576, 16576, 16576, 16576, 16576, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768,
+    24896, 24896, 24896, 24896, 24896, 24896, 16640, 24832, 24832, 24832, 24832, 24832, 16640, 16640, 16640, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24896, 24896, 33088, 24896, 24896, 33088, 24832, 24832, 33024,
+    33024, 33024, 33024, 33024, 33024, 24832, 24832, 24832, 24832, 24832, 33088, 24896, 24896, 33024, 33024, 33024, 33024, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 24832, 33088, 24896, 33024, 33024, 33024, 33024, 33088,
+    33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 24832, 24832, 24832, 24832, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088,
+    33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 33088, 24832, 24832, 16512, 16512, 16576, 24768, 16576, 24768, 16512, 16512, 16576, 24768, 16576, 24768, 24704, 24704, 24704,
+    16512, 16512, 16512, 16512, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 24704, 24704, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512, 16512,
+    24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 16512, 16512, 24704, 24704, 16512, 16512, 16512, 24704, 24704, 24704, 24704, 24704, 24704, 24704,
+    24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24768, 24768, 24768, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 16512, 16512, 16576, 16576, 16576, 16576, 16576, 16576, 24704,
+    24704, 24704, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 16512, 16512, 16512, 16576, 16576, 16576, 16576, 16576, 16576, 32960, 32960, 32960,
+    32960, 32896, 24704, 32896, 32896, 24704, 24704, 24704, 24704, 24704, 16512, 24704, 24704, 24704, 24768, 24768, 24704, 24704, 24704, 24768, 24768, 24704, 24704, 24704, 24768, 24704, 24704, 24704, 16512, 16512, 16512, 16512,
+    24704, 24704, 24704, 24768, 24768, 24704, 24704, 24704, 24768, 24768, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24704, 24768, 24768, 16576, 16576, 16512, 16512,
+    16512, 16512, 16512, 16512, 16512, 16512, 16512, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24704, 16576, 16576, 24768, 16576, 16576, 16512, 16576, 24704, 16512, 16576, 16512, 16576, 16512, 16576, 16512, 16576,
+    16512, 16576, 16512, 16576, 24768, 24768, 24768, 24704, 16576, 16576, 24768, 24768, 16576, 16576, 24704, 16576, 24768, 24768, 24704, 24768, 24768, 24704, 24768, 24768, 24768, 24768, 16576, 16576, 24768, 24768, 24768, 24768,
+    24768, 24768, 16576, 16576, 16576, 16576, 16576, 16576, 24768, 24768, 24768, 24768, 16576, 16576, 16576, 16576, 16576, 16576, 16576, 16576, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768,
     24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768,
-    24768, 24768, 24768, 24768, 24768, 24704, 24704, 24704, 24704, 24768, 24768, 32960, 32960, 32896, 24704, 24704, 24704, 24704, 24704, 32960, 32960, 24768, 24768, 32960, 32960, 24768, 24768, 32960, 32960, 32960, 32960, 32896,
-    32896, 32896, 32896, 32960, 32960, 32960, 32960, 32960, 32960, 24768, 24768, 32960, 32960, 24768, 24768, 32960, 32960, 32960, 32960, 32960, 32960, 32896,
+    24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24704, 24704, 24704, 24704, 24768, 24768, 32960, 32960, 32896, 24704, 24704, 24704, 24704, 24704,
+    32960, 32960, 24768, 24768, 32960, 32960, 24768, 24768, 32960, 32960, 32960, 32960, 32896, 32896, 32896, 32896, 32960, 32960, 32960, 32960, 32960, 32960, 24768, 24768, 32960, 32960, 24768, 24768, 32960, 32960, 32960, 32960,
+    32960, 32960, 32896,
 ]
 
