@@ -81,7 +81,15 @@ extension X86Executor {
         var deferred: Stop? = nil
         var have = 0
         try withUnsafeMutableBytes(of: &buf) { (b) throws(Stop) in
-            if case .unbacked(let a) = memory.read(pa, count: n1, into: b.baseAddress!) { throw .unbacked(a) }
+            if case .unbacked(let a) = memory.read(pa, count: n1, into: b.baseAddress!) {
+                // Unbacked bytes further on may lie past the instruction's end (replay serves only
+                // the recorded bytes): decode what is there, and fail only if the decoder needs more.
+                let k = Int(truncatingIfNeeded: a &- pa)
+                guard k > 0, k < n1, memory.read(pa, count: k, into: b.baseAddress!) == .ok else { throw .unbacked(a) }
+                have = k
+                deferred = .unbacked(a)
+                return
+            }
             have = n1
             if n1 < avail {
                 do throws(Stop) {

@@ -1,1 +1,0 @@
-// Replay: module scaffolding; see DESIGN.md's module table.
