@@ -15,6 +15,7 @@ struct ExitScope: ParsableCommand {
             IngestCommand.self,
             ExecCommand.self,
             ShowCommand.self,
+            ReplayCommand.self,
         ]
     )
 }

@@ -1,0 +1,220 @@
+import Trace
+import X86
+import X86Emulator
+
+/// Guest-physical memory served only from the trace (DESIGN.md, "Guest bytes"): the bytes the
+/// record carries and those of earlier records in the same frame. Every byte has a valid bit, so a
+/// read of anything the recorder did not store stops the instruction with its exact address,
+/// never a made-up value. Device addresses (MMIO) are answered from the recorded accesses and
+/// every device access the emulator makes is logged for comparison.
+final class ReplayMemory: GuestMemory {
+    /// One 4 KiB page: data and one valid bit per byte.
+    final class Page {
+        let data = UnsafeMutablePointer<UInt8>.allocate(capacity: 4096)
+        let valid = UnsafeMutablePointer<UInt64>.allocate(capacity: 64)
+        init() {
+            data.initialize(repeating: 0, count: 4096)
+            valid.initialize(repeating: 0, count: 64)
+        }
+        deinit {
+            data.deallocate()
+            valid.deallocate()
+        }
+        func clear() { valid.update(repeating: 0, count: 64) }
+        @inline(__always) func isValid(_ off: Int) -> Bool { valid[off >> 6] & (1 << UInt64(off & 63)) != 0 }
+        @inline(__always) func setValid(_ off: Int) { valid[off >> 6] |= 1 << UInt64(off & 63) }
+    }
+
+    private var pages: [UInt64: Page] = [:]
+    private var spare: [Page] = []
+    /// Guest-physical ranges that are devices, not RAM (from the header's memory layout).
+    var deviceRanges: [(start: UInt64, end: UInt64)] = []
+    /// Recorded MMIO accesses of the instruction group being replayed, in order.
+    private(set) var recordedMMIO: [DeviceAccess] = []
+    /// The emulator's MMIO accesses, in order.
+    private(set) var emulatedMMIO: [DeviceAccess] = []
+    /// Set when the emulator read a device address no recorded access answers.
+    private(set) var unansweredDevice: DeviceAccess?
+    private var nextMMIORead = 0
+
+    /// Drops every byte (a new frame starts: its records decode alone).
+    func reset() {
+        for (_, p) in pages { p.clear(); spare.append(p) }
+        pages.removeAll(keepingCapacity: true)
+    }
+
+    /// Starts an instruction group: the recorded device side it must reproduce.
+    func beginGroup(mmio: [DeviceAccess]) {
+        recordedMMIO = mmio
+        emulatedMMIO.removeAll(keepingCapacity: true)
+        unansweredDevice = nil
+        nextMMIORead = 0
+    }
+
+    /// Stores recorded bytes (later records' bytes replace earlier ones).
+    func load(_ gpa: UInt64, _ bytes: [UInt8]) {
+        var a = gpa
+        var k = 0
+        while k < bytes.count {
+            let page = self.page(a & ~0xFFF)
+            let off = Int(a & 0xFFF)
+            let n = min(bytes.count - k, 4096 - off)
+            for j in 0..<n {
+                page.data[off + j] = bytes[k + j]
+                page.setValid(off + j)
+            }
+            k += n
+            a &+= UInt64(n)
+        }
+    }
+
+    private func page(_ base: UInt64) -> Page {
+        if let p = pages[base] { return p }
+        let p = spare.popLast() ?? Page()
+        pages[base] = p
+        return p
+    }
+
+    /// Every valid byte, coalesced into runs (for `exec` inputs that reproduce a divergence).
+    func contents() -> [(gpa: UInt64, bytes: [UInt8])] {
+        var out: [(gpa: UInt64, bytes: [UInt8])] = []
+        for base in pages.keys.sorted() {
+            guard let p = pages[base] else { continue }
+            var off = 0
+            while off < 4096 {
+                guard p.isValid(off) else { off += 1; continue }
+                let start = off
+                while off < 4096 && p.isValid(off) { off += 1 }
+                let gpa = base + UInt64(start)
+                let bytes = Array(UnsafeBufferPointer(start: p.data + start, count: off - start))
+                if let last = out.last, last.gpa + UInt64(last.bytes.count) == gpa {
+                    out[out.count - 1].bytes += bytes
+                } else {
+                    out.append((gpa, bytes))
+                }
+            }
+        }
+        return out
+    }
+
+    @inline(__always)
+    func isDevice(_ gpa: UInt64, count: Int) -> Bool {
+        let end = gpa &+ UInt64(count)
+        for r in deviceRanges where gpa < r.end && end > r.start { return true }
+        for a in recordedMMIO where gpa < a.address &+ UInt64(a.size) && end > a.address { return true }
+        return false
+    }
+
+    func read(_ gpa: UInt64, count: Int, into buffer: UnsafeMutableRawPointer) -> PhysicalAccess {
+        if isDevice(gpa, count: count) {
+            // The device answers with the next recorded read, if it is this read.
+            var i = nextMMIORead
+            while i < recordedMMIO.count && recordedMMIO[i].isWrite { i += 1 }
+            guard i < recordedMMIO.count, recordedMMIO[i].address == gpa, Int(recordedMMIO[i].size) == count,
+                  recordedMMIO[i].data.count >= count else {
+                unansweredDevice = DeviceAccess(space: .mmio, address: gpa, size: UInt8(clamping: count), isWrite: false, data: [])
+                return .unbacked(gpa)
+            }
+            let data = recordedMMIO[i].data
+            for k in 0..<count { buffer.storeBytes(of: data[k], toByteOffset: k, as: UInt8.self) }
+            nextMMIORead = i + 1
+            emulatedMMIO.append(DeviceAccess(space: .mmio, address: gpa, size: UInt8(clamping: count), isWrite: false,
+                                             data: Array(data.prefix(count))))
+            return .ok
+        }
+        var k = 0
+        while k < count {
+            let a = gpa &+ UInt64(k)
+            guard let p = pages[a & ~0xFFF] else { return .unbacked(a) }
+            let off = Int(a & 0xFFF)
+            let n = min(count - k, 4096 - off)
+            for j in 0..<n where !p.isValid(off + j) { return .unbacked(a &+ UInt64(j)) }
+            (buffer + k).copyMemory(from: p.data + off, byteCount: n)
+            k += n
+        }
+        return .ok
+    }
+
+    func write(_ gpa: UInt64, count: Int, from buffer: UnsafeRawPointer) -> PhysicalAccess {
+        if isDevice(gpa, count: count) {
+            let bytes = Array(UnsafeRawBufferPointer(start: buffer, count: count))
+            emulatedMMIO.append(DeviceAccess(space: .mmio, address: gpa, size: UInt8(clamping: count), isWrite: true, data: bytes))
+            return .ok
+        }
+        // RAM the emulator writes becomes known to later records of the frame.
+        for k in 0..<count {
+            let a = gpa &+ UInt64(k)
+            let p = page(a & ~0xFFF)
+            let off = Int(a & 0xFFF)
+            p.data[off] = buffer.load(fromByteOffset: k, as: UInt8.self)
+            p.setValid(off)
+        }
+        return .ok
+    }
+}
+
+/// Port answers from the recorded device side: IN/INS get the data the device gave, in order.
+final class ReplayPorts: IOPorts {
+    private var items: [(port: UInt16, size: Int, value: UInt32)] = []
+    private var next = 0
+    /// The emulator asked for a read the trace does not hold (more reads, or another port).
+    private(set) var mismatch: (port: UInt16, size: Int)?
+
+    func begin(_ accesses: [DeviceAccess]) {
+        items.removeAll(keepingCapacity: true)
+        next = 0
+        mismatch = nil
+        for a in accesses where a.space == .port && !a.isWrite {
+            let size = Int(a.size)
+            guard size > 0 else { continue }
+            for k in 0..<Int(a.count) {
+                var v: UInt32 = 0
+                for b in 0..<min(size, 4) where k * size + b < a.data.count { v |= UInt32(a.data[k * size + b]) << (8 * UInt32(b)) }
+                items.append((UInt16(truncatingIfNeeded: a.address), size, v))
+            }
+        }
+    }
+
+    /// The answers in order (for `exec` inputs), by port.
+    var answersByPort: [UInt16: [UInt32]] {
+        var d: [UInt16: [UInt32]] = [:]
+        for i in items { d[i.port, default: []].append(i.value) }
+        return d
+    }
+
+    func read(port: UInt16, size: Int) -> UInt32? {
+        guard next < items.count, items[next].port == port, items[next].size == size else {
+            mismatch = (port, size)
+            return nil
+        }
+        defer { next += 1 }
+        return items[next].value
+    }
+
+    func write(port: UInt16, size: Int, value: UInt32) {}
+}
+
+/// MSRs outside the state schema: RDMSR answers what the device side recorded; WRMSR is accepted
+/// (the executor logs both, and replay compares the log with the record).
+final class ReplayMSRs: MSRBus {
+    private(set) var answers: [UInt32: UInt64] = [:]
+    func begin(_ accesses: [DeviceAccess]) {
+        if !answers.isEmpty { answers.removeAll(keepingCapacity: true) }
+        for a in accesses where a.space == .msr && !a.isWrite { answers[UInt32(truncatingIfNeeded: a.address)] = a.value }
+    }
+    func readMSR(_ index: UInt32) -> MSRResult { answers[index].map { .value($0) } ?? .unanswered }
+    func writeMSR(_ index: UInt32, value: UInt64) -> MSRResult { .value(value) }
+}
+
+/// CPUID answers from the table the header says the guest was given.
+final class HeaderCPUID: CPUIDSource {
+    let entries: [CPUIDEntry]
+    init(_ entries: [CPUIDEntry]) { self.entries = entries }
+    func cpuid(leaf: UInt32, subleaf: UInt32) -> CPUIDResult? {
+        // KVM_CPUID_FLAG_SIGNIFCANT_INDEX (1): the entry applies to one subleaf only.
+        for e in entries where e.function == leaf && (e.flags & 1 == 0 || e.index == subleaf) {
+            return CPUIDResult(eax: e.eax, ebx: e.ebx, ecx: e.ecx, edx: e.edx)
+        }
+        return nil
+    }
+}

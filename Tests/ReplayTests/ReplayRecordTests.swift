@@ -1,0 +1,415 @@
+import Foundation
+import Replay
+import Trace
+import X86
+import X86Emulator
+import XCTest
+
+/// Hand-built records written through TraceWriter, read back and replayed.
+final class ReplayRecordTests: XCTestCase {
+    var dir = ""
+
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("replay-\(getpid())-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
+
+    static let header = TraceHeader(kvmBackend: "kvm_pvm",
+                                    memory: [MemoryRegionInfo(gpa: 0, size: 64 << 20, name: "ram"),
+                                             MemoryRegionInfo(gpa: 0xD000_0000, size: 0x1000, name: "scratch-mmio")])
+
+    /// Writes `build`'s records (it appends through the writer) and replays the trace.
+    func replay(_ name: String = "t", header: TraceHeader = header, settings: TraceWriterSettings = TraceWriterSettings(),
+                options: ReplayOptions = ReplayOptions(), _ build: (TraceWriter) throws -> Void) throws -> (ReplaySummary, [Verdict]) {
+        let path = dir + "/\(name).estrace"
+        let w = try TraceWriter(path: path, header: header, settings: settings)
+        try build(w)
+        _ = try w.finish()
+        var verdicts: [Verdict] = []
+        let s = try ReplayRun.run(try TraceReader(path: path), options: options) { verdicts.append($0) }
+        return (s, verdicts)
+    }
+
+    static func real(rip: UInt64) -> CPUState {
+        var s = CPUState.flat(.real)
+        s.rip = rip
+        return s
+    }
+
+    static func prot32(rip: UInt64) -> CPUState {
+        var s = CPUState.flat(.protected32)
+        s.rip = rip
+        return s
+    }
+
+    func ioio(_ port: UInt16, isIn: Bool, string: Bool = false, rep: Bool = false, size: Int = 1) -> UInt64 {
+        IOIOInfo(port: port, isIn: isIn, isString: string, isRep: rep, size: size, addressSize: 16).exitInfo1
+    }
+
+    // MARK: pending IN
+
+    func pendingIn(answer: UInt8, afterAL: UInt8) -> TraceRecord {
+        var s = Self.real(rip: 0x1000)
+        s.rdx = 0x3FD
+        s.rax = 0x1234
+        var after = s
+        after.rip = 0x1001
+        after.rax = 0x1200 | UInt64(afterAL)
+        return TraceRecord(kind: .exit, kvmExitReason: 2, exitCode: .ioio, exitInfo1: ioio(0x3FD, isIn: true),
+                           exitInfo2: 0x1001, nextRIP: 0x1001, instructionStart: 0x1000, instructionBytes: [0xEC],
+                           candidates: 1, visibility: .pending, state: s, stateAfter: after,
+                           accesses: [DeviceAccess(space: .port, address: 0x3FD, size: 1, isWrite: false, data: [answer])],
+                           memory: [GuestBytes(role: .instruction, gpa: 0x1000, bytes: [0xEC])])
+    }
+
+    func testPendingInMatchesWithTheRecordedAnswerFedBack() throws {
+        let (s, v) = try replay { w in try w.append(pendingIn(answer: 0x60, afterAL: 0x60)) }
+        XCTAssertEqual(v.count, 1)
+        XCTAssertEqual(v[0].kind, .match, v[0].summaryLine)
+        XCTAssertEqual(v[0].reference, "kvm-emulator")
+        XCTAssertEqual(v[0].mnemonic, "in")
+        XCTAssertEqual(s.byKind[.match], 1)
+        XCTAssertEqual(s.forms.count, 1)
+        XCTAssertEqual(s.failures(allowing: []), 0)
+    }
+
+    func testPendingInWithAWrongStateAfterIsADivergenceNamingRAX() throws {
+        // The recorded state after says AL = 0x61, but the device answered 0x60.
+        let (s, v) = try replay { w in try w.append(pendingIn(answer: 0x60, afterAL: 0x61)) }
+        XCTAssertEqual(v[0].kind, .divergence)
+        XCTAssertEqual(v[0].differences.map(\.field), ["rax"])
+        XCTAssertEqual(v[0].differences.first?.recorded, "0x1261")
+        XCTAssertEqual(v[0].differences.first?.emulated, "0x1260")
+        XCTAssertEqual(s.firstDivergence?.seq, v[0].seq)
+        XCTAssertEqual(s.failures(allowing: []), 1)
+        XCTAssertEqual(s.failures(allowing: [.divergence]), 0)
+    }
+
+    // MARK: committed OUT
+
+    func committedOut(value: UInt8, recordedData: UInt8) -> TraceRecord {
+        // `out dx, al` at 0x1000 has taken effect: RIP is past it.
+        var s = Self.real(rip: 0x1001)
+        s.rdx = 0x3F8
+        s.rax = UInt64(value)
+        s.rflags = 0x46
+        return TraceRecord(kind: .exit, kvmExitReason: 2, exitCode: .ioio, exitInfo1: ioio(0x3F8, isIn: false),
+                           exitInfo2: 0x1001, nextRIP: 0x1001, instructionStart: 0x1000, instructionBytes: [0xEE],
+                           candidates: 1, visibility: .committed, state: s,
+                           accesses: [DeviceAccess(space: .port, address: 0x3F8, size: 1, isWrite: true, data: [recordedData])],
+                           memory: [GuestBytes(role: .instruction, gpa: 0x1000, bytes: [0xEE])])
+    }
+
+    func testCommittedOutIsReplayedFromTheRebuiltStateBefore() throws {
+        let (_, v) = try replay { w in try w.append(committedOut(value: 0x41, recordedData: 0x41)) }
+        XCTAssertEqual(v[0].kind, .match, v[0].summaryLine)
+        XCTAssertEqual(v[0].rip, 0x1000)
+    }
+
+    func testCommittedOutWithAnotherValueIsCaughtAsPortValue() throws {
+        let (_, v) = try replay { w in try w.append(committedOut(value: 0x41, recordedData: 0x42)) }
+        XCTAssertEqual(v[0].kind, .divergence)
+        XCTAssertEqual(v[0].differences.map(\.field), ["port.value"])
+        XCTAssertEqual(v[0].differences.first?.recorded, "0x42")
+        XCTAssertEqual(v[0].differences.first?.emulated, "0x41")
+        // The reproduction is the rebuilt state before: RIP on the instruction.
+        XCTAssertEqual(v[0].reproduction?.state.rip, 0x1000)
+    }
+
+    // MARK: REP OUTSB in fragments
+
+    func repOutsFragments(_ text: [UInt8], lastData: UInt8? = nil) -> [TraceRecord] {
+        var out: [TraceRecord] = []
+        for (k, b) in text.enumerated() {
+            var s = Self.real(rip: 0x1000)  // KVM exits each iteration with RIP on the instruction
+            s.rdx = 0x3F8
+            s.rsi = 0x2000 + UInt64(k + 1)
+            s.rcx = UInt64(text.count - k - 1)
+            let last = k == text.count - 1
+            let data = last ? (lastData ?? b) : b
+            out.append(TraceRecord(kind: .exit, kvmExitReason: 2, exitCode: .ioio,
+                                   exitInfo1: ioio(0x3F8, isIn: false, string: true, rep: true), exitInfo2: 0x1002,
+                                   nextRIP: 0x1002, instructionStart: 0x1000, instructionBytes: [0xF3, 0x6E], candidates: 1,
+                                   visibility: .committed, fragment: UInt32(k), lastFragment: last, state: s,
+                                   accesses: [DeviceAccess(space: .port, address: 0x3F8, size: 1, isWrite: true, data: [data])],
+                                   memory: [GuestBytes(role: .instruction, gpa: 0x1000, bytes: [0xF3, 0x6E]),
+                                            GuestBytes(role: .operandRead, gpa: 0x2000 + UInt64(k), bytes: [b])]))
+        }
+        return out
+    }
+
+    func appendGroup(_ w: TraceWriter, _ records: [TraceRecord]) throws {
+        var group: UInt64 = 0
+        for (k, var r) in records.enumerated() {
+            if k > 0 { r.group = group }
+            let seq = try w.append(r)
+            if k == 0 { group = seq }
+        }
+    }
+
+    func testRepOutsbFragmentsReplayAsOneInstruction() throws {
+        let (s, v) = try replay { w in try appendGroup(w, repOutsFragments(Array("abc".utf8))) }
+        XCTAssertEqual(v.count, 1)
+        XCTAssertEqual(v[0].kind, .match, v[0].summaryLine)
+        XCTAssertEqual(v[0].records, 3)
+        XCTAssertEqual(v[0].form, "rep outs r16,m8")
+        XCTAssertEqual(s.records, 3)
+    }
+
+    func testRepOutsbWithATamperedLastFragmentNamesThatItem() throws {
+        let (_, v) = try replay { w in try appendGroup(w, repOutsFragments(Array("abc".utf8), lastData: 0x7A)) }
+        XCTAssertEqual(v[0].kind, .divergence)
+        XCTAssertEqual(v[0].differences.map(\.field), ["port[2].value"])
+    }
+
+    func testAGroupCutShortIsIncompleteNotAGuess() throws {
+        let (_, v) = try replay { w in try appendGroup(w, Array(repOutsFragments(Array("abc".utf8)).prefix(2))) }
+        XCTAssertEqual(v.count, 1)
+        XCTAssertEqual(v[0].kind, .incomplete)
+    }
+
+    // MARK: MMIO
+
+    func testMMIOReadAndWriteMatch() throws {
+        // mov eax, [0xD0000000] (pending read) then mov [0xD0000004], ebx (committed write).
+        let load: [UInt8] = [0x8B, 0x05, 0x00, 0x00, 0x00, 0xD0]
+        let store: [UInt8] = [0x89, 0x1D, 0x04, 0x00, 0x00, 0xD0]
+        var s1 = Self.prot32(rip: 0x2000)
+        var a1 = s1
+        a1.rip = 0x2006
+        a1.rax = 0xCAFE_F00D
+        s1.rbx = 0x1122_3344
+        a1.rbx = s1.rbx
+        var s2 = a1
+        s2.rip = 0x200C
+        let (_, v) = try replay { w in
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 6, exitCode: .npf, exitInfo1: NPFInfo.finalAddress,
+                                     exitInfo2: 0xD000_0000, nextRIP: 0x2006, instructionStart: 0x2000, instructionBytes: load,
+                                     candidates: 1, visibility: .pending, state: s1, stateAfter: a1,
+                                     accesses: [DeviceAccess(space: .mmio, address: 0xD000_0000, size: 4, isWrite: false,
+                                                             data: [0x0D, 0xF0, 0xFE, 0xCA])],
+                                     memory: [GuestBytes(role: .instruction, gpa: 0x2000, bytes: load)]))
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 6, exitCode: .npf, exitInfo1: NPFInfo.finalAddress | NPFInfo.write,
+                                     exitInfo2: 0xD000_0004, nextRIP: 0x200C, instructionStart: 0x2006, instructionBytes: store,
+                                     candidates: 1, visibility: .committed, state: s2,
+                                     accesses: [DeviceAccess(space: .mmio, address: 0xD000_0004, size: 4, isWrite: true,
+                                                             data: [0x44, 0x33, 0x22, 0x11])],
+                                     memory: [GuestBytes(role: .instruction, gpa: 0x2006, bytes: store)]))
+        }
+        XCTAssertEqual(v.map(\.kind), [.match, .match], v.map(\.summaryLine).joined(separator: "\n"))
+        XCTAssertEqual(v.map(\.reason), ["NPF", "NPF"])
+    }
+
+    func testMMIOWriteOfAnotherValueNamesMMIOValue() throws {
+        let store: [UInt8] = [0x89, 0x1D, 0x04, 0x00, 0x00, 0xD0]
+        var s = Self.prot32(rip: 0x2006)
+        s.rbx = 0x1122_3344
+        let (_, v) = try replay { w in
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 6, exitCode: .npf, exitInfo1: NPFInfo.finalAddress | NPFInfo.write,
+                                     exitInfo2: 0xD000_0004, nextRIP: 0x2006, instructionStart: 0x2000, instructionBytes: store,
+                                     candidates: 1, visibility: .committed, state: s,
+                                     accesses: [DeviceAccess(space: .mmio, address: 0xD000_0004, size: 4, isWrite: true,
+                                                             data: [0x45, 0x33, 0x22, 0x11])],
+                                     memory: [GuestBytes(role: .instruction, gpa: 0x2000, bytes: store)]))
+        }
+        XCTAssertEqual(v[0].kind, .divergence)
+        XCTAssertEqual(v[0].differences.map(\.field), ["mmio.value"])
+    }
+
+    // MARK: MSR
+
+    func testWRMSRAndRDMSRMatch() throws {
+        var w1 = Self.prot32(rip: 0x3000)
+        w1.rcx = UInt64(MSRIndex.star)
+        w1.rdx = 0x0023_0010
+        w1.rax = 0
+        var r1 = Self.prot32(rip: 0x3002)
+        r1.rcx = 0x1B  // APIC base: answered by the device side
+        var r1after = r1
+        r1after.rip = 0x3004
+        r1after.rax = 0xFEE0_0900
+        r1after.rdx = 0
+        let (_, v) = try replay { w in
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 30, exitCode: .msr, exitInfo1: 1, nextRIP: 0x3002,
+                                     instructionStart: 0x3000, instructionBytes: [0x0F, 0x30], candidates: 1, visibility: .pending,
+                                     state: w1,
+                                     accesses: [DeviceAccess(space: .msr, address: UInt64(MSRIndex.star), size: 8, isWrite: true,
+                                                             data: [0, 0, 0, 0, 0x10, 0, 0x23, 0])],
+                                     memory: [GuestBytes(role: .instruction, gpa: 0x3000, bytes: [0x0F, 0x30])]))
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 29, exitCode: .msr, exitInfo1: 0, nextRIP: 0x3004,
+                                     instructionStart: 0x3002, instructionBytes: [0x0F, 0x32], candidates: 1, visibility: .pending,
+                                     state: r1, stateAfter: r1after,
+                                     accesses: [DeviceAccess(space: .msr, address: 0x1B, size: 8, isWrite: false,
+                                                             data: [0x00, 0x09, 0xE0, 0xFE, 0, 0, 0, 0])],
+                                     memory: [GuestBytes(role: .instruction, gpa: 0x3002, bytes: [0x0F, 0x32])]))
+        }
+        XCTAssertEqual(v.map(\.kind), [.match, .match], v.map(\.summaryLine).joined(separator: "\n"))
+    }
+
+    func testWRMSROfAnotherValueNamesMSRValue() throws {
+        var w1 = Self.prot32(rip: 0x3000)
+        w1.rcx = UInt64(MSRIndex.star)
+        w1.rdx = 0x0023_0010
+        let (_, v) = try replay { w in
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 30, exitCode: .msr, exitInfo1: 1, nextRIP: 0x3002,
+                                     instructionStart: 0x3000, instructionBytes: [0x0F, 0x30], candidates: 1, visibility: .pending,
+                                     state: w1,
+                                     accesses: [DeviceAccess(space: .msr, address: UInt64(MSRIndex.star), size: 8, isWrite: true,
+                                                             data: [0, 0, 0, 0, 0x10, 0, 0x24, 0])],
+                                     memory: [GuestBytes(role: .instruction, gpa: 0x3000, bytes: [0x0F, 0x30])]))
+        }
+        XCTAssertEqual(v[0].kind, .divergence)
+        XCTAssertEqual(v[0].differences.map(\.field), ["msr.value"])
+    }
+
+    // MARK: steps, unrecorded memory, ambiguity
+
+    func step(_ bytes: [UInt8], state: CPUState, memory extra: [GuestBytes] = []) -> TraceRecord {
+        TraceRecord(kind: .step, kvmExitReason: 4, exitCode: .exception(1), instructionStart: state.rip, instructionBytes: bytes,
+                    candidates: 1, visibility: .pending, state: state,
+                    memory: [GuestBytes(role: .instruction, gpa: state.rip, bytes: bytes)] + extra)
+    }
+
+    func testStepsAreCheckedAgainstTheNextStepsState() throws {
+        // add eax, [0x5000] ; inc ecx ; (next step)
+        let add: [UInt8] = [0x03, 0x05, 0x00, 0x50, 0x00, 0x00]
+        var s0 = Self.prot32(rip: 0x4000)
+        s0.rax = 5
+        var s1 = s0
+        s1.rip = 0x4006
+        s1.rax = 12
+        s1.rflags = 0x2 | RFLAGS.pf  // 12 = 0b1100: even parity
+        var s2 = s1
+        s2.rip = 0x4007
+        s2.rcx = 1
+        s2.rflags = 0x2  // INC to 1: odd parity, not zero, CF kept (clear)
+        var wrong = s2
+        wrong.rcx = 2
+        let (_, v) = try replay { w in
+            try w.append(step(add, state: s0, memory: [GuestBytes(role: .operandRead, gpa: 0x5000, bytes: [7, 0, 0, 0])]))
+            try w.append(step([0x41], state: s1))
+            try w.append(step([0x90], state: wrong))
+        }
+        XCTAssertEqual(v.count, 3)
+        XCTAssertEqual(v[0].kind, .match, v[0].summaryLine)
+        XCTAssertEqual(v[1].kind, .divergence)
+        XCTAssertEqual(v[1].differences.map(\.field), ["rcx"])
+        XCTAssertEqual(v[2].kind, .incomplete, "the last step has no state after it")
+    }
+
+    func testMemoryTheRecordDoesNotHoldIsUnrecordedWithItsAddress() throws {
+        let add: [UInt8] = [0x03, 0x05, 0x00, 0x50, 0x00, 0x00]
+        var s0 = Self.prot32(rip: 0x4000)
+        s0.rax = 5
+        var s1 = s0
+        s1.rip = 0x4006
+        let (s, v) = try replay { w in
+            try w.append(step(add, state: s0))
+            try w.append(step([0x90], state: s1))
+        }
+        XCTAssertEqual(v[0].kind, .unrecorded)
+        XCTAssertEqual(v[0].address, 0x5000)
+        XCTAssertEqual(s.failures(allowing: [.unrecorded, .incomplete]), 0)
+    }
+
+    func testAmbiguousAndUnlocatedExitsGetTheirOwnVerdicts() throws {
+        var r = committedOut(value: 1, recordedData: 1)
+        r.candidates = 2
+        var u = committedOut(value: 1, recordedData: 1)
+        u.candidates = 0
+        u.instructionBytes = []
+        let (_, v) = try replay { w in
+            try w.append(r)
+            try w.append(u)
+            try w.append(TraceRecord(kind: .marker, code: 1))
+        }
+        XCTAssertEqual(v.map(\.kind), [.ambiguous, .unlocated, .notReplayable])
+    }
+
+    func testCommittedRegisterDestinationIsUnreconstructable() throws {
+        // A committed `add eax, [mmio]` cannot be undone: EAX's old value is gone.
+        let bytes: [UInt8] = [0x03, 0x05, 0x00, 0x00, 0x00, 0xD0]
+        let s = Self.prot32(rip: 0x2006)
+        let (_, v) = try replay { w in
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 6, exitCode: .npf, exitInfo1: NPFInfo.finalAddress | NPFInfo.write,
+                                     exitInfo2: 0xD000_0000, nextRIP: 0x2006, instructionStart: 0x2000, instructionBytes: bytes,
+                                     candidates: 1, visibility: .committed, state: s,
+                                     memory: [GuestBytes(role: .instruction, gpa: 0x2000, bytes: bytes)]))
+        }
+        XCTAssertEqual(v[0].kind, .unreconstructable)
+    }
+
+    // MARK: the file
+
+    func testACorruptedTraceIsACleanErrorWithAnOffset() throws {
+        let path = dir + "/c.estrace"
+        let w = try TraceWriter(path: path, header: Self.header)
+        for _ in 0..<50 { try w.append(committedOut(value: 0x41, recordedData: 0x41)) }
+        _ = try w.finish()
+        var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: path)))
+        // Flip bytes in the middle of the first frame's payload.
+        let r = try TraceReader(path: path)
+        let at = Int(r.frames[0].offset) + 60
+        for k in 0..<8 { bytes[at + k] ^= 0x5A }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        do {
+            let reader = try TraceReader(path: path)
+            _ = try ReplayRun.run(reader) { _ in }
+            XCTFail("a corrupted frame replayed without an error")
+        } catch let e as TraceError {
+            XCTAssertNotNil(e.offset, "\(e)")
+            XCTAssertTrue("\(e)".contains("checksum") || "\(e)".contains("corrupt"), "\(e)")
+        }
+    }
+
+    func testJobsTwoGivesTheSameVerdictsInTheSameOrder() throws {
+        let header = TraceHeader(kvmBackend: "kvm_pvm", vcpuCount: 2)
+        let path = dir + "/j.estrace"
+        let w = try TraceWriter(path: path, header: header, settings: TraceWriterSettings(maxRecordsPerFrame: 7))
+        for i in 0..<200 {
+            var r = committedOut(value: UInt8(i & 0x7F), recordedData: UInt8(i % 13 == 0 ? 0xFF : i & 0x7F))
+            r.vcpu = UInt16(i % 3 == 0 ? 1 : 0)
+            try w.append(r)
+            if i % 17 == 0 { try w.append(TraceRecord(kind: .marker, vcpu: r.vcpu, code: UInt64(i))) }
+        }
+        _ = try w.finish()
+        let reader = try TraceReader(path: path)
+        XCTAssertGreaterThan(reader.frames.count, 4)
+        var one: [String] = [], two: [String] = []
+        let s1 = try ReplayRun.run(reader, options: ReplayOptions(jobs: 1)) { one.append($0.jsonLine()) }
+        let s2 = try ReplayRun.run(reader, options: ReplayOptions(jobs: 2)) { two.append($0.jsonLine()) }
+        XCTAssertEqual(one, two)
+        XCTAssertEqual(one.count, 200 + 12)
+        XCTAssertEqual(s1.byKind, s2.byKind)
+        XCTAssertEqual(s1.byKind[.divergence], 16)
+        // Sequence order.
+        let seqs = one.compactMap { line -> UInt64? in
+            guard let r = line.range(of: "\"seq\":") else { return nil }
+            return UInt64(line[r.upperBound...].prefix { $0.isNumber })
+        }
+        XCTAssertEqual(seqs, seqs.sorted())
+    }
+
+    func testExitOptionGivesTheVerdictCoveringThatRecord() throws {
+        var seqs: [UInt64] = []
+        let (s, v) = try replay(options: ReplayOptions(exitSeq: 2)) { w in
+            seqs.append(try w.append(committedOut(value: 1, recordedData: 1)))
+            try appendGroup(w, repOutsFragments(Array("xyz".utf8)))
+        }
+        XCTAssertEqual(v.count, 1)
+        XCTAssertEqual(v[0].seq, 1, "record 2 is the second fragment of the group starting at 1")
+        XCTAssertEqual(s.verdicts, 1)
+    }
+
+    func testDivergenceExportIsAnExecInputThatReproducesIt() throws {
+        let (_, v) = try replay { w in try w.append(committedOut(value: 0x41, recordedData: 0x42)) }
+        let data = try DivergenceExport.execInput(v[0])
+        let input = try ExecInput.parse(data)
+        let out = Exec.run(input, count: 1, untilHalt: false)
+        XCTAssertEqual(out.state.rip, 0x1001)
+        XCTAssertEqual(out.accesses, [.port(PortAccess(port: 0x3F8, size: 1, isWrite: true, value: 0x41))],
+                       "exec reproduces the emulated side of the divergence")
+    }
+}
