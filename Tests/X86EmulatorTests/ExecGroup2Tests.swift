@@ -220,3 +220,14 @@ extension ExecGroup2Tests {
         XCTAssertEqual(part.state, ref.state)
     }
 }
+
+extension ExecGroup2Tests {
+    func testBound() {
+        let inRange = TestMachine(.protected32, code: [0x62, 0x03]) { s in s.rbx = 0x2000; s.rax = 5 }
+        inRange.mem.load(0x2000, [0xFE, 0xFF, 0xFF, 0xFF, 0x05, 0x00, 0x00, 0x00])  // [-2, 5]
+        XCTAssertEqual(inRange.step(), .ok)
+        let out = TestMachine(.protected32, code: [0x62, 0x03]) { s in s.rbx = 0x2000; s.rax = 0xFFFF_FFFD }
+        out.mem.load(0x2000, [0xFE, 0xFF, 0xFF, 0xFF, 0x05, 0x00, 0x00, 0x00])
+        XCTAssertEqual(out.step(), .exception(CPUException(vector: CPUException.br), delivered: false), "-3 < -2: #BR")
+    }
+}

@@ -561,6 +561,17 @@ extension X86Executor {
             try requireCPL0()
             outcome = .halted
         case .ud2, .ud0, .ud1: throw .fault(.invalidOpcode())
+        case .bound:
+            guard case .register(let r) = o0, case .memory(let m) = o1 else { throw .fault(.invalidOpcode()) }
+            let s = r.bits / 8
+            let ea = effectiveAddress(m)
+            let lower = signExtend(try readMem(segIndex(m), ea, s), s)
+            let upper = signExtend(try readMem(segIndex(m), (ea &+ UInt64(s)) & X86Executor.addressMask(m.addressSize), s), s)
+            let idx = Int64(bitPattern: signExtend(readReg(r), s))
+            if idx < Int64(bitPattern: lower) || idx > Int64(bitPattern: upper) { throw .fault(CPUException(vector: CPUException.br)) }
+        case .fwait:
+            // No x87 state is modelled, so there is never a pending x87 exception to report.
+            if sys.cr0 & (CR0.mp | CR0.ts) == CR0.mp | CR0.ts { throw .fault(.deviceNotAvailable()) }
 
         // ---- strings
         case .movs, .cmps, .stos, .lods, .scas, .ins, .outs: try stringInstruction(i)
