@@ -46,8 +46,9 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         let locator = LocatorCache()
         /// The open instruction group: its id (seq of fragment 0), start RIP and next fragment.
         var openGroup: (group: UInt64, start: UInt64, next: UInt32)?
-        /// Last TSC at re-entry, for gap records under single-step.
+        /// CPL and instruction of the last record, for gap records under single-step.
         var lastCPL: UInt8 = 0
+        var lastStepMnemonic: Mnemonic?
     }
 
     /// Creates the trace file at `path` with a header describing `machine`, `image` and the host.
@@ -131,6 +132,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
                                              openGroup: lane.openGroup?.start, cache: lane.locator)
         record.msrWrites = lane.pendingMSRWrites
         lane.pendingMSRWrites.removeAll(keepingCapacity: true)
+        if options.observer.singleStep { noteUnobservedSpan(lane: lane, next: record) }
         if record.visibility == .committed && record.candidates == 0 { unlocated.increment() }
         if record.candidates > 1 { ambiguous.increment() }
 
@@ -150,6 +152,24 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             lane.openGroup = nil
         }
         lane.lastState = exit.stateAfter ?? exit.state
+        lane.lastCPL = record.state.cpl
+        lane.lastStepMnemonic = record.kind == .step ? record.instructionBytes.isEmpty ? nil : Self.mnemonic(record) : nil
+    }
+
+    /// Single-step sees CPL0 only (kvm_pvm runs CPL3 natively): when the guest went to CPL3 and
+    /// came back, the span between is recorded as a gap rather than silently missing.
+    private func noteUnobservedSpan(lane: Lane, next: TraceRecord) {
+        let lowered = lane.lastStepMnemonic.map { [Mnemonic.sysret, .sysexit, .iret, .iretd, .iretq].contains($0) } ?? false
+        if lowered || (lane.lastCPL == 0 && next.state.cpl == 3) {
+            append(TraceRecord(kind: .gap, vcpu: next.vcpu, state: next.state, tscExit: next.tscExit,
+                               tscEntry: next.tscExit, code: GapCode.userMode,
+                               note: "CPL3 code ran natively and was not single-stepped"))
+        }
+    }
+
+    static func mnemonic(_ r: TraceRecord) -> Mnemonic? {
+        if case .success(let i) = decode(bytes: r.instructionBytes, mode: DecoderMode(r.state.mode)) { return i.mnemonic }
+        return nil
     }
 
     // MARK: finishing
@@ -172,6 +192,12 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
 public enum EventCode {
     public static let vcpuStarted: UInt64 = 1
     public static let vcpuStopped: UInt64 = 2
+}
+
+/// Codes of `.gap` records.
+public enum GapCode {
+    /// Code at CPL3, which single-step cannot follow on this backend.
+    public static let userMode: UInt64 = 1
 }
 
 /// A relaxed counter shared by vCPU threads (statistics only).

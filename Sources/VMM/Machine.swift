@@ -278,6 +278,8 @@ public final class Machine: @unchecked Sendable {
             observer.vcpuStarted(vcpu: index, state: bootStates[index] ?? currentState(vcpu))
         }
         var pending = false  // an exit the completing KVM_RUN (fidelity full) already returned
+        // The instruction the last single-step debug exit stood on (see the stepped-HLT rule below).
+        var lastStepRIP: UInt64? = nil
         // Exit counts by KVM_EXIT_* number (63 = anything larger), in plain memory.
         let counts = UnsafeMutablePointer<UInt64>.allocate(capacity: 64)
         counts.initialize(repeating: 0, count: 64)
@@ -364,6 +366,19 @@ public final class Machine: @unchecked Sendable {
                                             tscAtExit: tscExit, tscAtReentry: ckvm_rdtsc(), access: outcome.access,
                                             ioData: io, stateAfter: after, events: events, memory: view, probe: probe)
                 observer.exitHandled(observed)
+            }
+
+            // Under single-step on kvm_pvm a HLT gives a debug exit and the guest goes on: a
+            // stepped HLT with interrupts off and no irqchip halts the vCPU as the HLT exit would.
+            if options.singleStep, case .debug = exit {
+                let s = synced ? vcpu.syncedState() : currentState(vcpu)
+                if config.irqchip == .none, s.rflags & RFLAGS.if == 0, let prev = lastStepRIP, prev &+ 1 == s.rip,
+                   let b = memory.readLinear(s.mode == .long64 ? prev : (s.cs.base &+ prev) & 0xFFFF_FFFF, count: 1, state: s),
+                   b[0] == 0xF4 {
+                    r.halted = true
+                    return
+                }
+                lastStepRIP = s.rip
             }
 
             if maxExits > 0 {

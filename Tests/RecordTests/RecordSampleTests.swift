@@ -77,3 +77,30 @@ final class RecordSampleTests: XCTestCase {
         XCTAssertGreaterThan(fragments, 0, "REP MOVSQ to MMIO and read-modify-writes give grouped fragments")
     }
 }
+
+extension RecordSampleTests {
+    func testSingleStepRecordsEveryInstructionAndEndsAtTheHLT() throws {
+        let (reader, summary, _) = try record("hello-real", single: true)
+        XCTAssertEqual(summary.exitStatus, 0, "a stepped HLT with interrupts off halts the vCPU: \(summary.stop)")
+        var steps = 0, io = 0
+        var previous: TraceRecord?
+        try reader.forEachRecord { r in
+            if r.kind == .step {
+                steps += 1
+                XCTAssertEqual(r.visibility, .pending)
+                XCTAssertEqual(r.instructionStart, r.state.rip, "a step record describes the instruction at RIP")
+                XCTAssertFalse(r.instructionBytes.isEmpty)
+            }
+            if r.kind == .exit && r.exitCode == .ioio { io += 1 }
+            if let p = previous, p.kind == .step, r.kind == .step, p.vcpuSeq + 1 == r.vcpuSeq,
+               p.instructionBytes.count == 2, p.instructionBytes[0] == 0x31 {
+                // "xor ax, ax" (31 c0): the next step shows RIP advanced by its length.
+                XCTAssertEqual(r.state.rip, p.state.rip + 2)
+            }
+            previous = r
+        }
+        XCTAssertGreaterThan(steps, 100)
+        XCTAssertEqual(io, 42, "the 42 port accesses are exits, not steps")
+        XCTAssertEqual(reader.header.options["single_step"], "true")
+    }
+}

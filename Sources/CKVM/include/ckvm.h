@@ -67,22 +67,25 @@ static inline int ckvm_unblock_signal(int sig) {
     return pthread_sigmask(SIG_UNBLOCK, &s, NULL);
 }
 
-// Ctrl-C during a run: the handler only sets a flag the run's control thread polls.
+// Ctrl-C (or SIGTERM, as `timeout` sends) during a run: the handler only sets a flag the run's
+// control thread polls, so a recording still finishes its trace.
 static volatile sig_atomic_t ckvm_sigint_flag = 0;
-// The first Ctrl-C asks for a clean stop; the handler then steps aside so a second one kills.
-static void ckvm_sigint_handler(int sig) { (void)sig; ckvm_sigint_flag = 1; signal(SIGINT, SIG_DFL); }
+// The first signal asks for a clean stop; the handler then steps aside so a second one kills.
+static void ckvm_sigint_handler(int sig) { ckvm_sigint_flag = 1; signal(sig, SIG_DFL); }
 static inline int ckvm_install_sigint_handler(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = ckvm_sigint_handler;
     sigemptyset(&sa.sa_mask);
     ckvm_sigint_flag = 0;
+    if (sigaction(SIGTERM, &sa, NULL) != 0) return -1;
     return sigaction(SIGINT, &sa, NULL);
 }
 static inline int ckvm_restore_sigint(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = SIG_DFL;
+    sigaction(SIGTERM, &sa, NULL);
     return sigaction(SIGINT, &sa, NULL);
 }
 static inline int ckvm_sigint_received(void) { return ckvm_sigint_flag != 0; }
