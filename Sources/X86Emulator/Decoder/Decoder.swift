@@ -7,8 +7,7 @@ final class DecoderTables: @unchecked Sendable {
 
     let root: UnsafeMutablePointer<UInt16>
     let hasModRM: UnsafeMutablePointer<UInt8>
-    let nodeKind: UnsafeMutablePointer<UInt8>
-    let nodeArg: UnsafeMutablePointer<UInt16>
+    let node: UnsafeMutablePointer<UInt32>
     let formMnemonic: UnsafeMutablePointer<UInt16>
     let formOperands: UnsafeMutablePointer<UInt64>
     let formAttrs: UnsafeMutablePointer<UInt16>
@@ -22,8 +21,7 @@ final class DecoderTables: @unchecked Sendable {
     private init() {
         root = Self.copy(tableRoot)
         hasModRM = Self.copy(tableHasModRM)
-        nodeKind = Self.copy(tableNodeKind)
-        nodeArg = Self.copy(tableNodeArg)
+        node = Self.copy(tableNode)
         formMnemonic = Self.copy(tableFormMnemonic)
         formOperands = Self.copy(tableFormOperands)
         formAttrs = Self.copy(tableFormAttrs)
@@ -286,8 +284,9 @@ public enum X86Decoder {
         var node = Int(t.root[key])
         var consumed66 = false
         walk: while true {
-            let a = Int(t.nodeArg[node])
-            switch t.nodeKind[node] {
+            let word = t.node[node]
+            let a = Int(word & 0xFFFF)
+            switch UInt8(truncatingIfNeeded: word >> 16) {
             case DecodeNodeKind.leaf: node = a; break walk
             case DecodeNodeKind.leafMandatory66: node = a; consumed66 = true; break walk
             case DecodeNodeKind.mode64: node = a + (is64 ? 1 : 0)

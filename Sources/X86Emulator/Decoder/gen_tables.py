@@ -275,8 +275,8 @@ def main():
         w("")
     arr("tableRoot", "UInt16", root, 32)
     arr("tableHasModRM", "UInt8", modrm, 64)
-    arr("tableNodeKind", "UInt8", [k for (k, a) in nodes], 32)
-    arr("tableNodeArg", "UInt16", [a for (k, a) in nodes], 32)
+    # a node is one word: kind << 16 | argument (child base or form index)
+    arr("tableNode", "UInt32", ["0x%x" % (k << 16 | a) for (k, a) in nodes], 16)
     arr("tableFormMnemonic", "UInt16", [f[0] for f in forms], 32)
     arr("tableFormOperands", "UInt64", ["0x%x" % sum(((o) << (16 * i)) for i, o in enumerate(f[1])) for f in forms], 8)
     # attribute bits 0-12, operand count in bits 13-15
