@@ -195,3 +195,40 @@ final class ExecGroup3Tests: XCTestCase {
         XCTAssertEqual(m.state.fs.base, 0x5678)
     }
 }
+
+extension ExecGroup3Tests {
+    func testVirtual8086SegmentsAndIOPL() {
+        let m = TestMachine(.virtual8086, code: [0xB8, 0x34, 0x12, 0x8E, 0xD8, 0x8A, 0x1E, 0x10, 0x00, 0xFA]) { s in
+            s.cs = Segment(selector: 0, base: 0, limit: 0xFFFF, attributes: 0xFB)
+            s.rflags = RFLAGS.vm | 0x202  // IOPL 0
+        }
+        m.mem.load(0x12350, [0x77])
+        XCTAssertEqual(m.state.mode, .virtual8086)
+        XCTAssertEqual(m.step(3), .ok)
+        XCTAssertEqual(m.state.ds.base, 0x12340)
+        XCTAssertEqual(m.state.rbx & 0xFF, 0x77)
+        XCTAssertEqual(m.step(), .exception(.generalProtection(0), delivered: false), "CLI in vm86 with IOPL < 3")
+    }
+
+    func testLTRMarksTheTSSBusyAndLLDTLoads() {
+        let m = TestMachine(.protected32, code: [0x0F, 0x00, 0xD8, 0x0F, 0x00, 0xD1, 0x66, 0x0F, 0x00, 0xCA, 0x66, 0x0F, 0x00, 0xC6]) { s in
+            s.gdtr = DescriptorTable(base: 0x5000, limit: 0x47)
+            s.rax = 0x38; s.rcx = 0x40
+        }
+        loadGDT(m)
+        // 0x38: available 32-bit TSS at 0x6000, limit 0x67; 0x40: LDT at 0x7000, limit 0xFF
+        m.mem.load(0x5038, m.le(0x0000_8900_6000_0067))
+        m.mem.load(0x5040, m.le(0x0000_8200_7000_00FF))
+        XCTAssertEqual(m.step(4), .ok)
+        let s = m.state
+        XCTAssertEqual(s.tr.selector, 0x38); XCTAssertEqual(s.tr.base, 0x6000); XCTAssertEqual(s.tr.type, 0xB)
+        XCTAssertEqual(m.read(0x5038 + 5, 1), 0x8B, "busy bit set in the GDT")
+        XCTAssertEqual(s.ldtr.selector, 0x40); XCTAssertEqual(s.ldtr.base, 0x7000); XCTAssertEqual(s.ldtr.limit, 0xFF)
+        XCTAssertEqual(s.rdx & 0xFFFF, 0x38); XCTAssertEqual(s.rsi & 0xFFFF, 0x40)
+        let again = TestMachine(.protected32, code: [0x0F, 0x00, 0xD8]) { s in
+            s.gdtr = DescriptorTable(base: 0x5000, limit: 0x47); s.rax = 0x38
+        }
+        again.mem.load(0x5038, again.le(0x0000_8B00_6000_0067))
+        XCTAssertEqual(again.step(), .exception(.generalProtection(0x38), delivered: false), "LTR of a busy TSS")
+    }
+}

@@ -110,6 +110,15 @@ public final class X86Executor {
         }
     }
 
+    /// Drops decoded instructions and cached translations. Call it when guest memory (code or
+    /// page tables) changed behind the executor's back, e.g. after the guest ran natively;
+    /// writes the executor makes itself keep the caches coherent. Setting `state` does it too.
+    public func flushCaches() {
+        fetchValid = false
+        tlb.flushAll()
+        cache.flushAll()
+    }
+
     /// XMM/YMM register `n` as four little-endian quadwords.
     public func vectorRegister(_ n: Int) -> (UInt64, UInt64, UInt64, UInt64) {
         let p = vreg + (n & 15) * 4
