@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Replay
 import Report
 import Trace
 
@@ -26,6 +27,9 @@ struct IngestCommand: ParsableCommand {
     @Flag(help: "Replace a run of the same name instead of refusing.")
     var replace = false
 
+    @Flag(help: "Also replay each trace (as `exitscope replay`) and store the verdicts.")
+    var replay = false
+
     func validate() throws {
         if traces.isEmpty { throw ValidationError("give at least one trace") }
         if name != nil && traces.count > 1 { throw ValidationError("--name needs exactly one trace") }
@@ -43,6 +47,23 @@ struct IngestCommand: ParsableCommand {
                 let id = try TraceInput.ingest(reader, into: database, name: runName, replace: replace)
                 let row = try database.runs().first { $0.id == id }
                 print("run \(runName) (id \(id)): \(row?.records ?? 0) records, \(row?.exits ?? 0) exits")
+                if replay {
+                    // Verdicts go in batches, so memory stays bounded however long the trace.
+                    var batch: [VerdictRow] = []
+                    var stored = 0
+                    _ = try ReplayRun.run(reader, options: ReplayOptions(jobs: 2)) { v in
+                        let d = v.differences.first.map { "\($0.field): recorded \($0.recorded), emulated \($0.emulated)" }
+                        batch.append(VerdictRow(seq: v.seq, verdict: v.kind.rawValue, reference: v.reference,
+                                                detail: d ?? v.note))
+                        if batch.count >= 10_000 {
+                            try database.addVerdicts(run: runName, batch)
+                            stored += batch.count
+                            batch.removeAll(keepingCapacity: true)
+                        }
+                    }
+                    try database.addVerdicts(run: runName, batch)
+                    print("run \(runName): \(stored + batch.count) replay verdicts")
+                }
             }
         } catch let e as ReportError {
             FileHandle.standardError.write(Data("exitscope ingest: \(e)\n".utf8))

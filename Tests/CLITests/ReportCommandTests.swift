@@ -2,6 +2,7 @@ import XCTest
 import Foundation
 import Trace
 import X86
+import Report
 
 /// `exitscope report` and `exitscope ingest` as a user runs them: the built binary, its output and status.
 final class ReportCommandTests: XCTestCase {
@@ -104,6 +105,12 @@ final class ReportCommandTests: XCTestCase {
         XCTAssertEqual(c.status, 0, c.err)
         let line = try XCTUnwrap(c.out.split(separator: "\n").first { $0.hasPrefix("IOIO") })
         XCTAssertEqual(line.split(separator: " ").prefix(4).map(String.init), ["IOIO", "3", "8", "5"])
+        // --replay stores one verdict per record group, joinable with the exits.
+        let r = try exitscope(["ingest", try writeTrace("c", outs: 3), "--db", db, "--replay"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("run c: 4 replay verdicts"), r.out)
+        let database = try ExitDatabase(path: db)
+        XCTAssertEqual(try database.scalar("SELECT COUNT(*) FROM verdicts v JOIN exits e USING (run_id, seq) WHERE e.run_id = 3"), 4)
         let u = try exitscope(["report", "--db", db, "--runs", "a,zz"])
         XCTAssertNotEqual(u.status, 0)
         XCTAssertTrue(u.err.contains("no run 'zz'") && u.err.contains("runs: a, b"), u.err)
