@@ -109,17 +109,16 @@ public final class SparseMemory: GuestMemory {
     /// Backs the pages covering [gpa, gpa+count) with zeroed memory.
     public func map(_ gpa: UInt64, count: Int) {
         guard count > 0 else { return }
+        // Page by page with wrapping arithmetic: a range may run past the top of the address space.
+        let pagesNeeded = (Int(gpa & 0xFFF) + count + 4095) / 4096
         var p = gpa & ~0xFFF
-        let end = gpa &+ UInt64(count)
-        while p < end {
+        for _ in 0..<pagesNeeded {
             if pages[p] == nil {
                 let m = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
                 m.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
                 pages[p] = m
             }
-            let (n, o) = p.addingReportingOverflow(4096)
-            if o { break }
-            p = n
+            p &+= 4096
         }
     }
 
@@ -132,7 +131,7 @@ public final class SparseMemory: GuestMemory {
                 let a = gpa &+ UInt64(done)
                 let off = Int(a & 0xFFF)
                 let n = min(bytes.count - done, 4096 - off)
-                (pages[a & ~0xFFF]! + off).copyMemory(from: b.baseAddress! + done, byteCount: n)
+                if let page = pages[a & ~0xFFF] { (page + off).copyMemory(from: b.baseAddress! + done, byteCount: n) }
                 done += n
             }
         }
@@ -183,7 +182,8 @@ public final class SparseMemory: GuestMemory {
             let a = gpa &+ UInt64(done)
             let off = Int(a & 0xFFF)
             let n = min(count - done, 4096 - off)
-            (pages[a & ~0xFFF]! + off).copyMemory(from: buffer + done, byteCount: n)
+            guard let page = pages[a & ~0xFFF] else { return .unbacked(a) }
+            (page + off).copyMemory(from: buffer + done, byteCount: n)
             done += n
         }
         if logWrites {
