@@ -97,6 +97,9 @@ final class DecoderObjdumpTests: XCTestCase {
         // pclmulqdq / vpcmp{,u}{b,w,d,q} with a predicate folded into the name
         if o.hasSuffix("pclmulqdq") && obj.hasPrefix(String(o.dropLast(6))) && obj.hasSuffix("dq") { return true }
         if o.hasPrefix("vpcmp") && obj.hasPrefix("vpcmp") && obj.last == o.last && obj.count > o.count { return true }
+        // XOP vpcom{,u}{b,w,d,q}: objdump folds the imm8 predicate in as well (vpcomltb, vpcomfalseuq...)
+        if o.hasPrefix("vpcom") && obj.hasPrefix("vpcom") && obj.last == o.last && obj.count > o.count
+            && (o.dropFirst(5).first == "u") == obj.dropLast().hasSuffix("u") { return true }
         switch (obj, mode) {
         case ("pushf", .bits64): return o == "pushfq"
         case ("popf", .bits64): return o == "popfq"

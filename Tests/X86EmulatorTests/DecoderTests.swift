@@ -205,6 +205,15 @@ final class DecoderTests: XCTestCase {
         XCTAssertEqual(decodeOK("c4 e3 7b f0 c1 05")?.text, "rorx eax, ecx, 0x5")
     }
 
+    func testAMDXOP() throws {
+        // XOP is 8F with map select >= 8; with a smaller map field, 8F is POP r/m
+        XCTAssertEqual(decodeOK("8f e8 78 c0 c1 05")?.text, "vprotb xmm0, xmm1, 0x5")
+        XCTAssertEqual(decodeOK("8f ea 78 10 c0 44 33 22 11")?.length, 9)   // TBM bextr with imm32
+        XCTAssertEqual(decodeOK("8f e9 78 01 c8")?.mnemonic, .blcfill)
+        XCTAssertEqual(decodeOK("8f c0")?.mnemonic, .pop)
+        XCTAssertTrue(decodeOK("8f e8 78 c0 c1 05")?.prefixes.contains(.xop) ?? false)
+    }
+
     func testInPlaceDecodeMatchesResultAPI() throws {
         var r = Instruction()
         for hex in ["48 8b 44 8b 10", "f3 48 ab", "c5 fc 28 c1", "ea 00 7c 00 00 08 00", "90", "d9 e8"] {

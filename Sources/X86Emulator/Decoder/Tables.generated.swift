@@ -32,1163 +32,1229 @@ public enum Mnemonic: UInt16, Sendable, CaseIterable {
     case andps = 26
     case arpl = 27
     case bextr = 28
-    case blendpd = 29
-    case blendps = 30
-    case blendvpd = 31
-    case blendvps = 32
-    case blsi = 33
-    case blsmsk = 34
-    case blsr = 35
-    case bound = 36
-    case bsf = 37
-    case bsr = 38
-    case bswap = 39
-    case bt = 40
-    case btc = 41
-    case btr = 42
-    case bts = 43
-    case bzhi = 44
-    case call = 45
-    case cbw = 46
-    case cdq = 47
-    case cdqe = 48
-    case clac = 49
-    case clc = 50
-    case cld = 51
-    case clflush = 52
-    case clflushopt = 53
-    case clgi = 54
-    case cli = 55
-    case clts = 56
-    case clwb = 57
-    case clzero = 58
-    case cmc = 59
-    case cmova = 60
-    case cmovae = 61
-    case cmovb = 62
-    case cmovbe = 63
-    case cmove = 64
-    case cmovg = 65
-    case cmovge = 66
-    case cmovl = 67
-    case cmovle = 68
-    case cmovne = 69
-    case cmovno = 70
-    case cmovnp = 71
-    case cmovns = 72
-    case cmovo = 73
-    case cmovp = 74
-    case cmovs = 75
-    case cmp = 76
-    case cmppd = 77
-    case cmpps = 78
-    case cmps = 79
-    case cmpsd = 80
-    case cmpss = 81
-    case cmpxchg = 82
-    case cmpxchg16b = 83
-    case cmpxchg8b = 84
-    case comisd = 85
-    case comiss = 86
-    case cpuid = 87
-    case cqo = 88
-    case crc32 = 89
-    case cvtdq2pd = 90
-    case cvtdq2ps = 91
-    case cvtpd2dq = 92
-    case cvtpd2pi = 93
-    case cvtpd2ps = 94
-    case cvtpi2pd = 95
-    case cvtpi2ps = 96
-    case cvtps2dq = 97
-    case cvtps2pd = 98
-    case cvtps2pi = 99
-    case cvtsd2si = 100
-    case cvtsd2ss = 101
-    case cvtsi2sd = 102
-    case cvtsi2ss = 103
-    case cvtss2sd = 104
-    case cvtss2si = 105
-    case cvttpd2dq = 106
-    case cvttpd2pi = 107
-    case cvttps2dq = 108
-    case cvttps2pi = 109
-    case cvttsd2si = 110
-    case cvttss2si = 111
-    case cwd = 112
-    case cwde = 113
-    case daa = 114
-    case das = 115
-    case dec = 116
-    case div = 117
-    case divpd = 118
-    case divps = 119
-    case divsd = 120
-    case divss = 121
-    case dppd = 122
-    case dpps = 123
-    case emms = 124
-    case encls = 125
-    case enclu = 126
-    case enclv = 127
-    case endbr32 = 128
-    case endbr64 = 129
-    case enqcmd = 130
-    case enter = 131
-    case extractps = 132
-    case extrq = 133
-    case f2xm1 = 134
-    case fabs = 135
-    case fadd = 136
-    case faddp = 137
-    case fbld = 138
-    case fbstp = 139
-    case fchs = 140
-    case fcmovb = 141
-    case fcmovbe = 142
-    case fcmove = 143
-    case fcmovnb = 144
-    case fcmovnbe = 145
-    case fcmovne = 146
-    case fcmovnu = 147
-    case fcmovu = 148
-    case fcom = 149
-    case fcom2 = 150
-    case fcomi = 151
-    case fcomip = 152
-    case fcomp = 153
-    case fcomp3 = 154
-    case fcomp5 = 155
-    case fcompp = 156
-    case fcos = 157
-    case fdecstp = 158
-    case fdiv = 159
-    case fdivp = 160
-    case fdivr = 161
-    case fdivrp = 162
-    case femms = 163
-    case ffree = 164
-    case ffreep = 165
-    case fiadd = 166
-    case ficom = 167
-    case ficomp = 168
-    case fidiv = 169
-    case fidivr = 170
-    case fild = 171
-    case fimul = 172
-    case fincstp = 173
-    case fist = 174
-    case fistp = 175
-    case fisttp = 176
-    case fisub = 177
-    case fisubr = 178
-    case fld = 179
-    case fld1 = 180
-    case fldcw = 181
-    case fldenv = 182
-    case fldl2e = 183
-    case fldl2t = 184
-    case fldlg2 = 185
-    case fldln2 = 186
-    case fldpi = 187
-    case fldz = 188
-    case fmul = 189
-    case fmulp = 190
-    case fnclex = 191
-    case fndisi = 192
-    case fneni = 193
-    case fninit = 194
-    case fnop = 195
-    case fnsave = 196
-    case fnsetpm = 197
-    case fnstcw = 198
-    case fnstenv = 199
-    case fnstsw = 200
-    case fpatan = 201
-    case fprem = 202
-    case fprem1 = 203
-    case fptan = 204
-    case frndint = 205
-    case frstor = 206
-    case fscale = 207
-    case fsin = 208
-    case fsincos = 209
-    case fsqrt = 210
-    case fst = 211
-    case fstp = 212
-    case fstp1 = 213
-    case fstp8 = 214
-    case fstp9 = 215
-    case fsub = 216
-    case fsubp = 217
-    case fsubr = 218
-    case fsubrp = 219
-    case ftst = 220
-    case fucom = 221
-    case fucomi = 222
-    case fucomip = 223
-    case fucomp = 224
-    case fucompp = 225
-    case fwait = 226
-    case fxam = 227
-    case fxch = 228
-    case fxch4 = 229
-    case fxch7 = 230
-    case fxrstor = 231
-    case fxsave = 232
-    case fxtract = 233
-    case fyl2x = 234
-    case fyl2xp1 = 235
-    case getsec = 236
-    case haddpd = 237
-    case haddps = 238
-    case hlt = 239
-    case hsubpd = 240
-    case hsubps = 241
-    case idiv = 242
-    case imul = 243
-    case `in` = 244
-    case inc = 245
-    case incsspd = 246
-    case incsspq = 247
-    case ins = 248
-    case insertps = 249
-    case insertq = 250
-    case int = 251
-    case int1 = 252
-    case int3 = 253
-    case into = 254
-    case invd = 255
-    case invept = 256
-    case invlpg = 257
-    case invlpga = 258
-    case invpcid = 259
-    case invvpid = 260
-    case iret = 261
-    case iretd = 262
-    case iretq = 263
-    case ja = 264
-    case jae = 265
-    case jb = 266
-    case jbe = 267
-    case jcxz = 268
-    case je = 269
-    case jecxz = 270
-    case jg = 271
-    case jge = 272
-    case jl = 273
-    case jle = 274
-    case jmp = 275
-    case jne = 276
-    case jno = 277
-    case jnp = 278
-    case jns = 279
-    case jo = 280
-    case jp = 281
-    case jrcxz = 282
-    case js = 283
-    case kandb = 284
-    case kandd = 285
-    case kandnb = 286
-    case kandnd = 287
-    case kandnq = 288
-    case kandnw = 289
-    case kandq = 290
-    case kandw = 291
-    case kmovb = 292
-    case kmovd = 293
-    case kmovq = 294
-    case kmovw = 295
-    case knotb = 296
-    case knotd = 297
-    case knotq = 298
-    case knotw = 299
-    case korb = 300
-    case kord = 301
-    case korq = 302
-    case kortestb = 303
-    case kortestd = 304
-    case kortestq = 305
-    case kortestw = 306
-    case korw = 307
-    case kshiftlb = 308
-    case kshiftld = 309
-    case kshiftlq = 310
-    case kshiftlw = 311
-    case kshiftrb = 312
-    case kshiftrd = 313
-    case kshiftrq = 314
-    case kshiftrw = 315
-    case ktestb = 316
-    case ktestd = 317
-    case ktestq = 318
-    case ktestw = 319
-    case kunpckbw = 320
-    case kunpckdq = 321
-    case kunpckwd = 322
-    case kxnorb = 323
-    case kxnord = 324
-    case kxnorq = 325
-    case kxnorw = 326
-    case kxorb = 327
-    case kxord = 328
-    case kxorq = 329
-    case kxorw = 330
-    case lahf = 331
-    case lar = 332
-    case lddqu = 333
-    case ldmxcsr = 334
-    case lds = 335
-    case lea = 336
-    case leave = 337
-    case les = 338
-    case lfence = 339
-    case lfs = 340
-    case lgdt = 341
-    case lgs = 342
-    case lidt = 343
-    case lldt = 344
-    case lmsw = 345
-    case lods = 346
-    case loop = 347
-    case loope = 348
-    case loopne = 349
-    case lsl = 350
-    case lss = 351
-    case ltr = 352
-    case lzcnt = 353
-    case maskmovdqu = 354
-    case maskmovq = 355
-    case maxpd = 356
-    case maxps = 357
-    case maxsd = 358
-    case maxss = 359
-    case mfence = 360
-    case minpd = 361
-    case minps = 362
-    case minsd = 363
-    case minss = 364
-    case monitor = 365
-    case monitorx = 366
-    case mov = 367
-    case movapd = 368
-    case movaps = 369
-    case movbe = 370
-    case movd = 371
-    case movddup = 372
-    case movdiri = 373
-    case movdq2q = 374
-    case movdqa = 375
-    case movdqu = 376
-    case movhlps = 377
-    case movhpd = 378
-    case movhps = 379
-    case movlhps = 380
-    case movlpd = 381
-    case movlps = 382
-    case movmskpd = 383
-    case movmskps = 384
-    case movntdq = 385
-    case movntdqa = 386
-    case movnti = 387
-    case movntpd = 388
-    case movntps = 389
-    case movntq = 390
-    case movq = 391
-    case movq2dq = 392
-    case movs = 393
-    case movsd = 394
-    case movshdup = 395
-    case movsldup = 396
-    case movss = 397
-    case movsx = 398
-    case movsxd = 399
-    case movupd = 400
-    case movups = 401
-    case movzx = 402
-    case mpsadbw = 403
-    case mul = 404
-    case mulpd = 405
-    case mulps = 406
-    case mulsd = 407
-    case mulss = 408
-    case mulx = 409
-    case mwait = 410
-    case mwaitx = 411
-    case neg = 412
-    case nop = 413
-    case not = 414
-    case or = 415
-    case orpd = 416
-    case orps = 417
-    case out = 418
-    case outs = 419
-    case pabsb = 420
-    case pabsd = 421
-    case pabsw = 422
-    case packssdw = 423
-    case packsswb = 424
-    case packusdw = 425
-    case packuswb = 426
-    case paddb = 427
-    case paddd = 428
-    case paddq = 429
-    case paddsb = 430
-    case paddsw = 431
-    case paddusb = 432
-    case paddusw = 433
-    case paddw = 434
-    case palignr = 435
-    case pand = 436
-    case pandn = 437
-    case pause = 438
-    case pavgb = 439
-    case pavgw = 440
-    case pblendvb = 441
-    case pblendw = 442
-    case pclmulqdq = 443
-    case pcmpeqb = 444
-    case pcmpeqd = 445
-    case pcmpeqq = 446
-    case pcmpeqw = 447
-    case pcmpestri = 448
-    case pcmpestrm = 449
-    case pcmpgtb = 450
-    case pcmpgtd = 451
-    case pcmpgtq = 452
-    case pcmpgtw = 453
-    case pcmpistri = 454
-    case pcmpistrm = 455
-    case pdep = 456
-    case pext = 457
-    case pextrb = 458
-    case pextrd = 459
-    case pextrq = 460
-    case pextrw = 461
-    case phaddd = 462
-    case phaddsw = 463
-    case phaddw = 464
-    case phminposuw = 465
-    case phsubd = 466
-    case phsubsw = 467
-    case phsubw = 468
-    case pinsrb = 469
-    case pinsrd = 470
-    case pinsrq = 471
-    case pinsrw = 472
-    case pmaddubsw = 473
-    case pmaddwd = 474
-    case pmaxsb = 475
-    case pmaxsd = 476
-    case pmaxsw = 477
-    case pmaxub = 478
-    case pmaxud = 479
-    case pmaxuw = 480
-    case pminsb = 481
-    case pminsd = 482
-    case pminsw = 483
-    case pminub = 484
-    case pminud = 485
-    case pminuw = 486
-    case pmovmskb = 487
-    case pmovsxbd = 488
-    case pmovsxbq = 489
-    case pmovsxbw = 490
-    case pmovsxdq = 491
-    case pmovsxwd = 492
-    case pmovsxwq = 493
-    case pmovzxbd = 494
-    case pmovzxbq = 495
-    case pmovzxbw = 496
-    case pmovzxdq = 497
-    case pmovzxwd = 498
-    case pmovzxwq = 499
-    case pmuldq = 500
-    case pmulhrsw = 501
-    case pmulhuw = 502
-    case pmulhw = 503
-    case pmulld = 504
-    case pmullw = 505
-    case pmuludq = 506
-    case pop = 507
-    case popa = 508
-    case popad = 509
-    case popcnt = 510
-    case popf = 511
-    case popfd = 512
-    case popfq = 513
-    case por = 514
-    case prefetch = 515
-    case prefetchnta = 516
-    case prefetcht0 = 517
-    case prefetcht1 = 518
-    case prefetcht2 = 519
-    case prefetchw = 520
-    case prefetchwt1 = 521
-    case psadbw = 522
-    case pshufb = 523
-    case pshufd = 524
-    case pshufhw = 525
-    case pshuflw = 526
-    case pshufw = 527
-    case psignb = 528
-    case psignd = 529
-    case psignw = 530
-    case pslld = 531
-    case pslldq = 532
-    case psllq = 533
-    case psllw = 534
-    case psrad = 535
-    case psraw = 536
-    case psrld = 537
-    case psrldq = 538
-    case psrlq = 539
-    case psrlw = 540
-    case psubb = 541
-    case psubd = 542
-    case psubq = 543
-    case psubsb = 544
-    case psubsw = 545
-    case psubusb = 546
-    case psubusw = 547
-    case psubw = 548
-    case ptest = 549
-    case ptwrite = 550
-    case punpckhbw = 551
-    case punpckhdq = 552
-    case punpckhqdq = 553
-    case punpckhwd = 554
-    case punpcklbw = 555
-    case punpckldq = 556
-    case punpcklqdq = 557
-    case punpcklwd = 558
-    case push = 559
-    case pusha = 560
-    case pushad = 561
-    case pushf = 562
-    case pushfd = 563
-    case pushfq = 564
-    case pxor = 565
-    case rcl = 566
-    case rcpps = 567
-    case rcpss = 568
-    case rcr = 569
-    case rdfsbase = 570
-    case rdgsbase = 571
-    case rdmsr = 572
-    case rdpid = 573
-    case rdpkru = 574
-    case rdpmc = 575
-    case rdpru = 576
-    case rdrand = 577
-    case rdseed = 578
-    case rdtsc = 579
-    case rdtscp = 580
-    case ret = 581
-    case retf = 582
-    case rol = 583
-    case ror = 584
-    case rorx = 585
-    case roundpd = 586
-    case roundps = 587
-    case roundsd = 588
-    case roundss = 589
-    case rsm = 590
-    case rsqrtps = 591
-    case rsqrtss = 592
-    case sahf = 593
-    case sal = 594
-    case salc = 595
-    case sar = 596
-    case sarx = 597
-    case sbb = 598
-    case scas = 599
-    case serialize = 600
-    case seta = 601
-    case setae = 602
-    case setb = 603
-    case setbe = 604
-    case sete = 605
-    case setg = 606
-    case setge = 607
-    case setl = 608
-    case setle = 609
-    case setne = 610
-    case setno = 611
-    case setnp = 612
-    case setns = 613
-    case seto = 614
-    case setp = 615
-    case sets = 616
-    case sfence = 617
-    case sgdt = 618
-    case sha1msg1 = 619
-    case sha1msg2 = 620
-    case sha1nexte = 621
-    case sha1rnds4 = 622
-    case sha256msg1 = 623
-    case sha256msg2 = 624
-    case sha256rnds2 = 625
-    case shl = 626
-    case shld = 627
-    case shlx = 628
-    case shr = 629
-    case shrd = 630
-    case shrx = 631
-    case shufpd = 632
-    case shufps = 633
-    case sidt = 634
-    case skinit = 635
-    case sldt = 636
-    case smsw = 637
-    case sqrtpd = 638
-    case sqrtps = 639
-    case sqrtsd = 640
-    case sqrtss = 641
-    case stac = 642
-    case stc = 643
-    case std = 644
-    case stgi = 645
-    case sti = 646
-    case stmxcsr = 647
-    case stos = 648
-    case str = 649
-    case sub = 650
-    case subpd = 651
-    case subps = 652
-    case subsd = 653
-    case subss = 654
-    case swapgs = 655
-    case syscall = 656
-    case sysenter = 657
-    case sysexit = 658
-    case sysexitq = 659
-    case sysret = 660
-    case sysretq = 661
-    case test = 662
-    case tpause = 663
-    case tzcnt = 664
-    case ucomisd = 665
-    case ucomiss = 666
-    case ud0 = 667
-    case ud1 = 668
-    case ud2 = 669
-    case umonitor = 670
-    case umwait = 671
-    case unpckhpd = 672
-    case unpckhps = 673
-    case unpcklpd = 674
-    case unpcklps = 675
-    case vaddpd = 676
-    case vaddps = 677
-    case vaddsd = 678
-    case vaddss = 679
-    case vaddsubpd = 680
-    case vaddsubps = 681
-    case vaesdec = 682
-    case vaesdeclast = 683
-    case vaesenc = 684
-    case vaesenclast = 685
-    case vaesimc = 686
-    case vaeskeygenassist = 687
-    case valignd = 688
-    case valignq = 689
-    case vandnpd = 690
-    case vandnps = 691
-    case vandpd = 692
-    case vandps = 693
-    case vblendpd = 694
-    case vblendps = 695
-    case vblendvpd = 696
-    case vblendvps = 697
-    case vbroadcastf128 = 698
-    case vbroadcasti128 = 699
-    case vbroadcastsd = 700
-    case vbroadcastss = 701
-    case vcmppd = 702
-    case vcmpps = 703
-    case vcmpsd = 704
-    case vcmpss = 705
-    case vcomisd = 706
-    case vcomiss = 707
-    case vcompresspd = 708
-    case vcompressps = 709
-    case vcvtdq2pd = 710
-    case vcvtdq2ps = 711
-    case vcvtpd2dq = 712
-    case vcvtpd2ps = 713
-    case vcvtph2ps = 714
-    case vcvtps2dq = 715
-    case vcvtps2pd = 716
-    case vcvtps2ph = 717
-    case vcvtsd2si = 718
-    case vcvtsd2ss = 719
-    case vcvtsi2sd = 720
-    case vcvtsi2ss = 721
-    case vcvtss2sd = 722
-    case vcvtss2si = 723
-    case vcvttpd2dq = 724
-    case vcvttps2dq = 725
-    case vcvttsd2si = 726
-    case vcvttss2si = 727
-    case vdivpd = 728
-    case vdivps = 729
-    case vdivsd = 730
-    case vdivss = 731
-    case vdppd = 732
-    case vdpps = 733
-    case verr = 734
-    case verw = 735
-    case vexpandpd = 736
-    case vexpandps = 737
-    case vextractf128 = 738
-    case vextractf32x4 = 739
-    case vextractf32x8 = 740
-    case vextractf64x2 = 741
-    case vextractf64x4 = 742
-    case vextracti128 = 743
-    case vextracti32x4 = 744
-    case vextracti32x8 = 745
-    case vextracti64x2 = 746
-    case vextracti64x4 = 747
-    case vextractps = 748
-    case vfmadd132pd = 749
-    case vfmadd132ps = 750
-    case vfmadd132sd = 751
-    case vfmadd132ss = 752
-    case vfmadd213pd = 753
-    case vfmadd213ps = 754
-    case vfmadd213sd = 755
-    case vfmadd213ss = 756
-    case vfmadd231pd = 757
-    case vfmadd231ps = 758
-    case vfmadd231sd = 759
-    case vfmadd231ss = 760
-    case vfmaddpd = 761
-    case vfmaddps = 762
-    case vfmaddsd = 763
-    case vfmaddss = 764
-    case vfmaddsub132pd = 765
-    case vfmaddsub132ps = 766
-    case vfmaddsub213pd = 767
-    case vfmaddsub213ps = 768
-    case vfmaddsub231pd = 769
-    case vfmaddsub231ps = 770
-    case vfmaddsubpd = 771
-    case vfmaddsubps = 772
-    case vfmsub132pd = 773
-    case vfmsub132ps = 774
-    case vfmsub132sd = 775
-    case vfmsub132ss = 776
-    case vfmsub213pd = 777
-    case vfmsub213ps = 778
-    case vfmsub213sd = 779
-    case vfmsub213ss = 780
-    case vfmsub231pd = 781
-    case vfmsub231ps = 782
-    case vfmsub231sd = 783
-    case vfmsub231ss = 784
-    case vfmsubadd132pd = 785
-    case vfmsubadd132ps = 786
-    case vfmsubadd213pd = 787
-    case vfmsubadd213ps = 788
-    case vfmsubadd231pd = 789
-    case vfmsubadd231ps = 790
-    case vfmsubaddpd = 791
-    case vfmsubaddps = 792
-    case vfmsubpd = 793
-    case vfmsubps = 794
-    case vfmsubsd = 795
-    case vfmsubss = 796
-    case vfnmadd132pd = 797
-    case vfnmadd132ps = 798
-    case vfnmadd132sd = 799
-    case vfnmadd132ss = 800
-    case vfnmadd213pd = 801
-    case vfnmadd213ps = 802
-    case vfnmadd213sd = 803
-    case vfnmadd213ss = 804
-    case vfnmadd231pd = 805
-    case vfnmadd231ps = 806
-    case vfnmadd231sd = 807
-    case vfnmadd231ss = 808
-    case vfnmaddpd = 809
-    case vfnmaddps = 810
-    case vfnmaddsd = 811
-    case vfnmaddss = 812
-    case vfnmsub132pd = 813
-    case vfnmsub132ps = 814
-    case vfnmsub132sd = 815
-    case vfnmsub132ss = 816
-    case vfnmsub213pd = 817
-    case vfnmsub213ps = 818
-    case vfnmsub213sd = 819
-    case vfnmsub213ss = 820
-    case vfnmsub231pd = 821
-    case vfnmsub231ps = 822
-    case vfnmsub231sd = 823
-    case vfnmsub231ss = 824
-    case vfnmsubpd = 825
-    case vfnmsubps = 826
-    case vfnmsubsd = 827
-    case vfnmsubss = 828
-    case vgatherdpd = 829
-    case vgatherdps = 830
-    case vgatherqpd = 831
-    case vgatherqps = 832
-    case vhaddpd = 833
-    case vhaddps = 834
-    case vhsubpd = 835
-    case vhsubps = 836
-    case vinsertf128 = 837
-    case vinsertf32x4 = 838
-    case vinsertf32x8 = 839
-    case vinsertf64x2 = 840
-    case vinsertf64x4 = 841
-    case vinserti128 = 842
-    case vinserti32x4 = 843
-    case vinserti32x8 = 844
-    case vinserti64x2 = 845
-    case vinserti64x4 = 846
-    case vinsertps = 847
-    case vlddqu = 848
-    case vldmxcsr = 849
-    case vmaskmovdqu = 850
-    case vmaskmovpd = 851
-    case vmaskmovps = 852
-    case vmaxpd = 853
-    case vmaxps = 854
-    case vmaxsd = 855
-    case vmaxss = 856
-    case vmcall = 857
-    case vmclear = 858
-    case vmfunc = 859
-    case vminpd = 860
-    case vminps = 861
-    case vminsd = 862
-    case vminss = 863
-    case vmlaunch = 864
-    case vmload = 865
-    case vmmcall = 866
-    case vmovapd = 867
-    case vmovaps = 868
-    case vmovd = 869
-    case vmovddup = 870
-    case vmovdqa = 871
-    case vmovdqa32 = 872
-    case vmovdqa64 = 873
-    case vmovdqu = 874
-    case vmovdqu16 = 875
-    case vmovdqu32 = 876
-    case vmovdqu64 = 877
-    case vmovdqu8 = 878
-    case vmovhlps = 879
-    case vmovhpd = 880
-    case vmovhps = 881
-    case vmovlhps = 882
-    case vmovlpd = 883
-    case vmovlps = 884
-    case vmovmskpd = 885
-    case vmovmskps = 886
-    case vmovntdq = 887
-    case vmovntdqa = 888
-    case vmovntpd = 889
-    case vmovntps = 890
-    case vmovq = 891
-    case vmovsd = 892
-    case vmovshdup = 893
-    case vmovsldup = 894
-    case vmovss = 895
-    case vmovupd = 896
-    case vmovups = 897
-    case vmpsadbw = 898
-    case vmptrld = 899
-    case vmptrst = 900
-    case vmread = 901
-    case vmresume = 902
-    case vmrun = 903
-    case vmsave = 904
-    case vmulpd = 905
-    case vmulps = 906
-    case vmulsd = 907
-    case vmulss = 908
-    case vmwrite = 909
-    case vmxoff = 910
-    case vmxon = 911
-    case vorpd = 912
-    case vorps = 913
-    case vpabsb = 914
-    case vpabsd = 915
-    case vpabsw = 916
-    case vpackssdw = 917
-    case vpacksswb = 918
-    case vpackusdw = 919
-    case vpackuswb = 920
-    case vpaddb = 921
-    case vpaddd = 922
-    case vpaddq = 923
-    case vpaddsb = 924
-    case vpaddsw = 925
-    case vpaddusb = 926
-    case vpaddusw = 927
-    case vpaddw = 928
-    case vpalignr = 929
-    case vpand = 930
-    case vpandd = 931
-    case vpandn = 932
-    case vpandnd = 933
-    case vpandnq = 934
-    case vpandq = 935
-    case vpavgb = 936
-    case vpavgw = 937
-    case vpblendd = 938
-    case vpblendmb = 939
-    case vpblendmd = 940
-    case vpblendmq = 941
-    case vpblendmw = 942
-    case vpblendvb = 943
-    case vpblendw = 944
-    case vpbroadcastb = 945
-    case vpbroadcastd = 946
-    case vpbroadcastmb2q = 947
-    case vpbroadcastmw2d = 948
-    case vpbroadcastq = 949
-    case vpbroadcastw = 950
-    case vpclmulqdq = 951
-    case vpcmpb = 952
-    case vpcmpd = 953
-    case vpcmpeqb = 954
-    case vpcmpeqd = 955
-    case vpcmpeqq = 956
-    case vpcmpeqw = 957
-    case vpcmpestri = 958
-    case vpcmpestrm = 959
-    case vpcmpgtb = 960
-    case vpcmpgtd = 961
-    case vpcmpgtq = 962
-    case vpcmpgtw = 963
-    case vpcmpistri = 964
-    case vpcmpistrm = 965
-    case vpcmpq = 966
-    case vpcmpub = 967
-    case vpcmpud = 968
-    case vpcmpuq = 969
-    case vpcmpuw = 970
-    case vpcmpw = 971
-    case vpcompressd = 972
-    case vpcompressq = 973
-    case vperm2f128 = 974
-    case vperm2i128 = 975
-    case vpermb = 976
-    case vpermd = 977
-    case vpermi2d = 978
-    case vpermi2q = 979
-    case vpermilpd = 980
-    case vpermilps = 981
-    case vpermpd = 982
-    case vpermps = 983
-    case vpermq = 984
-    case vpermt2b = 985
-    case vpermt2d = 986
-    case vpermt2q = 987
-    case vpermt2w = 988
-    case vpermw = 989
-    case vpexpandd = 990
-    case vpexpandq = 991
-    case vpextrb = 992
-    case vpextrd = 993
-    case vpextrq = 994
-    case vpextrw = 995
-    case vpgatherdd = 996
-    case vpgatherdq = 997
-    case vpgatherqd = 998
-    case vpgatherqq = 999
-    case vphaddd = 1000
-    case vphaddsw = 1001
-    case vphaddw = 1002
-    case vphminposuw = 1003
-    case vphsubd = 1004
-    case vphsubsw = 1005
-    case vphsubw = 1006
-    case vpinsrb = 1007
-    case vpinsrd = 1008
-    case vpinsrq = 1009
-    case vpinsrw = 1010
-    case vpmaddubsw = 1011
-    case vpmaddwd = 1012
-    case vpmaskmovd = 1013
-    case vpmaskmovq = 1014
-    case vpmaxsb = 1015
-    case vpmaxsd = 1016
-    case vpmaxsq = 1017
-    case vpmaxsw = 1018
-    case vpmaxub = 1019
-    case vpmaxud = 1020
-    case vpmaxuq = 1021
-    case vpmaxuw = 1022
-    case vpminsb = 1023
-    case vpminsd = 1024
-    case vpminsq = 1025
-    case vpminsw = 1026
-    case vpminub = 1027
-    case vpminud = 1028
-    case vpminuq = 1029
-    case vpminuw = 1030
-    case vpmovb2m = 1031
-    case vpmovd2m = 1032
-    case vpmovdb = 1033
-    case vpmovdw = 1034
-    case vpmovm2b = 1035
-    case vpmovm2d = 1036
-    case vpmovm2q = 1037
-    case vpmovm2w = 1038
-    case vpmovmskb = 1039
-    case vpmovq2m = 1040
-    case vpmovqb = 1041
-    case vpmovqd = 1042
-    case vpmovqw = 1043
-    case vpmovsxbd = 1044
-    case vpmovsxbq = 1045
-    case vpmovsxbw = 1046
-    case vpmovsxdq = 1047
-    case vpmovsxwd = 1048
-    case vpmovsxwq = 1049
-    case vpmovw2m = 1050
-    case vpmovwb = 1051
-    case vpmovzxbd = 1052
-    case vpmovzxbq = 1053
-    case vpmovzxbw = 1054
-    case vpmovzxdq = 1055
-    case vpmovzxwd = 1056
-    case vpmovzxwq = 1057
-    case vpmuldq = 1058
-    case vpmulhrsw = 1059
-    case vpmulhuw = 1060
-    case vpmulhw = 1061
-    case vpmulld = 1062
-    case vpmullq = 1063
-    case vpmullw = 1064
-    case vpmuludq = 1065
-    case vpor = 1066
-    case vpord = 1067
-    case vporq = 1068
-    case vprold = 1069
-    case vprolq = 1070
-    case vprord = 1071
-    case vprorq = 1072
-    case vpsadbw = 1073
-    case vpshufb = 1074
-    case vpshufd = 1075
-    case vpshufhw = 1076
-    case vpshuflw = 1077
-    case vpsignb = 1078
-    case vpsignd = 1079
-    case vpsignw = 1080
-    case vpslld = 1081
-    case vpslldq = 1082
-    case vpsllq = 1083
-    case vpsllvd = 1084
-    case vpsllvq = 1085
-    case vpsllw = 1086
-    case vpsrad = 1087
-    case vpsraq = 1088
-    case vpsravd = 1089
-    case vpsraw = 1090
-    case vpsrld = 1091
-    case vpsrldq = 1092
-    case vpsrlq = 1093
-    case vpsrlvd = 1094
-    case vpsrlvq = 1095
-    case vpsrlw = 1096
-    case vpsubb = 1097
-    case vpsubd = 1098
-    case vpsubq = 1099
-    case vpsubsb = 1100
-    case vpsubsw = 1101
-    case vpsubusb = 1102
-    case vpsubusw = 1103
-    case vpsubw = 1104
-    case vpternlogd = 1105
-    case vpternlogq = 1106
-    case vptest = 1107
-    case vptestmb = 1108
-    case vptestmd = 1109
-    case vptestmq = 1110
-    case vptestmw = 1111
-    case vptestnmb = 1112
-    case vptestnmd = 1113
-    case vptestnmq = 1114
-    case vptestnmw = 1115
-    case vpunpckhbw = 1116
-    case vpunpckhdq = 1117
-    case vpunpckhqdq = 1118
-    case vpunpckhwd = 1119
-    case vpunpcklbw = 1120
-    case vpunpckldq = 1121
-    case vpunpcklqdq = 1122
-    case vpunpcklwd = 1123
-    case vpxor = 1124
-    case vpxord = 1125
-    case vpxorq = 1126
-    case vrcpps = 1127
-    case vrcpss = 1128
-    case vroundpd = 1129
-    case vroundps = 1130
-    case vroundsd = 1131
-    case vroundss = 1132
-    case vrsqrtps = 1133
-    case vrsqrtss = 1134
-    case vshuff32x4 = 1135
-    case vshuff64x2 = 1136
-    case vshufi32x4 = 1137
-    case vshufi64x2 = 1138
-    case vshufpd = 1139
-    case vshufps = 1140
-    case vsqrtpd = 1141
-    case vsqrtps = 1142
-    case vsqrtsd = 1143
-    case vsqrtss = 1144
-    case vstmxcsr = 1145
-    case vsubpd = 1146
-    case vsubps = 1147
-    case vsubsd = 1148
-    case vsubss = 1149
-    case vtestpd = 1150
-    case vtestps = 1151
-    case vucomisd = 1152
-    case vucomiss = 1153
-    case vunpckhpd = 1154
-    case vunpckhps = 1155
-    case vunpcklpd = 1156
-    case vunpcklps = 1157
-    case vxorpd = 1158
-    case vxorps = 1159
-    case vzeroall = 1160
-    case vzeroupper = 1161
-    case wbinvd = 1162
-    case wbnoinvd = 1163
-    case wrfsbase = 1164
-    case wrgsbase = 1165
-    case wrmsr = 1166
-    case wrpkru = 1167
-    case xabort = 1168
-    case xadd = 1169
-    case xbegin = 1170
-    case xchg = 1171
-    case xend = 1172
-    case xgetbv = 1173
-    case xlat = 1174
-    case xor = 1175
-    case xorpd = 1176
-    case xorps = 1177
-    case xrstor = 1178
-    case xrstors = 1179
-    case xsave = 1180
-    case xsavec = 1181
-    case xsaveopt = 1182
-    case xsaves = 1183
-    case xsetbv = 1184
-    case xtest = 1185
+    case blcfill = 29
+    case blci = 30
+    case blcic = 31
+    case blcmsk = 32
+    case blcs = 33
+    case blendpd = 34
+    case blendps = 35
+    case blendvpd = 36
+    case blendvps = 37
+    case blsfill = 38
+    case blsi = 39
+    case blsic = 40
+    case blsmsk = 41
+    case blsr = 42
+    case bound = 43
+    case bsf = 44
+    case bsr = 45
+    case bswap = 46
+    case bt = 47
+    case btc = 48
+    case btr = 49
+    case bts = 50
+    case bzhi = 51
+    case call = 52
+    case cbw = 53
+    case cdq = 54
+    case cdqe = 55
+    case clac = 56
+    case clc = 57
+    case cld = 58
+    case clflush = 59
+    case clflushopt = 60
+    case clgi = 61
+    case cli = 62
+    case clts = 63
+    case clwb = 64
+    case clzero = 65
+    case cmc = 66
+    case cmova = 67
+    case cmovae = 68
+    case cmovb = 69
+    case cmovbe = 70
+    case cmove = 71
+    case cmovg = 72
+    case cmovge = 73
+    case cmovl = 74
+    case cmovle = 75
+    case cmovne = 76
+    case cmovno = 77
+    case cmovnp = 78
+    case cmovns = 79
+    case cmovo = 80
+    case cmovp = 81
+    case cmovs = 82
+    case cmp = 83
+    case cmppd = 84
+    case cmpps = 85
+    case cmps = 86
+    case cmpsd = 87
+    case cmpss = 88
+    case cmpxchg = 89
+    case cmpxchg16b = 90
+    case cmpxchg8b = 91
+    case comisd = 92
+    case comiss = 93
+    case cpuid = 94
+    case cqo = 95
+    case crc32 = 96
+    case cvtdq2pd = 97
+    case cvtdq2ps = 98
+    case cvtpd2dq = 99
+    case cvtpd2pi = 100
+    case cvtpd2ps = 101
+    case cvtpi2pd = 102
+    case cvtpi2ps = 103
+    case cvtps2dq = 104
+    case cvtps2pd = 105
+    case cvtps2pi = 106
+    case cvtsd2si = 107
+    case cvtsd2ss = 108
+    case cvtsi2sd = 109
+    case cvtsi2ss = 110
+    case cvtss2sd = 111
+    case cvtss2si = 112
+    case cvttpd2dq = 113
+    case cvttpd2pi = 114
+    case cvttps2dq = 115
+    case cvttps2pi = 116
+    case cvttsd2si = 117
+    case cvttss2si = 118
+    case cwd = 119
+    case cwde = 120
+    case daa = 121
+    case das = 122
+    case dec = 123
+    case div = 124
+    case divpd = 125
+    case divps = 126
+    case divsd = 127
+    case divss = 128
+    case dppd = 129
+    case dpps = 130
+    case emms = 131
+    case encls = 132
+    case enclu = 133
+    case enclv = 134
+    case endbr32 = 135
+    case endbr64 = 136
+    case enqcmd = 137
+    case enter = 138
+    case extractps = 139
+    case extrq = 140
+    case f2xm1 = 141
+    case fabs = 142
+    case fadd = 143
+    case faddp = 144
+    case fbld = 145
+    case fbstp = 146
+    case fchs = 147
+    case fcmovb = 148
+    case fcmovbe = 149
+    case fcmove = 150
+    case fcmovnb = 151
+    case fcmovnbe = 152
+    case fcmovne = 153
+    case fcmovnu = 154
+    case fcmovu = 155
+    case fcom = 156
+    case fcom2 = 157
+    case fcomi = 158
+    case fcomip = 159
+    case fcomp = 160
+    case fcomp3 = 161
+    case fcomp5 = 162
+    case fcompp = 163
+    case fcos = 164
+    case fdecstp = 165
+    case fdiv = 166
+    case fdivp = 167
+    case fdivr = 168
+    case fdivrp = 169
+    case femms = 170
+    case ffree = 171
+    case ffreep = 172
+    case fiadd = 173
+    case ficom = 174
+    case ficomp = 175
+    case fidiv = 176
+    case fidivr = 177
+    case fild = 178
+    case fimul = 179
+    case fincstp = 180
+    case fist = 181
+    case fistp = 182
+    case fisttp = 183
+    case fisub = 184
+    case fisubr = 185
+    case fld = 186
+    case fld1 = 187
+    case fldcw = 188
+    case fldenv = 189
+    case fldl2e = 190
+    case fldl2t = 191
+    case fldlg2 = 192
+    case fldln2 = 193
+    case fldpi = 194
+    case fldz = 195
+    case fmul = 196
+    case fmulp = 197
+    case fnclex = 198
+    case fndisi = 199
+    case fneni = 200
+    case fninit = 201
+    case fnop = 202
+    case fnsave = 203
+    case fnsetpm = 204
+    case fnstcw = 205
+    case fnstenv = 206
+    case fnstsw = 207
+    case fpatan = 208
+    case fprem = 209
+    case fprem1 = 210
+    case fptan = 211
+    case frndint = 212
+    case frstor = 213
+    case fscale = 214
+    case fsin = 215
+    case fsincos = 216
+    case fsqrt = 217
+    case fst = 218
+    case fstp = 219
+    case fstp1 = 220
+    case fstp8 = 221
+    case fstp9 = 222
+    case fsub = 223
+    case fsubp = 224
+    case fsubr = 225
+    case fsubrp = 226
+    case ftst = 227
+    case fucom = 228
+    case fucomi = 229
+    case fucomip = 230
+    case fucomp = 231
+    case fucompp = 232
+    case fwait = 233
+    case fxam = 234
+    case fxch = 235
+    case fxch4 = 236
+    case fxch7 = 237
+    case fxrstor = 238
+    case fxsave = 239
+    case fxtract = 240
+    case fyl2x = 241
+    case fyl2xp1 = 242
+    case getsec = 243
+    case haddpd = 244
+    case haddps = 245
+    case hlt = 246
+    case hsubpd = 247
+    case hsubps = 248
+    case idiv = 249
+    case imul = 250
+    case `in` = 251
+    case inc = 252
+    case incsspd = 253
+    case incsspq = 254
+    case ins = 255
+    case insertps = 256
+    case insertq = 257
+    case int = 258
+    case int1 = 259
+    case int3 = 260
+    case into = 261
+    case invd = 262
+    case invept = 263
+    case invlpg = 264
+    case invlpga = 265
+    case invpcid = 266
+    case invvpid = 267
+    case iret = 268
+    case iretd = 269
+    case iretq = 270
+    case ja = 271
+    case jae = 272
+    case jb = 273
+    case jbe = 274
+    case jcxz = 275
+    case je = 276
+    case jecxz = 277
+    case jg = 278
+    case jge = 279
+    case jl = 280
+    case jle = 281
+    case jmp = 282
+    case jne = 283
+    case jno = 284
+    case jnp = 285
+    case jns = 286
+    case jo = 287
+    case jp = 288
+    case jrcxz = 289
+    case js = 290
+    case kandb = 291
+    case kandd = 292
+    case kandnb = 293
+    case kandnd = 294
+    case kandnq = 295
+    case kandnw = 296
+    case kandq = 297
+    case kandw = 298
+    case kmovb = 299
+    case kmovd = 300
+    case kmovq = 301
+    case kmovw = 302
+    case knotb = 303
+    case knotd = 304
+    case knotq = 305
+    case knotw = 306
+    case korb = 307
+    case kord = 308
+    case korq = 309
+    case kortestb = 310
+    case kortestd = 311
+    case kortestq = 312
+    case kortestw = 313
+    case korw = 314
+    case kshiftlb = 315
+    case kshiftld = 316
+    case kshiftlq = 317
+    case kshiftlw = 318
+    case kshiftrb = 319
+    case kshiftrd = 320
+    case kshiftrq = 321
+    case kshiftrw = 322
+    case ktestb = 323
+    case ktestd = 324
+    case ktestq = 325
+    case ktestw = 326
+    case kunpckbw = 327
+    case kunpckdq = 328
+    case kunpckwd = 329
+    case kxnorb = 330
+    case kxnord = 331
+    case kxnorq = 332
+    case kxnorw = 333
+    case kxorb = 334
+    case kxord = 335
+    case kxorq = 336
+    case kxorw = 337
+    case lahf = 338
+    case lar = 339
+    case lddqu = 340
+    case ldmxcsr = 341
+    case lds = 342
+    case lea = 343
+    case leave = 344
+    case les = 345
+    case lfence = 346
+    case lfs = 347
+    case lgdt = 348
+    case lgs = 349
+    case lidt = 350
+    case lldt = 351
+    case llwpcb = 352
+    case lmsw = 353
+    case lods = 354
+    case loop = 355
+    case loope = 356
+    case loopne = 357
+    case lsl = 358
+    case lss = 359
+    case ltr = 360
+    case lwpins = 361
+    case lwpval = 362
+    case lzcnt = 363
+    case maskmovdqu = 364
+    case maskmovq = 365
+    case maxpd = 366
+    case maxps = 367
+    case maxsd = 368
+    case maxss = 369
+    case mfence = 370
+    case minpd = 371
+    case minps = 372
+    case minsd = 373
+    case minss = 374
+    case monitor = 375
+    case monitorx = 376
+    case mov = 377
+    case movapd = 378
+    case movaps = 379
+    case movbe = 380
+    case movd = 381
+    case movddup = 382
+    case movdiri = 383
+    case movdq2q = 384
+    case movdqa = 385
+    case movdqu = 386
+    case movhlps = 387
+    case movhpd = 388
+    case movhps = 389
+    case movlhps = 390
+    case movlpd = 391
+    case movlps = 392
+    case movmskpd = 393
+    case movmskps = 394
+    case movntdq = 395
+    case movntdqa = 396
+    case movnti = 397
+    case movntpd = 398
+    case movntps = 399
+    case movntq = 400
+    case movq = 401
+    case movq2dq = 402
+    case movs = 403
+    case movsd = 404
+    case movshdup = 405
+    case movsldup = 406
+    case movss = 407
+    case movsx = 408
+    case movsxd = 409
+    case movupd = 410
+    case movups = 411
+    case movzx = 412
+    case mpsadbw = 413
+    case mul = 414
+    case mulpd = 415
+    case mulps = 416
+    case mulsd = 417
+    case mulss = 418
+    case mulx = 419
+    case mwait = 420
+    case mwaitx = 421
+    case neg = 422
+    case nop = 423
+    case not = 424
+    case or = 425
+    case orpd = 426
+    case orps = 427
+    case out = 428
+    case outs = 429
+    case pabsb = 430
+    case pabsd = 431
+    case pabsw = 432
+    case packssdw = 433
+    case packsswb = 434
+    case packusdw = 435
+    case packuswb = 436
+    case paddb = 437
+    case paddd = 438
+    case paddq = 439
+    case paddsb = 440
+    case paddsw = 441
+    case paddusb = 442
+    case paddusw = 443
+    case paddw = 444
+    case palignr = 445
+    case pand = 446
+    case pandn = 447
+    case pause = 448
+    case pavgb = 449
+    case pavgw = 450
+    case pblendvb = 451
+    case pblendw = 452
+    case pclmulqdq = 453
+    case pcmpeqb = 454
+    case pcmpeqd = 455
+    case pcmpeqq = 456
+    case pcmpeqw = 457
+    case pcmpestri = 458
+    case pcmpestrm = 459
+    case pcmpgtb = 460
+    case pcmpgtd = 461
+    case pcmpgtq = 462
+    case pcmpgtw = 463
+    case pcmpistri = 464
+    case pcmpistrm = 465
+    case pdep = 466
+    case pext = 467
+    case pextrb = 468
+    case pextrd = 469
+    case pextrq = 470
+    case pextrw = 471
+    case phaddd = 472
+    case phaddsw = 473
+    case phaddw = 474
+    case phminposuw = 475
+    case phsubd = 476
+    case phsubsw = 477
+    case phsubw = 478
+    case pinsrb = 479
+    case pinsrd = 480
+    case pinsrq = 481
+    case pinsrw = 482
+    case pmaddubsw = 483
+    case pmaddwd = 484
+    case pmaxsb = 485
+    case pmaxsd = 486
+    case pmaxsw = 487
+    case pmaxub = 488
+    case pmaxud = 489
+    case pmaxuw = 490
+    case pminsb = 491
+    case pminsd = 492
+    case pminsw = 493
+    case pminub = 494
+    case pminud = 495
+    case pminuw = 496
+    case pmovmskb = 497
+    case pmovsxbd = 498
+    case pmovsxbq = 499
+    case pmovsxbw = 500
+    case pmovsxdq = 501
+    case pmovsxwd = 502
+    case pmovsxwq = 503
+    case pmovzxbd = 504
+    case pmovzxbq = 505
+    case pmovzxbw = 506
+    case pmovzxdq = 507
+    case pmovzxwd = 508
+    case pmovzxwq = 509
+    case pmuldq = 510
+    case pmulhrsw = 511
+    case pmulhuw = 512
+    case pmulhw = 513
+    case pmulld = 514
+    case pmullw = 515
+    case pmuludq = 516
+    case pop = 517
+    case popa = 518
+    case popad = 519
+    case popcnt = 520
+    case popf = 521
+    case popfd = 522
+    case popfq = 523
+    case por = 524
+    case prefetch = 525
+    case prefetchnta = 526
+    case prefetcht0 = 527
+    case prefetcht1 = 528
+    case prefetcht2 = 529
+    case prefetchw = 530
+    case prefetchwt1 = 531
+    case psadbw = 532
+    case pshufb = 533
+    case pshufd = 534
+    case pshufhw = 535
+    case pshuflw = 536
+    case pshufw = 537
+    case psignb = 538
+    case psignd = 539
+    case psignw = 540
+    case pslld = 541
+    case pslldq = 542
+    case psllq = 543
+    case psllw = 544
+    case psrad = 545
+    case psraw = 546
+    case psrld = 547
+    case psrldq = 548
+    case psrlq = 549
+    case psrlw = 550
+    case psubb = 551
+    case psubd = 552
+    case psubq = 553
+    case psubsb = 554
+    case psubsw = 555
+    case psubusb = 556
+    case psubusw = 557
+    case psubw = 558
+    case ptest = 559
+    case ptwrite = 560
+    case punpckhbw = 561
+    case punpckhdq = 562
+    case punpckhqdq = 563
+    case punpckhwd = 564
+    case punpcklbw = 565
+    case punpckldq = 566
+    case punpcklqdq = 567
+    case punpcklwd = 568
+    case push = 569
+    case pusha = 570
+    case pushad = 571
+    case pushf = 572
+    case pushfd = 573
+    case pushfq = 574
+    case pxor = 575
+    case rcl = 576
+    case rcpps = 577
+    case rcpss = 578
+    case rcr = 579
+    case rdfsbase = 580
+    case rdgsbase = 581
+    case rdmsr = 582
+    case rdpid = 583
+    case rdpkru = 584
+    case rdpmc = 585
+    case rdpru = 586
+    case rdrand = 587
+    case rdseed = 588
+    case rdtsc = 589
+    case rdtscp = 590
+    case ret = 591
+    case retf = 592
+    case rol = 593
+    case ror = 594
+    case rorx = 595
+    case roundpd = 596
+    case roundps = 597
+    case roundsd = 598
+    case roundss = 599
+    case rsm = 600
+    case rsqrtps = 601
+    case rsqrtss = 602
+    case sahf = 603
+    case sal = 604
+    case salc = 605
+    case sar = 606
+    case sarx = 607
+    case sbb = 608
+    case scas = 609
+    case serialize = 610
+    case seta = 611
+    case setae = 612
+    case setb = 613
+    case setbe = 614
+    case sete = 615
+    case setg = 616
+    case setge = 617
+    case setl = 618
+    case setle = 619
+    case setne = 620
+    case setno = 621
+    case setnp = 622
+    case setns = 623
+    case seto = 624
+    case setp = 625
+    case sets = 626
+    case sfence = 627
+    case sgdt = 628
+    case sha1msg1 = 629
+    case sha1msg2 = 630
+    case sha1nexte = 631
+    case sha1rnds4 = 632
+    case sha256msg1 = 633
+    case sha256msg2 = 634
+    case sha256rnds2 = 635
+    case shl = 636
+    case shld = 637
+    case shlx = 638
+    case shr = 639
+    case shrd = 640
+    case shrx = 641
+    case shufpd = 642
+    case shufps = 643
+    case sidt = 644
+    case skinit = 645
+    case sldt = 646
+    case slwpcb = 647
+    case smsw = 648
+    case sqrtpd = 649
+    case sqrtps = 650
+    case sqrtsd = 651
+    case sqrtss = 652
+    case stac = 653
+    case stc = 654
+    case std = 655
+    case stgi = 656
+    case sti = 657
+    case stmxcsr = 658
+    case stos = 659
+    case str = 660
+    case sub = 661
+    case subpd = 662
+    case subps = 663
+    case subsd = 664
+    case subss = 665
+    case swapgs = 666
+    case syscall = 667
+    case sysenter = 668
+    case sysexit = 669
+    case sysexitq = 670
+    case sysret = 671
+    case sysretq = 672
+    case t1mskc = 673
+    case test = 674
+    case tpause = 675
+    case tzcnt = 676
+    case tzmsk = 677
+    case ucomisd = 678
+    case ucomiss = 679
+    case ud0 = 680
+    case ud1 = 681
+    case ud2 = 682
+    case umonitor = 683
+    case umwait = 684
+    case unpckhpd = 685
+    case unpckhps = 686
+    case unpcklpd = 687
+    case unpcklps = 688
+    case vaddpd = 689
+    case vaddps = 690
+    case vaddsd = 691
+    case vaddss = 692
+    case vaddsubpd = 693
+    case vaddsubps = 694
+    case vaesdec = 695
+    case vaesdeclast = 696
+    case vaesenc = 697
+    case vaesenclast = 698
+    case vaesimc = 699
+    case vaeskeygenassist = 700
+    case valignd = 701
+    case valignq = 702
+    case vandnpd = 703
+    case vandnps = 704
+    case vandpd = 705
+    case vandps = 706
+    case vblendpd = 707
+    case vblendps = 708
+    case vblendvpd = 709
+    case vblendvps = 710
+    case vbroadcastf128 = 711
+    case vbroadcasti128 = 712
+    case vbroadcastsd = 713
+    case vbroadcastss = 714
+    case vcmppd = 715
+    case vcmpps = 716
+    case vcmpsd = 717
+    case vcmpss = 718
+    case vcomisd = 719
+    case vcomiss = 720
+    case vcompresspd = 721
+    case vcompressps = 722
+    case vcvtdq2pd = 723
+    case vcvtdq2ps = 724
+    case vcvtpd2dq = 725
+    case vcvtpd2ps = 726
+    case vcvtph2ps = 727
+    case vcvtps2dq = 728
+    case vcvtps2pd = 729
+    case vcvtps2ph = 730
+    case vcvtsd2si = 731
+    case vcvtsd2ss = 732
+    case vcvtsi2sd = 733
+    case vcvtsi2ss = 734
+    case vcvtss2sd = 735
+    case vcvtss2si = 736
+    case vcvttpd2dq = 737
+    case vcvttps2dq = 738
+    case vcvttsd2si = 739
+    case vcvttss2si = 740
+    case vdivpd = 741
+    case vdivps = 742
+    case vdivsd = 743
+    case vdivss = 744
+    case vdppd = 745
+    case vdpps = 746
+    case verr = 747
+    case verw = 748
+    case vexpandpd = 749
+    case vexpandps = 750
+    case vextractf128 = 751
+    case vextractf32x4 = 752
+    case vextractf32x8 = 753
+    case vextractf64x2 = 754
+    case vextractf64x4 = 755
+    case vextracti128 = 756
+    case vextracti32x4 = 757
+    case vextracti32x8 = 758
+    case vextracti64x2 = 759
+    case vextracti64x4 = 760
+    case vextractps = 761
+    case vfmadd132pd = 762
+    case vfmadd132ps = 763
+    case vfmadd132sd = 764
+    case vfmadd132ss = 765
+    case vfmadd213pd = 766
+    case vfmadd213ps = 767
+    case vfmadd213sd = 768
+    case vfmadd213ss = 769
+    case vfmadd231pd = 770
+    case vfmadd231ps = 771
+    case vfmadd231sd = 772
+    case vfmadd231ss = 773
+    case vfmaddpd = 774
+    case vfmaddps = 775
+    case vfmaddsd = 776
+    case vfmaddss = 777
+    case vfmaddsub132pd = 778
+    case vfmaddsub132ps = 779
+    case vfmaddsub213pd = 780
+    case vfmaddsub213ps = 781
+    case vfmaddsub231pd = 782
+    case vfmaddsub231ps = 783
+    case vfmaddsubpd = 784
+    case vfmaddsubps = 785
+    case vfmsub132pd = 786
+    case vfmsub132ps = 787
+    case vfmsub132sd = 788
+    case vfmsub132ss = 789
+    case vfmsub213pd = 790
+    case vfmsub213ps = 791
+    case vfmsub213sd = 792
+    case vfmsub213ss = 793
+    case vfmsub231pd = 794
+    case vfmsub231ps = 795
+    case vfmsub231sd = 796
+    case vfmsub231ss = 797
+    case vfmsubadd132pd = 798
+    case vfmsubadd132ps = 799
+    case vfmsubadd213pd = 800
+    case vfmsubadd213ps = 801
+    case vfmsubadd231pd = 802
+    case vfmsubadd231ps = 803
+    case vfmsubaddpd = 804
+    case vfmsubaddps = 805
+    case vfmsubpd = 806
+    case vfmsubps = 807
+    case vfmsubsd = 808
+    case vfmsubss = 809
+    case vfnmadd132pd = 810
+    case vfnmadd132ps = 811
+    case vfnmadd132sd = 812
+    case vfnmadd132ss = 813
+    case vfnmadd213pd = 814
+    case vfnmadd213ps = 815
+    case vfnmadd213sd = 816
+    case vfnmadd213ss = 817
+    case vfnmadd231pd = 818
+    case vfnmadd231ps = 819
+    case vfnmadd231sd = 820
+    case vfnmadd231ss = 821
+    case vfnmaddpd = 822
+    case vfnmaddps = 823
+    case vfnmaddsd = 824
+    case vfnmaddss = 825
+    case vfnmsub132pd = 826
+    case vfnmsub132ps = 827
+    case vfnmsub132sd = 828
+    case vfnmsub132ss = 829
+    case vfnmsub213pd = 830
+    case vfnmsub213ps = 831
+    case vfnmsub213sd = 832
+    case vfnmsub213ss = 833
+    case vfnmsub231pd = 834
+    case vfnmsub231ps = 835
+    case vfnmsub231sd = 836
+    case vfnmsub231ss = 837
+    case vfnmsubpd = 838
+    case vfnmsubps = 839
+    case vfnmsubsd = 840
+    case vfnmsubss = 841
+    case vfrczpd = 842
+    case vfrczps = 843
+    case vfrczsd = 844
+    case vfrczss = 845
+    case vgatherdpd = 846
+    case vgatherdps = 847
+    case vgatherqpd = 848
+    case vgatherqps = 849
+    case vhaddpd = 850
+    case vhaddps = 851
+    case vhsubpd = 852
+    case vhsubps = 853
+    case vinsertf128 = 854
+    case vinsertf32x4 = 855
+    case vinsertf32x8 = 856
+    case vinsertf64x2 = 857
+    case vinsertf64x4 = 858
+    case vinserti128 = 859
+    case vinserti32x4 = 860
+    case vinserti32x8 = 861
+    case vinserti64x2 = 862
+    case vinserti64x4 = 863
+    case vinsertps = 864
+    case vlddqu = 865
+    case vldmxcsr = 866
+    case vmaskmovdqu = 867
+    case vmaskmovpd = 868
+    case vmaskmovps = 869
+    case vmaxpd = 870
+    case vmaxps = 871
+    case vmaxsd = 872
+    case vmaxss = 873
+    case vmcall = 874
+    case vmclear = 875
+    case vmfunc = 876
+    case vminpd = 877
+    case vminps = 878
+    case vminsd = 879
+    case vminss = 880
+    case vmlaunch = 881
+    case vmload = 882
+    case vmmcall = 883
+    case vmovapd = 884
+    case vmovaps = 885
+    case vmovd = 886
+    case vmovddup = 887
+    case vmovdqa = 888
+    case vmovdqa32 = 889
+    case vmovdqa64 = 890
+    case vmovdqu = 891
+    case vmovdqu16 = 892
+    case vmovdqu32 = 893
+    case vmovdqu64 = 894
+    case vmovdqu8 = 895
+    case vmovhlps = 896
+    case vmovhpd = 897
+    case vmovhps = 898
+    case vmovlhps = 899
+    case vmovlpd = 900
+    case vmovlps = 901
+    case vmovmskpd = 902
+    case vmovmskps = 903
+    case vmovntdq = 904
+    case vmovntdqa = 905
+    case vmovntpd = 906
+    case vmovntps = 907
+    case vmovq = 908
+    case vmovsd = 909
+    case vmovshdup = 910
+    case vmovsldup = 911
+    case vmovss = 912
+    case vmovupd = 913
+    case vmovups = 914
+    case vmpsadbw = 915
+    case vmptrld = 916
+    case vmptrst = 917
+    case vmread = 918
+    case vmresume = 919
+    case vmrun = 920
+    case vmsave = 921
+    case vmulpd = 922
+    case vmulps = 923
+    case vmulsd = 924
+    case vmulss = 925
+    case vmwrite = 926
+    case vmxoff = 927
+    case vmxon = 928
+    case vorpd = 929
+    case vorps = 930
+    case vpabsb = 931
+    case vpabsd = 932
+    case vpabsw = 933
+    case vpackssdw = 934
+    case vpacksswb = 935
+    case vpackusdw = 936
+    case vpackuswb = 937
+    case vpaddb = 938
+    case vpaddd = 939
+    case vpaddq = 940
+    case vpaddsb = 941
+    case vpaddsw = 942
+    case vpaddusb = 943
+    case vpaddusw = 944
+    case vpaddw = 945
+    case vpalignr = 946
+    case vpand = 947
+    case vpandd = 948
+    case vpandn = 949
+    case vpandnd = 950
+    case vpandnq = 951
+    case vpandq = 952
+    case vpavgb = 953
+    case vpavgw = 954
+    case vpblendd = 955
+    case vpblendmb = 956
+    case vpblendmd = 957
+    case vpblendmq = 958
+    case vpblendmw = 959
+    case vpblendvb = 960
+    case vpblendw = 961
+    case vpbroadcastb = 962
+    case vpbroadcastd = 963
+    case vpbroadcastmb2q = 964
+    case vpbroadcastmw2d = 965
+    case vpbroadcastq = 966
+    case vpbroadcastw = 967
+    case vpclmulqdq = 968
+    case vpcmov = 969
+    case vpcmpb = 970
+    case vpcmpd = 971
+    case vpcmpeqb = 972
+    case vpcmpeqd = 973
+    case vpcmpeqq = 974
+    case vpcmpeqw = 975
+    case vpcmpestri = 976
+    case vpcmpestrm = 977
+    case vpcmpgtb = 978
+    case vpcmpgtd = 979
+    case vpcmpgtq = 980
+    case vpcmpgtw = 981
+    case vpcmpistri = 982
+    case vpcmpistrm = 983
+    case vpcmpq = 984
+    case vpcmpub = 985
+    case vpcmpud = 986
+    case vpcmpuq = 987
+    case vpcmpuw = 988
+    case vpcmpw = 989
+    case vpcomb = 990
+    case vpcomd = 991
+    case vpcompressd = 992
+    case vpcompressq = 993
+    case vpcomq = 994
+    case vpcomub = 995
+    case vpcomud = 996
+    case vpcomuq = 997
+    case vpcomuw = 998
+    case vpcomw = 999
+    case vperm2f128 = 1000
+    case vperm2i128 = 1001
+    case vpermb = 1002
+    case vpermd = 1003
+    case vpermi2d = 1004
+    case vpermi2q = 1005
+    case vpermilpd = 1006
+    case vpermilps = 1007
+    case vpermpd = 1008
+    case vpermps = 1009
+    case vpermq = 1010
+    case vpermt2b = 1011
+    case vpermt2d = 1012
+    case vpermt2q = 1013
+    case vpermt2w = 1014
+    case vpermw = 1015
+    case vpexpandd = 1016
+    case vpexpandq = 1017
+    case vpextrb = 1018
+    case vpextrd = 1019
+    case vpextrq = 1020
+    case vpextrw = 1021
+    case vpgatherdd = 1022
+    case vpgatherdq = 1023
+    case vpgatherqd = 1024
+    case vpgatherqq = 1025
+    case vphaddbd = 1026
+    case vphaddbq = 1027
+    case vphaddbw = 1028
+    case vphaddd = 1029
+    case vphadddq = 1030
+    case vphaddsw = 1031
+    case vphaddubd = 1032
+    case vphaddubq = 1033
+    case vphaddubw = 1034
+    case vphaddudq = 1035
+    case vphadduwd = 1036
+    case vphadduwq = 1037
+    case vphaddw = 1038
+    case vphaddwd = 1039
+    case vphaddwq = 1040
+    case vphminposuw = 1041
+    case vphsubbw = 1042
+    case vphsubd = 1043
+    case vphsubdq = 1044
+    case vphsubsw = 1045
+    case vphsubw = 1046
+    case vphsubwd = 1047
+    case vpinsrb = 1048
+    case vpinsrd = 1049
+    case vpinsrq = 1050
+    case vpinsrw = 1051
+    case vpmacsdd = 1052
+    case vpmacsdqh = 1053
+    case vpmacsdql = 1054
+    case vpmacssdd = 1055
+    case vpmacssdqh = 1056
+    case vpmacssdql = 1057
+    case vpmacsswd = 1058
+    case vpmacssww = 1059
+    case vpmacswd = 1060
+    case vpmacsww = 1061
+    case vpmadcsswd = 1062
+    case vpmadcswd = 1063
+    case vpmaddubsw = 1064
+    case vpmaddwd = 1065
+    case vpmaskmovd = 1066
+    case vpmaskmovq = 1067
+    case vpmaxsb = 1068
+    case vpmaxsd = 1069
+    case vpmaxsq = 1070
+    case vpmaxsw = 1071
+    case vpmaxub = 1072
+    case vpmaxud = 1073
+    case vpmaxuq = 1074
+    case vpmaxuw = 1075
+    case vpminsb = 1076
+    case vpminsd = 1077
+    case vpminsq = 1078
+    case vpminsw = 1079
+    case vpminub = 1080
+    case vpminud = 1081
+    case vpminuq = 1082
+    case vpminuw = 1083
+    case vpmovb2m = 1084
+    case vpmovd2m = 1085
+    case vpmovdb = 1086
+    case vpmovdw = 1087
+    case vpmovm2b = 1088
+    case vpmovm2d = 1089
+    case vpmovm2q = 1090
+    case vpmovm2w = 1091
+    case vpmovmskb = 1092
+    case vpmovq2m = 1093
+    case vpmovqb = 1094
+    case vpmovqd = 1095
+    case vpmovqw = 1096
+    case vpmovsxbd = 1097
+    case vpmovsxbq = 1098
+    case vpmovsxbw = 1099
+    case vpmovsxdq = 1100
+    case vpmovsxwd = 1101
+    case vpmovsxwq = 1102
+    case vpmovw2m = 1103
+    case vpmovwb = 1104
+    case vpmovzxbd = 1105
+    case vpmovzxbq = 1106
+    case vpmovzxbw = 1107
+    case vpmovzxdq = 1108
+    case vpmovzxwd = 1109
+    case vpmovzxwq = 1110
+    case vpmuldq = 1111
+    case vpmulhrsw = 1112
+    case vpmulhuw = 1113
+    case vpmulhw = 1114
+    case vpmulld = 1115
+    case vpmullq = 1116
+    case vpmullw = 1117
+    case vpmuludq = 1118
+    case vpor = 1119
+    case vpord = 1120
+    case vporq = 1121
+    case vpperm = 1122
+    case vprold = 1123
+    case vprolq = 1124
+    case vprord = 1125
+    case vprorq = 1126
+    case vprotb = 1127
+    case vprotd = 1128
+    case vprotq = 1129
+    case vprotw = 1130
+    case vpsadbw = 1131
+    case vpshab = 1132
+    case vpshad = 1133
+    case vpshaq = 1134
+    case vpshaw = 1135
+    case vpshlb = 1136
+    case vpshld = 1137
+    case vpshlq = 1138
+    case vpshlw = 1139
+    case vpshufb = 1140
+    case vpshufd = 1141
+    case vpshufhw = 1142
+    case vpshuflw = 1143
+    case vpsignb = 1144
+    case vpsignd = 1145
+    case vpsignw = 1146
+    case vpslld = 1147
+    case vpslldq = 1148
+    case vpsllq = 1149
+    case vpsllvd = 1150
+    case vpsllvq = 1151
+    case vpsllw = 1152
+    case vpsrad = 1153
+    case vpsraq = 1154
+    case vpsravd = 1155
+    case vpsraw = 1156
+    case vpsrld = 1157
+    case vpsrldq = 1158
+    case vpsrlq = 1159
+    case vpsrlvd = 1160
+    case vpsrlvq = 1161
+    case vpsrlw = 1162
+    case vpsubb = 1163
+    case vpsubd = 1164
+    case vpsubq = 1165
+    case vpsubsb = 1166
+    case vpsubsw = 1167
+    case vpsubusb = 1168
+    case vpsubusw = 1169
+    case vpsubw = 1170
+    case vpternlogd = 1171
+    case vpternlogq = 1172
+    case vptest = 1173
+    case vptestmb = 1174
+    case vptestmd = 1175
+    case vptestmq = 1176
+    case vptestmw = 1177
+    case vptestnmb = 1178
+    case vptestnmd = 1179
+    case vptestnmq = 1180
+    case vptestnmw = 1181
+    case vpunpckhbw = 1182
+    case vpunpckhdq = 1183
+    case vpunpckhqdq = 1184
+    case vpunpckhwd = 1185
+    case vpunpcklbw = 1186
+    case vpunpckldq = 1187
+    case vpunpcklqdq = 1188
+    case vpunpcklwd = 1189
+    case vpxor = 1190
+    case vpxord = 1191
+    case vpxorq = 1192
+    case vrcpps = 1193
+    case vrcpss = 1194
+    case vroundpd = 1195
+    case vroundps = 1196
+    case vroundsd = 1197
+    case vroundss = 1198
+    case vrsqrtps = 1199
+    case vrsqrtss = 1200
+    case vshuff32x4 = 1201
+    case vshuff64x2 = 1202
+    case vshufi32x4 = 1203
+    case vshufi64x2 = 1204
+    case vshufpd = 1205
+    case vshufps = 1206
+    case vsqrtpd = 1207
+    case vsqrtps = 1208
+    case vsqrtsd = 1209
+    case vsqrtss = 1210
+    case vstmxcsr = 1211
+    case vsubpd = 1212
+    case vsubps = 1213
+    case vsubsd = 1214
+    case vsubss = 1215
+    case vtestpd = 1216
+    case vtestps = 1217
+    case vucomisd = 1218
+    case vucomiss = 1219
+    case vunpckhpd = 1220
+    case vunpckhps = 1221
+    case vunpcklpd = 1222
+    case vunpcklps = 1223
+    case vxorpd = 1224
+    case vxorps = 1225
+    case vzeroall = 1226
+    case vzeroupper = 1227
+    case wbinvd = 1228
+    case wbnoinvd = 1229
+    case wrfsbase = 1230
+    case wrgsbase = 1231
+    case wrmsr = 1232
+    case wrpkru = 1233
+    case xabort = 1234
+    case xadd = 1235
+    case xbegin = 1236
+    case xchg = 1237
+    case xend = 1238
+    case xgetbv = 1239
+    case xlat = 1240
+    case xor = 1241
+    case xorpd = 1242
+    case xorps = 1243
+    case xrstor = 1244
+    case xrstors = 1245
+    case xsave = 1246
+    case xsavec = 1247
+    case xsaveopt = 1248
+    case xsaves = 1249
+    case xsetbv = 1250
+    case xtest = 1251
 
     /// The mnemonic as written in assembly.
     public var name: String { mnemonicNames[Int(rawValue)] }
@@ -1198,152 +1264,160 @@ let mnemonicNames: [String] = [
     "invalid", "aaa", "aad", "aam", "aas", "adc", "adcx", "add",
     "addpd", "addps", "addsd", "addss", "addsubpd", "addsubps", "adox", "aesdec",
     "aesdeclast", "aesenc", "aesenclast", "aesimc", "aeskeygenassist", "and", "andn", "andnpd",
-    "andnps", "andpd", "andps", "arpl", "bextr", "blendpd", "blendps", "blendvpd",
-    "blendvps", "blsi", "blsmsk", "blsr", "bound", "bsf", "bsr", "bswap",
-    "bt", "btc", "btr", "bts", "bzhi", "call", "cbw", "cdq",
-    "cdqe", "clac", "clc", "cld", "clflush", "clflushopt", "clgi", "cli",
-    "clts", "clwb", "clzero", "cmc", "cmova", "cmovae", "cmovb", "cmovbe",
-    "cmove", "cmovg", "cmovge", "cmovl", "cmovle", "cmovne", "cmovno", "cmovnp",
-    "cmovns", "cmovo", "cmovp", "cmovs", "cmp", "cmppd", "cmpps", "cmps",
-    "cmpsd", "cmpss", "cmpxchg", "cmpxchg16b", "cmpxchg8b", "comisd", "comiss", "cpuid",
-    "cqo", "crc32", "cvtdq2pd", "cvtdq2ps", "cvtpd2dq", "cvtpd2pi", "cvtpd2ps", "cvtpi2pd",
-    "cvtpi2ps", "cvtps2dq", "cvtps2pd", "cvtps2pi", "cvtsd2si", "cvtsd2ss", "cvtsi2sd", "cvtsi2ss",
-    "cvtss2sd", "cvtss2si", "cvttpd2dq", "cvttpd2pi", "cvttps2dq", "cvttps2pi", "cvttsd2si", "cvttss2si",
-    "cwd", "cwde", "daa", "das", "dec", "div", "divpd", "divps",
-    "divsd", "divss", "dppd", "dpps", "emms", "encls", "enclu", "enclv",
-    "endbr32", "endbr64", "enqcmd", "enter", "extractps", "extrq", "f2xm1", "fabs",
-    "fadd", "faddp", "fbld", "fbstp", "fchs", "fcmovb", "fcmovbe", "fcmove",
-    "fcmovnb", "fcmovnbe", "fcmovne", "fcmovnu", "fcmovu", "fcom", "fcom2", "fcomi",
-    "fcomip", "fcomp", "fcomp3", "fcomp5", "fcompp", "fcos", "fdecstp", "fdiv",
-    "fdivp", "fdivr", "fdivrp", "femms", "ffree", "ffreep", "fiadd", "ficom",
-    "ficomp", "fidiv", "fidivr", "fild", "fimul", "fincstp", "fist", "fistp",
-    "fisttp", "fisub", "fisubr", "fld", "fld1", "fldcw", "fldenv", "fldl2e",
-    "fldl2t", "fldlg2", "fldln2", "fldpi", "fldz", "fmul", "fmulp", "fnclex",
-    "fndisi", "fneni", "fninit", "fnop", "fnsave", "fnsetpm", "fnstcw", "fnstenv",
-    "fnstsw", "fpatan", "fprem", "fprem1", "fptan", "frndint", "frstor", "fscale",
-    "fsin", "fsincos", "fsqrt", "fst", "fstp", "fstp1", "fstp8", "fstp9",
-    "fsub", "fsubp", "fsubr", "fsubrp", "ftst", "fucom", "fucomi", "fucomip",
-    "fucomp", "fucompp", "fwait", "fxam", "fxch", "fxch4", "fxch7", "fxrstor",
-    "fxsave", "fxtract", "fyl2x", "fyl2xp1", "getsec", "haddpd", "haddps", "hlt",
-    "hsubpd", "hsubps", "idiv", "imul", "in", "inc", "incsspd", "incsspq",
-    "ins", "insertps", "insertq", "int", "int1", "int3", "into", "invd",
-    "invept", "invlpg", "invlpga", "invpcid", "invvpid", "iret", "iretd", "iretq",
-    "ja", "jae", "jb", "jbe", "jcxz", "je", "jecxz", "jg",
-    "jge", "jl", "jle", "jmp", "jne", "jno", "jnp", "jns",
-    "jo", "jp", "jrcxz", "js", "kandb", "kandd", "kandnb", "kandnd",
-    "kandnq", "kandnw", "kandq", "kandw", "kmovb", "kmovd", "kmovq", "kmovw",
-    "knotb", "knotd", "knotq", "knotw", "korb", "kord", "korq", "kortestb",
-    "kortestd", "kortestq", "kortestw", "korw", "kshiftlb", "kshiftld", "kshiftlq", "kshiftlw",
-    "kshiftrb", "kshiftrd", "kshiftrq", "kshiftrw", "ktestb", "ktestd", "ktestq", "ktestw",
-    "kunpckbw", "kunpckdq", "kunpckwd", "kxnorb", "kxnord", "kxnorq", "kxnorw", "kxorb",
-    "kxord", "kxorq", "kxorw", "lahf", "lar", "lddqu", "ldmxcsr", "lds",
-    "lea", "leave", "les", "lfence", "lfs", "lgdt", "lgs", "lidt",
-    "lldt", "lmsw", "lods", "loop", "loope", "loopne", "lsl", "lss",
-    "ltr", "lzcnt", "maskmovdqu", "maskmovq", "maxpd", "maxps", "maxsd", "maxss",
-    "mfence", "minpd", "minps", "minsd", "minss", "monitor", "monitorx", "mov",
-    "movapd", "movaps", "movbe", "movd", "movddup", "movdiri", "movdq2q", "movdqa",
-    "movdqu", "movhlps", "movhpd", "movhps", "movlhps", "movlpd", "movlps", "movmskpd",
-    "movmskps", "movntdq", "movntdqa", "movnti", "movntpd", "movntps", "movntq", "movq",
-    "movq2dq", "movs", "movsd", "movshdup", "movsldup", "movss", "movsx", "movsxd",
-    "movupd", "movups", "movzx", "mpsadbw", "mul", "mulpd", "mulps", "mulsd",
-    "mulss", "mulx", "mwait", "mwaitx", "neg", "nop", "not", "or",
-    "orpd", "orps", "out", "outs", "pabsb", "pabsd", "pabsw", "packssdw",
-    "packsswb", "packusdw", "packuswb", "paddb", "paddd", "paddq", "paddsb", "paddsw",
-    "paddusb", "paddusw", "paddw", "palignr", "pand", "pandn", "pause", "pavgb",
-    "pavgw", "pblendvb", "pblendw", "pclmulqdq", "pcmpeqb", "pcmpeqd", "pcmpeqq", "pcmpeqw",
-    "pcmpestri", "pcmpestrm", "pcmpgtb", "pcmpgtd", "pcmpgtq", "pcmpgtw", "pcmpistri", "pcmpistrm",
-    "pdep", "pext", "pextrb", "pextrd", "pextrq", "pextrw", "phaddd", "phaddsw",
-    "phaddw", "phminposuw", "phsubd", "phsubsw", "phsubw", "pinsrb", "pinsrd", "pinsrq",
-    "pinsrw", "pmaddubsw", "pmaddwd", "pmaxsb", "pmaxsd", "pmaxsw", "pmaxub", "pmaxud",
-    "pmaxuw", "pminsb", "pminsd", "pminsw", "pminub", "pminud", "pminuw", "pmovmskb",
-    "pmovsxbd", "pmovsxbq", "pmovsxbw", "pmovsxdq", "pmovsxwd", "pmovsxwq", "pmovzxbd", "pmovzxbq",
-    "pmovzxbw", "pmovzxdq", "pmovzxwd", "pmovzxwq", "pmuldq", "pmulhrsw", "pmulhuw", "pmulhw",
-    "pmulld", "pmullw", "pmuludq", "pop", "popa", "popad", "popcnt", "popf",
-    "popfd", "popfq", "por", "prefetch", "prefetchnta", "prefetcht0", "prefetcht1", "prefetcht2",
-    "prefetchw", "prefetchwt1", "psadbw", "pshufb", "pshufd", "pshufhw", "pshuflw", "pshufw",
-    "psignb", "psignd", "psignw", "pslld", "pslldq", "psllq", "psllw", "psrad",
-    "psraw", "psrld", "psrldq", "psrlq", "psrlw", "psubb", "psubd", "psubq",
-    "psubsb", "psubsw", "psubusb", "psubusw", "psubw", "ptest", "ptwrite", "punpckhbw",
-    "punpckhdq", "punpckhqdq", "punpckhwd", "punpcklbw", "punpckldq", "punpcklqdq", "punpcklwd", "push",
-    "pusha", "pushad", "pushf", "pushfd", "pushfq", "pxor", "rcl", "rcpps",
-    "rcpss", "rcr", "rdfsbase", "rdgsbase", "rdmsr", "rdpid", "rdpkru", "rdpmc",
-    "rdpru", "rdrand", "rdseed", "rdtsc", "rdtscp", "ret", "retf", "rol",
-    "ror", "rorx", "roundpd", "roundps", "roundsd", "roundss", "rsm", "rsqrtps",
-    "rsqrtss", "sahf", "sal", "salc", "sar", "sarx", "sbb", "scas",
-    "serialize", "seta", "setae", "setb", "setbe", "sete", "setg", "setge",
-    "setl", "setle", "setne", "setno", "setnp", "setns", "seto", "setp",
-    "sets", "sfence", "sgdt", "sha1msg1", "sha1msg2", "sha1nexte", "sha1rnds4", "sha256msg1",
-    "sha256msg2", "sha256rnds2", "shl", "shld", "shlx", "shr", "shrd", "shrx",
-    "shufpd", "shufps", "sidt", "skinit", "sldt", "smsw", "sqrtpd", "sqrtps",
-    "sqrtsd", "sqrtss", "stac", "stc", "std", "stgi", "sti", "stmxcsr",
-    "stos", "str", "sub", "subpd", "subps", "subsd", "subss", "swapgs",
-    "syscall", "sysenter", "sysexit", "sysexitq", "sysret", "sysretq", "test", "tpause",
-    "tzcnt", "ucomisd", "ucomiss", "ud0", "ud1", "ud2", "umonitor", "umwait",
-    "unpckhpd", "unpckhps", "unpcklpd", "unpcklps", "vaddpd", "vaddps", "vaddsd", "vaddss",
-    "vaddsubpd", "vaddsubps", "vaesdec", "vaesdeclast", "vaesenc", "vaesenclast", "vaesimc", "vaeskeygenassist",
-    "valignd", "valignq", "vandnpd", "vandnps", "vandpd", "vandps", "vblendpd", "vblendps",
-    "vblendvpd", "vblendvps", "vbroadcastf128", "vbroadcasti128", "vbroadcastsd", "vbroadcastss", "vcmppd", "vcmpps",
-    "vcmpsd", "vcmpss", "vcomisd", "vcomiss", "vcompresspd", "vcompressps", "vcvtdq2pd", "vcvtdq2ps",
-    "vcvtpd2dq", "vcvtpd2ps", "vcvtph2ps", "vcvtps2dq", "vcvtps2pd", "vcvtps2ph", "vcvtsd2si", "vcvtsd2ss",
-    "vcvtsi2sd", "vcvtsi2ss", "vcvtss2sd", "vcvtss2si", "vcvttpd2dq", "vcvttps2dq", "vcvttsd2si", "vcvttss2si",
-    "vdivpd", "vdivps", "vdivsd", "vdivss", "vdppd", "vdpps", "verr", "verw",
-    "vexpandpd", "vexpandps", "vextractf128", "vextractf32x4", "vextractf32x8", "vextractf64x2", "vextractf64x4", "vextracti128",
-    "vextracti32x4", "vextracti32x8", "vextracti64x2", "vextracti64x4", "vextractps", "vfmadd132pd", "vfmadd132ps", "vfmadd132sd",
-    "vfmadd132ss", "vfmadd213pd", "vfmadd213ps", "vfmadd213sd", "vfmadd213ss", "vfmadd231pd", "vfmadd231ps", "vfmadd231sd",
-    "vfmadd231ss", "vfmaddpd", "vfmaddps", "vfmaddsd", "vfmaddss", "vfmaddsub132pd", "vfmaddsub132ps", "vfmaddsub213pd",
-    "vfmaddsub213ps", "vfmaddsub231pd", "vfmaddsub231ps", "vfmaddsubpd", "vfmaddsubps", "vfmsub132pd", "vfmsub132ps", "vfmsub132sd",
-    "vfmsub132ss", "vfmsub213pd", "vfmsub213ps", "vfmsub213sd", "vfmsub213ss", "vfmsub231pd", "vfmsub231ps", "vfmsub231sd",
-    "vfmsub231ss", "vfmsubadd132pd", "vfmsubadd132ps", "vfmsubadd213pd", "vfmsubadd213ps", "vfmsubadd231pd", "vfmsubadd231ps", "vfmsubaddpd",
-    "vfmsubaddps", "vfmsubpd", "vfmsubps", "vfmsubsd", "vfmsubss", "vfnmadd132pd", "vfnmadd132ps", "vfnmadd132sd",
-    "vfnmadd132ss", "vfnmadd213pd", "vfnmadd213ps", "vfnmadd213sd", "vfnmadd213ss", "vfnmadd231pd", "vfnmadd231ps", "vfnmadd231sd",
-    "vfnmadd231ss", "vfnmaddpd", "vfnmaddps", "vfnmaddsd", "vfnmaddss", "vfnmsub132pd", "vfnmsub132ps", "vfnmsub132sd",
-    "vfnmsub132ss", "vfnmsub213pd", "vfnmsub213ps", "vfnmsub213sd", "vfnmsub213ss", "vfnmsub231pd", "vfnmsub231ps", "vfnmsub231sd",
-    "vfnmsub231ss", "vfnmsubpd", "vfnmsubps", "vfnmsubsd", "vfnmsubss", "vgatherdpd", "vgatherdps", "vgatherqpd",
-    "vgatherqps", "vhaddpd", "vhaddps", "vhsubpd", "vhsubps", "vinsertf128", "vinsertf32x4", "vinsertf32x8",
-    "vinsertf64x2", "vinsertf64x4", "vinserti128", "vinserti32x4", "vinserti32x8", "vinserti64x2", "vinserti64x4", "vinsertps",
-    "vlddqu", "vldmxcsr", "vmaskmovdqu", "vmaskmovpd", "vmaskmovps", "vmaxpd", "vmaxps", "vmaxsd",
-    "vmaxss", "vmcall", "vmclear", "vmfunc", "vminpd", "vminps", "vminsd", "vminss",
-    "vmlaunch", "vmload", "vmmcall", "vmovapd", "vmovaps", "vmovd", "vmovddup", "vmovdqa",
-    "vmovdqa32", "vmovdqa64", "vmovdqu", "vmovdqu16", "vmovdqu32", "vmovdqu64", "vmovdqu8", "vmovhlps",
-    "vmovhpd", "vmovhps", "vmovlhps", "vmovlpd", "vmovlps", "vmovmskpd", "vmovmskps", "vmovntdq",
-    "vmovntdqa", "vmovntpd", "vmovntps", "vmovq", "vmovsd", "vmovshdup", "vmovsldup", "vmovss",
-    "vmovupd", "vmovups", "vmpsadbw", "vmptrld", "vmptrst", "vmread", "vmresume", "vmrun",
-    "vmsave", "vmulpd", "vmulps", "vmulsd", "vmulss", "vmwrite", "vmxoff", "vmxon",
-    "vorpd", "vorps", "vpabsb", "vpabsd", "vpabsw", "vpackssdw", "vpacksswb", "vpackusdw",
-    "vpackuswb", "vpaddb", "vpaddd", "vpaddq", "vpaddsb", "vpaddsw", "vpaddusb", "vpaddusw",
-    "vpaddw", "vpalignr", "vpand", "vpandd", "vpandn", "vpandnd", "vpandnq", "vpandq",
-    "vpavgb", "vpavgw", "vpblendd", "vpblendmb", "vpblendmd", "vpblendmq", "vpblendmw", "vpblendvb",
-    "vpblendw", "vpbroadcastb", "vpbroadcastd", "vpbroadcastmb2q", "vpbroadcastmw2d", "vpbroadcastq", "vpbroadcastw", "vpclmulqdq",
-    "vpcmpb", "vpcmpd", "vpcmpeqb", "vpcmpeqd", "vpcmpeqq", "vpcmpeqw", "vpcmpestri", "vpcmpestrm",
-    "vpcmpgtb", "vpcmpgtd", "vpcmpgtq", "vpcmpgtw", "vpcmpistri", "vpcmpistrm", "vpcmpq", "vpcmpub",
-    "vpcmpud", "vpcmpuq", "vpcmpuw", "vpcmpw", "vpcompressd", "vpcompressq", "vperm2f128", "vperm2i128",
-    "vpermb", "vpermd", "vpermi2d", "vpermi2q", "vpermilpd", "vpermilps", "vpermpd", "vpermps",
-    "vpermq", "vpermt2b", "vpermt2d", "vpermt2q", "vpermt2w", "vpermw", "vpexpandd", "vpexpandq",
-    "vpextrb", "vpextrd", "vpextrq", "vpextrw", "vpgatherdd", "vpgatherdq", "vpgatherqd", "vpgatherqq",
-    "vphaddd", "vphaddsw", "vphaddw", "vphminposuw", "vphsubd", "vphsubsw", "vphsubw", "vpinsrb",
-    "vpinsrd", "vpinsrq", "vpinsrw", "vpmaddubsw", "vpmaddwd", "vpmaskmovd", "vpmaskmovq", "vpmaxsb",
-    "vpmaxsd", "vpmaxsq", "vpmaxsw", "vpmaxub", "vpmaxud", "vpmaxuq", "vpmaxuw", "vpminsb",
-    "vpminsd", "vpminsq", "vpminsw", "vpminub", "vpminud", "vpminuq", "vpminuw", "vpmovb2m",
-    "vpmovd2m", "vpmovdb", "vpmovdw", "vpmovm2b", "vpmovm2d", "vpmovm2q", "vpmovm2w", "vpmovmskb",
-    "vpmovq2m", "vpmovqb", "vpmovqd", "vpmovqw", "vpmovsxbd", "vpmovsxbq", "vpmovsxbw", "vpmovsxdq",
-    "vpmovsxwd", "vpmovsxwq", "vpmovw2m", "vpmovwb", "vpmovzxbd", "vpmovzxbq", "vpmovzxbw", "vpmovzxdq",
-    "vpmovzxwd", "vpmovzxwq", "vpmuldq", "vpmulhrsw", "vpmulhuw", "vpmulhw", "vpmulld", "vpmullq",
-    "vpmullw", "vpmuludq", "vpor", "vpord", "vporq", "vprold", "vprolq", "vprord",
-    "vprorq", "vpsadbw", "vpshufb", "vpshufd", "vpshufhw", "vpshuflw", "vpsignb", "vpsignd",
-    "vpsignw", "vpslld", "vpslldq", "vpsllq", "vpsllvd", "vpsllvq", "vpsllw", "vpsrad",
-    "vpsraq", "vpsravd", "vpsraw", "vpsrld", "vpsrldq", "vpsrlq", "vpsrlvd", "vpsrlvq",
-    "vpsrlw", "vpsubb", "vpsubd", "vpsubq", "vpsubsb", "vpsubsw", "vpsubusb", "vpsubusw",
-    "vpsubw", "vpternlogd", "vpternlogq", "vptest", "vptestmb", "vptestmd", "vptestmq", "vptestmw",
-    "vptestnmb", "vptestnmd", "vptestnmq", "vptestnmw", "vpunpckhbw", "vpunpckhdq", "vpunpckhqdq", "vpunpckhwd",
-    "vpunpcklbw", "vpunpckldq", "vpunpcklqdq", "vpunpcklwd", "vpxor", "vpxord", "vpxorq", "vrcpps",
-    "vrcpss", "vroundpd", "vroundps", "vroundsd", "vroundss", "vrsqrtps", "vrsqrtss", "vshuff32x4",
-    "vshuff64x2", "vshufi32x4", "vshufi64x2", "vshufpd", "vshufps", "vsqrtpd", "vsqrtps", "vsqrtsd",
-    "vsqrtss", "vstmxcsr", "vsubpd", "vsubps", "vsubsd", "vsubss", "vtestpd", "vtestps",
-    "vucomisd", "vucomiss", "vunpckhpd", "vunpckhps", "vunpcklpd", "vunpcklps", "vxorpd", "vxorps",
-    "vzeroall", "vzeroupper", "wbinvd", "wbnoinvd", "wrfsbase", "wrgsbase", "wrmsr", "wrpkru",
-    "xabort", "xadd", "xbegin", "xchg", "xend", "xgetbv", "xlat", "xor",
-    "xorpd", "xorps", "xrstor", "xrstors", "xsave", "xsavec", "xsaveopt", "xsaves",
-    "xsetbv", "xtest",
+    "andnps", "andpd", "andps", "arpl", "bextr", "blcfill", "blci", "blcic",
+    "blcmsk", "blcs", "blendpd", "blendps", "blendvpd", "blendvps", "blsfill", "blsi",
+    "blsic", "blsmsk", "blsr", "bound", "bsf", "bsr", "bswap", "bt",
+    "btc", "btr", "bts", "bzhi", "call", "cbw", "cdq", "cdqe",
+    "clac", "clc", "cld", "clflush", "clflushopt", "clgi", "cli", "clts",
+    "clwb", "clzero", "cmc", "cmova", "cmovae", "cmovb", "cmovbe", "cmove",
+    "cmovg", "cmovge", "cmovl", "cmovle", "cmovne", "cmovno", "cmovnp", "cmovns",
+    "cmovo", "cmovp", "cmovs", "cmp", "cmppd", "cmpps", "cmps", "cmpsd",
+    "cmpss", "cmpxchg", "cmpxchg16b", "cmpxchg8b", "comisd", "comiss", "cpuid", "cqo",
+    "crc32", "cvtdq2pd", "cvtdq2ps", "cvtpd2dq", "cvtpd2pi", "cvtpd2ps", "cvtpi2pd", "cvtpi2ps",
+    "cvtps2dq", "cvtps2pd", "cvtps2pi", "cvtsd2si", "cvtsd2ss", "cvtsi2sd", "cvtsi2ss", "cvtss2sd",
+    "cvtss2si", "cvttpd2dq", "cvttpd2pi", "cvttps2dq", "cvttps2pi", "cvttsd2si", "cvttss2si", "cwd",
+    "cwde", "daa", "das", "dec", "div", "divpd", "divps", "divsd",
+    "divss", "dppd", "dpps", "emms", "encls", "enclu", "enclv", "endbr32",
+    "endbr64", "enqcmd", "enter", "extractps", "extrq", "f2xm1", "fabs", "fadd",
+    "faddp", "fbld", "fbstp", "fchs", "fcmovb", "fcmovbe", "fcmove", "fcmovnb",
+    "fcmovnbe", "fcmovne", "fcmovnu", "fcmovu", "fcom", "fcom2", "fcomi", "fcomip",
+    "fcomp", "fcomp3", "fcomp5", "fcompp", "fcos", "fdecstp", "fdiv", "fdivp",
+    "fdivr", "fdivrp", "femms", "ffree", "ffreep", "fiadd", "ficom", "ficomp",
+    "fidiv", "fidivr", "fild", "fimul", "fincstp", "fist", "fistp", "fisttp",
+    "fisub", "fisubr", "fld", "fld1", "fldcw", "fldenv", "fldl2e", "fldl2t",
+    "fldlg2", "fldln2", "fldpi", "fldz", "fmul", "fmulp", "fnclex", "fndisi",
+    "fneni", "fninit", "fnop", "fnsave", "fnsetpm", "fnstcw", "fnstenv", "fnstsw",
+    "fpatan", "fprem", "fprem1", "fptan", "frndint", "frstor", "fscale", "fsin",
+    "fsincos", "fsqrt", "fst", "fstp", "fstp1", "fstp8", "fstp9", "fsub",
+    "fsubp", "fsubr", "fsubrp", "ftst", "fucom", "fucomi", "fucomip", "fucomp",
+    "fucompp", "fwait", "fxam", "fxch", "fxch4", "fxch7", "fxrstor", "fxsave",
+    "fxtract", "fyl2x", "fyl2xp1", "getsec", "haddpd", "haddps", "hlt", "hsubpd",
+    "hsubps", "idiv", "imul", "in", "inc", "incsspd", "incsspq", "ins",
+    "insertps", "insertq", "int", "int1", "int3", "into", "invd", "invept",
+    "invlpg", "invlpga", "invpcid", "invvpid", "iret", "iretd", "iretq", "ja",
+    "jae", "jb", "jbe", "jcxz", "je", "jecxz", "jg", "jge",
+    "jl", "jle", "jmp", "jne", "jno", "jnp", "jns", "jo",
+    "jp", "jrcxz", "js", "kandb", "kandd", "kandnb", "kandnd", "kandnq",
+    "kandnw", "kandq", "kandw", "kmovb", "kmovd", "kmovq", "kmovw", "knotb",
+    "knotd", "knotq", "knotw", "korb", "kord", "korq", "kortestb", "kortestd",
+    "kortestq", "kortestw", "korw", "kshiftlb", "kshiftld", "kshiftlq", "kshiftlw", "kshiftrb",
+    "kshiftrd", "kshiftrq", "kshiftrw", "ktestb", "ktestd", "ktestq", "ktestw", "kunpckbw",
+    "kunpckdq", "kunpckwd", "kxnorb", "kxnord", "kxnorq", "kxnorw", "kxorb", "kxord",
+    "kxorq", "kxorw", "lahf", "lar", "lddqu", "ldmxcsr", "lds", "lea",
+    "leave", "les", "lfence", "lfs", "lgdt", "lgs", "lidt", "lldt",
+    "llwpcb", "lmsw", "lods", "loop", "loope", "loopne", "lsl", "lss",
+    "ltr", "lwpins", "lwpval", "lzcnt", "maskmovdqu", "maskmovq", "maxpd", "maxps",
+    "maxsd", "maxss", "mfence", "minpd", "minps", "minsd", "minss", "monitor",
+    "monitorx", "mov", "movapd", "movaps", "movbe", "movd", "movddup", "movdiri",
+    "movdq2q", "movdqa", "movdqu", "movhlps", "movhpd", "movhps", "movlhps", "movlpd",
+    "movlps", "movmskpd", "movmskps", "movntdq", "movntdqa", "movnti", "movntpd", "movntps",
+    "movntq", "movq", "movq2dq", "movs", "movsd", "movshdup", "movsldup", "movss",
+    "movsx", "movsxd", "movupd", "movups", "movzx", "mpsadbw", "mul", "mulpd",
+    "mulps", "mulsd", "mulss", "mulx", "mwait", "mwaitx", "neg", "nop",
+    "not", "or", "orpd", "orps", "out", "outs", "pabsb", "pabsd",
+    "pabsw", "packssdw", "packsswb", "packusdw", "packuswb", "paddb", "paddd", "paddq",
+    "paddsb", "paddsw", "paddusb", "paddusw", "paddw", "palignr", "pand", "pandn",
+    "pause", "pavgb", "pavgw", "pblendvb", "pblendw", "pclmulqdq", "pcmpeqb", "pcmpeqd",
+    "pcmpeqq", "pcmpeqw", "pcmpestri", "pcmpestrm", "pcmpgtb", "pcmpgtd", "pcmpgtq", "pcmpgtw",
+    "pcmpistri", "pcmpistrm", "pdep", "pext", "pextrb", "pextrd", "pextrq", "pextrw",
+    "phaddd", "phaddsw", "phaddw", "phminposuw", "phsubd", "phsubsw", "phsubw", "pinsrb",
+    "pinsrd", "pinsrq", "pinsrw", "pmaddubsw", "pmaddwd", "pmaxsb", "pmaxsd", "pmaxsw",
+    "pmaxub", "pmaxud", "pmaxuw", "pminsb", "pminsd", "pminsw", "pminub", "pminud",
+    "pminuw", "pmovmskb", "pmovsxbd", "pmovsxbq", "pmovsxbw", "pmovsxdq", "pmovsxwd", "pmovsxwq",
+    "pmovzxbd", "pmovzxbq", "pmovzxbw", "pmovzxdq", "pmovzxwd", "pmovzxwq", "pmuldq", "pmulhrsw",
+    "pmulhuw", "pmulhw", "pmulld", "pmullw", "pmuludq", "pop", "popa", "popad",
+    "popcnt", "popf", "popfd", "popfq", "por", "prefetch", "prefetchnta", "prefetcht0",
+    "prefetcht1", "prefetcht2", "prefetchw", "prefetchwt1", "psadbw", "pshufb", "pshufd", "pshufhw",
+    "pshuflw", "pshufw", "psignb", "psignd", "psignw", "pslld", "pslldq", "psllq",
+    "psllw", "psrad", "psraw", "psrld", "psrldq", "psrlq", "psrlw", "psubb",
+    "psubd", "psubq", "psubsb", "psubsw", "psubusb", "psubusw", "psubw", "ptest",
+    "ptwrite", "punpckhbw", "punpckhdq", "punpckhqdq", "punpckhwd", "punpcklbw", "punpckldq", "punpcklqdq",
+    "punpcklwd", "push", "pusha", "pushad", "pushf", "pushfd", "pushfq", "pxor",
+    "rcl", "rcpps", "rcpss", "rcr", "rdfsbase", "rdgsbase", "rdmsr", "rdpid",
+    "rdpkru", "rdpmc", "rdpru", "rdrand", "rdseed", "rdtsc", "rdtscp", "ret",
+    "retf", "rol", "ror", "rorx", "roundpd", "roundps", "roundsd", "roundss",
+    "rsm", "rsqrtps", "rsqrtss", "sahf", "sal", "salc", "sar", "sarx",
+    "sbb", "scas", "serialize", "seta", "setae", "setb", "setbe", "sete",
+    "setg", "setge", "setl", "setle", "setne", "setno", "setnp", "setns",
+    "seto", "setp", "sets", "sfence", "sgdt", "sha1msg1", "sha1msg2", "sha1nexte",
+    "sha1rnds4", "sha256msg1", "sha256msg2", "sha256rnds2", "shl", "shld", "shlx", "shr",
+    "shrd", "shrx", "shufpd", "shufps", "sidt", "skinit", "sldt", "slwpcb",
+    "smsw", "sqrtpd", "sqrtps", "sqrtsd", "sqrtss", "stac", "stc", "std",
+    "stgi", "sti", "stmxcsr", "stos", "str", "sub", "subpd", "subps",
+    "subsd", "subss", "swapgs", "syscall", "sysenter", "sysexit", "sysexitq", "sysret",
+    "sysretq", "t1mskc", "test", "tpause", "tzcnt", "tzmsk", "ucomisd", "ucomiss",
+    "ud0", "ud1", "ud2", "umonitor", "umwait", "unpckhpd", "unpckhps", "unpcklpd",
+    "unpcklps", "vaddpd", "vaddps", "vaddsd", "vaddss", "vaddsubpd", "vaddsubps", "vaesdec",
+    "vaesdeclast", "vaesenc", "vaesenclast", "vaesimc", "vaeskeygenassist", "valignd", "valignq", "vandnpd",
+    "vandnps", "vandpd", "vandps", "vblendpd", "vblendps", "vblendvpd", "vblendvps", "vbroadcastf128",
+    "vbroadcasti128", "vbroadcastsd", "vbroadcastss", "vcmppd", "vcmpps", "vcmpsd", "vcmpss", "vcomisd",
+    "vcomiss", "vcompresspd", "vcompressps", "vcvtdq2pd", "vcvtdq2ps", "vcvtpd2dq", "vcvtpd2ps", "vcvtph2ps",
+    "vcvtps2dq", "vcvtps2pd", "vcvtps2ph", "vcvtsd2si", "vcvtsd2ss", "vcvtsi2sd", "vcvtsi2ss", "vcvtss2sd",
+    "vcvtss2si", "vcvttpd2dq", "vcvttps2dq", "vcvttsd2si", "vcvttss2si", "vdivpd", "vdivps", "vdivsd",
+    "vdivss", "vdppd", "vdpps", "verr", "verw", "vexpandpd", "vexpandps", "vextractf128",
+    "vextractf32x4", "vextractf32x8", "vextractf64x2", "vextractf64x4", "vextracti128", "vextracti32x4", "vextracti32x8", "vextracti64x2",
+    "vextracti64x4", "vextractps", "vfmadd132pd", "vfmadd132ps", "vfmadd132sd", "vfmadd132ss", "vfmadd213pd", "vfmadd213ps",
+    "vfmadd213sd", "vfmadd213ss", "vfmadd231pd", "vfmadd231ps", "vfmadd231sd", "vfmadd231ss", "vfmaddpd", "vfmaddps",
+    "vfmaddsd", "vfmaddss", "vfmaddsub132pd", "vfmaddsub132ps", "vfmaddsub213pd", "vfmaddsub213ps", "vfmaddsub231pd", "vfmaddsub231ps",
+    "vfmaddsubpd", "vfmaddsubps", "vfmsub132pd", "vfmsub132ps", "vfmsub132sd", "vfmsub132ss", "vfmsub213pd", "vfmsub213ps",
+    "vfmsub213sd", "vfmsub213ss", "vfmsub231pd", "vfmsub231ps", "vfmsub231sd", "vfmsub231ss", "vfmsubadd132pd", "vfmsubadd132ps",
+    "vfmsubadd213pd", "vfmsubadd213ps", "vfmsubadd231pd", "vfmsubadd231ps", "vfmsubaddpd", "vfmsubaddps", "vfmsubpd", "vfmsubps",
+    "vfmsubsd", "vfmsubss", "vfnmadd132pd", "vfnmadd132ps", "vfnmadd132sd", "vfnmadd132ss", "vfnmadd213pd", "vfnmadd213ps",
+    "vfnmadd213sd", "vfnmadd213ss", "vfnmadd231pd", "vfnmadd231ps", "vfnmadd231sd", "vfnmadd231ss", "vfnmaddpd", "vfnmaddps",
+    "vfnmaddsd", "vfnmaddss", "vfnmsub132pd", "vfnmsub132ps", "vfnmsub132sd", "vfnmsub132ss", "vfnmsub213pd", "vfnmsub213ps",
+    "vfnmsub213sd", "vfnmsub213ss", "vfnmsub231pd", "vfnmsub231ps", "vfnmsub231sd", "vfnmsub231ss", "vfnmsubpd", "vfnmsubps",
+    "vfnmsubsd", "vfnmsubss", "vfrczpd", "vfrczps", "vfrczsd", "vfrczss", "vgatherdpd", "vgatherdps",
+    "vgatherqpd", "vgatherqps", "vhaddpd", "vhaddps", "vhsubpd", "vhsubps", "vinsertf128", "vinsertf32x4",
+    "vinsertf32x8", "vinsertf64x2", "vinsertf64x4", "vinserti128", "vinserti32x4", "vinserti32x8", "vinserti64x2", "vinserti64x4",
+    "vinsertps", "vlddqu", "vldmxcsr", "vmaskmovdqu", "vmaskmovpd", "vmaskmovps", "vmaxpd", "vmaxps",
+    "vmaxsd", "vmaxss", "vmcall", "vmclear", "vmfunc", "vminpd", "vminps", "vminsd",
+    "vminss", "vmlaunch", "vmload", "vmmcall", "vmovapd", "vmovaps", "vmovd", "vmovddup",
+    "vmovdqa", "vmovdqa32", "vmovdqa64", "vmovdqu", "vmovdqu16", "vmovdqu32", "vmovdqu64", "vmovdqu8",
+    "vmovhlps", "vmovhpd", "vmovhps", "vmovlhps", "vmovlpd", "vmovlps", "vmovmskpd", "vmovmskps",
+    "vmovntdq", "vmovntdqa", "vmovntpd", "vmovntps", "vmovq", "vmovsd", "vmovshdup", "vmovsldup",
+    "vmovss", "vmovupd", "vmovups", "vmpsadbw", "vmptrld", "vmptrst", "vmread", "vmresume",
+    "vmrun", "vmsave", "vmulpd", "vmulps", "vmulsd", "vmulss", "vmwrite", "vmxoff",
+    "vmxon", "vorpd", "vorps", "vpabsb", "vpabsd", "vpabsw", "vpackssdw", "vpacksswb",
+    "vpackusdw", "vpackuswb", "vpaddb", "vpaddd", "vpaddq", "vpaddsb", "vpaddsw", "vpaddusb",
+    "vpaddusw", "vpaddw", "vpalignr", "vpand", "vpandd", "vpandn", "vpandnd", "vpandnq",
+    "vpandq", "vpavgb", "vpavgw", "vpblendd", "vpblendmb", "vpblendmd", "vpblendmq", "vpblendmw",
+    "vpblendvb", "vpblendw", "vpbroadcastb", "vpbroadcastd", "vpbroadcastmb2q", "vpbroadcastmw2d", "vpbroadcastq", "vpbroadcastw",
+    "vpclmulqdq", "vpcmov", "vpcmpb", "vpcmpd", "vpcmpeqb", "vpcmpeqd", "vpcmpeqq", "vpcmpeqw",
+    "vpcmpestri", "vpcmpestrm", "vpcmpgtb", "vpcmpgtd", "vpcmpgtq", "vpcmpgtw", "vpcmpistri", "vpcmpistrm",
+    "vpcmpq", "vpcmpub", "vpcmpud", "vpcmpuq", "vpcmpuw", "vpcmpw", "vpcomb", "vpcomd",
+    "vpcompressd", "vpcompressq", "vpcomq", "vpcomub", "vpcomud", "vpcomuq", "vpcomuw", "vpcomw",
+    "vperm2f128", "vperm2i128", "vpermb", "vpermd", "vpermi2d", "vpermi2q", "vpermilpd", "vpermilps",
+    "vpermpd", "vpermps", "vpermq", "vpermt2b", "vpermt2d", "vpermt2q", "vpermt2w", "vpermw",
+    "vpexpandd", "vpexpandq", "vpextrb", "vpextrd", "vpextrq", "vpextrw", "vpgatherdd", "vpgatherdq",
+    "vpgatherqd", "vpgatherqq", "vphaddbd", "vphaddbq", "vphaddbw", "vphaddd", "vphadddq", "vphaddsw",
+    "vphaddubd", "vphaddubq", "vphaddubw", "vphaddudq", "vphadduwd", "vphadduwq", "vphaddw", "vphaddwd",
+    "vphaddwq", "vphminposuw", "vphsubbw", "vphsubd", "vphsubdq", "vphsubsw", "vphsubw", "vphsubwd",
+    "vpinsrb", "vpinsrd", "vpinsrq", "vpinsrw", "vpmacsdd", "vpmacsdqh", "vpmacsdql", "vpmacssdd",
+    "vpmacssdqh", "vpmacssdql", "vpmacsswd", "vpmacssww", "vpmacswd", "vpmacsww", "vpmadcsswd", "vpmadcswd",
+    "vpmaddubsw", "vpmaddwd", "vpmaskmovd", "vpmaskmovq", "vpmaxsb", "vpmaxsd", "vpmaxsq", "vpmaxsw",
+    "vpmaxub", "vpmaxud", "vpmaxuq", "vpmaxuw", "vpminsb", "vpminsd", "vpminsq", "vpminsw",
+    "vpminub", "vpminud", "vpminuq", "vpminuw", "vpmovb2m", "vpmovd2m", "vpmovdb", "vpmovdw",
+    "vpmovm2b", "vpmovm2d", "vpmovm2q", "vpmovm2w", "vpmovmskb", "vpmovq2m", "vpmovqb", "vpmovqd",
+    "vpmovqw", "vpmovsxbd", "vpmovsxbq", "vpmovsxbw", "vpmovsxdq", "vpmovsxwd", "vpmovsxwq", "vpmovw2m",
+    "vpmovwb", "vpmovzxbd", "vpmovzxbq", "vpmovzxbw", "vpmovzxdq", "vpmovzxwd", "vpmovzxwq", "vpmuldq",
+    "vpmulhrsw", "vpmulhuw", "vpmulhw", "vpmulld", "vpmullq", "vpmullw", "vpmuludq", "vpor",
+    "vpord", "vporq", "vpperm", "vprold", "vprolq", "vprord", "vprorq", "vprotb",
+    "vprotd", "vprotq", "vprotw", "vpsadbw", "vpshab", "vpshad", "vpshaq", "vpshaw",
+    "vpshlb", "vpshld", "vpshlq", "vpshlw", "vpshufb", "vpshufd", "vpshufhw", "vpshuflw",
+    "vpsignb", "vpsignd", "vpsignw", "vpslld", "vpslldq", "vpsllq", "vpsllvd", "vpsllvq",
+    "vpsllw", "vpsrad", "vpsraq", "vpsravd", "vpsraw", "vpsrld", "vpsrldq", "vpsrlq",
+    "vpsrlvd", "vpsrlvq", "vpsrlw", "vpsubb", "vpsubd", "vpsubq", "vpsubsb", "vpsubsw",
+    "vpsubusb", "vpsubusw", "vpsubw", "vpternlogd", "vpternlogq", "vptest", "vptestmb", "vptestmd",
+    "vptestmq", "vptestmw", "vptestnmb", "vptestnmd", "vptestnmq", "vptestnmw", "vpunpckhbw", "vpunpckhdq",
+    "vpunpckhqdq", "vpunpckhwd", "vpunpcklbw", "vpunpckldq", "vpunpcklqdq", "vpunpcklwd", "vpxor", "vpxord",
+    "vpxorq", "vrcpps", "vrcpss", "vroundpd", "vroundps", "vroundsd", "vroundss", "vrsqrtps",
+    "vrsqrtss", "vshuff32x4", "vshuff64x2", "vshufi32x4", "vshufi64x2", "vshufpd", "vshufps", "vsqrtpd",
+    "vsqrtps", "vsqrtsd", "vsqrtss", "vstmxcsr", "vsubpd", "vsubps", "vsubsd", "vsubss",
+    "vtestpd", "vtestps", "vucomisd", "vucomiss", "vunpckhpd", "vunpckhps", "vunpcklpd", "vunpcklps",
+    "vxorpd", "vxorps", "vzeroall", "vzeroupper", "wbinvd", "wbnoinvd", "wrfsbase", "wrgsbase",
+    "wrmsr", "wrpkru", "xabort", "xadd", "xbegin", "xchg", "xend", "xgetbv",
+    "xlat", "xor", "xorpd", "xorps", "xrstor", "xrstors", "xsave", "xsavec",
+    "xsaveopt", "xsaves", "xsetbv", "xtest",
 ]
 
 /// Operand kinds of the opcode table (AMD APM / Intel SDM appendix A letters).
@@ -1569,19 +1643,19 @@ let tableRoot: [UInt16] = [
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 9178, 9187, 9196, 0, 0, 0, 0, 0, 0, 9205, 9214, 0, 0, 0, 0, 0, 9223, 9232, 9241, 0, 0, 0, 0, 0, 0, 9250, 9259,
+    0, 0, 9269, 9279, 0, 0, 9288, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9297, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    9306, 9315, 9324, 9333, 0, 0, 0, 0, 0, 0, 0, 0, 9342, 9351, 9360, 9369, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9378, 9387, 9396, 9405, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 9454, 9478, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9505, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    9514, 9523, 9532, 9541, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9551, 9561, 9571, 9581, 9591, 9601, 9611, 9621, 9631, 9641, 9651, 9661, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 9670, 9679, 9688, 0, 0, 9697, 9706, 0, 0, 0, 9715, 0, 0, 0, 0, 0, 9724, 9733, 9742, 0, 0, 9751, 9760, 0, 0, 0, 9769, 0, 0, 0, 0,
+    0, 9778, 9787, 9796, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9806, 0, 9830, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -1646,13 +1720,13 @@ let tableHasModRM: [UInt8] = [
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -2232,71 +2306,114 @@ let tableNode: [UInt32] = [
     0x8239c, 0x0, 0x0, 0x4239f, 0x2077a, 0x2077b, 0x2077a, 0x2077b, 0x823a6, 0x0, 0x823a6, 0x0, 0x0, 0x423a9, 0x2077c, 0x2077d,
     0x2077c, 0x2077d, 0x823b0, 0x0, 0x823b0, 0x0, 0x0, 0x423b3, 0x2077e, 0x2077f, 0x2077e, 0x2077f, 0x823ba, 0x0, 0x823ba, 0x0,
     0x0, 0x423bd, 0x20780, 0x20781, 0x20780, 0x20781, 0x823c4, 0x0, 0x823c4, 0x0, 0x0, 0x423c7, 0x20782, 0x0, 0x20782, 0x0,
-    0x0, 0x423cd,
+    0x0, 0x423cd, 0x10783, 0x10783, 0x0, 0x823d3, 0x823d3, 0x0, 0x0, 0x0, 0x423d6, 0x10784, 0x10784, 0x0, 0x823dc, 0x823dc,
+    0x0, 0x0, 0x0, 0x423df, 0x10785, 0x10785, 0x0, 0x823e5, 0x823e5, 0x0, 0x0, 0x0, 0x423e8, 0x10786, 0x10786, 0x0,
+    0x823ee, 0x823ee, 0x0, 0x0, 0x0, 0x423f1, 0x10787, 0x10787, 0x0, 0x823f7, 0x823f7, 0x0, 0x0, 0x0, 0x423fa, 0x10788,
+    0x10788, 0x0, 0x82400, 0x82400, 0x0, 0x0, 0x0, 0x42403, 0x10789, 0x10789, 0x0, 0x82409, 0x82409, 0x0, 0x0, 0x0,
+    0x4240c, 0x1078a, 0x1078a, 0x0, 0x82412, 0x82412, 0x0, 0x0, 0x0, 0x42415, 0x1078b, 0x1078b, 0x0, 0x8241b, 0x8241b, 0x0,
+    0x0, 0x0, 0x4241e, 0x1078c, 0x1078c, 0x0, 0x82424, 0x82424, 0x0, 0x0, 0x0, 0x42427, 0x1078d, 0x1078e, 0x1078d, 0x1078e,
+    0x8242e, 0x8242e, 0x0, 0x0, 0x0, 0x42431, 0x1078f, 0x10790, 0x1078f, 0x10790, 0x82438, 0x82438, 0x0, 0x0, 0x0, 0x4243b,
+    0x10791, 0x10791, 0x0, 0x82441, 0x82441, 0x0, 0x0, 0x0, 0x42444, 0x10792, 0x10792, 0x0, 0x8244a, 0x8244a, 0x0, 0x0,
+    0x0, 0x4244d, 0x10793, 0x10793, 0x0, 0x82453, 0x82453, 0x0, 0x0, 0x0, 0x42456, 0x10794, 0x10794, 0x0, 0x8245c, 0x8245c,
+    0x0, 0x0, 0x0, 0x4245f, 0x10795, 0x10795, 0x0, 0x82465, 0x82465, 0x0, 0x0, 0x0, 0x42468, 0x10796, 0x10796, 0x0,
+    0x8246e, 0x8246e, 0x0, 0x0, 0x0, 0x42471, 0x10797, 0x10797, 0x0, 0x82477, 0x82477, 0x0, 0x0, 0x0, 0x4247a, 0x10798,
+    0x10798, 0x0, 0x82480, 0x82480, 0x0, 0x0, 0x0, 0x42483, 0x10799, 0x10799, 0x0, 0x82489, 0x82489, 0x0, 0x0, 0x0,
+    0x4248c, 0x1079a, 0x1079a, 0x0, 0x82492, 0x82492, 0x0, 0x0, 0x0, 0x42495, 0x1079b, 0x1079b, 0x0, 0x8249b, 0x8249b, 0x0,
+    0x0, 0x0, 0x4249e, 0x1079c, 0x1079c, 0x0, 0x824a4, 0x824a4, 0x0, 0x0, 0x0, 0x424a7, 0x1079d, 0x1079d, 0x0, 0x824ad,
+    0x824ad, 0x0, 0x0, 0x0, 0x424b0, 0x1079e, 0x1079e, 0x0, 0x824b6, 0x824b6, 0x0, 0x0, 0x0, 0x424b9, 0x1079f, 0x1079f,
+    0x0, 0x0, 0x924bf, 0x107a0, 0x107a0, 0x0, 0x0, 0x924c4, 0x107a1, 0x107a1, 0x0, 0x0, 0x924c9, 0x107a2, 0x107a2, 0x0,
+    0x0, 0x924ce, 0x107a3, 0x107a3, 0x0, 0x0, 0x924d3, 0x107a4, 0x107a4, 0x0, 0x0, 0x924d8, 0x107a5, 0x107a5, 0x0, 0x0,
+    0x924dd, 0x0, 0x924bf, 0x924c4, 0x924c9, 0x924ce, 0x924d3, 0x924d8, 0x924dd, 0x624e1, 0x624e1, 0x0, 0x0, 0x0, 0x424ea, 0x107a6,
+    0x107a6, 0x0, 0x0, 0x924f0, 0x107a7, 0x107a7, 0x0, 0x0, 0x924f5, 0x0, 0x924f0, 0x0, 0x0, 0x0, 0x0, 0x924f5,
+    0x0, 0x624f9, 0x624f9, 0x0, 0x0, 0x0, 0x42502, 0x107a8, 0x107a8, 0x0, 0x0, 0x92508, 0x107a9, 0x107a9, 0x0, 0x0,
+    0x9250d, 0x92508, 0x9250d, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x62511, 0x0, 0x62511, 0x5251a, 0x5251a, 0x0, 0x0,
+    0x0, 0x4251d, 0x107aa, 0x107aa, 0x0, 0x82523, 0x82523, 0x0, 0x0, 0x0, 0x42526, 0x107ab, 0x107ab, 0x0, 0x8252c, 0x8252c,
+    0x0, 0x0, 0x0, 0x4252f, 0x107ac, 0x107ac, 0x0, 0x82535, 0x82535, 0x0, 0x0, 0x0, 0x42538, 0x107ad, 0x107ad, 0x0,
+    0x8253e, 0x8253e, 0x0, 0x0, 0x0, 0x42541, 0x107ae, 0x107af, 0x107ae, 0x107af, 0x82548, 0x82548, 0x0, 0x0, 0x0, 0x4254b,
+    0x107b0, 0x107b1, 0x107b0, 0x107b1, 0x82552, 0x82552, 0x0, 0x0, 0x0, 0x42555, 0x107b2, 0x107b3, 0x107b2, 0x107b3, 0x8255c, 0x8255c,
+    0x0, 0x0, 0x0, 0x4255f, 0x107b4, 0x107b5, 0x107b4, 0x107b5, 0x82566, 0x82566, 0x0, 0x0, 0x0, 0x42569, 0x107b6, 0x107b7,
+    0x107b6, 0x107b7, 0x82570, 0x82570, 0x0, 0x0, 0x0, 0x42573, 0x107b8, 0x107b9, 0x107b8, 0x107b9, 0x8257a, 0x8257a, 0x0, 0x0,
+    0x0, 0x4257d, 0x107ba, 0x107bb, 0x107ba, 0x107bb, 0x82584, 0x82584, 0x0, 0x0, 0x0, 0x42587, 0x107bc, 0x107bd, 0x107bc, 0x107bd,
+    0x8258e, 0x8258e, 0x0, 0x0, 0x0, 0x42591, 0x107be, 0x107bf, 0x107be, 0x107bf, 0x82598, 0x82598, 0x0, 0x0, 0x0, 0x4259b,
+    0x107c0, 0x107c1, 0x107c0, 0x107c1, 0x825a2, 0x825a2, 0x0, 0x0, 0x0, 0x425a5, 0x107c2, 0x107c3, 0x107c2, 0x107c3, 0x825ac, 0x825ac,
+    0x0, 0x0, 0x0, 0x425af, 0x107c4, 0x107c5, 0x107c4, 0x107c5, 0x825b6, 0x825b6, 0x0, 0x0, 0x0, 0x425b9, 0x107c6, 0x107c6,
+    0x0, 0x825bf, 0x825bf, 0x0, 0x0, 0x0, 0x425c2, 0x107c7, 0x107c7, 0x0, 0x825c8, 0x825c8, 0x0, 0x0, 0x0, 0x425cb,
+    0x107c8, 0x107c8, 0x0, 0x825d1, 0x825d1, 0x0, 0x0, 0x0, 0x425d4, 0x107c9, 0x107c9, 0x0, 0x825da, 0x825da, 0x0, 0x0,
+    0x0, 0x425dd, 0x107ca, 0x107ca, 0x0, 0x825e3, 0x825e3, 0x0, 0x0, 0x0, 0x425e6, 0x107cb, 0x107cb, 0x0, 0x825ec, 0x825ec,
+    0x0, 0x0, 0x0, 0x425ef, 0x107cc, 0x107cc, 0x0, 0x825f5, 0x825f5, 0x0, 0x0, 0x0, 0x425f8, 0x107cd, 0x107cd, 0x0,
+    0x825fe, 0x825fe, 0x0, 0x0, 0x0, 0x42601, 0x107ce, 0x107ce, 0x0, 0x82607, 0x82607, 0x0, 0x0, 0x0, 0x4260a, 0x107cf,
+    0x107cf, 0x0, 0x82610, 0x82610, 0x0, 0x0, 0x0, 0x42613, 0x107d0, 0x107d0, 0x0, 0x82619, 0x82619, 0x0, 0x0, 0x0,
+    0x4261c, 0x107d1, 0x107d1, 0x0, 0x82622, 0x82622, 0x0, 0x0, 0x0, 0x42625, 0x107d2, 0x107d2, 0x0, 0x8262b, 0x8262b, 0x0,
+    0x0, 0x0, 0x4262e, 0x107d3, 0x107d3, 0x0, 0x82634, 0x82634, 0x0, 0x0, 0x0, 0x42637, 0x107d4, 0x107d4, 0x0, 0x8263d,
+    0x8263d, 0x0, 0x0, 0x0, 0x42640, 0x107d5, 0x107d5, 0x0, 0x0, 0x92646, 0x92646, 0x0, 0x0, 0x0, 0x4264a, 0x107d6,
+    0x107d6, 0x0, 0x0, 0x92650, 0x107d7, 0x107d7, 0x0, 0x0, 0x92655, 0x92650, 0x92655, 0x0, 0x0, 0x0, 0x0, 0x0,
+    0x0, 0x62659, 0x62659, 0x0, 0x0, 0x0, 0x42662,
 ]
 
 let tableFormMnemonic: [UInt16] = [
-    7, 7, 7, 7, 7, 7, 559, 507, 415, 415, 415, 415, 415, 415, 559, 5, 5, 5, 5, 5, 5, 559, 507, 598, 598, 598, 598, 598, 598, 559, 507, 21,
-    21, 21, 21, 21, 21, 114, 650, 650, 650, 650, 650, 650, 115, 1175, 1175, 1175, 1175, 1175, 1175, 1, 76, 76, 76, 76, 76, 76, 4, 245, 116, 559, 507, 560,
-    561, 508, 509, 36, 27, 399, 559, 243, 559, 243, 248, 248, 419, 419, 280, 277, 266, 265, 269, 276, 267, 264, 283, 279, 281, 278, 273, 272, 274, 271, 7, 415,
-    5, 598, 21, 650, 1175, 76, 7, 415, 5, 598, 21, 650, 1175, 76, 7, 415, 5, 598, 21, 650, 1175, 76, 662, 662, 1171, 1171, 367, 367, 367, 367, 367, 336,
-    367, 507, 1171, 46, 113, 48, 112, 47, 88, 45, 226, 562, 563, 564, 511, 512, 513, 593, 331, 367, 367, 367, 367, 393, 393, 79, 79, 662, 662, 648, 648, 346,
-    346, 599, 599, 367, 367, 583, 584, 566, 569, 626, 629, 594, 596, 583, 584, 566, 569, 626, 629, 594, 596, 581, 581, 338, 335, 367, 1168, 367, 1170, 131, 337, 582,
-    582, 253, 251, 254, 261, 262, 263, 583, 584, 566, 569, 626, 629, 594, 596, 583, 584, 566, 569, 626, 629, 594, 596, 583, 584, 566, 569, 626, 629, 594, 596, 583,
-    584, 566, 569, 626, 629, 594, 596, 3, 2, 595, 1174, 136, 189, 149, 153, 216, 218, 159, 161, 136, 189, 149, 153, 216, 218, 159, 161, 179, 211, 212, 182, 181,
-    199, 198, 179, 228, 195, 213, 140, 135, 220, 227, 180, 184, 183, 187, 185, 186, 188, 134, 234, 204, 201, 233, 203, 158, 173, 202, 235, 210, 209, 205, 207, 208,
-    157, 166, 172, 167, 168, 177, 178, 169, 170, 141, 143, 142, 148, 225, 171, 176, 174, 175, 179, 212, 144, 146, 145, 147, 193, 192, 191, 194, 197, 222, 151, 136,
-    189, 149, 153, 216, 218, 159, 161, 136, 189, 150, 154, 218, 216, 161, 159, 179, 176, 211, 212, 206, 196, 200, 164, 229, 211, 212, 221, 224, 166, 172, 167, 168,
-    177, 178, 169, 170, 137, 190, 155, 156, 219, 217, 162, 160, 171, 176, 174, 175, 138, 171, 139, 175, 165, 230, 214, 215, 200, 223, 152, 349, 348, 347, 268, 270,
-    282, 244, 244, 418, 418, 45, 275, 275, 275, 244, 244, 418, 418, 252, 239, 59, 662, 414, 412, 404, 243, 117, 242, 662, 414, 412, 404, 243, 117, 242, 50, 643,
-    55, 646, 51, 644, 245, 116, 245, 116, 45, 45, 275, 275, 559, 636, 649, 344, 352, 734, 735, 636, 649, 618, 634, 341, 343, 637, 345, 257, 127, 857, 864, 902,
-    910, 365, 410, 49, 642, 125, 1173, 1184, 859, 1172, 1185, 126, 903, 866, 865, 904, 645, 54, 635, 258, 637, 600, 574, 1167, 580, 366, 411, 58, 576, 655, 332, 350,
-    656, 56, 660, 661, 255, 1162, 1163, 669, 515, 520, 521, 163, 401, 400, 397, 394, 401, 400, 397, 394, 382, 377, 381, 396, 372, 382, 381, 675, 674, 673, 672, 379,
-    380, 378, 395, 379, 378, 516, 517, 518, 519, 413, 129, 128, 367, 367, 367, 367, 369, 368, 369, 368, 96, 95, 103, 102, 389, 388, 109, 107, 111, 110, 99, 93,
-    105, 100, 666, 665, 86, 85, 1166, 579, 572, 575, 657, 658, 659, 236, 73, 70, 62, 61, 64, 69, 63, 60, 75, 72, 74, 71, 67, 66, 68, 65, 384, 383,
-    639, 638, 641, 640, 591, 592, 567, 568, 26, 25, 24, 23, 417, 416, 1177, 1176, 9, 8, 11, 10, 406, 405, 408, 407, 98, 94, 104, 101, 91, 97, 108, 652,
-    651, 654, 653, 362, 361, 364, 363, 119, 118, 121, 120, 357, 356, 359, 358, 555, 555, 558, 558, 556, 556, 424, 424, 450, 450, 453, 453, 451, 451, 426, 426, 551,
-    551, 554, 554, 552, 552, 423, 423, 557, 553, 371, 391, 371, 391, 391, 375, 376, 527, 524, 525, 526, 540, 536, 534, 540, 536, 534, 537, 535, 531, 537, 535, 531,
-    539, 533, 539, 538, 533, 532, 444, 444, 447, 447, 445, 445, 124, 901, 133, 250, 909, 133, 250, 237, 238, 240, 241, 371, 391, 371, 391, 391, 391, 375, 376, 280,
-    277, 266, 265, 269, 276, 267, 264, 283, 279, 281, 278, 273, 272, 274, 271, 614, 611, 603, 602, 605, 610, 604, 601, 616, 613, 615, 612, 608, 607, 609, 606, 559,
-    507, 87, 40, 627, 627, 559, 507, 590, 43, 630, 630, 232, 231, 334, 647, 1180, 1178, 1182, 52, 339, 360, 617, 57, 53, 663, 550, 570, 571, 1164, 1165, 246, 247,
-    670, 671, 243, 82, 82, 351, 42, 340, 342, 402, 402, 510, 668, 40, 43, 42, 41, 41, 37, 664, 38, 353, 398, 398, 1169, 1169, 78, 77, 81, 80, 387, 472,
-    472, 461, 461, 633, 632, 84, 83, 1179, 1181, 1183, 899, 900, 577, 578, 858, 911, 573, 39, 12, 13, 540, 540, 537, 537, 539, 539, 429, 429, 505, 505, 391, 392,
-    374, 487, 487, 546, 546, 547, 547, 484, 484, 436, 436, 432, 432, 433, 433, 478, 478, 437, 437, 439, 439, 536, 536, 535, 535, 440, 440, 502, 502, 503, 503, 106,
-    90, 92, 390, 385, 544, 544, 545, 545, 483, 483, 514, 514, 430, 430, 431, 431, 477, 477, 565, 565, 333, 534, 534, 531, 531, 533, 533, 506, 506, 474, 474, 522,
-    522, 355, 354, 541, 541, 548, 548, 542, 542, 543, 543, 427, 427, 434, 434, 428, 428, 667, 523, 523, 464, 464, 462, 462, 463, 463, 473, 473, 468, 468, 466, 466,
-    467, 467, 528, 528, 530, 530, 529, 529, 501, 501, 441, 32, 31, 549, 420, 420, 422, 422, 421, 421, 490, 488, 489, 492, 493, 491, 500, 446, 386, 425, 496, 494,
-    495, 498, 499, 497, 452, 481, 482, 486, 485, 475, 476, 480, 479, 504, 465, 256, 260, 259, 621, 619, 620, 625, 623, 624, 19, 17, 18, 15, 16, 370, 89, 370,
-    89, 6, 14, 130, 373, 587, 586, 589, 588, 30, 29, 442, 435, 435, 458, 461, 459, 460, 132, 469, 249, 470, 471, 123, 122, 403, 443, 449, 448, 455, 454, 622,
-    20, 897, 896, 895, 895, 892, 892, 897, 896, 895, 895, 892, 892, 884, 879, 883, 894, 870, 884, 883, 1157, 1156, 1155, 1154, 881, 882, 880, 893, 881, 880, 868, 867,
-    868, 867, 721, 720, 890, 889, 727, 726, 723, 718, 1153, 1152, 707, 706, 291, 290, 284, 285, 289, 288, 286, 287, 299, 298, 296, 297, 307, 302, 300, 301, 326, 325,
-    323, 324, 330, 329, 327, 328, 322, 321, 320, 886, 885, 1142, 1141, 1144, 1143, 1133, 1134, 1127, 1128, 693, 692, 691, 690, 913, 912, 1159, 1158, 677, 676, 679, 678, 906,
-    905, 908, 907, 716, 713, 722, 719, 711, 715, 725, 1147, 1146, 1149, 1148, 861, 860, 863, 862, 729, 728, 731, 730, 854, 853, 856, 855, 1120, 1123, 1121, 918, 960, 963,
-    961, 920, 1116, 1119, 1117, 917, 1122, 1118, 869, 891, 871, 874, 1075, 1076, 1077, 1096, 1090, 1086, 1091, 1087, 1081, 1093, 1092, 1083, 1082, 954, 957, 955, 1161, 1160, 833, 834,
-    835, 836, 869, 891, 891, 871, 874, 295, 294, 292, 293, 295, 294, 292, 293, 295, 292, 293, 294, 295, 292, 293, 294, 306, 305, 303, 304, 319, 318, 316, 317, 849,
-    1145, 703, 702, 705, 704, 1010, 995, 1140, 1139, 680, 681, 1096, 1091, 1093, 923, 1064, 891, 1039, 1102, 1103, 1027, 930, 926, 927, 1019, 932, 936, 1090, 1087, 937, 1060, 1061,
-    724, 710, 712, 887, 1100, 1101, 1026, 1066, 924, 925, 1018, 1124, 848, 1086, 1081, 1083, 1065, 1012, 1073, 850, 1097, 1104, 1098, 1099, 921, 928, 922, 1074, 1002, 1000, 1001, 1011,
-    1006, 1004, 1005, 1078, 1080, 1079, 1059, 981, 980, 1151, 1150, 714, 983, 1107, 701, 700, 698, 914, 916, 915, 1046, 1044, 1045, 1048, 1049, 1047, 1058, 956, 888, 919, 852, 851,
-    852, 851, 1054, 1052, 1053, 1056, 1057, 1055, 977, 962, 1023, 1024, 1030, 1028, 1015, 1016, 1022, 1020, 1062, 1003, 1094, 1095, 1089, 1084, 1085, 946, 949, 699, 945, 950, 1013, 1014,
-    1013, 1014, 996, 997, 998, 999, 830, 829, 832, 831, 766, 765, 786, 785, 750, 749, 752, 751, 774, 773, 776, 775, 798, 797, 800, 799, 814, 813, 816, 815, 768, 767,
-    788, 787, 754, 753, 756, 755, 778, 777, 780, 779, 802, 801, 804, 803, 818, 817, 820, 819, 770, 769, 790, 789, 758, 757, 760, 759, 782, 781, 784, 783, 806, 805,
-    808, 807, 822, 821, 824, 823, 686, 684, 685, 682, 683, 22, 35, 34, 33, 44, 457, 456, 409, 28, 628, 597, 631, 984, 982, 938, 981, 980, 974, 1130, 1129, 1132,
-    1131, 695, 694, 944, 929, 992, 995, 993, 994, 748, 837, 738, 717, 1007, 847, 1008, 1009, 312, 315, 313, 314, 308, 311, 309, 310, 842, 743, 733, 732, 898, 951, 975,
-    697, 696, 943, 772, 772, 771, 771, 792, 792, 791, 791, 959, 958, 965, 964, 762, 762, 761, 761, 764, 764, 763, 763, 794, 794, 793, 793, 796, 796, 795, 795, 810,
-    810, 809, 809, 812, 812, 811, 811, 826, 826, 825, 825, 828, 828, 827, 827, 687, 585, 897, 896, 895, 895, 892, 892, 897, 896, 895, 895, 892, 892, 884, 879, 883,
-    894, 870, 884, 883, 1157, 1156, 1155, 1154, 881, 882, 880, 893, 881, 880, 868, 867, 868, 867, 721, 720, 890, 889, 727, 726, 723, 718, 1153, 1152, 707, 706, 1142, 1141,
-    1144, 1143, 693, 692, 691, 690, 913, 912, 1159, 1158, 677, 676, 679, 678, 906, 905, 908, 907, 716, 713, 722, 719, 711, 715, 725, 1147, 1146, 1149, 1148, 861, 860, 863,
-    862, 729, 728, 731, 730, 854, 853, 856, 855, 1120, 1123, 1121, 918, 960, 963, 961, 920, 1116, 1119, 1117, 917, 1122, 1118, 869, 891, 872, 873, 876, 877, 878, 875, 1075,
-    1076, 1077, 1096, 1090, 1086, 1071, 1072, 1069, 1070, 1091, 1087, 1088, 1081, 1093, 1092, 1083, 1082, 954, 957, 955, 869, 891, 891, 872, 873, 876, 877, 878, 875, 703, 702, 705,
-    704, 1010, 995, 1140, 1139, 1096, 1091, 1093, 923, 1064, 891, 1102, 1103, 1027, 931, 935, 926, 927, 1019, 933, 934, 936, 1090, 1087, 1088, 937, 1060, 1061, 724, 710, 712, 887,
-    1100, 1101, 1026, 1067, 1068, 924, 925, 1018, 1125, 1126, 1086, 1081, 1083, 1065, 1012, 1073, 1097, 1104, 1098, 1099, 921, 928, 922, 1074, 1011, 1059, 983, 982, 701, 700, 914, 916,
-    915, 1046, 1044, 1045, 1048, 1049, 1047, 1108, 1111, 1112, 1115, 1109, 1110, 1113, 1114, 1058, 1035, 1038, 956, 1031, 1050, 888, 947, 919, 1054, 1051, 1052, 1033, 1053, 1041, 1056, 1034,
-    1057, 1043, 1055, 1042, 977, 984, 962, 1023, 1036, 1037, 1024, 1025, 1032, 1040, 1030, 948, 1028, 1029, 1015, 1016, 1017, 1022, 1020, 1021, 1062, 1063, 946, 949, 940, 941, 939, 942,
-    978, 979, 945, 950, 945, 950, 946, 949, 985, 988, 986, 987, 737, 736, 990, 991, 709, 708, 972, 973, 976, 989, 766, 765, 786, 785, 750, 749, 752, 751, 774, 773,
-    776, 775, 798, 797, 800, 799, 814, 813, 816, 815, 768, 767, 788, 787, 754, 753, 756, 755, 778, 777, 780, 779, 802, 801, 804, 803, 818, 817, 820, 819, 770, 769,
-    790, 789, 758, 757, 760, 759, 782, 781, 784, 783, 806, 805, 808, 807, 822, 821, 824, 823, 684, 685, 682, 683, 984, 982, 688, 689, 929, 992, 995, 993, 994, 748,
-    838, 840, 739, 741, 839, 841, 740, 742, 968, 969, 953, 966, 1007, 847, 1008, 1009, 1135, 1136, 1105, 1106, 843, 845, 744, 746, 844, 846, 745, 747, 967, 970, 952, 971,
-    1137, 1138, 951,
+    7, 7, 7, 7, 7, 7, 569, 517, 425, 425, 425, 425, 425, 425, 569, 5, 5, 5, 5, 5, 5, 569, 517, 608, 608, 608, 608, 608, 608, 569, 517, 21,
+    21, 21, 21, 21, 21, 121, 661, 661, 661, 661, 661, 661, 122, 1241, 1241, 1241, 1241, 1241, 1241, 1, 83, 83, 83, 83, 83, 83, 4, 252, 123, 569, 517, 570,
+    571, 518, 519, 43, 27, 409, 569, 250, 569, 250, 255, 255, 429, 429, 287, 284, 273, 272, 276, 283, 274, 271, 290, 286, 288, 285, 280, 279, 281, 278, 7, 425,
+    5, 608, 21, 661, 1241, 83, 7, 425, 5, 608, 21, 661, 1241, 83, 7, 425, 5, 608, 21, 661, 1241, 83, 674, 674, 1237, 1237, 377, 377, 377, 377, 377, 343,
+    377, 517, 1237, 53, 120, 55, 119, 54, 95, 52, 233, 572, 573, 574, 521, 522, 523, 603, 338, 377, 377, 377, 377, 403, 403, 86, 86, 674, 674, 659, 659, 354,
+    354, 609, 609, 377, 377, 593, 594, 576, 579, 636, 639, 604, 606, 593, 594, 576, 579, 636, 639, 604, 606, 591, 591, 345, 342, 377, 1234, 377, 1236, 138, 344, 592,
+    592, 260, 258, 261, 268, 269, 270, 593, 594, 576, 579, 636, 639, 604, 606, 593, 594, 576, 579, 636, 639, 604, 606, 593, 594, 576, 579, 636, 639, 604, 606, 593,
+    594, 576, 579, 636, 639, 604, 606, 3, 2, 605, 1240, 143, 196, 156, 160, 223, 225, 166, 168, 143, 196, 156, 160, 223, 225, 166, 168, 186, 218, 219, 189, 188,
+    206, 205, 186, 235, 202, 220, 147, 142, 227, 234, 187, 191, 190, 194, 192, 193, 195, 141, 241, 211, 208, 240, 210, 165, 180, 209, 242, 217, 216, 212, 214, 215,
+    164, 173, 179, 174, 175, 184, 185, 176, 177, 148, 150, 149, 155, 232, 178, 183, 181, 182, 186, 219, 151, 153, 152, 154, 200, 199, 198, 201, 204, 229, 158, 143,
+    196, 156, 160, 223, 225, 166, 168, 143, 196, 157, 161, 225, 223, 168, 166, 186, 183, 218, 219, 213, 203, 207, 171, 236, 218, 219, 228, 231, 173, 179, 174, 175,
+    184, 185, 176, 177, 144, 197, 162, 163, 226, 224, 169, 167, 178, 183, 181, 182, 145, 178, 146, 182, 172, 237, 221, 222, 207, 230, 159, 357, 356, 355, 275, 277,
+    289, 251, 251, 428, 428, 52, 282, 282, 282, 251, 251, 428, 428, 259, 246, 66, 674, 424, 422, 414, 250, 124, 249, 674, 424, 422, 414, 250, 124, 249, 57, 654,
+    62, 657, 58, 655, 252, 123, 252, 123, 52, 52, 282, 282, 569, 646, 660, 351, 360, 747, 748, 646, 660, 628, 644, 348, 350, 648, 353, 264, 134, 874, 881, 919,
+    927, 375, 420, 56, 653, 132, 1239, 1250, 876, 1238, 1251, 133, 920, 883, 882, 921, 656, 61, 645, 265, 648, 610, 584, 1233, 590, 376, 421, 65, 586, 666, 339, 358,
+    667, 63, 671, 672, 262, 1228, 1229, 682, 525, 530, 531, 170, 411, 410, 407, 404, 411, 410, 407, 404, 392, 387, 391, 406, 382, 392, 391, 688, 687, 686, 685, 389,
+    390, 388, 405, 389, 388, 526, 527, 528, 529, 423, 136, 135, 377, 377, 377, 377, 379, 378, 379, 378, 103, 102, 110, 109, 399, 398, 116, 114, 118, 117, 106, 100,
+    112, 107, 679, 678, 93, 92, 1232, 589, 582, 585, 668, 669, 670, 243, 80, 77, 69, 68, 71, 76, 70, 67, 82, 79, 81, 78, 74, 73, 75, 72, 394, 393,
+    650, 649, 652, 651, 601, 602, 577, 578, 26, 25, 24, 23, 427, 426, 1243, 1242, 9, 8, 11, 10, 416, 415, 418, 417, 105, 101, 111, 108, 98, 104, 115, 663,
+    662, 665, 664, 372, 371, 374, 373, 126, 125, 128, 127, 367, 366, 369, 368, 565, 565, 568, 568, 566, 566, 434, 434, 460, 460, 463, 463, 461, 461, 436, 436, 561,
+    561, 564, 564, 562, 562, 433, 433, 567, 563, 381, 401, 381, 401, 401, 385, 386, 537, 534, 535, 536, 550, 546, 544, 550, 546, 544, 547, 545, 541, 547, 545, 541,
+    549, 543, 549, 548, 543, 542, 454, 454, 457, 457, 455, 455, 131, 918, 140, 257, 926, 140, 257, 244, 245, 247, 248, 381, 401, 381, 401, 401, 401, 385, 386, 287,
+    284, 273, 272, 276, 283, 274, 271, 290, 286, 288, 285, 280, 279, 281, 278, 624, 621, 613, 612, 615, 620, 614, 611, 626, 623, 625, 622, 618, 617, 619, 616, 569,
+    517, 94, 47, 637, 637, 569, 517, 600, 50, 640, 640, 239, 238, 341, 658, 1246, 1244, 1248, 59, 346, 370, 627, 64, 60, 675, 560, 580, 581, 1230, 1231, 253, 254,
+    683, 684, 250, 89, 89, 359, 49, 347, 349, 412, 412, 520, 681, 47, 50, 49, 48, 48, 44, 676, 45, 363, 408, 408, 1235, 1235, 85, 84, 88, 87, 397, 482,
+    482, 471, 471, 643, 642, 91, 90, 1245, 1247, 1249, 916, 917, 587, 588, 875, 928, 583, 46, 12, 13, 550, 550, 547, 547, 549, 549, 439, 439, 515, 515, 401, 402,
+    384, 497, 497, 556, 556, 557, 557, 494, 494, 446, 446, 442, 442, 443, 443, 488, 488, 447, 447, 449, 449, 546, 546, 545, 545, 450, 450, 512, 512, 513, 513, 113,
+    97, 99, 400, 395, 554, 554, 555, 555, 493, 493, 524, 524, 440, 440, 441, 441, 487, 487, 575, 575, 340, 544, 544, 541, 541, 543, 543, 516, 516, 484, 484, 532,
+    532, 365, 364, 551, 551, 558, 558, 552, 552, 553, 553, 437, 437, 444, 444, 438, 438, 680, 533, 533, 474, 474, 472, 472, 473, 473, 483, 483, 478, 478, 476, 476,
+    477, 477, 538, 538, 540, 540, 539, 539, 511, 511, 451, 37, 36, 559, 430, 430, 432, 432, 431, 431, 500, 498, 499, 502, 503, 501, 510, 456, 396, 435, 506, 504,
+    505, 508, 509, 507, 462, 491, 492, 496, 495, 485, 486, 490, 489, 514, 475, 263, 267, 266, 631, 629, 630, 635, 633, 634, 19, 17, 18, 15, 16, 380, 96, 380,
+    96, 6, 14, 137, 383, 597, 596, 599, 598, 35, 34, 452, 445, 445, 468, 471, 469, 470, 139, 479, 256, 480, 481, 130, 129, 413, 453, 459, 458, 465, 464, 632,
+    20, 914, 913, 912, 912, 909, 909, 914, 913, 912, 912, 909, 909, 901, 896, 900, 911, 887, 901, 900, 1223, 1222, 1221, 1220, 898, 899, 897, 910, 898, 897, 885, 884,
+    885, 884, 734, 733, 907, 906, 740, 739, 736, 731, 1219, 1218, 720, 719, 298, 297, 291, 292, 296, 295, 293, 294, 306, 305, 303, 304, 314, 309, 307, 308, 333, 332,
+    330, 331, 337, 336, 334, 335, 329, 328, 327, 903, 902, 1208, 1207, 1210, 1209, 1199, 1200, 1193, 1194, 706, 705, 704, 703, 930, 929, 1225, 1224, 690, 689, 692, 691, 923,
+    922, 925, 924, 729, 726, 735, 732, 724, 728, 738, 1213, 1212, 1215, 1214, 878, 877, 880, 879, 742, 741, 744, 743, 871, 870, 873, 872, 1186, 1189, 1187, 935, 978, 981,
+    979, 937, 1182, 1185, 1183, 934, 1188, 1184, 886, 908, 888, 891, 1141, 1142, 1143, 1162, 1156, 1152, 1157, 1153, 1147, 1159, 1158, 1149, 1148, 972, 975, 973, 1227, 1226, 850, 851,
+    852, 853, 886, 908, 908, 888, 891, 302, 301, 299, 300, 302, 301, 299, 300, 302, 299, 300, 301, 302, 299, 300, 301, 313, 312, 310, 311, 326, 325, 323, 324, 866,
+    1211, 716, 715, 718, 717, 1051, 1021, 1206, 1205, 693, 694, 1162, 1157, 1159, 940, 1117, 908, 1092, 1168, 1169, 1080, 947, 943, 944, 1072, 949, 953, 1156, 1153, 954, 1113, 1114,
+    737, 723, 725, 904, 1166, 1167, 1079, 1119, 941, 942, 1071, 1190, 865, 1152, 1147, 1149, 1118, 1065, 1131, 867, 1163, 1170, 1164, 1165, 938, 945, 939, 1140, 1038, 1029, 1031, 1064,
+    1046, 1043, 1045, 1144, 1146, 1145, 1112, 1007, 1006, 1217, 1216, 727, 1009, 1173, 714, 713, 711, 931, 933, 932, 1099, 1097, 1098, 1101, 1102, 1100, 1111, 974, 905, 936, 869, 868,
+    869, 868, 1107, 1105, 1106, 1109, 1110, 1108, 1003, 980, 1076, 1077, 1083, 1081, 1068, 1069, 1075, 1073, 1115, 1041, 1160, 1161, 1155, 1150, 1151, 963, 966, 712, 962, 967, 1066, 1067,
+    1066, 1067, 1022, 1023, 1024, 1025, 847, 846, 849, 848, 779, 778, 799, 798, 763, 762, 765, 764, 787, 786, 789, 788, 811, 810, 813, 812, 827, 826, 829, 828, 781, 780,
+    801, 800, 767, 766, 769, 768, 791, 790, 793, 792, 815, 814, 817, 816, 831, 830, 833, 832, 783, 782, 803, 802, 771, 770, 773, 772, 795, 794, 797, 796, 819, 818,
+    821, 820, 835, 834, 837, 836, 699, 697, 698, 695, 696, 22, 42, 41, 39, 51, 467, 466, 419, 28, 638, 607, 641, 1010, 1008, 955, 1007, 1006, 1000, 1196, 1195, 1198,
+    1197, 708, 707, 961, 946, 1018, 1021, 1019, 1020, 761, 854, 751, 730, 1048, 864, 1049, 1050, 319, 322, 320, 321, 315, 318, 316, 317, 859, 756, 746, 745, 915, 968, 1001,
+    710, 709, 960, 785, 785, 784, 784, 805, 805, 804, 804, 977, 976, 983, 982, 775, 775, 774, 774, 777, 777, 776, 776, 807, 807, 806, 806, 809, 809, 808, 808, 823,
+    823, 822, 822, 825, 825, 824, 824, 839, 839, 838, 838, 841, 841, 840, 840, 700, 595, 914, 913, 912, 912, 909, 909, 914, 913, 912, 912, 909, 909, 901, 896, 900,
+    911, 887, 901, 900, 1223, 1222, 1221, 1220, 898, 899, 897, 910, 898, 897, 885, 884, 885, 884, 734, 733, 907, 906, 740, 739, 736, 731, 1219, 1218, 720, 719, 1208, 1207,
+    1210, 1209, 706, 705, 704, 703, 930, 929, 1225, 1224, 690, 689, 692, 691, 923, 922, 925, 924, 729, 726, 735, 732, 724, 728, 738, 1213, 1212, 1215, 1214, 878, 877, 880,
+    879, 742, 741, 744, 743, 871, 870, 873, 872, 1186, 1189, 1187, 935, 978, 981, 979, 937, 1182, 1185, 1183, 934, 1188, 1184, 886, 908, 889, 890, 893, 894, 895, 892, 1141,
+    1142, 1143, 1162, 1156, 1152, 1125, 1126, 1123, 1124, 1157, 1153, 1154, 1147, 1159, 1158, 1149, 1148, 972, 975, 973, 886, 908, 908, 889, 890, 893, 894, 895, 892, 716, 715, 718,
+    717, 1051, 1021, 1206, 1205, 1162, 1157, 1159, 940, 1117, 908, 1168, 1169, 1080, 948, 952, 943, 944, 1072, 950, 951, 953, 1156, 1153, 1154, 954, 1113, 1114, 737, 723, 725, 904,
+    1166, 1167, 1079, 1120, 1121, 941, 942, 1071, 1191, 1192, 1152, 1147, 1149, 1118, 1065, 1131, 1163, 1170, 1164, 1165, 938, 945, 939, 1140, 1064, 1112, 1009, 1008, 714, 713, 931, 933,
+    932, 1099, 1097, 1098, 1101, 1102, 1100, 1174, 1177, 1178, 1181, 1175, 1176, 1179, 1180, 1111, 1088, 1091, 974, 1084, 1103, 905, 964, 936, 1107, 1104, 1105, 1086, 1106, 1094, 1109, 1087,
+    1110, 1096, 1108, 1095, 1003, 1010, 980, 1076, 1089, 1090, 1077, 1078, 1085, 1093, 1083, 965, 1081, 1082, 1068, 1069, 1070, 1075, 1073, 1074, 1115, 1116, 963, 966, 957, 958, 956, 959,
+    1004, 1005, 962, 967, 962, 967, 963, 966, 1011, 1014, 1012, 1013, 750, 749, 1016, 1017, 722, 721, 992, 993, 1002, 1015, 779, 778, 799, 798, 763, 762, 765, 764, 787, 786,
+    789, 788, 811, 810, 813, 812, 827, 826, 829, 828, 781, 780, 801, 800, 767, 766, 769, 768, 791, 790, 793, 792, 815, 814, 817, 816, 831, 830, 833, 832, 783, 782,
+    803, 802, 771, 770, 773, 772, 795, 794, 797, 796, 819, 818, 821, 820, 835, 834, 837, 836, 697, 698, 695, 696, 1010, 1008, 701, 702, 946, 1018, 1021, 1019, 1020, 761,
+    855, 857, 752, 754, 856, 858, 753, 755, 986, 987, 971, 984, 1048, 864, 1049, 1050, 1201, 1202, 1171, 1172, 860, 862, 757, 759, 861, 863, 758, 760, 985, 988, 970, 989,
+    1203, 1204, 968, 1059, 1058, 1057, 1055, 1056, 1061, 1060, 1054, 1052, 1053, 969, 969, 1122, 1122, 1062, 1063, 1127, 1130, 1128, 1129, 990, 999, 991, 994, 995, 998, 996, 997, 29,
+    38, 33, 677, 31, 40, 673, 32, 30, 352, 647, 843, 842, 845, 844, 1127, 1127, 1130, 1130, 1128, 1128, 1129, 1129, 1136, 1136, 1139, 1139, 1137, 1137, 1138, 1138, 1132, 1132,
+    1135, 1135, 1133, 1133, 1134, 1134, 1028, 1026, 1027, 1039, 1040, 1030, 1034, 1032, 1033, 1036, 1037, 1035, 1042, 1047, 1044, 28, 361, 362,
 ]
 
 let tableFormOperands: [UInt64] = [
@@ -2540,7 +2657,17 @@ let tableFormOperands: [UInt64] = [
     0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x8010001140c120c, 0x8011310140c120c, 0x8010003140c120c, 0x8010004140c120c,
     0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x801130c140b120b, 0x801130c140b120b, 0x801120b130c, 0x801120b130c,
     0x801130d140b120b, 0x801130d140b120b, 0x801120b130d, 0x801120b130d, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700, 0x801130b140b1700,
-    0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b,
+    0x801130b140b120b, 0x801130b140b120b, 0x801130b140b120b, 0x160c130c140c120c, 0x160c130c140c120c, 0x160c130c140c120c, 0x160c130c140c120c, 0x160c130c140c120c,
+    0x160c130c140c120c, 0x160c130c140c120c, 0x160c130c140c120c, 0x160c130c140c120c, 0x160c130c140c120c, 0x160b130b140b120b, 0x130b160b140b120b, 0x160b130b140b120b,
+    0x130b160b140b120b, 0x160c130c140c120c, 0x160c130c140c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c120c, 0x801130c140c120c,
+    0x801130c140c120c, 0x801130c140c120c, 0x801130c140c120c, 0x801130c140c120c, 0x801130c140c120c, 0x801130c140c120c, 0x801130c140c120c, 0x71507,
+    0x71507, 0x71507, 0x71507, 0x71507, 0x71507, 0x71507, 0x71507, 0x71507,
+    0x307, 0x307, 0x130b120b, 0x130b120b, 0x130b120b, 0x130b120b, 0x140c130c120c, 0x130c140c120c,
+    0x140c130c120c, 0x130c140c120c, 0x140c130c120c, 0x130c140c120c, 0x140c130c120c, 0x130c140c120c, 0x140c130c120c, 0x130c140c120c,
+    0x140c130c120c, 0x130c140c120c, 0x140c130c120c, 0x130c140c120c, 0x140c130c120c, 0x130c140c120c, 0x140c130c120c, 0x130c140c120c,
+    0x140c130c120c, 0x130c140c120c, 0x140c130c120c, 0x130c140c120c, 0x140c130c120c, 0x130c140c120c, 0x130c120c, 0x130c120c,
+    0x130c120c, 0x130c120c, 0x130c120c, 0x130c120c, 0x130c120c, 0x130c120c, 0x130c120c, 0x130c120c,
+    0x130c120c, 0x130c120c, 0x130c120c, 0x130c120c, 0x130c120c, 0x80300070107, 0x80300031507, 0x80300031507,
 ]
 
 let tableFormAttrs: [UInt16] = [
@@ -2604,6 +2731,8 @@ let tableFormAttrs: [UInt16] = [
     24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768,
     24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24768, 24704, 24704, 24704, 24704, 24768, 24768, 32960, 32960, 32896, 24704, 24704, 24704, 24704, 24704,
     32960, 32960, 24768, 24768, 32960, 32960, 24768, 24768, 32960, 32960, 32960, 32960, 32896, 32896, 32896, 32896, 32960, 32960, 32960, 32960, 32960, 32960, 24768, 24768, 32960, 32960, 24768, 24768, 32960, 32960, 32960, 32960,
-    32960, 32960, 32896,
+    32960, 32960, 32896, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 25152, 25152, 25152, 25152, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 33344, 16896,
+    16896, 16896, 16896, 16896, 16896, 16896, 16896, 16896, 8704, 8704, 16960, 16960, 16960, 16960, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152, 25152,
+    25152, 25152, 25152, 25152, 25152, 25152, 16960, 16960, 16960, 16960, 16960, 16960, 16960, 16960, 16960, 16960, 16960, 16960, 16960, 16960, 16960, 25088, 25088, 25088,
 ]
 
