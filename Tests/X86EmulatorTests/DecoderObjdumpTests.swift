@@ -179,6 +179,42 @@ final class DecoderObjdumpTests: XCTestCase {
         XCTAssertGreaterThan(t.compared, 10_000)
     }
 
+    /// Intel-syntax text against objdump's, after the documented cosmetic differences (DECODER.md):
+    /// case, ", " vs ",", prefixes objdump spells out, `<symbol>` and `# comment` annotations,
+    /// movabs, `st` vs `st(0)`, `66 90`, negative RIP displacements, objdump's bare branch targets.
+    func testTextMatchesObjdumpOnRealCode() throws {
+        guard Self.objdump != nil else { throw XCTSkip("objdump (binutils) is not installed") }
+        let out = try Self.run(["-d", "-M", "intel", "--insn-width=16", "-j", ".text", "/usr/bin/ls"])
+        let insns = Array(Self.parse(out).prefix(20_000 * Self.scale))
+        guard insns.count > 1000 else { throw XCTSkip("/usr/bin/ls has too little code to compare") }
+        func squeeze(_ t: String) -> String { t.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+        var compared = 0, different: [String] = []
+        for ins in insns where !ins.text.contains("(bad)") {
+            guard case .success(let i) = decode(bytes: ins.bytes, mode: .bits64) else { continue }
+            var theirs = ins.text.lowercased()
+            if let r = theirs.range(of: " <") { theirs = String(theirs[..<r.lowerBound]) }
+            if let r = theirs.range(of: "#") { theirs = String(theirs[..<r.lowerBound]) }
+            var words = squeeze(theirs).split(separator: " ").map(String.init)
+            while let w = words.first, Self.prefixWords.contains(w) || w.hasPrefix("rex.") { words.removeFirst() }
+            theirs = words.joined(separator: " ")
+            if words.count == 2, Int(words[1], radix: 16) != nil, i.operand(0) != .none, case .relative = i.operand(0) {
+                theirs = words[0] + " 0x" + words[1]
+            }
+            theirs = theirs.replacingOccurrences(of: "movabs", with: "mov")
+            var ours = i.text(address: UInt64(ins.offset)).lowercased().replacingOccurrences(of: ", ", with: ",")
+            for p in ["rep ", "repe ", "repne ", "lock "] where ours.hasPrefix(p) { ours.removeFirst(p.count) }
+            ours = ours.replacingOccurrences(of: "st(0)", with: "st")
+            theirs = theirs.replacingOccurrences(of: "st(0)", with: "st")
+            if ins.bytes == [0x66, 0x90] { theirs = "nop" }
+            if let m = i.memoryOperand, m.ripRelative, m.displacement < 0 { continue }  // objdump: [rip+0xffff...]
+            compared += 1
+            if theirs != ours && different.count < 20 { different.append("objdump: \(theirs)   ours: \(ours)") }
+        }
+        print("text vs objdump on /usr/bin/ls: compared \(compared), different \(different.count)")
+        XCTAssertGreaterThan(compared, 1000)
+        XCTAssertEqual(different.count, 0, different.joined(separator: "\n"))
+    }
+
     func randomBytesAgree(mode: DecoderMode, machine: String) throws {
         guard Self.objdump != nil else { throw XCTSkip("objdump (binutils) is not installed") }
         var rng = SplitMix64(seed: 0xE817_5C0F + UInt64(mode.rawValue))

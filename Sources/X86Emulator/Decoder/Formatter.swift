@@ -33,6 +33,8 @@ extension Instruction {
         case .none: return ""
         case .register(let r): return r.name
         case .immediate(let v, let size):
+            // the implicit count of D0-D3 shifts, written as objdump does
+            if immediateSize == 0 && v == 1 { return "1" }
             return hex(size >= 8 ? UInt64(bitPattern: v) : UInt64(bitPattern: v) & ((1 << (UInt64(size) * 8)) - 1))
         case .relative(let d):
             var target = address &+ UInt64(length) &+ UInt64(bitPattern: d)
@@ -57,7 +59,9 @@ extension Instruction {
                 s += (first ? "" : "+") + x.name + (m.addressSize == 16 ? "" : "*\(m.scale)")
                 first = false
             }
-            if m.displacement != 0 || first {
+            // an encoded zero displacement is shown (objdump does: [rbp+0x0])
+            let encodedDisp = displacementSize > 0 && (m.base != nil || m.index != nil || m.ripRelative)
+            if m.displacement != 0 || first || encodedDisp {
                 if m.displacement < 0 && !first { s += "-" + hex(UInt64(-m.displacement)) }
                 else { s += (first ? "" : "+") + hex(UInt64(bitPattern: m.displacement)) }
             }
