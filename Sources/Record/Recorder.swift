@@ -49,6 +49,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         /// CPL and instruction of the last record, for gap records under single-step.
         var lastCPL: UInt8 = 0
         var lastStepMnemonic: Mnemonic?
+        /// The last step record, written once the next record shows it was not an exit.
+        var heldStep: TraceRecord?
     }
 
     /// Creates the trace file at `path` with a header describing `machine`, `image` and the host.
@@ -118,6 +120,10 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
 
     public func vcpuStopped(vcpu: Int, exits: UInt64) {
         guard vcpu < lanes.count else { return }
+        if let held = lanes[vcpu].heldStep {
+            lanes[vcpu].heldStep = nil
+            append(held)
+        }
         append(TraceRecord(kind: .event, vcpu: UInt16(vcpu), state: lanes[vcpu].lastState,
                            code: EventCode.vcpuStopped, note: "vcpu stopped after \(exits) exits"))
         try? writer.flush(vcpu: UInt16(vcpu))
@@ -144,6 +150,21 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         } else {
             record.fragment = 0
         }
+        // A step record describes the instruction at RIP before it runs; when that instruction
+        // then exits to the VMM, the exit's record is its record (DESIGN.md), so the step is held
+        // back until the next record of this vCPU shows which it was.
+        if let held = lane.heldStep {
+            lane.heldStep = nil
+            if !(record.kind == .exit && record.instructionStart == held.instructionStart) { append(held) }
+        }
+        if record.kind == .step {
+            lane.heldStep = record
+            lane.openGroup = nil
+            lane.lastState = exit.state
+            lane.lastCPL = record.state.cpl
+            lane.lastStepMnemonic = Self.mnemonic(record)
+            return
+        }
         let seq = append(record)
         if record.kind == .exit && !record.lastFragment {
             let group = record.fragment == 0 ? seq : record.group
@@ -153,7 +174,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         }
         lane.lastState = exit.stateAfter ?? exit.state
         lane.lastCPL = record.state.cpl
-        lane.lastStepMnemonic = record.kind == .step ? record.instructionBytes.isEmpty ? nil : Self.mnemonic(record) : nil
+        lane.lastStepMnemonic = nil
     }
 
     /// Single-step sees CPL0 only (kvm_pvm runs CPL3 natively): when the guest went to CPL3 and
