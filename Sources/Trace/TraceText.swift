@@ -177,26 +177,45 @@ public struct TraceText {
     /// One line in the manner of `perf script`: seq, [vcpu], time, reason, RIP (symbol), info,
     /// instruction bytes and text.
     public func line(_ r: TraceRecord) -> String {
+        // Hand formatting: String(format:) costs more than decoding the record.
         let t: String
         if header.tscHz > 0 {
-            t = String(format: "%.9f", Double(Int64(bitPattern: r.tscExit &- baseTSC)) / Double(header.tscHz))
+            t = TraceText.fixed(Double(Int64(bitPattern: r.tscExit &- baseTSC)) / Double(header.tscHz), 9)
         } else {
             t = String(r.tscExit)
         }
-        var s = "\(String(r.seq).leftPad(9)) [\(String(format: "%03d", Int(r.vcpu)))] \(t.leftPad(14)): "
+        let v = String(r.vcpu)
+        var s = String(r.seq).leftPad(9) + " [" + String(repeating: "0", count: max(0, 3 - v.count)) + v + "] " + t.leftPad(14) + ": "
         s += r.reasonName.padding(toLength: 10, withPad: " ", startingAt: 0)
         s += " " + Self.hex(r.state.rip)
-        if let sym = symbols.describe(r.state.rip) { s += " (\(sym))" }
+        if let sym = symbols.describe(r.state.rip) { s += " (" + sym + ")" }
         let info = exitInfo(r)
         if !info.isEmpty { s += "  " + info }
         if !r.instructionBytes.isEmpty {
-            s += "  [" + r.instructionBytes.map { String(format: "%02x", $0) }.joined(separator: " ") + "]"
+            var b = ""
+            for (i, x) in r.instructionBytes.enumerated() {
+                if i > 0 { b += " " }
+                b += Hex.bytes(CollectionOfOne(x))
+            }
+            s += "  [" + b + "]"
             if let text = instructionText(r) { s += " " + text }
         }
         if header.tscHz > 0 && r.kind == .exit {
-            s += "  " + String(format: "%.2fus", Double(r.handlingCycles) / Double(header.tscHz) * 1e6)
+            s += "  " + TraceText.fixed(Double(r.handlingCycles) / Double(header.tscHz) * 1e6, 2) + "us"
         }
         return s
+    }
+
+    /// `x` with `decimals` digits after the point, like "%.Nf" for the magnitudes of a trace.
+    static func fixed(_ x: Double, _ decimals: Int) -> String {
+        guard x.isFinite, abs(x) < 9e15 / pow(10, Double(decimals)) else { return String(x) }
+        var scale: Int64 = 1
+        for _ in 0..<decimals { scale *= 10 }
+        let v = Int64((abs(x) * Double(scale)).rounded())
+        let sign = x < 0 && v != 0 ? "-" : ""
+        guard decimals > 0 else { return sign + String(v) }
+        let frac = String(v % scale)
+        return sign + String(v / scale) + "." + String(repeating: "0", count: max(0, decimals - frac.count)) + frac
     }
 
     // MARK: one record in full

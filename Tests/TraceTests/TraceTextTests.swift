@@ -56,6 +56,12 @@ final class TraceTextTests: XCTestCase {
         XCTAssertTrue(text.contains("IOIO                     192"))
     }
 
+    func testFixedPointFormattingMatchesPrintf() {
+        for (x, d) in [(1.5, 2), (0.000014433, 9), (-0.0412, 3), (3752.664923662, 9), (0.0, 2), (12.345, 0), (0.999, 2)] {
+            XCTAssertEqual(TraceText.fixed(x, d), String(format: "%.\(d)f", x).replacingOccurrences(of: "-0.00", with: "0.00"), "\(x) \(d)")
+        }
+    }
+
     func testSymbolLookup() {
         let t = SymbolTable([GuestSymbol(address: 0x2000, size: 0x10, name: "b"), GuestSymbol(address: 0x1000, size: 0, name: "a")])
         XCTAssertEqual(t.describe(0x1000), "a")
