@@ -31,7 +31,7 @@ extension ExecGroup1Tests {
         XCTAssertEqual(m.state.rsi, 0x3003)
         XCTAssertEqual(m.state.rip, 0x1002)
         XCTAssertEqual(m.cpu.accessLog, [0x41, 0x42, 0x43].map {
-            .port(PortAccess(port: 0x3F8, size: 1, isWrite: true, value: $0, string: true, rep: true))
+            .port(PortAccess(port: 0x3F8, size: 1, isWrite: true, value: $0, string: true, rep: true, addressSize: 64))
         })
         XCTAssertEqual(m.step(), .halted)
     }

@@ -165,7 +165,8 @@ public struct ExecOutput: Sendable {
             switch a {
             case .port(let p):
                 ports.append(["port": Hex.string(p.port), "size": p.size, "direction": p.isWrite ? "out" : "in",
-                              "value": Hex.string(p.value), "string": p.string, "rep": p.rep])
+                              "value": Hex.string(p.value), "string": p.string, "rep": p.rep]
+                             .merging(p.string ? ["address_size": p.addressSize] : [:]) { a, _ in a })
             case .msrRead(let i, let v):
                 msrs.append(["index": Hex.string(i), "direction": "read", "value": Hex.string(v)])
             case .msrWrite(let i, let v):

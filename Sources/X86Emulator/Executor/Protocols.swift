@@ -38,13 +38,17 @@ public struct PortAccess: Equatable, Sendable, Codable {
     /// True for INS/OUTS; `rep` when a REP prefix repeated it.
     public var string: Bool
     public var rep: Bool
-    public init(port: UInt16, size: Int, isWrite: Bool, value: UInt32, string: Bool = false, rep: Bool = false) {
+    /// Address size in bits of INS/OUTS (IOIO EXITINFO1's A16/A32/A64); 0 for IN/OUT.
+    public var addressSize: Int
+    public init(port: UInt16, size: Int, isWrite: Bool, value: UInt32, string: Bool = false, rep: Bool = false,
+                addressSize: Int = 0) {
         self.port = port
         self.size = size
         self.isWrite = isWrite
         self.value = value
         self.string = string
         self.rep = rep
+        self.addressSize = addressSize
     }
 }
 

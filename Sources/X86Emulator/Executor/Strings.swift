@@ -64,14 +64,14 @@ extension X86Executor {
                 let lin = try linear(SR.es, di, size, write: true)
                 try probeWrite(lin, size)
                 guard let v = ports?.read(port: port, size: size) else { throw .unanswered(.port(port, size: size)) }
-                accessLog.append(.port(PortAccess(port: port, size: size, isWrite: false, value: v, string: true, rep: repeated)))
+                accessLog.append(.port(PortAccess(port: port, size: size, isWrite: false, value: v, string: true, rep: repeated, addressSize: Int(asz))))
                 try writeLinear(lin, size, UInt64(v))
                 writeCounter(7, di &+ delta, asz)
             case .outs:
                 let port = UInt16(truncatingIfNeeded: gpr[2])
                 let v = UInt32(truncatingIfNeeded: try readMem(srcSeg, si, size))
                 ports?.write(port: port, size: size, value: v)
-                accessLog.append(.port(PortAccess(port: port, size: size, isWrite: true, value: v, string: true, rep: repeated)))
+                accessLog.append(.port(PortAccess(port: port, size: size, isWrite: true, value: v, string: true, rep: repeated, addressSize: Int(asz))))
                 writeCounter(6, si &+ delta, asz)
             default:
                 throw .unsupported
