@@ -212,6 +212,14 @@ final class DecoderTests: XCTestCase {
         XCTAssertEqual(decodeOK("8f e9 78 01 c8")?.mnemonic, .blcfill)
         XCTAssertEqual(decodeOK("8f c0")?.mnemonic, .pop)
         XCTAssertTrue(decodeOK("8f e8 78 c0 c1 05")?.prefixes.contains(.xop) ?? false)
+        // 3DNow!: the opcode is the byte after the operands
+        let pf = try XCTUnwrap(decodeOK("0f 0f 44 24 08 b4"))
+        XCTAssertEqual(pf.mnemonic, .pfmul)
+        XCTAssertEqual(pf.map, .amd3DNow)
+        XCTAssertEqual(pf.length, 6)
+        XCTAssertEqual(pf.operand(1).memory?.displacement, 8)
+        XCTAssertEqual(decode(bytes: hexBytes("0f 0f c1"), mode: .bits64), .failure(.truncated))
+        XCTAssertEqual(decode(bytes: hexBytes("0f 0f c1 00"), mode: .bits64), .failure(.invalid))
     }
 
     func testInPlaceDecodeMatchesResultAPI() throws {
