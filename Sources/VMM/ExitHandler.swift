@@ -1,3 +1,4 @@
+import CKVM
 import KVM
 
 /// Where an exit's data lives: the kvm_run page (I/O data at `dataOffset` from its start)
@@ -70,11 +71,15 @@ public struct ExitHandler: @unchecked Sendable {
     public let bus: DeviceBus
     public let msrs: MSRFile
     public let irqchip: IRQChipMode
+    /// The poweroff port's device (on the bus at 0x8900): when it has seen "Shutdown", the
+    /// run ends as a KVM shutdown system event would (status 0, as QEMU exits).
+    public let shutdown: ShutdownPort?
 
-    public init(bus: DeviceBus, msrs: MSRFile, irqchip: IRQChipMode) {
+    public init(bus: DeviceBus, msrs: MSRFile, irqchip: IRQChipMode, shutdown: ShutdownPort? = nil) {
         self.bus = bus
         self.msrs = msrs
         self.irqchip = irqchip
+        self.shutdown = shutdown
     }
 
     /// Maps the exit port's value to a process exit status (the low 8 bits).
@@ -166,6 +171,11 @@ public struct ExitHandler: @unchecked Sendable {
                     out.action = .exitStatus(source: port, value: v, status: Self.debugExitStatus(v))
                 case MachineLayout.markerPort:
                     out.marker = v
+                case MachineLayout.shutdownPort:
+                    out.access!.claimed = bus.portWrite(vcpu: vcpu, port: port, size: size, value: UInt32(v))
+                    if let shutdown, bus.withLock({ shutdown.requested }) {
+                        out.action = .systemEvent(SystemEventInfo(type: UInt32(KVM_SYSTEM_EVENT_SHUTDOWN)))
+                    }
                 default:
                     out.access!.claimed = bus.portWrite(vcpu: vcpu, port: port, size: size, value: UInt32(v))
                 }

@@ -17,6 +17,14 @@ public struct GuestImage: Sendable, Equatable {
     public var entry: UInt64
     /// The `.exitscope` section's text ("mode=real vcpus=1 ..."), if present.
     public var machineText: String?
+    /// General-purpose registers the boot vCPU starts with besides the mode's entry state
+    /// (a Multiboot kernel gets EAX=0x2BADB002 and EBX=the information block).
+    public struct EntryRegisters: Sendable, Equatable {
+        public var rax: UInt64
+        public var rbx: UInt64
+        public init(rax: UInt64, rbx: UInt64) { self.rax = rax; self.rbx = rbx }
+    }
+    public var entryRegisters: EntryRegisters?
 
     public init(kind: Kind, segments: [Segment], entry: UInt64, machineText: String? = nil) {
         self.kind = kind; self.segments = segments; self.entry = entry; self.machineText = machineText

@@ -62,6 +62,7 @@ public enum Loader {
             s.rip = image.entry
             s.rsp = stackTop
             s.cr0 |= CR0.ne
+            if vcpu == 0, let r = image.entryRegisters { s.rax = r.rax; s.rbx = r.rbx }
             if config.mode == .long64 {
                 guard image.entry <= 0xFFFF_FFFF else {
                     throw VMMError.config("long-mode entry \(hex(image.entry)) is outside the identity-mapped 4 GiB")

@@ -75,7 +75,8 @@ public final class Machine: @unchecked Sendable {
             scratch = ScratchMMIO()
             try bus.attach(uart, port: MachineLayout.serialPort, count: 8)
             try bus.attach(scratch, address: MachineLayout.scratchMMIOBase, length: MachineLayout.scratchMMIOSize)
-            handler = ExitHandler(bus: bus, msrs: msrs, irqchip: config.irqchip)
+            let shutdown = try Self.attachPCDevices(bus, config: config)
+            handler = ExitHandler(bus: bus, msrs: msrs, irqchip: config.irqchip, shutdown: shutdown)
 
             let cpuid = try sys.supportedCPUID()
             var vcpus: [VCPU] = []
@@ -104,6 +105,22 @@ public final class Machine: @unchecked Sendable {
         } catch {
             throw VMMError.config("\(error)")
         }
+    }
+
+    /// fw_cfg, the poweroff port, pc-testdev (latch and RAM-like MMIO) and, without the
+    /// in-kernel irqchip, the PIC mask registers (PCDevices.swift).
+    static func attachPCDevices(_ bus: DeviceBus, config: MachineConfig) throws(VMMError) -> ShutdownPort {
+        try bus.attach(FirmwareConfig(vcpus: config.vcpus, ramBytes: config.memoryBytes), port: MachineLayout.fwCfgPort, count: 2)
+        let shutdown = ShutdownPort()
+        try bus.attach(shutdown, port: MachineLayout.shutdownPort, count: 1)
+        try bus.attach(TestDevLatch(), port: MachineLayout.testDevPort, count: 4)
+        try bus.attach(ScratchMMIO(size: Int(MachineLayout.testDevMemorySize)), address: MachineLayout.testDevMemoryBase,
+                       length: MachineLayout.testDevMemorySize)
+        if config.irqchip == .none {
+            try bus.attach(PICMaskRegisters(), port: MachineLayout.masterPICPort, count: 2)
+            try bus.attach(PICMaskRegisters(), port: MachineLayout.slavePICPort, count: 2)
+        }
+        return shutdown
     }
 
     /// Facts about the machine, for an observer's trace header.

@@ -41,11 +41,36 @@ struct MachineOptions: ParsableArguments {
     @Option(help: "Where a --flat binary is loaded and entered (e.g. 0x1000).")
     var loadAddress: String?
 
+    @Flag(help: ArgumentHelp("IMAGE is a Multiboot v1 kernel (an ELF, e.g. a kvm-unit-tests .flat): entered in protected32 "
+        + "mode with EAX=0x2BADB002, EBX=the information block; defaults irqchip=kernel, memory=128.",
+        discussion: ""))
+    var multiboot = false
+
+    @Option(help: "The Multiboot kernel's command line.")
+    var append: String?
+
+    @Option(help: ArgumentHelp("A Multiboot module (repeatable), as QEMU's -initrd.", valueName: "file"))
+    var initrd: [String] = []
+
+    @Option(help: ArgumentHelp("KEY=VALUE for a Multiboot environ module (repeatable), e.g. NR_CPUS=1: "
+        + "the lines kvm-unit-tests reads from its one module.", valueName: "key=value"))
+    var env: [String] = []
+
     func validate() throws {
         if flat && loadAddress == nil { throw ValidationError("--flat needs --load-address") }
         if !flat && loadAddress != nil { throw ValidationError("--load-address is only for --flat images") }
         if let t = timeout, !(t > 0) { throw ValidationError("--timeout must be positive") }
         if let n = maxExits, n == 0 { throw ValidationError("--max-exits must be positive") }
+        if multiboot && flat { throw ValidationError("--multiboot and --flat exclude each other") }
+        if !multiboot && (append != nil || !initrd.isEmpty || !env.isEmpty) {
+            throw ValidationError("--append, --initrd and --env are for --multiboot kernels")
+        }
+        if let bad = env.first(where: { !$0.contains("=") || $0.hasPrefix("=") || $0.contains("\n") }) {
+            throw ValidationError("--env '\(bad)' is not KEY=VALUE")
+        }
+        if multiboot, let mode, mode != "protected32" {
+            throw ValidationError("a --multiboot kernel starts in protected32 mode (not \(mode))")
+        }
     }
 
     var limits: RunLimits { RunLimits(maxExits: maxExits, timeout: timeout, handleInterrupt: true) }
@@ -60,7 +85,7 @@ struct MachineOptions: ParsableArguments {
     }
 
     func prepare() throws(VMMError) -> Prepared {
-        let guest: GuestImage
+        var guest: GuestImage
         let path: String
         let bytes: [UInt8]
         if flat {
@@ -77,12 +102,26 @@ struct MachineOptions: ParsableArguments {
             guest = try GuestImage.elf(bytes, path: located.elfPath)
         }
         var config = MachineConfig()
+        if multiboot {
+            // What QEMU gives a -kernel: in-kernel PIC/LAPIC/IOAPIC/PIT, 128 MiB.
+            config.mode = .protected32
+            config.irqchip = .kernel
+            config.memoryMiB = 128
+        }
         if let text = guest.machineText { try config.apply(text) }
         if let mode { try config.set("mode", mode) }
         if let smp { try config.set("vcpus", String(smp)) }
         if let memory { try config.set("memory", String(memory)) }
         if let irqchip { try config.set("irqchip", irqchip) }
         if let cpuid { try config.set("cpuid", cpuid) }
+
+        if multiboot {
+            var modules: [MultibootModule] = []
+            for file in initrd { modules.append(MultibootModule(bytes: try ImageLocator.readFile(file, limit: 256 << 20), cmdline: file)) }
+            if !env.isEmpty { modules.append(.environ(env)) }
+            guest = try Multiboot.prepare(guest, file: bytes, path: path, config: config, cmdline: append ?? "",
+                                          modules: modules)
+        }
 
         let output = try serialOut.map { path throws(VMMError) in try SerialOutput(path: path) } ?? SerialOutput(fd: 1)
         let input = try serialIn.map { path throws(VMMError) in try ImageLocator.readFile(path, limit: 64 << 20) } ?? []
