@@ -168,6 +168,9 @@ final class DecoderTests: XCTestCase {
         let far = try XCTUnwrap(decodeOK("ea 00 7c 00 00 08 00", .bits32))
         XCTAssertEqual(far.operand(0), .farPointer(selector: 8, offset: 0x7c00))
         XCTAssertEqual(decodeOK("66 ea 00 7c 08 00", .bits32)?.length, 6)
+        // MOV r/m, Sreg: a register destination takes the operand size, memory is always 16 bits
+        XCTAssertEqual(decodeOK("8c d8", .bits32)?.text, "mov eax, ds")
+        XCTAssertEqual(decodeOK("8c 18", .bits32)?.operand(0).memory?.size, 2)
         XCTAssertEqual(decodeOK("0f c7 0e")?.mnemonic, .cmpxchg8b)
         XCTAssertEqual(decodeOK("f0 48 0f c7 0e")?.mnemonic, .cmpxchg16b)
         XCTAssertEqual(decodeOK("0f 38 f0 07")?.mnemonic, .movbe)
