@@ -137,7 +137,6 @@ public struct Aggregator: Sendable {
         /// Sum of the durations of the completed pairs, in cycles.
         var durationCycles: UInt64 = 0
         var exits = ExitStats()
-        var firstSeq: UInt64 = .max
     }
     struct Bin: Sendable {
         var exits: UInt64 = 0
@@ -235,15 +234,22 @@ public struct Aggregator: Sendable {
             lastTSC = Swift.max(lastTSC, entered ? r.tscEntry : r.tscExit)
         }
 
+        let phase = phaseTracker.observe(r)
+        if let e = phase.before { apply(e) }
         switch r.kind {
-        case .exit: addExit(r, vmm: vmm, guest: guest)
+        case .exit: addExit(r, vmm: vmm, guest: guest, markerExit: phase.isMarkerExit)
         case .completion: addCompletion(r, vmm: vmm)
-        case .marker: addMarker(r)
-        case .step, .event, .gap: break
+        case .marker, .step, .event, .gap: break
         }
+        if let e = phase.after { apply(e) }
     }
 
-    private mutating func addExit(_ r: TraceRecord, vmm: UInt64?, guest: UInt64?) {
+    /// Applies the markers still waiting for their exit (Report does this on its copy).
+    mutating func finishMarkers() {
+        for e in phaseTracker.flush() { apply(e) }
+    }
+
+    private mutating func addExit(_ r: TraceRecord, vmm: UInt64?, guest: UInt64?, markerExit: Bool) {
         total.add(vmm: vmm, guest: guest)
         reasons.update(ReasonKey(exitCode: r.exitCode.rawValue, kvmExitReason: r.kvmExitReason),
                        make: { ExitStats(percentiles: true) }) { $0.add(vmm: vmm, guest: guest) }
@@ -267,11 +273,8 @@ public struct Aggregator: Sendable {
             RIPInfo(bytes: Array(r.instructionBytes.prefix(15)), bits: codeBits(r.state), reason: reasonName(r))
         }) { $0.stats.add(vmm: vmm, guest: guest) }
 
-        if let p = phaseTracker.current(r.vcpu) {
-            phases.update(p, make: { PhaseStats() }) {
-                $0.exits.add(vmm: vmm, guest: guest)
-                $0.firstSeq = Swift.min($0.firstSeq, r.seq)
-            }
+        if !markerExit, let p = phaseTracker.current(r.vcpu) {
+            phases.update(p, make: { PhaseStats() }) { $0.exits.add(vmm: vmm, guest: guest) }
         } else {
             outsidePhases.add(vmm: vmm, guest: guest)
         }
@@ -287,10 +290,10 @@ public struct Aggregator: Sendable {
 
     public static let phaseEndBit = PhaseTracker.endBit
 
-    private mutating func addMarker(_ r: TraceRecord) {
-        switch phaseTracker.marker(r) {
+    private mutating func apply(_ e: PhaseTracker.Event) {
+        switch e {
         case .began(let p):
-            phases.update(p, make: { PhaseStats() }) { $0.firstSeq = Swift.min($0.firstSeq, r.seq) }
+            phases.update(p, make: { PhaseStats() }) { _ in }
         case let .ended(p, cycles):
             phases.update(p, make: { PhaseStats() }) {
                 $0.occurrences &+= 1

@@ -179,7 +179,9 @@ public final class ExitDatabase {
 
                 try feed { r in
                     let (vmm, guest) = clock.times(r)
-                    if r.kind == .marker { _ = phases.marker(r) }
+                    let phase = phases.observe(r)
+                    // The phase column: the one open when the record is counted (marker OUTs: none).
+                    let openPhase = phase.isMarkerExit ? nil : phases.current(r.vcpu)
                     records += 1
                     if r.kind == .exit { exits += 1 }
                     if RecordClock.valid(r.tscExit) {
@@ -224,7 +226,7 @@ public final class ExitDatabase {
                         symbols.describe(rip), String(describing: r.visibility), Self.int(r.group), Int64(r.fragment),
                         port, gpa, msr, dir, size, count, data,
                         Self.int(r.tscExit), Self.int(r.tscEntry), ns(vmm), ns(guest),
-                        phases.current(r.vcpu).map(Self.int), Self.int(r.code), r.note,
+                        openPhase.map(Self.int), Self.int(r.code), r.note,
                     ]
                     try insert.execute(arguments: StatementArguments(args))
                 }

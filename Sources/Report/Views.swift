@@ -41,7 +41,9 @@ public struct Report: Sendable {
     let symbols: SymbolTable
 
     public init(_ aggregate: Aggregator) {
-        self.aggregate = aggregate
+        var a = aggregate
+        a.finishMarkers()
+        self.aggregate = a
         symbols = SymbolTable(aggregate.header.symbols)
     }
 

@@ -395,3 +395,42 @@ final class DisassemblyTests: XCTestCase {
         XCTAssertEqual(c.sum("samples"), 1)
     }
 }
+
+final class MarkerExitTests: XCTestCase {
+    /// The recorder's order: a marker record (time inside the OUT's handling), then the OUT's exit.
+    /// Phase 1 runs from the begin OUT's re-entry (1100) to the end OUT's exit (1900), with one
+    /// exit of real work inside; the OUTs to 0x502 count outside phases, once each.
+    func records(markerRecordFirst: Bool) -> [TraceRecord] {
+        var recs: [TraceRecord] = []
+        func marker(_ code: UInt64, exit: UInt64, entry: UInt64) {
+            let m = Make.marker(code, seq: 0, exit: exit + 50, entry: exit + 50)
+            var o = Make.out(port: 0x502, seq: 0, exit: exit, entry: entry, rip: 0x1040)
+            o.accesses = [DeviceAccess(space: .port, address: 0x502, size: 2, isWrite: true,
+                                       data: [UInt8(code & 0xFF), UInt8(code >> 8)])]
+            recs += markerRecordFirst ? [m, o] : [o, m]
+        }
+        marker(1, exit: 1000, entry: 1100)
+        recs.append(Make.mmio(gpa: 0xD000_0000, write: true, seq: 0, exit: 1500, entry: 1600))
+        marker(0x8001, exit: 1900, entry: 2000)
+        for i in recs.indices { recs[i].seq = UInt64(i) }
+        return recs
+    }
+
+    func testMarkerOUTExitsDelimitPhasesOnce() throws {
+        for first in [true, false] {
+            let r = Make.aggregate(records(markerRecordFirst: first))
+            let ph = try r.table(.phase)
+            let p1 = try XCTUnwrap(ph.row("1"), "marker record first: \(first)")
+            XCTAssertEqual(p1["occurrences"], .uint(1))
+            XCTAssertEqual(p1["duration_ns"], .uint(800))
+            XCTAssertEqual(p1["samples"], .uint(1))
+            XCTAssertEqual(p1["guest_ns"], .uint(400))   // 1500 − 1100: marker records do not cut guest spans
+            XCTAssertEqual(ph.row("-")?["samples"], .uint(2))
+            XCTAssertEqual(ph.sum("samples"), r.aggregate.exitCount)
+            XCTAssertTrue(ph.notes.isEmpty, "\(ph.notes)")
+            let mb = try XCTUnwrap(r.table(.microbench).row("1"))
+            XCTAssertEqual(mb["iterations"], .uint(1))
+            XCTAssertEqual(mb["exits_per_op"], .real(1))
+        }
+    }
+}
