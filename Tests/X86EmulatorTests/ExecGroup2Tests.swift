@@ -231,3 +231,21 @@ extension ExecGroup2Tests {
         XCTAssertEqual(out.step(), .exception(CPUException(vector: CPUException.br), delivered: false), "-3 < -2: #BR")
     }
 }
+
+extension ExecGroup2Tests {
+    /// Setting a new state drops decoded instructions (replay changes memory between records):
+    /// over more state changes than the cache has generations, new bytes at the same address run.
+    func testNewStateSeesNewCodeBytes() {
+        let m = TestMachine(.long64, code: [0x90])
+        let start = m.state
+        for k in 0..<70 {
+            let inc: [UInt8] = k % 2 == 0 ? [0xFF, 0xC0] : [0xFF, 0xC8]  // inc eax / dec eax
+            m.mem.load(0x1000, inc)
+            var s = start
+            s.rax = 10
+            m.cpu.state = s
+            XCTAssertEqual(m.step(), .ok)
+            XCTAssertEqual(m.state.rax, k % 2 == 0 ? 11 : 9, "round \(k)")
+        }
+    }
+}

@@ -14,6 +14,11 @@ final class DecodeCache {
     /// Per physical page (hashed): 1 when some entry may come from it.
     let codePages: UnsafeMutablePointer<UInt8>
     var enabled = true
+    /// Flushes bump a 5-bit generation kept in the tags' top bits (O(1), so replay can set a new
+    /// state per record cheaply); every 32nd flush clears the table for real. Physical
+    /// addresses have at most 52 bits, so `pa << 7 | mode` stays below bit 59.
+    var generation: UInt64 = 0
+    static let lowMask: UInt64 = (1 << 59) - 1
 
     init() {
         tag = .allocate(capacity: DecodeCache.size)
@@ -33,12 +38,14 @@ final class DecodeCache {
         codePages.deallocate()
     }
 
-    @inline(__always) static func key(_ pa: UInt64, _ mode: Int) -> UInt64 { (pa << 7 | UInt64(mode)) &+ 1 }
+    @inline(__always) func key(_ pa: UInt64, _ mode: Int) -> UInt64 {
+        ((pa << 7 | UInt64(mode)) &+ 1) | (generation << 59)
+    }
     @inline(__always) static func index(_ pa: UInt64) -> Int { Int(pa & UInt64(size - 1)) }
 
     @inline(__always) func lookup(_ pa: UInt64, _ mode: Int) -> Instruction? {
         let i = DecodeCache.index(pa)
-        return tag[i] == DecodeCache.key(pa, mode) ? insn[i] : nil
+        return tag[i] == key(pa, mode) ? insn[i] : nil
     }
 
     func insert(_ pa: UInt64, _ mode: Int, _ x: Instruction) {
@@ -46,7 +53,7 @@ final class DecodeCache {
         let i = DecodeCache.index(pa)
         if tag[i] == 0 { (insn + i).initialize(to: x) } else { insn[i] = x }
         fast[i] = FastOp.compile(x)
-        tag[i] = DecodeCache.key(pa, mode)
+        tag[i] = key(pa, mode)
         codePages[Int((pa >> 12) & UInt64(DecodeCache.pageBits - 1))] = 1
     }
 
@@ -56,7 +63,7 @@ final class DecodeCache {
         var a = start
         while a < pa &+ UInt64(count) {
             let i = DecodeCache.index(a)
-            if tag[i] > 1 && (tag[i] &- 1) >> 7 == a { markEmpty(i) }
+            if tag[i] > 1 && ((tag[i] & DecodeCache.lowMask) &- 1) >> 7 == a { markEmpty(i) }
             a += 1
         }
     }
@@ -68,7 +75,10 @@ final class DecodeCache {
     }
 
     func flushAll() {
-        for i in 0..<DecodeCache.size where tag[i] != 0 { tag[i] = 1 }
-        codePages.update(repeating: 0, count: DecodeCache.pageBits)
+        generation = (generation + 1) & 31
+        if generation == 0 {
+            for i in 0..<DecodeCache.size where tag[i] != 0 { tag[i] = 1 }
+            codePages.update(repeating: 0, count: DecodeCache.pageBits)
+        }
     }
 }

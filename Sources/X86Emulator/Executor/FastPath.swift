@@ -87,6 +87,7 @@ extension X86Executor {
         if mode != .long64 { return 0 }
         if !(rip >> 12 == fetchPage && fetchValid) { _ = primeFetchPage(); if !fetchValid { return 0 } }
         let tags = cache.tag, ops = cache.fast, regs = gpr
+        let genBits = cache.generation << 59
         let page = fetchPage, frame = fetchFrame
         var ip = rip
         var k = 0
@@ -94,7 +95,7 @@ extension X86Executor {
             if ip >> 12 != page { break }
             let pa = frame | (ip & 0xFFF)
             let idx = DecodeCache.index(pa)
-            if tags[idx] != DecodeCache.key(pa, 64) { break }
+            if tags[idx] != ((pa << 7 | 64) &+ 1) | genBits { break }
             let f = ops[idx]
             let next = ip &+ UInt64(f.len)
             switch f.kind {
