@@ -43,7 +43,9 @@ extension Instruction {
         case .farPointer(let sel, let off): return "\(hex(UInt64(sel))):\(hex(UInt64(off)))"
         case .memory(let m):
             var s = ""
-            if let p = Instruction.sizeNames[Int(m.size)] { s += p + " ptr " }
+            // moffs (A0-A3, no ModRM) is written without a size, as objdump does: the register says it
+            let isMoffs = !hasModRM && m.base == nil && m.index == nil && !isString
+            if !isMoffs, let p = Instruction.sizeNames[Int(m.size)] { s += p + " ptr " }
             if vector.broadcast && prefixes.contains(.evex) && m.size > 0 && m.size < 16 { s = "" ; s += Instruction.sizeNames[Int(m.size)].map { $0 + " bcst " } ?? "" }
             let showSegment = m.segmentOverridden || isString || (m.base == nil && m.index == nil && !m.ripRelative)
             if showSegment { s += ["es", "cs", "ss", "ds", "fs", "gs"][m.segment.rawValue] + ":" }
