@@ -4,8 +4,8 @@ import Trace
 import X86
 
 /// One replay verdict, as the Replay module hands it to the CLI: a plain row so that Report
-/// does not depend on Replay. `verdict` is Replay's own word ("match", "diverged",
-/// "missing-bytes", ...); `reference` names what the emulator was compared with ("cpu",
+/// does not depend on Replay. `verdict` is Replay's verdict kind ("match", "divergence",
+/// "unrecorded", "not-replayable", ...); `reference` names what the emulator was compared with ("cpu",
 /// "kvm-emulator"); `detail` is free text (the first differing field, for instance).
 public struct VerdictRow: Equatable, Sendable {
     public var seq: UInt64
