@@ -9,13 +9,7 @@
  * Calls follow the SysV ABI (arguments in rdi, rsi, rdx; rbx, rbp, r12-r15 preserved).
  */
 #include "exitscope.h"
-
-#define KERNEL_CS   0x08
-#define KERNEL_DS   0x10
-#define USER_CS32   0x18
-#define USER_DS     0x20
-#define USER_CS     0x28
-#define TSS_SEL     0x30
+#include "rt64.h"
 
 #define MSR_EFER    0xC0000080
 #define MSR_STAR    0xC0000081
@@ -32,7 +26,7 @@ rt64_init:
     /* TSS descriptor (64-bit available TSS, 16 bytes) at GDT[6]. */
     lea rt64_tss(%rip), %rax
     mov %rax, %rbx
-    mov $103, %rcx                 /* limit */
+    mov $(104 + 8192), %rcx        /* limit: the TSS and its I/O permission bitmap */
     mov %cx, gdt_tss+0(%rip)
     mov %ax, gdt_tss+2(%rip)
     shr $16, %rax
@@ -45,7 +39,9 @@ rt64_init:
     movl $0, gdt_tss+12(%rip)
     lea rt64_kernel_stack_top(%rip), %rax
     mov %rax, 4(%rbx)              /* TSS.RSP0: the stack ring-3 interrupts switch to */
-    movw $104, 102(%rbx)           /* I/O map base past the limit: no bitmap */
+    movw $104, 102(%rbx)           /* I/O map base: the bitmap right after the TSS, all zeros:
+                                      ring 3 may use every port (some backends ignore IOPL) */
+    movb $0xFF, 104 + 8192(%rbx)
 
     lgdt gdt_ptr(%rip)
     mov $KERNEL_DS, %ax
@@ -160,6 +156,24 @@ rt64_build_idt:
     jne 1b
     ret
 
+/* rt64_set_gate(vector, entry): a raw interrupt gate (DPL3, so `int N` works from ring 3)
+   to an assembly entry point that ends with IRETQ itself. */
+    .globl rt64_set_gate
+rt64_set_gate:
+    shl $4, %rdi
+    lea rt64_idt(%rip), %rax
+    add %rax, %rdi
+    mov %rsi, %rax
+    mov %ax, (%rdi)
+    movw $KERNEL_CS, 2(%rdi)
+    movw $0xEE00, 4(%rdi)
+    shr $16, %rax
+    mov %ax, 6(%rdi)
+    shr $16, %rax
+    mov %eax, 8(%rdi)
+    movl $0, 12(%rdi)
+    ret
+
 /* rt64_set_handler(vector, fn): fn(frame*) handles the exception; it may change frame->rip. */
     .globl rt64_set_handler
 rt64_set_handler:
@@ -186,10 +200,7 @@ exception_stubs:
     jmp exception_common
     .endr
 
-/* Frame layout (rsp at the call): rax rbx rcx rdx rsi rdi rbp r8..r15, vector, error, rip, cs, rflags, rsp, ss. */
-#define FRAME_VECTOR 120
-#define FRAME_ERROR  128
-#define FRAME_RIP    136
+/* Frame layout (rsp at the call): include/rt64.h. */
 exception_common:
     push %r15
     push %r14
@@ -248,6 +259,14 @@ unexpected_exception:
     lea msg_error(%rip), %rdi
     call serial_puts
     mov FRAME_ERROR(%rbx), %rdi
+    call serial_puthex
+    lea msg_cs(%rip), %rdi
+    call serial_puts
+    mov FRAME_CS(%rbx), %rdi
+    call serial_puthex
+    lea msg_rflags(%rip), %rdi
+    call serial_puts
+    mov FRAME_RFLAGS(%rbx), %rdi
     call serial_puthex
     mov $10, %edi
     call serial_putc
@@ -383,6 +402,8 @@ hexdigits:      .ascii "0123456789abcdef"
 msg_exception:  .asciz "unexpected exception "
 msg_at:         .asciz " at rip "
 msg_error:      .asciz " error "
+msg_cs:         .asciz " cs "
+msg_rflags:     .asciz " rflags "
 
     .data
     .balign 16
@@ -401,7 +422,7 @@ gdt_ptr:
     .quad gdt
     .balign 16
 idt_ptr:
-    .word 32 * 16 - 1
+    .word 256 * 16 - 1
     .quad rt64_idt
 rt64_syscall_fn: .quad 0
 rt64_user_rsp:   .quad 0
@@ -413,10 +434,11 @@ rt64_pml4:  .skip 4096
 rt64_pdpt:  .skip 4096
 rt64_pd:    .skip 4 * 4096
 rt64_pt:    .skip 4096
-rt64_idt:   .skip 32 * 16
+rt64_idt:   .skip 256 * 16
 rt64_handlers: .skip 32 * 8
     .balign 16
 rt64_tss:   .skip 104
+rt64_iomap: .skip 8192 + 1          /* the last byte is the bitmap's 0xFF terminator */
     .balign 16
             .skip 8192
 rt64_kernel_stack_top:
