@@ -3,4 +3,5 @@ let benchmarks: @Sendable () -> Void = {
     traceBenchmarks()
     decoderBenchmarks()
     executorBenchmarks()
+    RunBenchmark.register()
 }
