@@ -76,6 +76,12 @@ public final class Machine: @unchecked Sendable {
             try bus.attach(uart, port: MachineLayout.serialPort, count: 8)
             try bus.attach(scratch, address: MachineLayout.scratchMMIOBase, length: MachineLayout.scratchMMIOSize)
             let shutdown = try Self.attachPCDevices(bus, config: config)
+            if config.irqchip == .kernel {
+                let vm = self.vm
+                // A refused line (KVM returns an error only for a bad line number) is dropped.
+                try bus.attach(TestDevIRQLines { line, level in try? vm.setIRQLine(line, level: level) },
+                               port: MachineLayout.testDevIRQPort, count: MachineLayout.testDevIRQLines)
+            }
             handler = ExitHandler(bus: bus, msrs: msrs, irqchip: config.irqchip, shutdown: shutdown)
 
             let cpuid = try sys.supportedCPUID()

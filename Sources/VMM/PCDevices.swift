@@ -6,6 +6,10 @@ extension MachineLayout {
     public static let shutdownPort: UInt16 = 0x8900
     /// pc-testdev's 4-byte latch: what is written at any size and offset is read back.
     public static let testDevPort: UInt16 = 0xE0
+    /// pc-testdev's interrupt lines: a write of V to 0x2000 + n sets line n (0..23) to V != 0
+    /// (with the in-kernel irqchip only: the lines are its PIC/IOAPIC inputs).
+    public static let testDevIRQPort: UInt16 = 0x2000
+    public static let testDevIRQLines: UInt16 = 24
     /// pc-testdev's 64 KiB of RAM-like MMIO (kvm-unit-tests' IORAM_BASE_PHYS): every access exits.
     public static let testDevMemoryBase: UInt64 = 0xFF00_0000
     public static let testDevMemorySize: UInt64 = 0x1_0000
@@ -111,6 +115,21 @@ public final class TestDevLatch: PortDevice {
     public func write(offset: UInt16, size: Int, value v: UInt32) {
         guard let m = Self.mask(offset: offset, size: size) else { return }
         value = (value & ~m.mask) | ((v << m.shift) & m.mask)
+    }
+}
+
+/// pc-testdev's interrupt lines (ports 0x2000-0x2017): a write to offset n drives line n to
+/// level (value != 0), as QEMU's qemu_set_irq; reads give 0. `setLine` is KVM_IRQ_LINE on
+/// a machine; tests pass their own.
+public final class TestDevIRQLines: PortDevice {
+    let setLine: (UInt32, Bool) -> Void
+    public init(setLine: @escaping (UInt32, Bool) -> Void) { self.setLine = setLine }
+
+    public func read(offset: UInt16, size: Int) -> UInt32 { 0 }
+
+    public func write(offset: UInt16, size: Int, value: UInt32) {
+        guard offset < MachineLayout.testDevIRQLines else { return }
+        setLine(UInt32(offset), value != 0)
     }
 }
 

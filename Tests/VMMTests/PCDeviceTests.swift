@@ -44,6 +44,15 @@ final class PCDeviceTests: XCTestCase {
         XCTAssertTrue(s.requested)
     }
 
+    func testTestDevIRQLinesDriveTheirLine() {
+        var calls: [String] = []
+        let d = TestDevIRQLines { line, level in calls.append("\(line)=\(level)") }
+        d.write(offset: 11, size: 4, value: 1)
+        d.write(offset: 11, size: 4, value: 0)
+        d.write(offset: 24, size: 1, value: 1)  // no such line
+        XCTAssertEqual(calls, ["11=true", "11=false"])
+    }
+
     func testPICMaskRegisters() {
         let p = PICMaskRegisters()
         XCTAssertEqual(p.read(offset: 1, size: 1), 0xFF)
