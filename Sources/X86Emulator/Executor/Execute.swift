@@ -13,6 +13,9 @@ extension X86Executor {
             outcome = .ok
             interruptShadow = false
             try execute(insn)
+            // RF is cleared once an instruction completes (APM vol. 2, "Resume Flag"); IRET loads
+            // it from the stack. A REP instruction interrupted between iterations sets it again.
+            if insn.mnemonic != .iret && insn.mnemonic != .iretd && insn.mnemonic != .iretq { flagsRest &= ~RFLAGS.rf }
             rip = nextRIP
             return outcome
         } catch {
