@@ -58,6 +58,30 @@ enum Reconstruction {
         }
     }
 
+    /// Save-area MSRs the trace shows through WRMSR (accesses, `msrWrites`) rather than in each
+    /// state: a state still holding the reset value of one gets the value last written.
+    static func applyMSRs(_ known: [UInt32: UInt64], to s: inout CPUState) {
+        guard !known.isEmpty else { return }
+        let d = CPUState()
+        for (i, v) in known {
+            switch i {
+            case MSRIndex.star: if s.star == d.star { s.star = v }
+            case MSRIndex.lstar: if s.lstar == d.lstar { s.lstar = v }
+            case MSRIndex.cstar: if s.cstar == d.cstar { s.cstar = v }
+            case MSRIndex.sfmask: if s.sfmask == d.sfmask { s.sfmask = v }
+            case MSRIndex.kernelGSBase: if s.kernelGSBase == d.kernelGSBase { s.kernelGSBase = v }
+            case MSRIndex.sysenterCS: if s.sysenterCS == d.sysenterCS { s.sysenterCS = v }
+            case MSRIndex.sysenterESP: if s.sysenterESP == d.sysenterESP { s.sysenterESP = v }
+            case MSRIndex.sysenterEIP: if s.sysenterEIP == d.sysenterEIP { s.sysenterEIP = v }
+            case MSRIndex.pat: if s.pat == d.pat { s.pat = v }
+            default: break
+            }
+        }
+    }
+
+    static let saveAreaMSRs: Set<UInt32> = [MSRIndex.star, MSRIndex.lstar, MSRIndex.cstar, MSRIndex.sfmask, MSRIndex.kernelGSBase,
+                                            MSRIndex.sysenterCS, MSRIndex.sysenterESP, MSRIndex.sysenterEIP, MSRIndex.pat]
+
     /// `reg + delta` in the low `width` bits; bits above an address size of 16 stay as they were
     /// (a 32-bit update in 64-bit mode cleared them, and the emulator clears them again).
     static func wrap(_ reg: UInt64, _ delta: UInt64, _ width: Int) -> UInt64 {

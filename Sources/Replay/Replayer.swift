@@ -9,6 +9,10 @@ public struct OpenStep: Sendable {
     var emulated: CPUState
     var flagMask: UInt64
     var start: UInt64
+    /// A REP string instruction: a next step on the same instruction means its iterations go on.
+    var isRep = false
+    /// Save-area MSRs known when the step ran, applied to the next record's state too.
+    var msrs: [UInt32: UInt64] = [:]
 }
 
 /// What the next record of a vCPU tells about the instruction before it.
@@ -51,6 +55,9 @@ public final class Replayer: @unchecked Sendable {
     let cpu: X86Executor
     /// KVM's instruction emulator ran CPL0 guest code (kvm_pvm): the reference for those exits.
     let kvmEmulatesCPL0: Bool
+    var lastUnansweredMSR = false
+    /// Save-area MSR values written so far in this frame.
+    var knownMSRs: [UInt32: UInt64] = [:]
 
     public init(header: TraceHeader) {
         self.header = header
@@ -71,12 +78,14 @@ public final class Replayer: @unchecked Sendable {
     /// Replays the records of one frame (one vCPU, in order; the frame decodes alone).
     public func replayFrame(_ records: [TraceRecord]) -> FrameVerdicts {
         memory.reset()
+        knownMSRs.removeAll(keepingCapacity: true)
         var out = FrameVerdicts(vcpu: records.first?.vcpu ?? 0, verdicts: [], openStep: nil,
                                 head: records.first.map(RecordHead.init))
         out.verdicts.reserveCapacity(records.count)
         var i = 0
         while i < records.count {
             let r = records[i]
+            for w in r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
             switch r.kind {
             case .exit:
                 // Gather the fragments of one instruction group.
@@ -97,16 +106,28 @@ public final class Replayer: @unchecked Sendable {
                 } else {
                     out.verdicts.append(replayExit(group))
                 }
+                for g in group where g.exitCode == .msr {
+                    for a in g.accesses where a.space == .msr && a.isWrite && Reconstruction.saveAreaMSRs.contains(UInt32(truncatingIfNeeded: a.address)) {
+                        knownMSRs[UInt32(truncatingIfNeeded: a.address)] = a.value
+                    }
+                }
                 i = end
             case .completion:
                 out.verdicts.append(replayCompletion(r))
                 i += 1
             case .step:
-                let next = i + 1 < records.count ? RecordHead(records[i + 1]) : nil
-                let (v, open) = replayStep(r, next: next)
+                // Single-step traps after each iteration of a REP string instruction: the steps
+                // that stay on one instruction are its iterations, replayed as one instruction.
+                var end = i + 1
+                while end < records.count, records[end].kind == .step, records[end].instructionStart == r.instructionStart,
+                      records[end].instructionBytes == r.instructionBytes, isRepString(r) {
+                    end += 1
+                }
+                let next = end < records.count ? RecordHead(records[end]) : nil
+                let (v, open) = replayStep(records[i..<end], next: next)
                 if let v { out.verdicts.append(v) }
                 if let open { out.openStep = open }
-                i += 1
+                i = end
             case .event, .gap, .marker:
                 out.verdicts.append(simple(r, .notReplayable))
                 i += 1
@@ -163,6 +184,7 @@ public final class Replayer: @unchecked Sendable {
         } else {
             before = first.state
         }
+        Reconstruction.applyMSRs(knownMSRs, to: &before)
 
         var recorded: [DeviceAccess] = []
         for r in group { recorded.append(contentsOf: r.accesses) }
@@ -172,6 +194,11 @@ public final class Replayer: @unchecked Sendable {
             // KVM exits on a REP string's last iteration before it retires the instruction: the
             // iteration took effect (RCX is 0) but RIP moves on only at re-entry.
             a.rip = last.nextRIP
+            a.rflags &= ~RFLAGS.rf  // set while it was between iterations; retiring clears it
+            after = a
+        }
+        if var a = after {
+            Reconstruction.applyMSRs(knownMSRs, to: &a)
             after = a
         }
         return execute(&v, before: before, inst: inst, recorded: recorded, exitCode: first.exitCode,
@@ -180,12 +207,13 @@ public final class Replayer: @unchecked Sendable {
 
     /// Runs `inst` from `before` against the recorded device side and fills in the verdict.
     func execute(_ v: inout Verdict, before: CPUState, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode,
-                 exitInfo1: UInt64, nextRIP: UInt64, after: CPUState?) -> Verdict {
+                 exitInfo1: UInt64, nextRIP: UInt64, after: CPUState?, compareDevice: Bool = true) -> Verdict {
         ports.begin(recorded)
         msrs.begin(recorded)
         memory.beginGroup(mmio: recorded.filter { $0.space == .mmio })
         cpu.state = before
         cpu.accessLog.removeAll(keepingCapacity: true)
+        lastUnansweredMSR = false
         let result = cpu.step()
         switch result {
         case .ok, .halted, .hypercall:
@@ -206,7 +234,7 @@ public final class Replayer: @unchecked Sendable {
             v.note = "the executor does not run this instruction"
             return v
         case .unbackedMemory(let a):
-            if let d = memory.unansweredDevice {
+            if let d = memory.unansweredDevice, compareDevice {
                 v.kind = .divergence
                 v.differences.append(FieldDifference("mmio", recorded: describe(memory.recordedMMIO),
                                                      emulated: "read \(Hex.string(d.address)) size \(d.size)"))
@@ -218,7 +246,8 @@ public final class Replayer: @unchecked Sendable {
             }
             return v
         case .unanswered(let q):
-            if case .port = q, let m = ports.mismatch {
+            if case .msr = q { lastUnansweredMSR = true }
+            if case .port = q, let m = ports.mismatch, compareDevice {
                 v.kind = .divergence
                 v.differences.append(FieldDifference("port", recorded: describe(recorded.filter { $0.space == .port }),
                                                      emulated: "in \(Hex.string(m.port)) size \(m.size)"))
@@ -231,7 +260,7 @@ public final class Replayer: @unchecked Sendable {
         }
 
         let emulated = cpu.state
-        compareAccesses(&v, inst: inst, recorded: recorded, exitCode: exitCode, exitInfo1: exitInfo1)
+        if compareDevice { compareAccesses(&v, inst: inst, recorded: recorded, exitCode: exitCode, exitInfo1: exitInfo1) }
         if nextRIP != 0 && emulated.rip != nextRIP {
             v.differences.append(FieldDifference("next_rip", recorded: Hex.string(nextRIP), emulated: Hex.string(emulated.rip)))
         }
@@ -359,24 +388,56 @@ public final class Replayer: @unchecked Sendable {
         return w
     }
 
-    /// A single-stepped instruction: its after-state is the next record of the vCPU.
-    func replayStep(_ r: TraceRecord, next: RecordHead?) -> (Verdict?, OpenStep?) {
-        var v = simple(r, .match)
+    func isRepString(_ r: TraceRecord) -> Bool {
+        guard let b = r.instructionBytes.first(where: { $0 != 0x66 && $0 != 0x67 && !(0x26...0x3E).contains($0) && $0 != 0x64 && $0 != 0x65 }),
+              b == 0xF3 || b == 0xF2 else { return false }
+        if case .success(let inst) = decode(bytes: r.instructionBytes, mode: DecoderMode(r.state.mode)) {
+            return inst.hasRep || inst.hasRepne
+        }
+        return false
+    }
+
+    /// A single-stepped instruction (or the steps of one REP instruction's iterations): its
+    /// after-state is the next record of the vCPU. An instruction that exits to the VMM gets no
+    /// step after it: it is checked as its exit record, not twice.
+    func replayStep(_ steps: ArraySlice<TraceRecord>, next: RecordHead?) -> (Verdict?, OpenStep?) {
+        guard let r = steps.first else { return (nil, nil) }
+        var v = simple(r, .match, records: steps.count)
         guard let inst = v.instruction else {
             v.kind = r.instructionBytes.isEmpty ? .unlocated : .unsupported
             return (v, nil)
         }
-        for m in r.memory { memory.load(m.gpa, m.bytes) }
+        let exits = next.map { $0.kind == .exit && $0.instructionStart == r.instructionStart } ?? false
+        if exits, let n = next, (n.visibility == .pending && n.stateAfter == nil) || isRepString(r) {
+            v.kind = .notReplayable
+            v.note = "the stepped instruction exited: checked as its exit"
+            return (v, nil)
+        }
+        for s in steps { for m in s.memory { memory.load(m.gpa, m.bytes) } }
+        var before = r.state
+        Reconstruction.applyMSRs(knownMSRs, to: &before)
         var w = v
-        w = execute(&w, before: r.state, inst: inst, recorded: r.accesses, exitCode: .none, exitInfo1: 0, nextRIP: 0, after: nil)
+        w = execute(&w, before: before, inst: inst, recorded: [], exitCode: .none, exitInfo1: 0, nextRIP: 0, after: nil,
+                    compareDevice: false)
+        if deviceAnswerMissing {
+            // It needed a device: it exited, and its exit record holds the device side.
+            v.kind = .notReplayable
+            v.note = "the stepped instruction exited: checked as its exit"
+            return (v, nil)
+        }
         guard w.kind == .match else { return (w, nil) }
-        let open = OpenStep(verdict: w, emulated: cpu.state, flagMask: Reconstruction.undefinedFlags(inst, before: r.state),
-                            start: r.instructionStart)
-        var open2 = open
-        open2.verdict.reproduction = reproduction(r.state)
-        guard let next else { return (nil, open2) }
-        return (StepCheck.close(open2, next: next), nil)
+        var open = OpenStep(verdict: w, emulated: cpu.state, flagMask: Reconstruction.undefinedFlags(inst, before: before),
+                            start: r.instructionStart, isRep: steps.count > 1 || isRepString(r), msrs: knownMSRs)
+        open.verdict.reproduction = reproduction(before)
+        guard let next else { return (nil, open) }
+        return (StepCheck.close(open, next: next), nil)
     }
+
+    /// The last execution stopped because a port, MMIO or MSR answer was not in the record.
+    var deviceAnswerMissing: Bool {
+        ports.mismatch != nil || memory.unansweredDevice != nil || lastUnansweredMSR
+    }
+
 }
 
 /// Closes a step's comparison with the record that follows it on its vCPU.
@@ -386,6 +447,12 @@ public enum StepCheck {
         guard let next else {
             v.kind = .incomplete
             v.note = "last step of the trace: no state after it"
+            v.reproduction = nil
+            return v
+        }
+        if open.isRep && next.kind == .step && next.instructionStart == open.start && next.state.rip == open.start {
+            v.kind = .incomplete
+            v.note = "REP iterations continue in the next frame"
             v.reproduction = nil
             return v
         }
@@ -405,12 +472,13 @@ public enum StepCheck {
         default:
             after = nil
         }
-        guard let after else {
+        guard var after else {
             v.kind = .notReplayable
             v.note = next.kind == .exit ? "the stepped instruction exited: checked as its exit" : "next record is a \(next.kind.name): no state after the step"
             v.reproduction = nil
             return v
         }
+        Reconstruction.applyMSRs(open.msrs, to: &after)
         StateComparison.compare(recorded: after, emulated: open.emulated, flagMask: open.flagMask, into: &v.differences)
         if v.differences.isEmpty {
             v.reproduction = nil
