@@ -190,7 +190,7 @@ public final class Replayer: @unchecked Sendable {
         for r in group { recorded.append(contentsOf: r.accesses) }
         // The state after: committed exits show it; pending ones only with --fidelity full.
         var after: CPUState? = last.visibility == .committed ? last.state : last.stateAfter
-        if (inst.hasRep || inst.hasRepne), last.visibility == .committed, var a = after, a.rip == first.instructionStart {
+        if (inst.hasRep || inst.hasRepne), var a = after, a.rip == first.instructionStart {
             // KVM exits on a REP string's last iteration before it retires the instruction: the
             // iteration took effect (RCX is 0) but RIP moves on only at re-entry.
             a.rip = last.nextRIP
