@@ -4,4 +4,5 @@ let benchmarks: @Sendable () -> Void = {
     decoderBenchmarks()
     executorBenchmarks()
     RunBenchmark.register()
+    replayBenchmarks()
 }

@@ -16,6 +16,7 @@ struct ExitScope: ParsableCommand {
             ExecCommand.self,
             ShowCommand.self,
             ReplayCommand.self,
+            DiffCommand.self,
         ]
     )
 }

@@ -69,6 +69,9 @@ struct ReplayCommand: ParsableCommand {
 
     private func replay() throws {
         let reader = try TraceReader(path: trace)
+        if let c = reader.cutShort {
+            FileHandle.standardError.write(Data("exitscope replay: \(trace) was cut short at byte offset \(c.offset) (\(c.reason)); replaying its \(reader.recordCount) complete records\n".utf8))
+        }
         let allowed = Set(allow.compactMap(VerdictKind.init(rawValue:)))
         if let d = exportDirectory { try DivergenceExport.prepare(d) }
         let bar = ProgressBar(enabled: isatty(2) != 0 && !json)

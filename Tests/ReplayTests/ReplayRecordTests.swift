@@ -413,3 +413,41 @@ final class ReplayRecordTests: XCTestCase {
                        "exec reproduces the emulated side of the divergence")
     }
 }
+
+/// `TraceDiff` on two hand-built traces.
+final class TraceDiffTests: XCTestCase {
+    func write(_ path: String, ports: [UInt16], data: [UInt8]) throws {
+        let w = try TraceWriter(path: path, header: TraceHeader(kvmBackend: "kvm_pvm"))
+        for (k, p) in ports.enumerated() {
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 2, exitCode: .ioio, instructionStart: 0x1000 + UInt64(p),
+                                     instructionBytes: [0xEE], candidates: 1, visibility: .committed,
+                                     accesses: [DeviceAccess(space: .port, address: UInt64(p), size: 1, isWrite: true, data: [data[k]])]))
+        }
+        _ = try w.finish()
+    }
+
+    func testIdenticalStreamsAndAPartingWithResync() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("diff-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ports: [UInt16] = [1, 2, 3, 4, 5, 6, 7, 8]
+        try write(dir + "/a", ports: ports, data: [0, 0, 0, 0, 0, 0, 0, 0])
+        try write(dir + "/a2", ports: ports, data: [0, 0, 0, 0, 0, 0, 0, 0])
+        // B: one extra exit (port 9) after the third, and another value at port 7.
+        try write(dir + "/b", ports: [1, 2, 3, 9, 4, 5, 6, 7, 8], data: [0, 0, 0, 0, 0, 0, 0, 0x55, 0])
+        let same = try TraceDiff.run(try TraceReader(path: dir + "/a"), try TraceReader(path: dir + "/a2"))
+        XCTAssertTrue(same.identical)
+        XCTAssertEqual(same.aligned, 8)
+        let d = try TraceDiff.run(try TraceReader(path: dir + "/a"), try TraceReader(path: dir + "/b"))
+        XCTAssertFalse(d.identical)
+        XCTAssertEqual(d.aligned, 8)
+        XCTAssertEqual(d.onlyA, 0)
+        XCTAssertEqual(d.onlyB, 1)
+        XCTAssertEqual(d.dataDiffers, 1)
+        XCTAssertEqual(d.partings.first?.commonBefore, 3)
+        XCTAssertEqual(d.partings.first?.seqB, 3)
+        XCTAssertEqual(d.places[.init(reason: "IOIO", rip: 0x1009)]?.onlyB, 1)
+        XCTAssertEqual(d.places[.init(reason: "IOIO", rip: 0x1007)]?.dataDiffers, 1)
+        XCTAssertTrue(TraceDiff.json(d, pathA: "a", pathB: "b").contains("\"only_b\":1"))
+    }
+}
