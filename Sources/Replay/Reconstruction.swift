@@ -51,7 +51,12 @@ enum Reconstruction {
             if inst.mnemonic == .stos || inst.mnemonic == .movs {
                 s.rdi = wrap(s.rdi, down ? delta : 0 &- delta, width)
             }
-            if inst.hasRep { s.rcx = wrap(s.rcx, items, width) }
+            if inst.hasRep {
+                s.rcx = wrap(s.rcx, items, width)
+                // RF marks a REP instruction interrupted between iterations; before its first
+                // iteration the previous instruction had completed, which cleared it.
+                s.rflags &= ~RFLAGS.rf
+            }
             return .success(s)
         default:
             return .failure(ReconstructionFailure(message: "committed \(inst.mnemonic.name): undoing its register effects is not defined"))

@@ -23,6 +23,8 @@ public struct RecordHead: Sendable {
     var lastFragment: Bool
     var state: CPUState
     var stateAfter: CPUState?
+    /// For an exit: the state before its instruction (as shown when pending, rebuilt when committed).
+    var stateBefore: CPUState?
     init(_ r: TraceRecord) {
         kind = r.kind
         visibility = r.visibility
@@ -30,6 +32,15 @@ public struct RecordHead: Sendable {
         lastFragment = r.lastFragment
         state = r.state
         stateAfter = r.stateAfter
+        if r.kind == .exit {
+            if r.visibility == .pending {
+                stateBefore = r.state
+            } else if r.visibility == .committed, r.candidates == 1, r.fragment == 0,
+                      case .success(let inst) = decode(bytes: r.instructionBytes, mode: DecoderMode(r.state.mode)),
+                      case .success(let before) = Reconstruction.before(r, inst) {
+                stateBefore = before
+            }
+        }
     }
 }
 
@@ -65,6 +76,8 @@ public final class Replayer: @unchecked Sendable {
         cpu = X86Executor(state: CPUState(), memory: memory, ports: ports, cpuid: header.cpuid.isEmpty ? nil : cpuid,
                           msrs: msrs, tsc: nil)
         kvmEmulatesCPL0 = header.kvmBackend == "kvm_pvm"
+        // One instruction per state: a decode cache would only cost a flush per record.
+        cpu.decodeCacheEnabled = false
         memory.deviceRanges = header.memory.filter { $0.name != "ram" && $0.size > 0 }
             .map { ($0.gpa, $0.gpa &+ $0.size) }
     }
@@ -467,7 +480,8 @@ public enum StepCheck {
             } else if next.instructionStart == open.start && next.visibility == .pending {
                 after = next.stateAfter
             } else {
-                after = next.state
+                // The next instruction exited (its own step is not recorded): its state before.
+                after = next.stateBefore
             }
         default:
             after = nil
