@@ -76,8 +76,6 @@ public final class Replayer: @unchecked Sendable {
         cpu = X86Executor(state: CPUState(), memory: memory, ports: ports, cpuid: header.cpuid.isEmpty ? nil : cpuid,
                           msrs: msrs, tsc: nil)
         kvmEmulatesCPL0 = header.kvmBackend == "kvm_pvm"
-        // One instruction per state: a decode cache would only cost a flush per record.
-        cpu.decodeCacheEnabled = false
         memory.deviceRanges = header.memory.filter { $0.name != "ram" && $0.size > 0 }
             .map { ($0.gpa, $0.gpa &+ $0.size) }
     }
