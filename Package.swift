@@ -56,7 +56,7 @@ let package = Package(
                     exclude: ["Sandbox"]),
         .testTarget(name: "TraceTests", dependencies: ["Trace", "X86"], exclude: ["Fixtures"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "X86"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "X86", "X86Emulator"]),
         .testTarget(name: "RecordTests", dependencies: ["Record", "VMM", "Trace"]),
         .testTarget(name: "ReplayTests", dependencies: ["Replay", "Record", "VMM", "Trace", "X86Emulator"]),
         .testTarget(name: "ReportTests", dependencies: ["Report", "Trace"]),

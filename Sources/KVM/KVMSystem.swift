@@ -31,12 +31,16 @@ public struct KVMCapability: RawRepresentable, Hashable, Sendable, CustomStringC
     public static let internalErrorData = KVMCapability(Int32(KVM_CAP_INTERNAL_ERROR_DATA), "KVM_CAP_INTERNAL_ERROR_DATA")
     public static let tscControl = KVMCapability(Int32(KVM_CAP_TSC_CONTROL), "KVM_CAP_TSC_CONTROL")
     public static let getTSCKHz = KVMCapability(Int32(KVM_CAP_GET_TSC_KHZ), "KVM_CAP_GET_TSC_KHZ")
+    /// Every emulation failure exits to the VMM with the instruction bytes (issue 9's completion).
+    public static let exitOnEmulationFailure = KVMCapability(Int32(KVM_CAP_EXIT_ON_EMULATION_FAILURE),
+                                                             "KVM_CAP_EXIT_ON_EMULATION_FAILURE")
 
     /// The set a run's header reports.
     public static let reported: [KVMCapability] = [
         .irqchip, .hlt, .userMemory, .setTSSAddr, .extCPUID, .pit2, .nrVCPUs, .maxVCPUs, .nrMemslots,
         .syncRegs, .immediateExit, .userSpaceMSR, .msrFilter, .binaryStatsFD, .setGuestDebug,
         .debugRegs, .xcrs, .vcpuEvents, .mpState, .internalErrorData, .tscControl, .getTSCKHz,
+        .exitOnEmulationFailure,
     ]
 }
 

@@ -25,6 +25,8 @@ public struct RecordingSummary: Sendable {
     public var ambiguous: UInt64
     public var unlocated: UInt64
     public var writerStalls: UInt64
+    /// `.completion` records: instructions the VMM performed because KVM could not.
+    public var completions: UInt64 = 0
     public var bytesPerExit: Double { exits == 0 ? 0 : Double(fileBytes) / Double(exits) }
 }
 
@@ -37,6 +39,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     private let ambiguous = AtomicCounter()
     private let unlocated = AtomicCounter()
     private let exitCount = AtomicCounter()
+    private let completionCount = AtomicCounter()
 
     /// Per-vCPU recording state, used only on that vCPU's thread.
     final class Lane: @unchecked Sendable {
@@ -177,6 +180,40 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         lane.lastStepMnemonic = nil
     }
 
+    /// An instruction the VMM completed after KVM's emulator failed on it: a `.completion`
+    /// record (state before, state after, the instruction, the guest bytes, device accesses).
+    public func instructionCompleted(_ c: Completion) {
+        guard c.vcpu >= 0, c.vcpu < lanes.count else { return }
+        let lane = lanes[c.vcpu]
+        let tsc = HostInfo.rdtsc()
+        var memory: [GuestBytes] = []
+        // Written bytes first, then what was read: a reader loading them in order for replay
+        // ends with the bytes as they were before the instruction.
+        for m in c.memory where m.role == .written { memory.append(GuestBytes(role: .written, gpa: m.gpa, bytes: m.bytes)) }
+        for m in c.memory where m.role != .written {
+            let role: GuestBytes.Role = m.role == .instruction ? .instruction : m.role == .pageTable ? .pageTable : .operandRead
+            memory.append(GuestBytes(role: role, gpa: m.gpa, bytes: m.bytes))
+        }
+        let accesses = c.deviceAccesses.map {
+            Trace.DeviceAccess(space: $0.kind == .port ? .port : .mmio, address: $0.address, size: $0.size,
+                               isWrite: $0.isWrite, data: (0..<Int($0.size)).map { [v = $0.data] i in UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) })
+        }
+        var note = c.mnemonic
+        if case let .exceptionDelivered(vector, errorCode) = c.outcome {
+            note += ", exception \(vector) delivered" + (errorCode.map { " (error code \($0))" } ?? "")
+        }
+        let record = TraceRecord(kind: .completion, vcpu: UInt16(c.vcpu), kvmExitReason: Completion.kvmExitReason,
+                                 nextRIP: c.outcome == .completed ? c.after.rip : 0, instructionStart: c.before.rip,
+                                 instructionBytes: c.instructionBytes, candidates: 1, visibility: .pending,
+                                 state: c.before, stateAfter: c.after, accesses: accesses, memory: memory,
+                                 tscExit: tsc, tscEntry: tsc, note: note)
+        append(record)
+        completionCount.increment()
+        lane.openGroup = nil
+        lane.lastState = c.after
+        lane.lastCPL = c.after.cpl
+    }
+
     /// Single-step sees CPL0 only (kvm_pvm runs CPL3 natively): when the guest went to CPL3 and
     /// came back, the span between is recorded as a gap rather than silently missing.
     private func noteUnobservedSpan(lane: Lane, next: TraceRecord) {
@@ -205,7 +242,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         let stats = try writer.finish()
         return RecordingSummary(path: writer.path, records: stats.records, exits: exitCount.value,
                                 fileBytes: stats.fileBytes, frames: stats.frames, ambiguous: ambiguous.value,
-                                unlocated: unlocated.value, writerStalls: stats.producerStalls)
+                                unlocated: unlocated.value, writerStalls: stats.producerStalls,
+                                completions: completionCount.value)
     }
 }
 

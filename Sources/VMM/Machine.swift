@@ -14,8 +14,14 @@ public struct RunLimits: Sendable {
     public var timeout: Double?
     /// Stop cleanly on Ctrl-C (SIGINT) instead of dying.
     public var handleInterrupt: Bool
-    public init(maxExits: UInt64? = nil, timeout: Double? = nil, handleInterrupt: Bool = false) {
+    /// Complete what KVM's emulator cannot (issue 9, Completion.swift): on an emulation failure
+    /// the VMM runs the instruction itself and resumes. Off (`--no-complete`): the failure ends
+    /// the run with its report.
+    public var completeEmulationFailures: Bool
+    public init(maxExits: UInt64? = nil, timeout: Double? = nil, handleInterrupt: Bool = false,
+                completeEmulationFailures: Bool = true) {
         self.maxExits = maxExits; self.timeout = timeout; self.handleInterrupt = handleInterrupt
+        self.completeEmulationFailures = completeEmulationFailures
     }
 }
 
@@ -165,6 +171,11 @@ public final class Machine: @unchecked Sendable {
         var counts = [UInt64](repeating: 0, count: 64)
         var exits: UInt64 = 0
         var halted = false
+        /// Completions by mnemonic (rare: a dictionary is fine).
+        var completions: [String: UInt64] = [:]
+        /// True while this thread may be inside KVM_RUN (kept only with several vCPUs): a
+        /// completion waits until every other vCPU is out of the guest.
+        let inRun = Atomic<Bool>(false)
         init(vcpu: VCPU) { self.vcpu = vcpu; index = vcpu.index }
     }
 
@@ -174,6 +185,40 @@ public final class Machine: @unchecked Sendable {
         let totalExits = Atomic<UInt64>(0)
         let markers = Atomic<UInt64>(0)
         var runners: [Runner] = []
+        /// One completion at a time, VM-wide; while one runs, the other vCPUs stay out of the
+        /// guest (`pauseRequested`), so a locked instruction is atomic for the guest.
+        let completionLock = Mutex<Void>(())
+        let pauseRequested = Atomic<Bool>(false)
+
+        /// Holds every vCPU but `me` out of KVM_RUN: raise the flag, kick those inside, wait
+        /// until none is. False if they did not come out within 10 s (a VMM failure).
+        func pauseOthers(except me: Runner) -> Bool {
+            pauseRequested.store(true, ordering: .sequentiallyConsistent)
+            let deadline = monotonicSeconds() + 10
+            var round = 0
+            while true {
+                let inside = runners.filter { $0 !== me && $0.inRun.load(ordering: .sequentiallyConsistent) }
+                if inside.isEmpty { return true }
+                if round % 50 == 0 {
+                    for r in inside {
+                        r.vcpu.immediateExit = true
+                        if r.thread != pthread_t() { _ = ckvm_pthread_kill(r.thread, ckvm_kick_signal()) }
+                    }
+                }
+                if monotonicSeconds() > deadline { return false }
+                round += 1
+                usleep(20)
+            }
+        }
+
+        func resumeOthers() { pauseRequested.store(false, ordering: .sequentiallyConsistent) }
+
+        /// A vCPU thread waits here, out of the guest, while another completes an instruction.
+        func waitWhilePaused() {
+            while pauseRequested.load(ordering: .sequentiallyConsistent) && !stopRequested.load(ordering: .relaxed) {
+                usleep(20)
+            }
+        }
 
         /// The first reason wins; every vCPU is kicked out of KVM_RUN.
         func stop(_ r: StopReason) {
@@ -198,6 +243,12 @@ public final class Machine: @unchecked Sendable {
         if started.exchange(true, ordering: .sequentiallyConsistent) {
             return finish(control, start: monotonicSeconds(), observer: nil,
                           forced: .vmmError("this machine has already run; build a new Machine"))
+        }
+        if limits.completeEmulationFailures && system.has(.exitOnEmulationFailure) {
+            // Every emulation failure comes to the VMM, with KVM's copy of the bytes.
+            do { try vm.enableCapability(.exitOnEmulationFailure, args: [1]) } catch {
+                return finish(control, start: monotonicSeconds(), observer: nil, forced: .vmmError(error.description))
+            }
         }
         _ = ckvm_install_kick_handler(ckvm_kick_signal())
         if limits.handleInterrupt { _ = ckvm_install_sigint_handler() }
@@ -274,11 +325,14 @@ public final class Machine: @unchecked Sendable {
             }
             perVCPU.append(VCPUSummary(index: r.index, exits: r.exits, exitsByReason: mine, halted: r.halted))
         }
+        var completions: [String: UInt64] = [:]
+        for r in control.runners { completions.merge(r.completions, uniquingKeysWith: +) }
         let s = bus.withLock {
             RunSummary(stop: reason, totalExits: perVCPU.reduce(0) { $0 + $1.exits }, exitsByReason: byReason,
                        vcpus: perVCPU, unclaimedReads: bus.unclaimedReads, unclaimedWrites: bus.unclaimedWrites,
                        unclaimed: bus.unclaimed, markers: control.markers.load(ordering: .relaxed),
-                       serialBytes: uart.output.totalBytes, elapsedSeconds: monotonicSeconds() - start)
+                       serialBytes: uart.output.totalBytes, elapsedSeconds: monotonicSeconds() - start,
+                       completions: completions)
         }
         observer?.runEnded(s)
         return s
@@ -297,6 +351,8 @@ public final class Machine: @unchecked Sendable {
         let probe = VCPUProbe(vcpu)
         let fidelityFull = observer != nil && options.fidelity == .full
         let synced = vcpu.syncRegsEnabled && vcpu.syncSregsEnabled
+        let smp = control.runners.count > 1
+        let completing = limits.completeEmulationFailures
         if let observer {
             observer.vcpuStarted(vcpu: index, state: bootStates[index] ?? currentState(vcpu))
         }
@@ -317,7 +373,22 @@ public final class Machine: @unchecked Sendable {
         while true {
             if !pending {
                 if control.stopRequested.load(ordering: .relaxed) { return }
+                if smp {
+                    // Another vCPU may be completing an instruction: stay out of the guest until
+                    // it is done. Publishing inRun before re-checking the flag closes the race
+                    // with `pauseOthers` (both sequentially consistent).
+                    if control.pauseRequested.load(ordering: .sequentiallyConsistent) {
+                        control.waitWhilePaused()
+                        continue
+                    }
+                    r.inRun.store(true, ordering: .sequentiallyConsistent)
+                    if control.pauseRequested.load(ordering: .sequentiallyConsistent) {
+                        r.inRun.store(false, ordering: .sequentiallyConsistent)
+                        continue
+                    }
+                }
                 let err = vcpu.runRaw()
+                if smp { r.inRun.store(false, ordering: .sequentiallyConsistent) }
                 if err != 0 {
                     if err == EINTR || err == EAGAIN {
                         // A kick (stop, or a stale immediate_exit), or an AP leaving wait-for-SIPI.
@@ -336,7 +407,24 @@ public final class Machine: @unchecked Sendable {
             counts[reason] &+= 1
             exits &+= 1
 
-            let outcome = handler.handle(exit, vcpu: index, data: data, interruptFlag: vcpu.interruptFlag)
+            var outcome = handler.handle(exit, vcpu: index, data: data, interruptFlag: vcpu.interruptFlag)
+            var completion: Completion? = nil
+            if completing, case let .internalError(info) = exit, info.suberror == InternalErrorInfo.emulation,
+               case let .guestEvent(kind, detail) = outcome.action {
+                let c = complete(r, control: control)
+                switch c {
+                case let .success(done):
+                    completion = done
+                    if done.resumes {
+                        outcome.action = .resume
+                        r.completions[done.mnemonic, default: 0] &+= 1
+                    } else {
+                        outcome.action = .guestEvent(kind, detail: detail + "; " + done.failureDetail)
+                    }
+                case let .failure(why):
+                    outcome.action = .vmmError(why.message)
+                }
+            }
             let resumes: Bool
             if case .resume = outcome.action { resumes = true } else { resumes = false }
 
@@ -389,6 +477,7 @@ public final class Machine: @unchecked Sendable {
                                             tscAtExit: tscExit, tscAtReentry: ckvm_rdtsc(), access: outcome.access,
                                             ioData: io, stateAfter: after, events: events, memory: view, probe: probe)
                 observer.exitHandled(observed)
+                if let completion, completion.resumes { observer.instructionCompleted(completion) }
             }
 
             // Under single-step on kvm_pvm a HLT gives a debug exit and the guest goes on: a
@@ -431,6 +520,45 @@ public final class Machine: @unchecked Sendable {
             case let .vmmError(s):
                 control.stop(.vmmError("vCPU \(index): \(s)"))
                 return
+            }
+        }
+    }
+
+    struct CompletionFailure: Error { var message: String }
+
+    /// Completes the instruction KVM's emulator failed on (Completion.swift): reads the full
+    /// state by ioctl (rare, so the cost does not matter), holds the other vCPUs out of the
+    /// guest, runs the instruction with the executor against live RAM and devices, and writes
+    /// registers, segments/control registers and MSRs back as they changed.
+    func complete(_ r: Runner, control: Control) -> Result<Completion, CompletionFailure> {
+        let vcpu = r.vcpu
+        return control.completionLock.withLock { _ -> Result<Completion, CompletionFailure> in
+            let smp = control.runners.count > 1
+            if smp && !control.pauseOthers(except: r) {
+                control.resumeOthers()
+                return .failure(CompletionFailure(message: "vCPU \(r.index): other vCPUs did not leave the guest for a completion"))
+            }
+            defer { if smp { control.resumeOthers() } }
+            do {
+                let regs = try vcpu.getRegs()
+                let sregs = try vcpu.getSregs()
+                var state = CPUState(regs: regs, sregs: sregs)
+                let saveArea = MSRIndex.saveArea.filter { $0 != MSRIndex.efer }
+                if let m = try? vcpu.getMSRs(saveArea) { Completer.apply(msrs: m, to: &state) }
+                let c = Completer.complete(vcpu: r.index, state: state, ram: memory, bus: bus)
+                guard c.resumes else { return .success(c) }
+                let wb = Completer.writeBack(before: c.before, after: c.after)
+                if wb.sregs { try vcpu.setSregs(c.after.kvmSregs(base: sregs)) }
+                if !wb.msrs.isEmpty {
+                    let n = try vcpu.setMSRs(wb.msrs)
+                    if n != wb.msrs.count {
+                        return .failure(CompletionFailure(message: "vCPU \(r.index): KVM refused MSR \(hex(UInt64(wb.msrs[n].index))) after completing \(c.mnemonic)"))
+                    }
+                }
+                try vcpu.setRegs(c.after.kvmRegs)
+                return .success(c)
+            } catch {
+                return .failure(CompletionFailure(message: "vCPU \(r.index): completion: \(error)"))
             }
         }
     }

@@ -19,6 +19,11 @@ public protocol ExitObserver: AnyObject, Sendable {
     func msrWritten(vcpu: Int, index: UInt32, value: UInt64)
     /// The guest wrote `phase` to the marker port (0x502).
     func marker(vcpu: Int, phase: UInt64)
+    /// The VMM performed an instruction KVM's emulator failed on (issue 9), right after the
+    /// `exitHandled` of that INTERNAL_ERROR exit: state before and after, the instruction, the
+    /// guest bytes it read and wrote, its device accesses. The other vCPUs were held out of the
+    /// guest while it ran.
+    func instructionCompleted(_ completion: Completion)
     /// A vCPU left its loop (the run is ending, or it halted).
     func vcpuStopped(vcpu: Int, exits: UInt64)
     /// The run is over.
@@ -30,6 +35,7 @@ extension ExitObserver {
     public func vcpuStarted(vcpu: Int, state: CPUState) {}
     public func msrWritten(vcpu: Int, index: UInt32, value: UInt64) {}
     public func marker(vcpu: Int, phase: UInt64) {}
+    public func instructionCompleted(_ completion: Completion) {}
     public func vcpuStopped(vcpu: Int, exits: UInt64) {}
     public func runEnded(_ summary: RunSummary) {}
 }

@@ -115,6 +115,8 @@ public struct RunSummary: Sendable, Equatable {
     public var markers: UInt64
     public var serialBytes: Int
     public var elapsedSeconds: Double
+    /// Instructions the VMM completed because KVM's emulator could not, by mnemonic.
+    public var completions: [String: UInt64] = [:]
 
     public var text: String {
         var lines: [String] = []
@@ -140,6 +142,12 @@ public struct RunSummary: Sendable, Equatable {
             if unclaimed.count > top.count { lines.append("  ... \(unclaimed.count - top.count) more places (see --json)") }
         }
         if markers > 0 { lines.append("markers: \(markers)") }
+        if !completions.isEmpty {
+            lines.append("completed by the VMM: \(completions.values.reduce(0, +))")
+            for (name, n) in completions.sorted(by: { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }) {
+                lines.append("  \(name): \(n)")
+            }
+        }
         return lines.joined(separator: "\n")
     }
 
@@ -157,6 +165,7 @@ public struct RunSummary: Sendable, Equatable {
             "unclaimed": unclaimed.map { ["vcpu": $0.vcpu, "kind": "\($0.kind)", "address": hex($0.address),
                                           "size": $0.size, "write": $0.isWrite, "count": $0.count] as [String: Any] },
             "markers": markers,
+            "completions": completions,
             "serialBytes": serialBytes,
             "elapsedSeconds": elapsedSeconds,
         ]

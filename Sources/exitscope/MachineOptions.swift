@@ -56,6 +56,9 @@ struct MachineOptions: ParsableArguments {
         + "the lines kvm-unit-tests reads from its one module.", valueName: "key=value"))
     var env: [String] = []
 
+    @Flag(help: "Do not complete instructions KVM's emulator fails on: end the run with the emulation-failure report.")
+    var noComplete = false
+
     func validate() throws {
         if flat && loadAddress == nil { throw ValidationError("--flat needs --load-address") }
         if !flat && loadAddress != nil { throw ValidationError("--load-address is only for --flat images") }
@@ -73,7 +76,9 @@ struct MachineOptions: ParsableArguments {
         }
     }
 
-    var limits: RunLimits { RunLimits(maxExits: maxExits, timeout: timeout, handleInterrupt: true) }
+    var limits: RunLimits {
+        RunLimits(maxExits: maxExits, timeout: timeout, handleInterrupt: true, completeEmulationFailures: !noComplete)
+    }
 
     /// A machine ready to run, with what a trace header needs to know about its image.
     struct Prepared {

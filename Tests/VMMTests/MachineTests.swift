@@ -147,14 +147,16 @@ final class MachineTests: XCTestCase {
     }
 
     /// On kvm_pvm, CPL0 code runs in KVM's emulator, which lacks LOCK CMPXCHG16B: an
-    /// INTERNAL_ERROR (emulation failure) that must end the run with a report, not a crash.
+    /// INTERNAL_ERROR (emulation failure) that, with completion off (`--no-complete`), must end
+    /// the run with a report, not a crash.
     func testEmulationFailureIsAGuestEventReport() throws {
         try requireKVM()
         guard KVMSystem.backendModule() == "kvm_pvm" else {
             throw XCTSkip("needs kvm_pvm (CPL0 emulated); this host runs \(KVMSystem.backendModule())")
         }
         // mov esi,0x2000; lock cmpxchg16b [rsi]
-        let (s, _) = try run([0xBE, 0x00, 0x20, 0x00, 0x00, 0xF0, 0x48, 0x0F, 0xC7, 0x0E], mode: .long64, at: 0x100000)
+        let (s, _) = try run([0xBE, 0x00, 0x20, 0x00, 0x00, 0xF0, 0x48, 0x0F, 0xC7, 0x0E], mode: .long64, at: 0x100000,
+                             limits: RunLimits(timeout: 20, completeEmulationFailures: false))
         guard case let .guestEvent(r) = s.stop else { return XCTFail("stopped by \(s.stop)") }
         XCTAssertEqual(r.kind, .internalError)
         XCTAssertEqual(r.state.rip, 0x100005)

@@ -1,0 +1,227 @@
+import KVM
+import X86
+import X86Emulator
+import XCTest
+@testable import VMM
+
+/// Completion of emulation failures (issue 9): the adapters and the completer without KVM,
+/// then guests on /dev/kvm whose instructions KVM's emulator cannot run.
+final class CompletionTests: XCTestCase {
+    // mov edi,0x2000; [rdi] = 0x11.., [rdi+8] = 0x22..; rbx = 0x33..; rcx = 0x44..;
+    // lock cmpxchg16b [rdi] (equal: stores RCX:RBX, ZF=1); check memory;
+    // rax = rdx = 0; lock cmpxchg16b [rdi] (differs: RDX:RAX = memory, ZF=0); check RAX;
+    // status 42 when every check passed, else 1 (port 0x501).
+    static let cmpxchg16bGuest: [UInt8] = [
+        0xbf, 0x00, 0x20, 0x00, 0x00, 0x48, 0xb8, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x48, 0x89, 0x07,
+        0x48, 0xba, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x48, 0x89, 0x57, 0x08, 0x48, 0xbb, 0x33, 0x33,
+        0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x48, 0xb9, 0x44, 0x44, 0x44, 0x44, 0x44, 0x44, 0x44, 0x44, 0xf0, 0x48,
+        0x0f, 0xc7, 0x0f, 0x75, 0x25, 0x48, 0x8b, 0x07, 0x48, 0x39, 0xd8, 0x75, 0x1d, 0x48, 0x8b, 0x47, 0x08, 0x48,
+        0x39, 0xc8, 0x75, 0x14, 0x31, 0xc0, 0x31, 0xd2, 0xf0, 0x48, 0x0f, 0xc7, 0x0f, 0x74, 0x09, 0x48, 0x39, 0xd8,
+        0x75, 0x04, 0xb0, 0x2a, 0xeb, 0x02, 0xb0, 0x01, 0x66, 0xba, 0x01, 0x05, 0xee,
+    ]
+
+    // MARK: without KVM
+
+    func testMemoryAdapterBoundsWithoutBus() throws {
+        let ram = try VMM.GuestMemory(size: 0x10000)
+        let m = CompletionMemory(ram: ram, bus: nil, vcpu: 0)
+        var buf = [UInt8](repeating: 0xAA, count: 16)
+        let bytes: [UInt8] = [1, 2, 3, 4, 5, 6, 7, 8]
+        // Inside RAM: written and read back, both logged.
+        XCTAssertEqual(bytes.withUnsafeBytes { m.write(0x100, count: 8, from: $0.baseAddress!) }, .ok)
+        XCTAssertEqual(buf.withUnsafeMutableBytes { m.read(0x100, count: 8, into: $0.baseAddress!) }, .ok)
+        XCTAssertEqual(Array(buf.prefix(8)), bytes)
+        XCTAssertEqual(ram.read(0x100, count: 8), bytes)
+        // Straddling the end of RAM: the first byte past it is reported, and nothing is written.
+        XCTAssertEqual(bytes.withUnsafeBytes { m.write(0xFFFC, count: 8, from: $0.baseAddress!) }, .unbacked(0x10000))
+        XCTAssertEqual(ram.read(0xFFFC, count: 4), [0, 0, 0, 0])
+        XCTAssertEqual(buf.withUnsafeMutableBytes { m.read(0xFFFC, count: 8, into: $0.baseAddress!) }, .unbacked(0x10000))
+        // Far outside, and wrapping past 2^64: unbacked, no trap.
+        XCTAssertEqual(buf.withUnsafeMutableBytes { m.read(UInt64.max - 3, count: 8, into: $0.baseAddress!) },
+                       .unbacked(UInt64.max - 3))
+        XCTAssertEqual(bytes.withUnsafeBytes { m.write(0xFFFF_FFFF_0000, count: 8, from: $0.baseAddress!) },
+                       .unbacked(0xFFFF_FFFF_0000))
+        XCTAssertEqual(m.writes.count, 1)
+        XCTAssertEqual(m.writes.first?.gpa, 0x100)
+    }
+
+    func testMemoryAdapterRoutesNonRAMToTheMMIOBus() throws {
+        let ram = try VMM.GuestMemory(size: 0x10000)
+        let bus = DeviceBus()
+        let scratch = ScratchMMIO()
+        try bus.attach(scratch, address: 0xD000_0000, length: 0x1000)
+        let m = CompletionMemory(ram: ram, bus: bus, vcpu: 0)
+        // A 16-byte write (CMPXCHG16B's size) to the device: two 8-byte device writes.
+        let bytes: [UInt8] = Array(1...16)
+        XCTAssertEqual(bytes.withUnsafeBytes { m.write(0xD000_0010, count: 16, from: $0.baseAddress!) }, .ok)
+        XCTAssertEqual(m.deviceAccesses.map(\.size), [8, 8])
+        XCTAssertEqual(m.deviceAccesses.map(\.address), [0xD000_0010, 0xD000_0018])
+        var buf = [UInt8](repeating: 0, count: 16)
+        XCTAssertEqual(buf.withUnsafeMutableBytes { m.read(0xD000_0010, count: 16, into: $0.baseAddress!) }, .ok)
+        XCTAssertEqual(buf, bytes)
+        // Nobody there: all ones, counted as unclaimed.
+        XCTAssertEqual(buf.withUnsafeMutableBytes { m.read(0xE000_0000, count: 3, into: $0.baseAddress!) }, .ok)
+        XCTAssertEqual(Array(buf.prefix(3)), [0xFF, 0xFF, 0xFF])
+        XCTAssertEqual(m.deviceAccesses.suffix(2).map(\.size), [2, 1])
+        XCTAssertFalse(m.deviceAccesses.last?.claimed ?? true)
+        // Half RAM, half device: the RAM part lands in RAM, the rest on the bus.
+        XCTAssertEqual(bytes.withUnsafeBytes { m.write(0xFFFC, count: 8, from: $0.baseAddress!) }, .ok)
+        XCTAssertEqual(ram.read(0xFFFC, count: 4), [1, 2, 3, 4])
+        XCTAssertEqual(m.deviceAccesses.last?.address, 0x10000)
+        XCTAssertEqual(m.deviceAccesses.last?.isWrite, true)
+    }
+
+    /// A long-mode state on the VMM's own identity map, with `code` at 0x100000.
+    func longModeState(_ code: [UInt8], ram: VMM.GuestMemory) throws -> CPUState {
+        let config = MachineConfig(mode: .long64, memoryMiB: 4)
+        let image = GuestImage.flat(code, at: 0x100000)
+        try Loader.load(image, into: ram, config: config)
+        return try Loader.bootState(image, memory: ram, config: config, vcpu: 0)
+    }
+
+    func testCompleterRunsCmpxchg16bAgainstGuestRAM() throws {
+        let ram = try VMM.GuestMemory(size: 4 << 20)
+        // mov edi,0x2000 is not run here: the state has RDI already; lock cmpxchg16b [rdi]
+        var state = try longModeState([0xF0, 0x48, 0x0F, 0xC7, 0x0F], ram: ram)
+        state.rdi = 0x2000
+        state.rax = 0x1111; state.rdx = 0x2222; state.rbx = 0x3333; state.rcx = 0x4444
+        ram.store(0x2000, UInt64(0x1111)); ram.store(0x2008, UInt64(0x2222))
+        let c = Completer.complete(vcpu: 0, state: state, ram: ram, bus: nil)
+        XCTAssertEqual(c.outcome, .completed)
+        XCTAssertEqual(c.mnemonic, "cmpxchg16b")
+        XCTAssertEqual(c.instructionBytes, [0xF0, 0x48, 0x0F, 0xC7, 0x0F])
+        XCTAssertEqual(c.instructionGPA, 0x100000)
+        XCTAssertEqual(c.after.rip, 0x100005)
+        XCTAssertNotEqual(c.after.rflags & RFLAGS.zf, 0)
+        XCTAssertEqual(ram.load(0x2000, as: UInt64.self), 0x3333)
+        XCTAssertEqual(ram.load(0x2008, as: UInt64.self), 0x4444)
+        XCTAssertTrue(c.memory.contains { $0.role == .instruction && $0.gpa == 0x100000 })
+        XCTAssertTrue(c.memory.contains { $0.role == .pageTable })
+        // The executor reads and writes the 16-byte operand as two quadwords.
+        XCTAssertEqual(c.memory.filter { $0.role == .operandRead }.map(\.gpa), [0x2000, 0x2008])
+        XCTAssertEqual(c.memory.filter { $0.role == .written && $0.gpa >= 0x2000 && $0.gpa < 0x3000 }.map(\.bytes),
+                       [[0x33, 0x33, 0, 0, 0, 0, 0, 0], [0x44, 0x44, 0, 0, 0, 0, 0, 0]])
+        // Only registers changed: no sregs or MSR write-back needed.
+        let wb = Completer.writeBack(before: c.before, after: c.after)
+        XCTAssertFalse(wb.sregs)
+        XCTAssertTrue(wb.msrs.isEmpty)
+    }
+
+    func testCompleterReportsWhatItCannotRun() throws {
+        let ram = try VMM.GuestMemory(size: 4 << 20)
+        // x87 FLD1 (not implemented by the executor): unsupported, state unchanged.
+        let state = try longModeState([0xD9, 0xE8], ram: ram)
+        let c = Completer.complete(vcpu: 0, state: state, ram: ram, bus: nil)
+        XCTAssertEqual(c.outcome, .unsupported)
+        XCTAssertFalse(c.resumes)
+        XCTAssertEqual(c.after, state)
+        XCTAssertTrue(c.failureDetail.contains("d9 e8"), c.failureDetail)
+        // RIP on an unmapped page (beyond the 4 GiB identity map).
+        var far = state
+        far.rip = 0x1_0000_0000_0000
+        let d = Completer.complete(vcpu: 0, state: far, ram: ram, bus: nil)
+        XCTAssertFalse(d.resumes)
+        if case .failed = d.outcome {} else { XCTFail("\(d.outcome)") }
+        // An operand outside RAM without a bus: the instruction stops, nothing resumes.
+        var out = try longModeState([0xF0, 0x48, 0x0F, 0xC7, 0x0F], ram: ram)
+        out.rdi = 0x8000_0000
+        let e = Completer.complete(vcpu: 0, state: out, ram: ram, bus: nil)
+        XCTAssertEqual(e.outcome, .failed("no memory at 0x80000000"))
+    }
+
+    func testWriteBackNamesChangedSregsAndMSRs() {
+        let before = CPUState.flat(.long64)
+        var after = before
+        after.rax = 5
+        XCTAssertFalse(Completer.writeBack(before: before, after: after).sregs)
+        after.cr2 = 0x1234
+        after.lstar = 0xFFFF_8000_0000_1000
+        let wb = Completer.writeBack(before: before, after: after)
+        XCTAssertTrue(wb.sregs)
+        XCTAssertEqual(wb.msrs.map(\.index), [MSRIndex.lstar])
+        XCTAssertEqual(wb.msrs.first?.value, 0xFFFF_8000_0000_1000)
+        var s = CPUState()
+        Completer.apply(msrs: [MSRIndex.star: 7, MSRIndex.pat: 9, 0x1234: 1], to: &s)
+        XCTAssertEqual(s.star, 7)
+        XCTAssertEqual(s.pat, 9)
+    }
+
+    // MARK: on /dev/kvm
+
+    func runGuest(_ code: [UInt8], vcpus: Int = 1, complete: Bool, observer: ExitObserver? = nil) throws -> RunSummary {
+        guard KVMSystem.isAvailable else { throw XCTSkip("/dev/kvm is not available on this host") }
+        let config = MachineConfig(mode: .long64, vcpus: vcpus, memoryMiB: 4)
+        let m = try Machine(config: config, image: .flat(code, at: 0x100000), serial: SerialOutput(fd: -1))
+        return m.run(limits: RunLimits(timeout: 30, completeEmulationFailures: complete), observer: observer)
+    }
+
+    func requirePVM() throws {
+        guard KVMSystem.isAvailable else { throw XCTSkip("/dev/kvm is not available on this host") }
+        guard KVMSystem.backendModule() == "kvm_pvm" else {
+            throw XCTSkip("KVM's emulator fails on CMPXCHG16B only on kvm_pvm (CPL0 emulated); this host runs \(KVMSystem.backendModule())")
+        }
+    }
+
+    final class Completions: ExitObserver, @unchecked Sendable {
+        let lock = NSLock()
+        var seen: [Completion] = []
+        func exitHandled(_ exit: borrowing ObservedExit) {}
+        func instructionCompleted(_ completion: Completion) { lock.lock(); seen.append(completion); lock.unlock() }
+    }
+
+    func testCmpxchg16bIsCompletedAndTheGuestGoesOn() throws {
+        try requirePVM()
+        let obs = Completions()
+        let s = try runGuest(Self.cmpxchg16bGuest, complete: true, observer: obs)
+        XCTAssertEqual(s.stop, .exitPort(value: 42), s.text)
+        XCTAssertEqual(s.completions["cmpxchg16b"], 2, s.text)
+        XCTAssertEqual(s.exitsByReason["INTERNAL_ERROR"], 2)
+        XCTAssertEqual(obs.seen.map(\.mnemonic), ["cmpxchg16b", "cmpxchg16b"])
+        XCTAssertEqual(obs.seen.first?.before.rip, 0x100034)
+        XCTAssertEqual(obs.seen.first?.after.rip, 0x100039)
+        XCTAssertEqual(obs.seen.last?.after.rax, 0x3333_3333_3333_3333)
+        XCTAssertTrue(s.text.contains("cmpxchg16b: 2"), s.text)
+    }
+
+    func testNoCompleteEndsWithTheEmulationFailureReport() throws {
+        try requirePVM()
+        let s = try runGuest(Self.cmpxchg16bGuest, complete: false)
+        guard case let .guestEvent(r) = s.stop else { return XCTFail("stopped by \(s.stop)") }
+        XCTAssertEqual(r.kind, .internalError)
+        XCTAssertEqual(r.state.rip, 0x100034)
+        XCTAssertEqual(Array(r.instructionBytes.prefix(5)), [0xF0, 0x48, 0x0F, 0xC7, 0x0F])
+        XCTAssertEqual(s.exitStatus, RunExitStatus.guestFailure)
+        XCTAssertTrue(s.completions.isEmpty)
+    }
+
+    /// Two vCPUs each add 1 to a shared 16-byte counter 200 times with LOCK CMPXCHG16B retry
+    /// loops, every one completed by the VMM: the total must be exactly 400 (other vCPUs are
+    /// held out of the guest during a completion, so the RMW is atomic).
+    func testLockedCompletionsStayAtomicAcrossVCPUs() throws {
+        try requirePVM()
+        // Per vCPU: ecx? no: r8d = 200 iterations.
+        //  again: mov rax,[0x2000]; mov rdx,[0x2008]; lea rbx,[rax+1]; mov rcx,rdx;
+        //         lock cmpxchg16b [0x2000 via rdi]; jnz again; dec r8d; jnz again
+        //  then the last vCPU to finish... each vCPU: cli; hlt (irqchip none: run ends when both halt).
+        let code: [UInt8] = [
+            0xBF, 0x00, 0x20, 0x00, 0x00,        // mov edi,0x2000
+            0x41, 0xB8, 0xC8, 0x00, 0x00, 0x00,  // mov r8d,200
+            0x48, 0x8B, 0x07,                    // again: mov rax,[rdi]
+            0x48, 0x8B, 0x57, 0x08,              // mov rdx,[rdi+8]
+            0x48, 0x8D, 0x58, 0x01,              // lea rbx,[rax+1]
+            0x48, 0x89, 0xD1,                    // mov rcx,rdx
+            0xF0, 0x48, 0x0F, 0xC7, 0x0F,        // lock cmpxchg16b [rdi]
+            0x75, 0xEC,                          // jnz again
+            0x41, 0xFF, 0xC8,                    // dec r8d
+            0x75, 0xE7,                          // jnz again
+            0xFA, 0xF4,                          // cli; hlt
+        ]
+        guard KVMSystem.isAvailable else { throw XCTSkip("/dev/kvm is not available on this host") }
+        let config = MachineConfig(mode: .long64, vcpus: 2, memoryMiB: 4)
+        let m = try Machine(config: config, image: .flat(code, at: 0x100000), serial: SerialOutput(fd: -1))
+        let s = m.run(limits: RunLimits(timeout: 60))
+        XCTAssertEqual(s.stop, .halted, s.text)
+        XCTAssertEqual(m.memory.load(0x2000, as: UInt64.self), 400, s.text)
+        XCTAssertGreaterThanOrEqual(s.completions["cmpxchg16b"] ?? 0, 400)
+    }
+}
