@@ -107,6 +107,13 @@ public final class KVMSystem: @unchecked Sendable {
         Int(try kvmIoctl(fd, CKVM_GET_VCPU_MMAP_SIZE, "KVM_GET_VCPU_MMAP_SIZE"))
     }
 
+    /// KVM_X86_GET_MCE_CAP_SUPPORTED: the IA32_MCG_CAP bits and bank count KVM can emulate.
+    public func mceCapSupported() throws(KVMError) -> UInt64 {
+        var v: UInt64 = 0
+        _ = try kvmIoctl(fd, CKVM_X86_GET_MCE_CAP_SUPPORTED, "KVM_X86_GET_MCE_CAP_SUPPORTED", &v)
+        return v
+    }
+
     /// KVM_GET_SUPPORTED_CPUID: what KVM can present to a guest on this host.
     public func supportedCPUID() throws(KVMError) -> [CPUIDEntry] {
         var n: UInt32 = 64

@@ -229,6 +229,12 @@ public final class VCPU: @unchecked Sendable {
         return DebugRegisters(dr0: d.db.0, dr1: d.db.1, dr2: d.db.2, dr3: d.db.3, dr6: d.dr6, dr7: d.dr7)
     }
 
+    /// KVM_X86_SETUP_MCE: the guest's IA32_MCG_CAP (capability bits and number of banks).
+    public func setupMCE(_ mcgCap: UInt64) throws(KVMError) {
+        var v = mcgCap
+        _ = try kvmIoctl(fd, CKVM_X86_SETUP_MCE, "KVM_X86_SETUP_MCE", &v)
+    }
+
     /// KVM_GET_TSC_KHZ: the guest's TSC rate (the host's unless scaled).
     public func tscKHz() throws(KVMError) -> UInt64 {
         UInt64(try kvmIoctl(fd, CKVM_GET_TSC_KHZ, "KVM_GET_TSC_KHZ"))

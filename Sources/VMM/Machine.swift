@@ -91,11 +91,16 @@ public final class Machine: @unchecked Sendable {
             handler = ExitHandler(bus: bus, msrs: msrs, irqchip: config.irqchip, shutdown: shutdown)
 
             let cpuid = try sys.supportedCPUID()
+            // Machine-check banks as QEMU sets them (MCG_CTL_P | MCG_SER_P, 10 banks), so guests
+            // that walk the banks (kvm-unit-tests' msr) see what they see under QEMU.
+            // (KVM reports the capability bits; its bank maximum is KVM_CAP_MCE's value, at least 10 in practice.)
+            let mcgCap = (try? sys.mceCapSupported()).map { ($0 & (1 << 8 | 1 << 24)) | 10 }
             var vcpus: [VCPU] = []
             var states: [CPUState?] = []
             for i in 0..<config.vcpus {
                 let v = try vm.createVCPU(id: i)
                 try v.setCPUID(config.cpuid.apply(cpuid, apicID: UInt32(i)))
+                if let mcgCap { try? v.setupMCE(mcgCap) }
                 // With the in-kernel irqchip the APs wait for INIT/SIPI; without it every vCPU
                 // starts at the entry point with its own stack.
                 if i == 0 || config.irqchip == .none {

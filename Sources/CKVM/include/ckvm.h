@@ -133,6 +133,8 @@ static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
 static const unsigned long CKVM_GET_STATS_FD = KVM_GET_STATS_FD;
 static const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long CKVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+static const unsigned long CKVM_X86_SETUP_MCE = KVM_X86_SETUP_MCE;
+static const unsigned long CKVM_X86_GET_MCE_CAP_SUPPORTED = KVM_X86_GET_MCE_CAP_SUPPORTED;
 
 static const uint64_t CKVM_SYNC_X86_REGS = KVM_SYNC_X86_REGS;
 static const uint64_t CKVM_SYNC_X86_SREGS = KVM_SYNC_X86_SREGS;
