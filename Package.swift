@@ -57,7 +57,7 @@ let package = Package(
         .testTarget(name: "TraceTests", dependencies: ["Trace", "X86"], exclude: ["Fixtures"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "X86", "X86Emulator"]),
-        .testTarget(name: "RecordTests", dependencies: ["Record", "VMM", "Trace"]),
+        .testTarget(name: "RecordTests", dependencies: ["Record", "VMM", "Trace", "KVM"]),
         .testTarget(name: "ReplayTests", dependencies: ["Replay", "Record", "VMM", "Trace", "X86Emulator"]),
         .testTarget(name: "ReportTests", dependencies: ["Report", "Trace"]),
         .testTarget(name: "CLITests", dependencies: ["exitscope"]),

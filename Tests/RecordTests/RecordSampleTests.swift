@@ -1,4 +1,5 @@
 import Foundation
+import KVM
 import Record
 import Trace
 import VMM
@@ -102,5 +103,44 @@ extension RecordSampleTests {
         XCTAssertGreaterThan(steps, 100)
         XCTAssertEqual(io, 42, "the 42 port accesses are exits, not steps")
         XCTAssertEqual(reader.header.options["single_step"], "true")
+    }
+
+    /// Issue 9: each instruction the VMM completed is a `.completion` record: the state before
+    /// and after, the instruction, and the guest bytes it read and wrote.
+    func testCompletionsAreRecorded() throws {
+        guard KVMSystem.backendModule() == "kvm_pvm" || !FileManager.default.fileExists(atPath: "/dev/kvm") else {
+            throw XCTSkip("KVM's emulator fails on CMPXCHG16B only on kvm_pvm; this host runs \(KVMSystem.backendModule())")
+        }
+        let (reader, summary, recording) = try record("completion")
+        XCTAssertEqual(summary.completions["cmpxchg16b"], 2, summary.text)
+        XCTAssertEqual(recording.completions, 2)
+        var completions: [TraceRecord] = []
+        var previous: TraceRecord?
+        try reader.forEachRecord { r in
+            if r.kind == .completion {
+                completions.append(r)
+                // It follows the INTERNAL_ERROR exit it completes, on the same instruction.
+                XCTAssertEqual(previous?.kind, .exit)
+                XCTAssertEqual(previous?.kvmExitReason, r.kvmExitReason)
+                XCTAssertEqual(previous?.state.rip, r.instructionStart)
+            }
+            previous = r
+        }
+        XCTAssertEqual(completions.count, 2)
+        guard let first = completions.first else { return }
+        XCTAssertEqual(first.note, "cmpxchg16b")
+        XCTAssertEqual(Array(first.instructionBytes.prefix(4)), [0xF0, 0x48, 0x0F, 0xC7])
+        XCTAssertEqual(first.instructionStart, first.state.rip)
+        XCTAssertEqual(first.stateAfter?.rip, first.state.rip + UInt64(first.instructionBytes.count))
+        XCTAssertEqual(first.nextRIP, first.stateAfter?.rip)
+        XCTAssertNotEqual((first.stateAfter?.rflags ?? 0) & RFLAGS.zf, 0, "the equal case sets ZF")
+        XCTAssertTrue(first.memory.contains { $0.role == .instruction })
+        XCTAssertTrue(first.memory.contains { $0.role == .pageTable })
+        XCTAssertEqual(first.memory.filter { $0.role == .operandRead }.count, 2)
+        // The written quadwords are RCX:RBX of the state before.
+        let written = first.memory.filter { $0.role == .written && $0.bytes.count == 8 }.map { m in
+            m.bytes.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        }
+        XCTAssertEqual(written, [first.state.rbx, first.state.rcx])
     }
 }
