@@ -173,7 +173,7 @@ public struct Completion: Sendable, Equatable {
     /// guest-physical address of its first byte (nil when RIP does not translate).
     public var instructionBytes: [UInt8]
     public var instructionGPA: UInt64?
-    /// "cmpxchg16b", "movbe", ... ("unknown" when the bytes do not decode).
+    /// "cmpxchg16b", "movbe", ... ("(bad)" when the bytes are no instruction: #UD).
     public var mnemonic: String
     /// Guest RAM read and written, device (MMIO) and port accesses, in order.
     public var memory: [CompletionBytes]
@@ -229,12 +229,13 @@ public enum Completer {
             c.outcome = .failed("the instruction's bytes are not RAM")
             return c
         }
+        // Bytes that are no instruction (e.g. MOVBE with a register operand) still go to the
+        // executor: it raises #UD, as the processor does.
         if case let .success(insn) = decode(bytes: c.instructionBytes, mode: DecoderMode(state.mode)) {
             c.mnemonic = String(describing: insn.mnemonic)
             c.instructionBytes = Array(c.instructionBytes.prefix(Int(insn.length)))
         } else {
-            c.outcome = .unsupported
-            return c
+            c.mnemonic = "(bad)"
         }
 
         let memory = CompletionMemory(ram: ram, bus: bus, vcpu: vcpu)

@@ -194,6 +194,29 @@ final class CompletionTests: XCTestCase {
         XCTAssertTrue(s.completions.isEmpty)
     }
 
+    /// MOVBE with a register operand: KVM's emulator fails on it; the processor raises #UD.
+    /// The guest installs a #UD handler (IDT at 0x3000) that checks the pushed RIP is the
+    /// MOVBE's and exits with 6; falling through would exit with 1.
+    func testMovbeRegisterFormGetsUDThroughTheGuestIDT() throws {
+        try requirePVM()
+        let code: [UInt8] = [
+            0x48, 0x8d, 0x05, 0x3a, 0x00, 0x00, 0x00, 0xbf, 0x60, 0x30, 0x00, 0x00, 0x66, 0x89, 0x07, 0x66, 0xc7, 0x47,
+            0x02, 0x08, 0x00, 0x66, 0xc7, 0x47, 0x04, 0x00, 0x8e, 0x48, 0xc1, 0xe8, 0x10, 0x66, 0x89, 0x47, 0x06, 0x48,
+            0xc1, 0xe8, 0x10, 0x89, 0x47, 0x08, 0xc7, 0x47, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x0f, 0x01, 0x1d, 0x1f, 0x00,
+            0x00, 0x00, 0x48, 0x0f, 0x38, 0xf0, 0xc1, 0xb0, 0x01, 0xeb, 0x11, 0x48, 0x8d, 0x1d, 0xf0, 0xff, 0xff, 0xff,
+            0x48, 0x39, 0x1c, 0x24, 0xb0, 0x06, 0x74, 0x02, 0xb0, 0x02, 0x66, 0xba, 0x01, 0x05, 0xee, 0xff, 0x0f, 0x00,
+            0x30, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ]
+        let obs = Completions()
+        let s = try runGuest(code, complete: true, observer: obs)
+        XCTAssertEqual(s.stop, .exitPort(value: 6), s.text)
+        XCTAssertEqual(obs.seen.count, 1)
+        XCTAssertEqual(obs.seen.first?.outcome, .exceptionDelivered(vector: 6, errorCode: nil))
+        XCTAssertEqual(obs.seen.first?.before.rip, 0x100038)
+        // The exception frame went to the guest's stack: it is among the bytes written.
+        XCTAssertTrue(obs.seen.first?.memory.contains { $0.role == .written } ?? false)
+    }
+
     /// Two vCPUs each add 1 to a shared 16-byte counter 200 times with LOCK CMPXCHG16B retry
     /// loops, every one completed by the VMM: the total must be exactly 400 (other vCPUs are
     /// held out of the guest during a completion, so the RMW is atomic).
