@@ -178,6 +178,12 @@ public struct Completion: Sendable, Equatable {
     /// Guest RAM read and written, device (MMIO) and port accesses, in order.
     public var memory: [CompletionBytes]
     public var deviceAccesses: [BusAccess]
+    /// XMM0-15 (low, high quadword each: 32 values) and MXCSR before and after, when the caller
+    /// supplied them (KVM_GET_FPU); nil otherwise.
+    public var xmm: [UInt64]?
+    public var xmmAfter: [UInt64]?
+    public var mxcsr: UInt32?
+    public var mxcsrAfter: UInt32?
 
     /// True when the guest goes on (the instruction completed, or its exception was delivered).
     public var resumes: Bool {
@@ -207,9 +213,15 @@ func hexByte(_ b: UInt8) -> String {
 public enum Completer {
     /// Runs the instruction at `state`'s CS:RIP against `ram` (and `bus` for MMIO and ports).
     /// Exceptions are delivered through the guest's IDT by the executor.
-    public static func complete(vcpu: Int, state: CPUState, ram: GuestMemory, bus: DeviceBus?) -> Completion {
+    /// `xmm` (32 quadwords) and `mxcsr` are the SSE state the instruction starts from; without
+    /// them the executor's are zero and an SSE instruction would compute from wrong inputs, so
+    /// callers completing live guests pass them. VEX/EVEX/XOP instructions are refused: the
+    /// upper YMM/ZMM halves are not carried in.
+    public static func complete(vcpu: Int, state: CPUState, ram: GuestMemory, bus: DeviceBus?,
+                                xmm: [UInt64]? = nil, mxcsr: UInt32? = nil) -> Completion {
         var c = Completion(vcpu: vcpu, outcome: .failed(""), before: state, after: state, instructionBytes: [],
-                           instructionGPA: nil, mnemonic: "unknown", memory: [], deviceAccesses: [])
+                           instructionGPA: nil, mnemonic: "unknown", memory: [], deviceAccesses: [],
+                           xmm: xmm, xmmAfter: xmm, mxcsr: mxcsr, mxcsrAfter: mxcsr)
         var linear = state.cs.base &+ state.rip
         if state.mode != .long64 { linear &= 0xFFFF_FFFF }
         var walked: Set<UInt64> = []
@@ -234,6 +246,10 @@ public enum Completer {
         if case let .success(insn) = decode(bytes: c.instructionBytes, mode: DecoderMode(state.mode)) {
             c.mnemonic = String(describing: insn.mnemonic)
             c.instructionBytes = Array(c.instructionBytes.prefix(Int(insn.length)))
+            if !insn.prefixes.isDisjoint(with: [.vex, .evex, .xop]) {
+                c.outcome = .failed("VEX/EVEX/XOP instructions are not completed (the upper vector halves are not carried in)")
+                return c
+            }
         } else {
             c.mnemonic = "(bad)"
         }
@@ -242,6 +258,10 @@ public enum Completer {
         let ports = bus.map { CompletionPorts(bus: $0, vcpu: vcpu) }
         let cpu = X86Executor(state: state, memory: memory, ports: ports)
         cpu.deliverExceptions = true
+        if let xmm, xmm.count == 32 {
+            for i in 0..<16 { cpu.setVectorRegister(i, (xmm[2 * i], xmm[2 * i + 1], 0, 0)) }
+        }
+        if let mxcsr { cpu.mxcsr = mxcsr }
         let result = cpu.step()
         switch result {
         case .ok:
@@ -263,7 +283,16 @@ public enum Completer {
         default:
             c.outcome = .failed("the emulator needed an answer the VMM does not give (\(result))")
         }
-        if c.resumes { c.after = cpu.state }
+        if c.resumes {
+            c.after = cpu.state
+            if xmm != nil {
+                var v: [UInt64] = []
+                v.reserveCapacity(32)
+                for i in 0..<16 { let r = cpu.vectorRegister(i); v.append(r.0); v.append(r.1) }
+                c.xmmAfter = v
+            }
+            if mxcsr != nil { c.mxcsrAfter = cpu.mxcsr }
+        }
 
         // Classify what was read: the fetch, the walk to the instruction, the rest.
         let start = c.instructionGPA ?? 0

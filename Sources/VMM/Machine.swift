@@ -550,8 +550,18 @@ public final class Machine: @unchecked Sendable {
                 var state = CPUState(regs: regs, sregs: sregs)
                 let saveArea = MSRIndex.saveArea.filter { $0 != MSRIndex.efer }
                 if let m = try? vcpu.getMSRs(saveArea) { Completer.apply(msrs: m, to: &state) }
-                let c = Completer.complete(vcpu: r.index, state: state, ram: memory, bus: bus)
+                // SSE instructions compute from the guest's XMM registers and MXCSR.
+                var fpu = try vcpu.getFPU()
+                let xmm = withUnsafeBytes(of: fpu.xmm) { raw in (0..<32).map { raw.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self) } }
+                let c = Completer.complete(vcpu: r.index, state: state, ram: memory, bus: bus, xmm: xmm, mxcsr: fpu.mxcsr)
                 guard c.resumes else { return .success(c) }
+                if let after = c.xmmAfter, after != xmm || c.mxcsrAfter != fpu.mxcsr {
+                    withUnsafeMutableBytes(of: &fpu.xmm) { raw in
+                        for (i, v) in after.enumerated() { raw.storeBytes(of: v, toByteOffset: 8 * i, as: UInt64.self) }
+                    }
+                    if let m = c.mxcsrAfter { fpu.mxcsr = m }
+                    try vcpu.setFPU(fpu)
+                }
                 let wb = Completer.writeBack(before: c.before, after: c.after)
                 if wb.sregs { try vcpu.setSregs(c.after.kvmSregs(base: sregs)) }
                 if !wb.msrs.isEmpty {

@@ -129,6 +129,25 @@ final class CompletionTests: XCTestCase {
         XCTAssertEqual(e.outcome, .failed("no memory at 0x80000000"))
     }
 
+    /// SSE instructions start from the XMM registers the caller passes (KVM_GET_FPU on a live
+    /// guest) and hand back the changed ones; VEX-encoded ones are refused, not run on zeros.
+    func testCompleterCarriesXMMInAndOut() throws {
+        let ram = try GuestMemory(size: 4 << 20)
+        var state = try longModeState([0x66, 0x0F, 0xEF, 0xC1], ram: ram)  // pxor xmm0, xmm1
+        state.cr4 |= CR4.osfxsr
+        var xmm = [UInt64](repeating: 0, count: 32)
+        xmm[0] = 0xF0F0; xmm[1] = 0x1111; xmm[2] = 0x0FF0; xmm[3] = 0x2222
+        let c = Completer.complete(vcpu: 0, state: state, ram: ram, bus: nil, xmm: xmm, mxcsr: 0x1F80)
+        XCTAssertEqual(c.outcome, .completed)
+        XCTAssertEqual(c.mnemonic, "pxor")
+        XCTAssertEqual(c.xmmAfter.map { Array($0.prefix(4)) }, [0xFF00, 0x3333, 0x0FF0, 0x2222])
+        XCTAssertEqual(c.mxcsrAfter, 0x1F80)
+        let v = Completer.complete(vcpu: 0, state: try longModeState([0xC5, 0xF9, 0xEF, 0xC1], ram: ram), ram: ram,
+                                   bus: nil, xmm: xmm, mxcsr: 0x1F80)  // vpxor xmm0, xmm0, xmm1
+        XCTAssertFalse(v.resumes)
+        XCTAssertEqual(v.mnemonic, "vpxor")
+    }
+
     func testWriteBackNamesChangedSregsAndMSRs() {
         let before = CPUState.flat(.long64)
         var after = before
