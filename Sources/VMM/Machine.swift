@@ -218,6 +218,16 @@ public final class Machine: @unchecked Sendable {
 
         func resumeOthers() { pauseRequested.store(false, ordering: .sequentiallyConsistent) }
 
+        /// Marks `r` as inside KVM_RUN once no completion is running (the caller clears it).
+        func enterGuest(_ r: Runner) {
+            while true {
+                waitWhilePaused()
+                r.inRun.store(true, ordering: .sequentiallyConsistent)
+                if !pauseRequested.load(ordering: .sequentiallyConsistent) || stopRequested.load(ordering: .relaxed) { return }
+                r.inRun.store(false, ordering: .sequentiallyConsistent)
+            }
+        }
+
         /// A vCPU thread waits here, out of the guest, while another completes an instruction.
         func waitWhilePaused() {
             while pauseRequested.load(ordering: .sequentiallyConsistent) && !stopRequested.load(ordering: .relaxed) {
@@ -462,8 +472,12 @@ public final class Machine: @unchecked Sendable {
                     : (try? vcpu.getVCPUEvents()).map { VCPUEvents(kvm: $0) }
                 var after: CPUState? = nil
                 if fidelityFull && resumes {
+                    // This KVM_RUN completes the pending instruction (it may write guest memory):
+                    // it too stays out of another vCPU's completion.
+                    if smp { control.enterGuest(r) }
                     vcpu.immediateExit = true
                     let err = vcpu.runRaw()
+                    if smp { r.inRun.store(false, ordering: .sequentiallyConsistent) }
                     vcpu.immediateExit = control.stopRequested.load(ordering: .relaxed)
                     if err == EINTR {
                         after = synced ? vcpu.syncedState() : currentState(vcpu)
