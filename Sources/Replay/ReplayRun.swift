@@ -108,13 +108,16 @@ public enum ReplayRun {
 
         func flush(below limit: UInt64) throws {
             guard !buffer.isEmpty else { return }
-            buffer.sort { $0.seq < $1.seq }
+            // Verdicts are large: sort only when frames of several vCPUs interleaved.
+            var sorted = true
+            for i in 1..<buffer.count where buffer[i - 1].seq > buffer[i].seq { sorted = false; break }
+            if !sorted { buffer.sort { $0.seq < $1.seq } }
             var k = 0
             while k < buffer.count && buffer[k].seq < limit {
                 try deliver(buffer[k])
                 k += 1
             }
-            buffer.removeFirst(k)
+            if k == buffer.count { buffer.removeAll(keepingCapacity: true) } else { buffer.removeFirst(k) }
             deliveredUpTo = limit
         }
 
