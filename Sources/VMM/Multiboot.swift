@@ -55,6 +55,10 @@ public enum Multiboot {
         return nil
     }
 
+    /// The kernel's command line as QEMU builds it: the kernel's file name, a space, then the
+    /// -append text (kvm-unit-tests takes the first word as argv[0]).
+    public static func commandLine(kernel path: String, append: String) -> String { "\(path) \(append)" }
+
     /// One entry of the memory map: base, length, type (1 usable RAM, 2 reserved).
     public struct MemoryRange: Equatable, Sendable {
         public var base: UInt64, length: UInt64, type: UInt32

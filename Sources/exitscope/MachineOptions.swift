@@ -124,7 +124,7 @@ struct MachineOptions: ParsableArguments {
             var modules: [MultibootModule] = []
             for file in initrd { modules.append(MultibootModule(bytes: try ImageLocator.readFile(file, limit: 256 << 20), cmdline: file)) }
             if !env.isEmpty { modules.append(.environ(env)) }
-            guest = try Multiboot.prepare(guest, file: bytes, path: path, config: config, cmdline: append ?? "",
+            guest = try Multiboot.prepare(guest, file: bytes, path: path, config: config, cmdline: Multiboot.commandLine(kernel: path, append: append ?? ""),
                                           modules: modules)
         }
 

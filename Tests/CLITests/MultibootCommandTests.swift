@@ -19,7 +19,8 @@ final class MultibootCommandTests: XCTestCase {
         let upper = (64 << 10) - 1024 - 64
         XCTAssertTrue(lines.contains { $0.hasSuffix(String(format: "mem_lower 0x00000280 mem_upper 0x%08x", upper)) }, r.out)
         XCTAssertTrue(lines.contains(String(format: "mmap: entries 0x00000005 ram at 1 MiB 0x%08x", upper << 10)), r.out)
-        XCTAssertTrue(lines.contains("cmdline: \"hello multiboot\""), r.out)
+        // As QEMU: the kernel's file name, a space, the --append text.
+        XCTAssertTrue(lines.contains { $0.hasPrefix("cmdline: \"") && $0.hasSuffix("/multiboot.elf hello multiboot\"") }, r.out)
         XCTAssertTrue(lines.contains("fw_cfg: QEMU cpus 0x00000002 ram 0x04000000"), r.out)
         XCTAssertTrue(lines.contains("testdev latch: 0xbeefaa44"), r.out)
         XCTAssertTrue(lines.contains("testdev memory: 0xcafe5a0d"), r.out)
@@ -36,7 +37,7 @@ final class MultibootCommandTests: XCTestCase {
                              "--serial-out", dir + "/serial.txt", "-o", trace, "--timeout", "60"])
         XCTAssertEqual(r.status, 0, r.err)
         let serial = try String(contentsOfFile: dir + "/serial.txt", encoding: .utf8)
-        XCTAssertTrue(serial.contains("cmdline: \"rec\""), serial)
+        XCTAssertTrue(serial.contains(".elf rec\"\n"), serial)
         XCTAssertTrue(serial.hasSuffix("multiboot: PASS\n"), serial)
         XCTAssertTrue(FileManager.default.fileExists(atPath: trace))
     }
