@@ -5,4 +5,5 @@ let benchmarks: @Sendable () -> Void = {
     executorBenchmarks()
     RunBenchmark.register()
     replayBenchmarks()
+    recordBenchmarks()
 }
