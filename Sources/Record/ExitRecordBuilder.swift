@@ -231,6 +231,16 @@ public enum ExitRecordBuilder {
             if s.rflags & RFLAGS.df != 0 && elements > 1 { start = la &- UInt64(total - Int(m.size)) }
             c.addRange(start, count: total)
         }
+        // Descriptor tables an instruction reads implicitly: segment loads and far transfers
+        // read GDT/LDT entries, interrupts and IRET the IDT and GDT (bounded to 4 KiB each;
+        // the writer stores identical bytes once per frame).
+        if loadsDescriptors(inst) && s.cr0 & CR0.pe != 0 && s.mode != .virtual8086 {
+            c.addRange(s.gdtr.base, count: min(Int(s.gdtr.limit) + 1, 4096))
+            if s.ldtr.present && s.ldtr.limit > 0 { c.addRange(s.ldtr.base, count: min(Int(s.ldtr.limit) + 1, 4096)) }
+        }
+        if [.int, .int3, .into, .iret, .iretd, .iretq].contains(inst.mnemonic) {
+            c.addRange(s.idtr.base, count: min(Int(s.idtr.limit) + 1, 4096))
+        }
         // Implicit stack operands, for single-step replay of stack instructions.
         if singleStep {
             let stackOps: [Mnemonic] = [.push, .pop, .call, .ret, .iret, .enter, .leave, .pushf, .popf, .int, .int3, .retf]
@@ -241,6 +251,28 @@ public enum ExitRecordBuilder {
             }
         }
         return c.out
+    }
+}
+
+extension ExitRecordBuilder {
+    /// Instructions that load a segment descriptor outside real mode.
+    static func loadsDescriptors(_ inst: Instruction) -> Bool {
+        switch inst.mnemonic {
+        case .lds, .les, .lfs, .lgs, .lss, .retf, .iret, .iretd, .iretq, .ltr, .lldt, .int, .int3, .into,
+             .syscall, .sysret, .sysenter, .sysexit:
+            return true
+        case .mov, .pop:
+            if case .register(let r) = inst.operand(0), r.regClass == .segment { return true }
+            return false
+        case .jmp, .call:
+            for i in 0..<Int(inst.operandCount) {
+                if case .farPointer = inst.operand(i) { return true }
+            }
+            // JMP/CALL m16:16/32/64 (the far forms through memory, FF /5 and FF /3).
+            return inst.map == .legacy && inst.opcode == 0xFF && (inst.modrmReg == 3 || inst.modrmReg == 5)
+        default:
+            return false
+        }
     }
 }
 

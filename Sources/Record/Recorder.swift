@@ -52,6 +52,9 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         /// CPL and instruction of the last record, for gap records under single-step.
         var lastCPL: UInt8 = 0
         var lastStepMnemonic: Mnemonic?
+        /// The save-area MSRs (KVM_GET_MSRS once, then every routed WRMSR), put into each state:
+        /// sync regs do not carry them.
+        var msrs: [UInt32: UInt64]?
         /// The last step record, written once the next record shows it was not an exit.
         var heldStep: TraceRecord?
     }
@@ -135,11 +138,24 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     public func exitHandled(_ exit: borrowing ObservedExit) {
         guard exit.vcpu < lanes.count else { return }
         let lane = lanes[exit.vcpu]
-        if lane.probe == nil { lane.probe = exit.probe }
+        if lane.probe == nil {
+            lane.probe = exit.probe
+            lane.msrs = try? exit.probe.msrs()
+        }
         exitCount.increment()
         var record = ExitRecordBuilder.build(exit: exit, singleStep: options.observer.singleStep,
                                              openGroup: lane.openGroup?.start, cache: lane.locator)
+        if let m = lane.msrs {
+            Self.applySaveAreaMSRs(m, to: &record.state)
+            if record.stateAfter != nil {
+                var after = m
+                for w in lane.pendingMSRWrites { after[w.index] = w.value }
+                Self.applySaveAreaMSRs(after, to: &record.stateAfter!)
+            }
+        }
         record.msrWrites = lane.pendingMSRWrites
+        // The write takes effect with this exit's instruction: later states carry it.
+        for w in lane.pendingMSRWrites { lane.msrs?[w.index] = w.value }
         lane.pendingMSRWrites.removeAll(keepingCapacity: true)
         if options.observer.singleStep { noteUnobservedSpan(lane: lane, next: record) }
         if record.visibility == .committed && record.candidates == 0 { unlocated.increment() }
@@ -223,6 +239,18 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
                                tscEntry: next.tscExit, code: GapCode.userMode,
                                note: "CPL3 code ran natively and was not single-stepped"))
         }
+    }
+
+    static func applySaveAreaMSRs(_ m: [UInt32: UInt64], to s: inout CPUState) {
+        if let v = m[MSRIndex.star] { s.star = v }
+        if let v = m[MSRIndex.lstar] { s.lstar = v }
+        if let v = m[MSRIndex.cstar] { s.cstar = v }
+        if let v = m[MSRIndex.sfmask] { s.sfmask = v }
+        if let v = m[MSRIndex.kernelGSBase] { s.kernelGSBase = v }
+        if let v = m[MSRIndex.sysenterCS] { s.sysenterCS = v }
+        if let v = m[MSRIndex.sysenterESP] { s.sysenterESP = v }
+        if let v = m[MSRIndex.sysenterEIP] { s.sysenterEIP = v }
+        if let v = m[MSRIndex.pat] { s.pat = v }
     }
 
     static func mnemonic(_ r: TraceRecord) -> Mnemonic? {
