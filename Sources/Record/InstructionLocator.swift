@@ -90,10 +90,22 @@ public enum InstructionLocator {
         guard let best = found.first else {
             return LocatedInstruction(start: state.rip, bytes: [], instruction: nil, candidates: 0)
         }
-        // With several candidates the shortest is kept for display; `candidates` says it is ambiguous.
+        // Candidates that differ only by redundant prefixes (e.g. "ee" and "66 ee" after an
+        // immediate ending in 0x66) are one instruction with the same effects: `candidates` counts
+        // distinct instructions, so only a real ambiguity is reported as one. The shortest is kept.
+        var distinct: [Instruction] = []
+        for (_, inst) in found where !distinct.contains(where: { Self.sameEffect($0, inst) }) { distinct.append(inst) }
         let start = state.rip &- UInt64(best.0)
         return LocatedInstruction(start: start, bytes: Array(window[(windowLength - best.0)...]),
-                                  instruction: best.1, candidates: UInt8(min(found.count, 255)))
+                                  instruction: best.1, candidates: UInt8(min(distinct.count, 255)))
+    }
+
+    /// Same mnemonic and operands: two decodings that perform the same access the same way.
+    static func sameEffect(_ a: Instruction, _ b: Instruction) -> Bool {
+        guard a.mnemonic == b.mnemonic, a.operandCount == b.operandCount, a.hasRep == b.hasRep,
+              a.addressSize == b.addressSize else { return false }
+        for i in 0..<Int(a.operandCount) where a.operand(i) != b.operand(i) { return false }
+        return true
     }
 
     /// Whether `inst`, which ended at `state.rip` and left `state` behind, performs `access`.

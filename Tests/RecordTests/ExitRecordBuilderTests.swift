@@ -110,3 +110,33 @@ final class ExitRecordBuilderTests: XCTestCase {
         XCTAssertEqual(r.accesses.first?.value, 0x1234)
     }
 }
+
+extension ExitRecordBuilderTests {
+    func testARedundantPrefixBeforeOutIsNotAnAmbiguity() {
+        var s = CPUState.flat(.real)
+        s.rip = 0x1004  // "mov ax, 0x6600 ; out dx, al": the immediate's 0x66 also decodes as a prefix
+        s.rdx = 0x80
+        let mem = FlatTestMemory(state: s, code: [0xB8, 0x00, 0x66, 0xEE], at: 0x1000)
+        let r = ExitRecordBuilder.build(
+            ExitFacts(vcpu: 0, exit: .io(port: 0x80, size: 1, direction: .out, count: 1, dataOffset: 0), state: s),
+            memory: mem)
+        XCTAssertEqual(r.candidates, 1)
+        XCTAssertEqual(r.instructionStart, 0x1003)
+        XCTAssertEqual(r.instructionBytes, [0xEE])
+    }
+
+    func testOnlyTheCandidateThatPerformsTheAccessCounts() {
+        var s = CPUState.flat(.real)
+        s.rip = 0x1002
+        s.rdx = 0x80
+        s.rax = 0
+        // "e6 80" is out 0x80, al; its last byte alone is no OUT, but "ee" at 0x1001 would be:
+        // here 0x1000: e6 ee -> out 0xee, al (port 0xee, no match) and ee (port dx = 0x80, match).
+        let mem = FlatTestMemory(state: s, code: [0xE6, 0xEE], at: 0x1000)
+        let r = ExitRecordBuilder.build(
+            ExitFacts(vcpu: 0, exit: .io(port: 0x80, size: 1, direction: .out, count: 1, dataOffset: 0), state: s),
+            memory: mem)
+        XCTAssertEqual(r.candidates, 1, "only 'ee' writes port 0x80")
+        XCTAssertEqual(r.instructionStart, 0x1001)
+    }
+}
