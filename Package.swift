@@ -34,7 +34,7 @@ let package = Package(
 
         // The machine
         .target(name: "KVM", dependencies: ["CKVM", "X86"], swiftSettings: optimize),
-        .target(name: "VMM", dependencies: ["KVM", "X86", "X86Emulator"], swiftSettings: optimize),
+        .target(name: "VMM", dependencies: ["KVM", "X86", "X86Emulator"], exclude: ["README.md"], swiftSettings: optimize),
 
         // Recording, replay, reports
         .target(name: "Record", dependencies: ["VMM", "Trace", "X86Emulator"], swiftSettings: optimize),
