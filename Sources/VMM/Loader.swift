@@ -9,14 +9,17 @@ import X86
 /// scratch MMIO device at 0xD000_0000 is mapped too). The protected and long-mode stacks
 /// start just below that area; the real-mode stack just below the image.
 public enum Loader {
-    public static let gdtEntries: [UInt64] = [
-        0,
-        0x00CF_9B00_0000_FFFF,  // 0x08 placeholder, replaced per mode
-        0x00CF_9300_0000_FFFF,  // 0x10 data, 4 GiB, writable
-        0x00CF_9B00_0000_FFFF,  // 0x18 code32
-        0x00AF_9B00_0000_FFFF,  // 0x20 code64 (L=1)
-        0x0000_9B00_0000_FFFF,  // 0x28 code16
-    ]
+    static let code32: UInt64 = 0x00CF_9B00_0000_FFFF  // 4 GiB, execute/read, D=1
+    static let data32: UInt64 = 0x00CF_9300_0000_FFFF  // 4 GiB, read/write
+    static let code64: UInt64 = 0x00AF_9B00_0000_FFFF  // L=1
+    static let code16: UInt64 = 0x0000_9B00_0000_FFFF
+
+    /// The VMM's GDT for a boot mode: 0x08 is the code segment the mode is entered with (64-bit
+    /// for long64, else 32-bit), 0x10 data, then 0x18 code32, 0x20 code64, 0x28 code16 for
+    /// guests that switch modes themselves.
+    public static func gdtEntries(for mode: BootMode) -> [UInt64] {
+        [0, mode == .long64 ? code64 : code32, data32, code32, code64, code16]
+    }
 
     /// Copies the segments into memory; each must lie wholly in RAM and below the VMM's area.
     public static func load(_ image: GuestImage, into memory: GuestMemory, config: MachineConfig) throws(VMMError) {
@@ -54,8 +57,7 @@ public enum Loader {
             s.rsp = sp
             return s
         case .protected32, .long64:
-            var gdt = gdtEntries
-            gdt[1] = config.mode == .long64 ? gdtEntries[4] : gdtEntries[3]
+            let gdt = gdtEntries(for: config.mode)
             for (i, e) in gdt.enumerated() { memory.store(area + UInt64(i * 8), e) }
             var s = CPUState.flat(config.mode == .long64 ? .long64 : .protected32)
             s.gdtr = DescriptorTable(base: area, limit: UInt16(gdt.count * 8 - 1))
