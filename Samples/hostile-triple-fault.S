@@ -2,6 +2,7 @@
    #UD cannot be delivered, nor can the #DF that follows: a triple fault (SHUTDOWN). */
 #include "exitscope.h"
 #include "config.h"
+#include "serial_puts.inc"
 
 EXITSCOPE_CONFIG("mode=long64 vcpus=1 irqchip=none memory=16")
 
@@ -10,18 +11,7 @@ EXITSCOPE_CONFIG("mode=long64 vcpus=1 irqchip=none memory=16")
     .globl _start
 _start:
     lea message(%rip), %rsi
-1:  lodsb
-    test %al, %al
-    jz 3f
-    mov %al, %bl
-    mov $COM1_LSR, %dx
-2:  in %dx, %al
-    test $LSR_THRE, %al
-    jz 2b
-    mov %bl, %al
-    mov $COM1, %dx
-    out %al, %dx
-    jmp 1b
+    SERIAL_PUTS
 3:  lidt empty_idt(%rip)
     .globl fault_here
 fault_here:

@@ -5,6 +5,7 @@
  */
 #include "exitscope.h"
 #include "config.h"
+#include "serial_puts.inc"
 
 #ifndef ITERATIONS
 #define ITERATIONS 100000
@@ -30,18 +31,7 @@ io_loop:
     jnz io_loop
 
     mov $message, %si
-1:  lodsb
-    test %al, %al
-    jz 3f
-    mov %al, %bl
-    mov $COM1_LSR, %dx
-2:  in %dx, %al
-    test $LSR_THRE, %al
-    jz 2b
-    mov %bl, %al
-    mov $COM1, %dx
-    out %al, %dx
-    jmp 1b
+    SERIAL_PUTS
 3:  xor %ax, %ax
     mov $EXIT_PORT, %dx
     out %al, %dx

@@ -254,65 +254,9 @@ fw_cfg_read:
     pop %edx
     ret
 
-wait_thre:
-    push %edx
-    mov $COM1_LSR, %dx
-1:  in %dx, %al
-    test $LSR_THRE, %al
-    jz 1b
-    pop %edx
-    ret
-
-/* puts(esi): zero-terminated string, polling THRE per byte. */
-puts:
-    push %edx
-1:  lodsb
-    test %al, %al
-    jz 2f
-    mov %al, %ah
-    call wait_thre
-    mov %ah, %al
-    mov $COM1, %dx
-    out %al, %dx
-    jmp 1b
-2:  pop %edx
-    ret
-
-newline:
-    push %esi
-    mov $msg_nl, %esi
-    call puts
-    pop %esi
-    ret
-
-/* puthex(eax): "0x" and eight hex digits. */
-puthex:
-    push %ebx
-    push %ecx
-    push %edx
-    push %esi
-    mov %eax, %ebx
-    mov $msg_0x, %esi
-    call puts
-    mov $8, %ecx
-1:  rol $4, %ebx
-    mov %ebx, %eax
-    and $15, %eax
-    movb hexdigits(%eax), %al
-    mov %al, %ah
-    call wait_thre
-    mov %ah, %al
-    mov $COM1, %dx
-    out %al, %dx
-    loop 1b
-    pop %esi
-    pop %edx
-    pop %ecx
-    pop %ebx
-    ret
+#include "serial32.inc"
 
     .section .rodata
-hexdigits:      .ascii "0123456789abcdef"
 shutdown_word:  .ascii "Shutdown"
 msg_magic:      .asciz "multiboot: magic "
 msg_flags:      .asciz "info: flags "
@@ -329,8 +273,6 @@ msg_latch:      .asciz "testdev latch: "
 msg_iomem:      .asciz "testdev memory: "
 msg_pass:       .asciz "multiboot: PASS\n"
 msg_fail:       .asciz "multiboot: FAIL\n"
-msg_nl:         .asciz "\n"
-msg_0x:         .asciz "0x"
 
     .data
 mbi:            .long 0

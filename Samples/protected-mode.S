@@ -134,58 +134,9 @@ protected:
 7:  hlt
     jmp 7b
 
-wait_thre:
-    push %edx
-    mov $COM1_LSR, %dx
-1:  in %dx, %al
-    test $LSR_THRE, %al
-    jz 1b
-    pop %edx
-    ret
-
-/* puts(esi): zero-terminated string, polling THRE per byte. */
-puts:
-    push %edx
-1:  lodsb
-    test %al, %al
-    jz 2f
-    mov %al, %ah
-    call wait_thre
-    mov %ah, %al
-    mov $COM1, %dx
-    out %al, %dx
-    jmp 1b
-2:  pop %edx
-    ret
-
-/* puthex(eax): "0x" and eight hex digits. */
-puthex:
-    push %ebx
-    push %ecx
-    push %edx
-    push %esi
-    mov %eax, %ebx
-    mov $msg_0x, %esi
-    call puts
-    mov $8, %ecx
-1:  rol $4, %ebx
-    mov %ebx, %eax
-    and $15, %eax
-    movb hexdigits(%eax), %al
-    mov %al, %ah
-    call wait_thre
-    mov %ah, %al
-    mov $COM1, %dx
-    out %al, %dx
-    loop 1b
-    pop %esi
-    pop %edx
-    pop %ecx
-    pop %ebx
-    ret
+#include "serial32.inc"
 
     .section .rodata
-hexdigits:  .ascii "0123456789abcdef"
 msg_hello:  .asciz "protected mode: on\n"
 msg_mmio:   .asciz "mmio scratch: "
 msg_outsb:  .ascii "rep outsb: ok\n"
@@ -195,8 +146,6 @@ msg_insw:   .asciz "rep insw unclaimed port: "
 msg_pass:   .asciz "protected-mode: PASS\n"
 msg_fail:   .asciz "protected-mode: FAIL\n"
 msg_space:  .asciz " "
-msg_nl:     .asciz "\n"
-msg_0x:     .asciz "0x"
 
     .data
     .balign 8
