@@ -120,33 +120,23 @@ public final class VCPU: @unchecked Sendable {
 
     // MARK: state get/set
 
-    public func getRegs() throws(KVMError) -> kvm_regs {
-        var r = kvm_regs()
-        _ = try kvmIoctl(fd, CKVM_GET_REGS, "KVM_GET_REGS", &r)
-        return r
+    /// One KVM_GET_* ioctl that fills a struct, and one KVM_SET_* that passes one.
+    private func read<T>(_ empty: T, _ request: UInt, _ name: String) throws(KVMError) -> T {
+        var v = empty
+        _ = try kvmIoctl(fd, request, name, &v)
+        return v
     }
-    public func setRegs(_ regs: kvm_regs) throws(KVMError) {
-        var r = regs
-        _ = try kvmIoctl(fd, CKVM_SET_REGS, "KVM_SET_REGS", &r)
+    private func write<T>(_ value: T, _ request: UInt, _ name: String) throws(KVMError) {
+        var v = value
+        _ = try kvmIoctl(fd, request, name, &v)
     }
-    public func getSregs() throws(KVMError) -> kvm_sregs {
-        var s = kvm_sregs()
-        _ = try kvmIoctl(fd, CKVM_GET_SREGS, "KVM_GET_SREGS", &s)
-        return s
-    }
-    public func setSregs(_ sregs: kvm_sregs) throws(KVMError) {
-        var s = sregs
-        _ = try kvmIoctl(fd, CKVM_SET_SREGS, "KVM_SET_SREGS", &s)
-    }
-    public func getFPU() throws(KVMError) -> kvm_fpu {
-        var f = kvm_fpu()
-        _ = try kvmIoctl(fd, CKVM_GET_FPU, "KVM_GET_FPU", &f)
-        return f
-    }
-    public func setFPU(_ fpu: kvm_fpu) throws(KVMError) {
-        var f = fpu
-        _ = try kvmIoctl(fd, CKVM_SET_FPU, "KVM_SET_FPU", &f)
-    }
+
+    public func getRegs() throws(KVMError) -> kvm_regs { try read(kvm_regs(), CKVM_GET_REGS, "KVM_GET_REGS") }
+    public func setRegs(_ regs: kvm_regs) throws(KVMError) { try write(regs, CKVM_SET_REGS, "KVM_SET_REGS") }
+    public func getSregs() throws(KVMError) -> kvm_sregs { try read(kvm_sregs(), CKVM_GET_SREGS, "KVM_GET_SREGS") }
+    public func setSregs(_ sregs: kvm_sregs) throws(KVMError) { try write(sregs, CKVM_SET_SREGS, "KVM_SET_SREGS") }
+    public func getFPU() throws(KVMError) -> kvm_fpu { try read(kvm_fpu(), CKVM_GET_FPU, "KVM_GET_FPU") }
+    public func setFPU(_ fpu: kvm_fpu) throws(KVMError) { try write(fpu, CKVM_SET_FPU, "KVM_SET_FPU") }
     /// XCR0 and friends (KVM_GET_XCRS), as (index, value) pairs.
     public func getXCRs() throws(KVMError) -> [(index: UInt32, value: UInt64)] {
         var x = kvm_xcrs()
@@ -188,15 +178,8 @@ public final class VCPU: @unchecked Sendable {
         for (i, v) in values.enumerated() { e[i].index = v.index; e[i].data = v.value }
         return Int(try kvmIoctl(fd, CKVM_SET_MSRS, "KVM_SET_MSRS", pointer: m))
     }
-    public func getVCPUEvents() throws(KVMError) -> kvm_vcpu_events {
-        var e = kvm_vcpu_events()
-        _ = try kvmIoctl(fd, CKVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", &e)
-        return e
-    }
-    public func setVCPUEvents(_ events: kvm_vcpu_events) throws(KVMError) {
-        var e = events
-        _ = try kvmIoctl(fd, CKVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", &e)
-    }
+    public func getVCPUEvents() throws(KVMError) -> kvm_vcpu_events { try read(kvm_vcpu_events(), CKVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS") }
+    public func setVCPUEvents(_ events: kvm_vcpu_events) throws(KVMError) { try write(events, CKVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS") }
     /// KVM_GET_MP_STATE: KVM_MP_STATE_RUNNABLE (0), UNINITIALIZED (1, an AP waiting for INIT),
     /// INIT_RECEIVED (2), HALTED (3), SIPI_RECEIVED (4), ...
     public func getMPState() throws(KVMError) -> UInt32 {

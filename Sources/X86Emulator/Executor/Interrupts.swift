@@ -278,21 +278,7 @@ extension X86Executor {
         if toOuter {
             newSP = try peek(s, UInt64(3 * s))
             let ssSel = UInt16(truncatingIfNeeded: try peek(s, UInt64(4 * s)))
-            if ssSel & 0xFFFC == 0 {
-                // A null SS is allowed only on a return to 64-bit code below CPL3.
-                if !(long && cs.long && rpl < 3) { throw .fault(.generalProtection(0)) }
-                newSS = Segment(selector: ssSel, base: 0, limit: 0, attributes: 0)
-            } else {
-                let (ssRaw, ssAddr) = try readDescriptor(ssSel)
-                newSS = Segment.fromDescriptor(selector: ssSel, descriptor: ssRaw)
-                let sc = UInt32(ssSel & 0xFFFC)
-                if UInt8(ssSel & 3) != rpl || newSS.dpl != rpl || newSS.isSystem || newSS.isCode || newSS.type & 2 == 0 {
-                    throw .fault(.generalProtection(sc))
-                }
-                if !newSS.present { throw .fault(.stackFault(sc)) }
-                try markAccessed(ssRaw, ssAddr)
-                newSS.attributes |= 1
-            }
+            newSS = try returnStackSegment(ssSel, rpl: rpl, to64: long && cs.long)
         }
         try markAccessed(raw, addr)
         cs.attributes |= 1
@@ -319,6 +305,26 @@ extension X86Executor {
     }
 
     // MARK: far JMP / CALL / RET
+
+    /// The SS an IRET or far RET to an outer level loads (APM vol. 2, 4.11): a null selector only
+    /// on a return to 64-bit code below CPL3; otherwise a present writable data segment whose RPL
+    /// and DPL equal the new CPL.
+    private func returnStackSegment(_ ssSel: UInt16, rpl: UInt8, to64: Bool) throws(Stop) -> Segment {
+        if ssSel & 0xFFFC == 0 {
+            if !(to64 && rpl < 3) { throw .fault(.generalProtection(0)) }
+            return Segment(selector: ssSel, base: 0, limit: 0, attributes: 0)
+        }
+        let (ssRaw, ssAddr) = try readDescriptor(ssSel)
+        var ss = Segment.fromDescriptor(selector: ssSel, descriptor: ssRaw)
+        let sc = UInt32(ssSel & 0xFFFC)
+        if UInt8(ssSel & 3) != rpl || ss.dpl != rpl || ss.isSystem || ss.isCode || ss.type & 2 == 0 {
+            throw .fault(.generalProtection(sc))
+        }
+        if !ss.present { throw .fault(.stackFault(sc)) }
+        try markAccessed(ssRaw, ssAddr)
+        ss.attributes |= 1
+        return ss
+    }
 
     func farJump(_ sel: UInt16, _ off: UInt64, _ s: Int) throws(Stop) {
         let cs = try farTransferTarget(sel)
@@ -370,21 +376,7 @@ extension X86Executor {
         if rpl > cpl {
             let spOff = UInt64(2 * s) &+ imm
             let newSP = try peek(s, spOff), ssSel = UInt16(truncatingIfNeeded: try peek(s, spOff &+ UInt64(s)))
-            var newSS: Segment
-            if ssSel & 0xFFFC == 0 {
-                if !(long && cs.long && rpl < 3) { throw .fault(.generalProtection(0)) }
-                newSS = Segment(selector: ssSel, base: 0, limit: 0, attributes: 0)
-            } else {
-                let (ssRaw, ssAddr) = try readDescriptor(ssSel)
-                newSS = Segment.fromDescriptor(selector: ssSel, descriptor: ssRaw)
-                let sc = UInt32(ssSel & 0xFFFC)
-                if UInt8(ssSel & 3) != rpl || newSS.dpl != rpl || newSS.isSystem || newSS.isCode || newSS.type & 2 == 0 {
-                    throw .fault(.generalProtection(sc))
-                }
-                if !newSS.present { throw .fault(.stackFault(sc)) }
-                try markAccessed(ssRaw, ssAddr)
-                newSS.attributes |= 1
-            }
+            let newSS = try returnStackSegment(ssSel, rpl: rpl, to64: long && cs.long)
             try markAccessed(raw, addr)
             cs.attributes |= 1
             seg[SR.cs] = cs
