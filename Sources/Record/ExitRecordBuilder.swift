@@ -7,7 +7,6 @@ import X86Emulator
 /// Guest memory as the record builder reads it (the VMM's read-only view while recording,
 /// a plain dictionary in tests).
 public protocol RecordMemory: LocatorMemory {
-    func readPhysical(_ gpa: UInt64, count: Int) -> [UInt8]?
     func walk(_ linear: UInt64, access: PageAccess) -> PageWalkResult
 }
 

@@ -6,6 +6,7 @@ import X86Emulator
 public protocol LocatorMemory {
     func readLinear(_ linear: UInt64, count: Int) -> [UInt8]?
     func physical(_ linear: UInt64) -> UInt64?
+    func readPhysical(_ gpa: UInt64, count: Int) -> [UInt8]?
 }
 
 /// The device access an exit reported, as the locator matches instructions against it.
@@ -238,7 +239,7 @@ public final class LocatorCache {
     }
 
     private func valid(_ e: Entry, memory: LocatorMemory) -> Bool {
-        guard memory.physical(e.linear) == e.gpa, let now = memory.readLinear(e.linear, count: e.located.bytes.count) else {
+        guard memory.physical(e.linear) == e.gpa, let now = memory.readPhysical(e.gpa, count: e.located.bytes.count) else {
             return false
         }
         return now == e.located.bytes

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import KVM
 import Trace
 import VMM
@@ -36,10 +37,11 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     public let writer: TraceWriter
     public let options: RecorderOptions
     private let lanes: [Lane]
-    private let ambiguous = AtomicCounter()
-    private let unlocated = AtomicCounter()
-    private let exitCount = AtomicCounter()
-    private let completionCount = AtomicCounter()
+    // Statistics for the summary, bumped by every vCPU thread.
+    private let ambiguous = Atomic<UInt64>(0)
+    private let unlocated = Atomic<UInt64>(0)
+    private let exitCount = Atomic<UInt64>(0)
+    private let completionCount = Atomic<UInt64>(0)
 
     /// Per-vCPU recording state, used only on that vCPU's thread.
     final class Lane: @unchecked Sendable {
@@ -142,7 +144,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             lane.probe = exit.probe
             lane.msrs = try? exit.probe.msrs()
         }
-        exitCount.increment()
+        exitCount.add(1, ordering: .relaxed)
         var record = ExitRecordBuilder.build(exit: exit, singleStep: options.observer.singleStep,
                                              openGroup: lane.openGroup?.start, cache: lane.locator)
         if let m = lane.msrs {
@@ -158,8 +160,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         for w in lane.pendingMSRWrites { lane.msrs?[w.index] = w.value }
         lane.pendingMSRWrites.removeAll(keepingCapacity: true)
         if options.observer.singleStep { noteUnobservedSpan(lane: lane, next: record) }
-        if record.visibility == .committed && record.candidates == 0 { unlocated.increment() }
-        if record.candidates > 1 { ambiguous.increment() }
+        if record.visibility == .committed && record.candidates == 0 { unlocated.add(1, ordering: .relaxed) }
+        if record.candidates > 1 { ambiguous.add(1, ordering: .relaxed) }
 
         // Fragments of one instruction: continue the open group when this exit is on the same
         // instruction start (REP string iterations, the write half of a read-modify-write).
@@ -224,7 +226,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
                                  state: c.before, stateAfter: c.after, accesses: accesses, memory: memory,
                                  tscExit: tsc, tscEntry: tsc, note: note)
         append(record)
-        completionCount.increment()
+        completionCount.add(1, ordering: .relaxed)
         lane.openGroup = nil
         lane.lastState = c.after
         lane.lastCPL = c.after.cpl
@@ -268,10 +270,10 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     /// Writes the index and trailer; call once the run is over (also from Ctrl-C paths).
     public func finish() throws -> RecordingSummary {
         let stats = try writer.finish()
-        return RecordingSummary(path: writer.path, records: stats.records, exits: exitCount.value,
-                                fileBytes: stats.fileBytes, frames: stats.frames, ambiguous: ambiguous.value,
-                                unlocated: unlocated.value, writerStalls: stats.producerStalls,
-                                completions: completionCount.value)
+        return RecordingSummary(path: writer.path, records: stats.records, exits: exitCount.load(ordering: .relaxed),
+                                fileBytes: stats.fileBytes, frames: stats.frames, ambiguous: ambiguous.load(ordering: .relaxed),
+                                unlocated: unlocated.load(ordering: .relaxed), writerStalls: stats.producerStalls,
+                                completions: completionCount.load(ordering: .relaxed))
     }
 }
 
@@ -285,12 +287,4 @@ public enum EventCode {
 public enum GapCode {
     /// Code at CPL3, which single-step cannot follow on this backend.
     public static let userMode: UInt64 = 1
-}
-
-/// A relaxed counter shared by vCPU threads (statistics only).
-final class AtomicCounter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var v: UInt64 = 0
-    func increment() { lock.lock(); v &+= 1; lock.unlock() }
-    var value: UInt64 { lock.lock(); defer { lock.unlock() }; return v }
 }
