@@ -74,8 +74,13 @@ public struct ExitHandler: @unchecked Sendable {
     /// The poweroff port's device (on the bus at 0x8900): when it has seen "Shutdown", the
     /// run ends as a KVM shutdown system event would (status 0, as QEMU exits).
     public let shutdown: ShutdownPort?
+    /// The i8042 (ports 0x60/0x64): when a command pulses its reset line (0xFE), the run ends as
+    /// a RESET system event (status 122), the way a PC reboots.
+    public let i8042: I8042Controller?
 
-    public init(bus: DeviceBus, msrs: MSRFile, irqchip: IRQChipMode, shutdown: ShutdownPort? = nil) {
+    public init(bus: DeviceBus, msrs: MSRFile, irqchip: IRQChipMode, shutdown: ShutdownPort? = nil,
+                i8042: I8042Controller? = nil) {
+        self.i8042 = i8042
         self.bus = bus
         self.msrs = msrs
         self.irqchip = irqchip
@@ -175,6 +180,11 @@ public struct ExitHandler: @unchecked Sendable {
                     out.access!.claimed = bus.portWrite(vcpu: vcpu, port: port, size: size, value: UInt32(v))
                     if let shutdown, bus.withLock({ shutdown.requested }) {
                         out.action = .systemEvent(SystemEventInfo(type: UInt32(KVM_SYSTEM_EVENT_SHUTDOWN)))
+                    }
+                case MachineLayout.i8042CommandPort:
+                    out.access!.claimed = bus.portWrite(vcpu: vcpu, port: port, size: size, value: UInt32(v))
+                    if let i8042, bus.withLock({ i8042.resetRequested }) {
+                        out.action = .systemEvent(SystemEventInfo(type: UInt32(KVM_SYSTEM_EVENT_RESET)))
                     }
                 default:
                     out.access!.claimed = bus.portWrite(vcpu: vcpu, port: port, size: size, value: UInt32(v))

@@ -25,6 +25,10 @@ public struct GuestImage: Sendable, Equatable {
         public init(rax: UInt64, rbx: UInt64) { self.rax = rax; self.rbx = rbx }
     }
     public var entryRegisters: EntryRegisters?
+    /// The boot vCPU's whole first state, when the image's boot protocol defines it (a Linux
+    /// bzImage: LinuxBoot.swift builds its own GDT and page tables); the mode's entry state
+    /// and the VMM area's GDT are then not used.
+    public var entryState: CPUState?
 
     public init(kind: Kind, segments: [Segment], entry: UInt64, machineText: String? = nil) {
         self.kind = kind; self.segments = segments; self.entry = entry; self.machineText = machineText

@@ -41,6 +41,7 @@ public enum Loader {
     /// Writes the GDT (and for long64 the page tables) and returns the boot state.
     public static func bootState(_ image: GuestImage, memory: GuestMemory, config: MachineConfig,
                                  vcpu: Int = 0) throws(VMMError) -> CPUState {
+        if vcpu == 0, let s = image.entryState { return s }
         let area = config.vmmAreaBase
         let stackTop = area - UInt64(vcpu) * 0x1000
         switch config.mode {

@@ -82,13 +82,14 @@ public final class Machine: @unchecked Sendable {
             try bus.attach(uart, port: MachineLayout.serialPort, count: 8)
             try bus.attach(scratch, address: MachineLayout.scratchMMIOBase, length: MachineLayout.scratchMMIOSize)
             let shutdown = try Self.attachPCDevices(bus, config: config)
+            let i8042 = try Self.attachLegacyDevices(bus, config: config)
             if config.irqchip == .kernel {
                 let vm = self.vm
                 // A refused line (KVM returns an error only for a bad line number) is dropped.
                 try bus.attach(TestDevIRQLines { line, level in try? vm.setIRQLine(line, level: level) },
                                port: MachineLayout.testDevIRQPort, count: MachineLayout.testDevIRQLines)
             }
-            handler = ExitHandler(bus: bus, msrs: msrs, irqchip: config.irqchip, shutdown: shutdown)
+            handler = ExitHandler(bus: bus, msrs: msrs, irqchip: config.irqchip, shutdown: shutdown, i8042: i8042)
 
             let cpuid = try sys.supportedCPUID()
             // Machine-check banks as QEMU sets them (MCG_CTL_P | MCG_SER_P, 10 banks), so guests
@@ -138,6 +139,16 @@ public final class Machine: @unchecked Sendable {
             try bus.attach(PICMaskRegisters(), port: MachineLayout.slavePICPort, count: 2)
         }
         return shutdown
+    }
+
+    /// The i8042 (0x60, 0x64) and the CMOS/RTC (0x70-0x71) that a Linux kernel reads and
+    /// reboots through (LegacyDevices.swift).
+    static func attachLegacyDevices(_ bus: DeviceBus, config: MachineConfig) throws(VMMError) -> I8042Controller {
+        let i8042 = I8042Controller()
+        try bus.attach(I8042Port(i8042, command: false), port: MachineLayout.i8042DataPort, count: 1)
+        try bus.attach(I8042Port(i8042, command: true), port: MachineLayout.i8042CommandPort, count: 1)
+        try bus.attach(CMOS(memoryMiB: config.memoryMiB), port: MachineLayout.cmosPort, count: 2)
+        return i8042
     }
 
     /// Facts about the machine, for an observer's trace header.

@@ -5,8 +5,12 @@ import VMM
 /// The options that describe a machine and its run, shared by `run` and `record` so that
 /// `record` runs the guest exactly as `run` does.
 struct MachineOptions: ParsableArguments {
-    @Argument(help: "The guest image: Samples/NAME, an .elf file, or with --flat a raw binary.")
-    var image: String
+    @Argument(help: "The guest image: Samples/NAME, an .elf file, or with --flat a raw binary (none with --kernel).")
+    var image: String?
+
+    @Option(help: ArgumentHelp("Boot a Linux bzImage by the x86 boot protocol (64-bit entry, e820, MP tables); "
+        + "defaults irqchip=kernel, memory=512, --append \"console=ttyS0\". See Samples/linux.", valueName: "bzImage"))
+    var kernel: String?
 
     @Option(name: .customLong("smp"), help: "Number of vCPUs (1...64).")
     var smp: Int?
@@ -46,10 +50,10 @@ struct MachineOptions: ParsableArguments {
         discussion: ""))
     var multiboot = false
 
-    @Option(help: "The Multiboot kernel's command line.")
+    @Option(help: "The kernel's command line (--multiboot or --kernel).")
     var append: String?
 
-    @Option(help: ArgumentHelp("A Multiboot module (repeatable), as QEMU's -initrd.", valueName: "file"))
+    @Option(help: ArgumentHelp("A Multiboot module (repeatable), as QEMU's -initrd; with --kernel the one initramfs.", valueName: "file"))
     var initrd: [String] = []
 
     @Option(help: ArgumentHelp("KEY=VALUE for a Multiboot environ module (repeatable), e.g. NR_CPUS=1: "
@@ -65,8 +69,17 @@ struct MachineOptions: ParsableArguments {
         if let t = timeout, !(t > 0) { throw ValidationError("--timeout must be positive") }
         if let n = maxExits, n == 0 { throw ValidationError("--max-exits must be positive") }
         if multiboot && flat { throw ValidationError("--multiboot and --flat exclude each other") }
-        if !multiboot && (append != nil || !initrd.isEmpty || !env.isEmpty) {
-            throw ValidationError("--append, --initrd and --env are for --multiboot kernels")
+        if kernel != nil {
+            if image != nil { throw ValidationError("give either IMAGE or --kernel, not both") }
+            if multiboot || flat { throw ValidationError("--kernel excludes --multiboot and --flat") }
+            if initrd.count > 1 { throw ValidationError("--kernel takes one --initrd") }
+            if !env.isEmpty { throw ValidationError("--env is for --multiboot kernels") }
+            if let mode, mode != "long64" { throw ValidationError("a --kernel bzImage is entered in long64 mode (not \(mode))") }
+        } else {
+            if image == nil { throw ValidationError("missing IMAGE (or --kernel BZIMAGE)") }
+            if !multiboot && (append != nil || !initrd.isEmpty || !env.isEmpty) {
+                throw ValidationError("--append, --initrd and --env are for --multiboot or --kernel")
+            }
         }
         if let bad = env.first(where: { !$0.contains("=") || $0.hasPrefix("=") || $0.contains("\n") }) {
             throw ValidationError("--env '\(bad)' is not KEY=VALUE")
@@ -93,7 +106,12 @@ struct MachineOptions: ParsableArguments {
         var guest: GuestImage
         let path: String
         let bytes: [UInt8]
-        if flat {
+        if let kernel {
+            path = kernel
+            bytes = try ImageLocator.readFile(kernel, limit: 256 << 20)
+            guest = GuestImage.flat([], at: 0)
+        } else if flat {
+            let image = image ?? ""
             guard let text = loadAddress, let address = parseNumber(text) else {
                 throw VMMError.config("--load-address '\(loadAddress ?? "")' is not a number")
             }
@@ -101,7 +119,7 @@ struct MachineOptions: ParsableArguments {
             bytes = try ImageLocator.readFile(image)
             guest = GuestImage.flat(bytes, at: address)
         } else {
-            let located = try ImageLocator.locate(image)
+            let located = try ImageLocator.locate(image ?? "")
             path = located.elfPath
             bytes = try ImageLocator.readFile(located.elfPath)
             guest = try GuestImage.elf(bytes, path: located.elfPath)
@@ -113,6 +131,13 @@ struct MachineOptions: ParsableArguments {
             config.irqchip = .kernel
             config.memoryMiB = 128
         }
+        if kernel != nil {
+            // What a Linux guest needs: the in-kernel irqchip and PIT, 64-bit entry, room for
+            // the decompression buffer (16 MiB + init_size) and the initramfs.
+            config.mode = .long64
+            config.irqchip = .kernel
+            config.memoryMiB = 512
+        }
         if let text = guest.machineText { try config.apply(text) }
         if let mode { try config.set("mode", mode) }
         if let smp { try config.set("vcpus", String(smp)) }
@@ -120,6 +145,10 @@ struct MachineOptions: ParsableArguments {
         if let irqchip { try config.set("irqchip", irqchip) }
         if let cpuid { try config.set("cpuid", cpuid) }
 
+        if kernel != nil {
+            let ramdisk = try initrd.first.map { file throws(VMMError) in try ImageLocator.readFile(file, limit: 1 << 30) }
+            guest = try LinuxBoot.prepare(file: bytes, path: path, config: config, cmdline: append ?? "console=ttyS0", initrd: ramdisk)
+        }
         if multiboot {
             var modules: [MultibootModule] = []
             for file in initrd { modules.append(MultibootModule(bytes: try ImageLocator.readFile(file, limit: 256 << 20), cmdline: file)) }
@@ -132,7 +161,7 @@ struct MachineOptions: ParsableArguments {
         let input = try serialIn.map { path throws(VMMError) in try ImageLocator.readFile(path, limit: 64 << 20) } ?? []
         let machine = try Machine(config: config, image: guest, serial: output, serialInput: input)
         return Prepared(machine: machine, serial: output, imagePath: path, imageBytes: bytes,
-                        symbols: flat ? [] : GuestImage.elfSymbols(bytes))
+                        symbols: flat || kernel != nil ? [] : GuestImage.elfSymbols(bytes))
     }
 }
 
