@@ -77,10 +77,14 @@ public struct ExitHandler: @unchecked Sendable {
     /// The i8042 (ports 0x60/0x64): when a command pulses its reset line (0xFE), the run ends as
     /// a RESET system event (status 122), the way a PC reboots.
     public let i8042: I8042Controller?
+    /// ACPI's sleep control register (port 0x600): S5 power-off ends the run as a SHUTDOWN
+    /// system event (status 0).
+    public let acpiSleep: ACPISleepControl?
 
     public init(bus: DeviceBus, msrs: MSRFile, irqchip: IRQChipMode, shutdown: ShutdownPort? = nil,
-                i8042: I8042Controller? = nil) {
+                i8042: I8042Controller? = nil, acpiSleep: ACPISleepControl? = nil) {
         self.i8042 = i8042
+        self.acpiSleep = acpiSleep
         self.bus = bus
         self.msrs = msrs
         self.irqchip = irqchip
@@ -185,6 +189,11 @@ public struct ExitHandler: @unchecked Sendable {
                     out.access!.claimed = bus.portWrite(vcpu: vcpu, port: port, size: size, value: UInt32(v))
                     if let i8042, bus.withLock({ i8042.resetRequested }) {
                         out.action = .systemEvent(SystemEventInfo(type: UInt32(KVM_SYSTEM_EVENT_RESET)))
+                    }
+                case ACPITables.sleepControlPort:
+                    out.access!.claimed = bus.portWrite(vcpu: vcpu, port: port, size: size, value: UInt32(v))
+                    if let acpiSleep, bus.withLock({ acpiSleep.powerOffRequested }) {
+                        out.action = .systemEvent(SystemEventInfo(type: UInt32(KVM_SYSTEM_EVENT_SHUTDOWN)))
                     }
                 default:
                     out.access!.claimed = bus.portWrite(vcpu: vcpu, port: port, size: size, value: UInt32(v))

@@ -13,7 +13,8 @@ import X86
 /// The guest-physical layout (all below 1 MiB except the kernel and the initrd):
 /// GDT at 0x500, boot stack below 0x7000, zero page at 0x7000, identity page tables at
 /// 0x9000 (PML4, PDPT, four page directories: 0-4 GiB with 2 MiB pages), the command line at
-/// 0x20000, the MP tables (MPTable.swift) in the BIOS area at 0xF0000, the protected-mode kernel at
+/// 0x20000, the ACPI tables (ACPITables.swift) at 0xE0000 and the MP tables (MPTable.swift) at
+/// 0xF0000 in the BIOS area, the protected-mode kernel at
 /// 1 MiB (`loadAddress`), the initrd as high as the protocol and RAM allow.
 public enum LinuxBoot {
     public static let gdtAddress: UInt64 = 0x500
@@ -193,6 +194,7 @@ public enum LinuxBoot {
         put(0x224, 0xDE00, 2)                       // heap_end_ptr: 0xE000 - 0x200, as boot.rst suggests
         put(0x228, commandLineAddress, 4)           // cmd_line_ptr
         put(0x0C8, commandLineAddress >> 32, 4)     // ext_cmd_line_ptr
+        put(0x070, ACPITables.rsdpAddress, 8)       // acpi_rsdp_addr (protocol 2.14)
         if let r = initrd {
             put(0x218, r.address & 0xFFFF_FFFF, 4); put(0x0C0, r.address >> 32, 4)
             put(0x21C, r.size & 0xFFFF_FFFF, 4); put(0x0C4, r.size >> 32, 4)
@@ -251,6 +253,7 @@ public enum LinuxBoot {
             initrdPlace = (at, UInt64(initrd.count))
         }
         let mp = MPTable.build(vcpus: config.vcpus)
+        let acpi = ACPITables.build(vcpus: config.vcpus)
         var gdtBytes: [UInt8] = []
         for e in gdt { for i in 0..<8 { gdtBytes.append(UInt8(truncatingIfNeeded: e >> (8 * UInt64(i)))) } }
         var segments = [
@@ -261,6 +264,7 @@ public enum LinuxBoot {
             GuestImage.Segment(address: pageTableAddress, bytes: identityPageTables(), memorySize: 0x6000),
             GuestImage.Segment(address: commandLineAddress, bytes: cmd + [0], memorySize: UInt64(cmd.count + 1)),
             GuestImage.Segment(address: MPTable.address, bytes: mp, memorySize: UInt64(mp.count)),
+            GuestImage.Segment(address: ACPITables.rsdpAddress, bytes: acpi, memorySize: UInt64(acpi.count)),
             GuestImage.Segment(address: loadAddress, bytes: Array(file[header.kernelOffset...]), memorySize: UInt64(header.kernelLength)),
         ]
         if let r = initrdPlace, let initrd { segments.append(GuestImage.Segment(address: r.address, bytes: initrd, memorySize: r.size)) }

@@ -82,14 +82,15 @@ public final class Machine: @unchecked Sendable {
             try bus.attach(uart, port: MachineLayout.serialPort, count: 8)
             try bus.attach(scratch, address: MachineLayout.scratchMMIOBase, length: MachineLayout.scratchMMIOSize)
             let shutdown = try Self.attachPCDevices(bus, config: config)
-            let i8042 = try Self.attachLegacyDevices(bus, config: config)
+            let legacy = try Self.attachLegacyDevices(bus, config: config)
             if config.irqchip == .kernel {
                 let vm = self.vm
                 // A refused line (KVM returns an error only for a bad line number) is dropped.
                 try bus.attach(TestDevIRQLines { line, level in try? vm.setIRQLine(line, level: level) },
                                port: MachineLayout.testDevIRQPort, count: MachineLayout.testDevIRQLines)
             }
-            handler = ExitHandler(bus: bus, msrs: msrs, irqchip: config.irqchip, shutdown: shutdown, i8042: i8042)
+            handler = ExitHandler(bus: bus, msrs: msrs, irqchip: config.irqchip, shutdown: shutdown, i8042: legacy.i8042,
+                                  acpiSleep: legacy.acpiSleep)
 
             let cpuid = try sys.supportedCPUID()
             // Machine-check banks as QEMU sets them (MCG_CTL_P | MCG_SER_P, 10 banks), so guests
@@ -141,14 +142,18 @@ public final class Machine: @unchecked Sendable {
         return shutdown
     }
 
-    /// The i8042 (0x60, 0x64) and the CMOS/RTC (0x70-0x71) that a Linux kernel reads and
-    /// reboots through (LegacyDevices.swift).
-    static func attachLegacyDevices(_ bus: DeviceBus, config: MachineConfig) throws(VMMError) -> I8042Controller {
+    /// The i8042 (0x60, 0x64), the CMOS/RTC (0x70-0x71) and the ACPI sleep registers
+    /// (0x600-0x601) that a Linux kernel reads, reboots and powers off through
+    /// (LegacyDevices.swift, ACPITables.swift).
+    static func attachLegacyDevices(_ bus: DeviceBus, config: MachineConfig) throws(VMMError)
+        -> (i8042: I8042Controller, acpiSleep: ACPISleepControl) {
         let i8042 = I8042Controller()
         try bus.attach(I8042Port(i8042, command: false), port: MachineLayout.i8042DataPort, count: 1)
         try bus.attach(I8042Port(i8042, command: true), port: MachineLayout.i8042CommandPort, count: 1)
         try bus.attach(CMOS(memoryMiB: config.memoryMiB), port: MachineLayout.cmosPort, count: 2)
-        return i8042
+        let sleep = ACPISleepControl()
+        try bus.attach(sleep, port: ACPITables.sleepControlPort, count: 2)
+        return (i8042, sleep)
     }
 
     /// Facts about the machine, for an observer's trace header.

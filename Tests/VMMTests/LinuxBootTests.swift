@@ -2,40 +2,46 @@ import X86
 import XCTest
 @testable import VMM
 
+func pokeLE(_ f: inout [UInt8], _ o: Int, _ v: UInt64, _ n: Int) {
+    for i in 0..<n { f[o + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
+}
+
+/// A tiny bzImage: 2 setup sectors after the boot sector, then `kernelBytes` of kernel whose
+/// first bytes are a gzip magic (the payload at offset 0x10).
+func syntheticBzImage(version: UInt16 = 0x020F, kernelBytes: Int = 0x1000, xloadflags: UInt16 = 0x7F,
+             initSize: UInt32 = 0x40_0000, initrdAddrMax: UInt32 = 0x7FFF_FFFF) -> [UInt8] {
+    var f = [UInt8](repeating: 0, count: 3 * 512 + kernelBytes)
+    f[0x1F1] = 2                                 // setup_sects
+    pokeLE(&f, 0x1FE, 0xAA55, 2)
+    f[0x201] = 0x66                              // jump: header ends at 0x268
+    pokeLE(&f, 0x202, 0x5372_6448, 4)               // "HdrS"
+    pokeLE(&f, 0x206, UInt64(version), 2)
+    f[0x211] = 0x01                              // LOADED_HIGH
+    pokeLE(&f, 0x214, 0x100000, 4)
+    pokeLE(&f, 0x22C, UInt64(initrdAddrMax), 4)
+    pokeLE(&f, 0x230, 0x200000, 4)                  // kernel_alignment
+    f[0x234] = 1                                 // relocatable
+    pokeLE(&f, 0x236, UInt64(xloadflags), 2)
+    pokeLE(&f, 0x238, 0x7FF, 4)                     // cmdline_size
+    pokeLE(&f, 0x248, 0x10, 4)                      // payload_offset
+    pokeLE(&f, 0x24C, 0x100, 4)                     // payload_length
+    pokeLE(&f, 0x258, 0x100_0000, 8)                // pref_address 16 MiB
+    pokeLE(&f, 0x260, UInt64(initSize), 4)
+    f[0x600 + 0x10] = 0x1F; f[0x600 + 0x11] = 0x8B
+    f[0x600 + 0x200] = 0xF4                      // "64-bit entry": hlt
+    return f
+}
+
 /// The Linux boot protocol loader, the MP tables, the i8042 and the CMOS/RTC, without KVM.
 /// The bzImages here are synthetic: a setup header with the fields a loader reads, and a
 /// small "protected-mode kernel".
 final class LinuxBootTests: XCTestCase {
-    func put(_ f: inout [UInt8], _ o: Int, _ v: UInt64, _ n: Int) {
-        for i in 0..<n { f[o + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
-    }
     func u32(_ b: [UInt8], _ o: Int) -> UInt64 { (0..<4).reduce(0) { $0 | UInt64(b[o + $1]) << (8 * UInt64($1)) } }
     func u64(_ b: [UInt8], _ o: Int) -> UInt64 { u32(b, o) | u32(b, o + 4) << 32 }
 
-    /// A tiny bzImage: 2 setup sectors after the boot sector, then `kernelBytes` of kernel whose
-    /// first bytes are a gzip magic (the payload at offset 0x10).
     func bzImage(version: UInt16 = 0x020F, kernelBytes: Int = 0x1000, xloadflags: UInt16 = 0x7F,
                  initSize: UInt32 = 0x40_0000, initrdAddrMax: UInt32 = 0x7FFF_FFFF) -> [UInt8] {
-        var f = [UInt8](repeating: 0, count: 3 * 512 + kernelBytes)
-        f[0x1F1] = 2                                 // setup_sects
-        put(&f, 0x1FE, 0xAA55, 2)
-        f[0x201] = 0x66                              // jump: header ends at 0x268
-        put(&f, 0x202, 0x5372_6448, 4)               // "HdrS"
-        put(&f, 0x206, UInt64(version), 2)
-        f[0x211] = 0x01                              // LOADED_HIGH
-        put(&f, 0x214, 0x100000, 4)
-        put(&f, 0x22C, UInt64(initrdAddrMax), 4)
-        put(&f, 0x230, 0x200000, 4)                  // kernel_alignment
-        f[0x234] = 1                                 // relocatable
-        put(&f, 0x236, UInt64(xloadflags), 2)
-        put(&f, 0x238, 0x7FF, 4)                     // cmdline_size
-        put(&f, 0x248, 0x10, 4)                      // payload_offset
-        put(&f, 0x24C, 0x100, 4)                     // payload_length
-        put(&f, 0x258, 0x100_0000, 8)                // pref_address 16 MiB
-        put(&f, 0x260, UInt64(initSize), 4)
-        f[0x600 + 0x10] = 0x1F; f[0x600 + 0x11] = 0x8B
-        f[0x600 + 0x200] = 0xF4                      // "64-bit entry": hlt
-        return f
+        syntheticBzImage(version: version, kernelBytes: kernelBytes, xloadflags: xloadflags, initSize: initSize, initrdAddrMax: initrdAddrMax)
     }
 
     let config: MachineConfig = {
@@ -73,11 +79,11 @@ final class LinuxBootTests: XCTestCase {
         XCTAssertTrue(problem(f).contains("LOADED_HIGH"))
         f = bzImage(); f[0x1F1] = 0xFF               // setup sectors past the end of the file
         XCTAssertTrue(problem(f).contains("setup_sects"))
-        f = bzImage(); put(&f, 0x230, 0x30000, 4)
+        f = bzImage(); pokeLE(&f, 0x230, 0x30000, 4)
         XCTAssertTrue(problem(f).contains("kernel_alignment"))
-        f = bzImage(); put(&f, 0x24C, 0xFFFF_FFFF, 4)  // payload length beyond the file
+        f = bzImage(); pokeLE(&f, 0x24C, 0xFFFF_FFFF, 4)  // payload length beyond the file
         XCTAssertTrue(problem(f).contains("payload"))
-        f = bzImage(); put(&f, 0x258, 0xFFFF_FFFF_0000_0000, 8)
+        f = bzImage(); pokeLE(&f, 0x258, 0xFFFF_FFFF_0000_0000, 8)
         XCTAssertTrue(problem(f).contains("pref_address"))
         XCTAssertTrue(problem(bzImage(initSize: 0x10)).contains("init_size"))
         // Every truncation of a good image is an error or a parse, never a crash.
@@ -218,8 +224,8 @@ final class LinuxBootTests: XCTestCase {
 
     func testI8042ResetEndsTheRunThroughTheExitHandler() throws {
         let bus = DeviceBus()
-        let k = try Machine.attachLegacyDevices(bus, config: config)
-        let h = ExitHandler(bus: bus, msrs: MSRFile(forwarded: []), irqchip: .kernel, i8042: k)
+        let legacy = try Machine.attachLegacyDevices(bus, config: config)
+        let h = ExitHandler(bus: bus, msrs: MSRFile(forwarded: []), irqchip: .kernel, i8042: legacy.i8042, acpiSleep: legacy.acpiSleep)
         let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
         defer { page.deallocate() }
         let area = ExitDataArea(page: page, pageSize: 4096, mmioData: page + 64)
@@ -260,5 +266,97 @@ final class LinuxBootTests: XCTestCase {
         c.write(offset: 0, size: 1, value: 0x00); c.write(offset: 1, size: 1, value: 0x59)
         XCTAssertEqual(c.read(offset: 1, size: 1), 7)
         XCTAssertEqual(CMOS(clock: { -.infinity }).register(0x09), 0x70, "a bad clock reads as 1970")
+    }
+}
+
+/// The ACPI tables and the ACPI sleep control register, without KVM.
+final class ACPITablesTests: XCTestCase {
+    func u32(_ b: [UInt8], _ o: Int) -> UInt64 { (0..<4).reduce(0) { $0 | UInt64(b[o + $1]) << (8 * UInt64($1)) } }
+    func u64(_ b: [UInt8], _ o: Int) -> UInt64 { u32(b, o) | u32(b, o + 4) << 32 }
+    func sum(_ b: ArraySlice<UInt8>) -> UInt8 { b.reduce(0, &+) }
+
+    /// The table at guest-physical `address` inside the blob, checked: signature, length, checksum.
+    func table(_ blob: [UInt8], at address: UInt64, _ signature: String, file: StaticString = #filePath, line: UInt = #line) -> [UInt8] {
+        let o = Int(address - ACPITables.rsdpAddress)
+        guard o >= 0, o + 36 <= blob.count else { XCTFail("\(signature) at \(hex(address)) outside the tables", file: file, line: line); return [] }
+        XCTAssertEqual(String(decoding: blob[o..<o + 4], as: UTF8.self), signature, file: file, line: line)
+        let length = Int(u32(blob, o + 4))
+        guard o + length <= blob.count else { XCTFail("\(signature) runs past the tables", file: file, line: line); return [] }
+        XCTAssertEqual(sum(blob[o..<o + length]), 0, "\(signature) checksum", file: file, line: line)
+        return Array(blob[o..<o + length])
+    }
+
+    func testRSDPLeadsToFADTDSDTAndMADT() {
+        let blob = ACPITables.build(vcpus: 3)
+        XCTAssertEqual(Array(blob[0..<8]), Array("RSD PTR ".utf8))
+        XCTAssertEqual(sum(blob[0..<20]), 0, "RSDP 1.0 checksum")
+        XCTAssertEqual(sum(blob[0..<36]), 0, "RSDP extended checksum")
+        XCTAssertEqual(blob[15], 2, "ACPI 2.0 RSDP")
+        let xsdt = table(blob, at: u64(blob, 24), "XSDT")
+        let rsdt = table(blob, at: u32(blob, 16), "RSDT")
+        XCTAssertEqual(xsdt.count, 36 + 16)
+        XCTAssertEqual([u32(rsdt, 36), u32(rsdt, 40)], [u64(xsdt, 36), u64(xsdt, 44)], "RSDT and XSDT list the same tables")
+
+        let fadt = table(blob, at: u64(xsdt, 36), "FACP")
+        XCTAssertEqual(fadt.count, 276)
+        XCTAssertEqual(fadt[8], 6, "FADT revision")
+        XCTAssertNotEqual(u32(fadt, 112) & (1 << 20), 0, "HW_REDUCED_ACPI")
+        XCTAssertEqual(u32(fadt, 109) & 0xFFFF & 0x2, 0, "no 8042 claimed (the kernel would probe a keyboard)")
+        XCTAssertEqual(Array(fadt[116..<120]), [1, 8, 0, 1], "reset register: byte-wide system I/O")
+        XCTAssertEqual(u64(fadt, 120), 0x64)
+        XCTAssertEqual(fadt[128], 0xFE)
+        XCTAssertEqual(u64(fadt, 244 + 4), UInt64(ACPITables.sleepControlPort))
+        XCTAssertEqual(u64(fadt, 256 + 4), UInt64(ACPITables.sleepStatusPort))
+        XCTAssertEqual(u32(fadt, 40), u64(fadt, 140), "DSDT and X_DSDT agree")
+        let dsdt = table(blob, at: u64(fadt, 140), "DSDT")
+        XCTAssertEqual(Array(dsdt[36...]), [0x08] + Array("_S5_".utf8) + [0x12, 0x07, 0x04, 0x0A, 0x05, 0x00, 0x00, 0x00])
+
+        let madt = table(blob, at: u64(xsdt, 44), "APIC")
+        XCTAssertEqual(u32(madt, 36), 0xFEE0_0000)
+        var o = 44, lapics: [UInt8] = [], ioapics: [(UInt8, UInt64, UInt64)] = []
+        while o < madt.count {
+            let type = madt[o], length = Int(madt[o + 1])
+            XCTAssertGreaterThan(length, 0)
+            if type == 0 { lapics.append(madt[o + 3]); XCTAssertEqual(u32(madt, o + 4) & 1, 1, "enabled") }
+            if type == 1 { ioapics.append((madt[o + 2], u32(madt, o + 4), u32(madt, o + 8))) }
+            XCTAssertNotEqual(type, 2, "no interrupt source override: KVM routes IRQ0 to pin 0")
+            o += max(length, 1)
+        }
+        XCTAssertEqual(o, madt.count)
+        XCTAssertEqual(lapics, [0, 1, 2])
+        XCTAssertEqual(ioapics.count, 1)
+        XCTAssertEqual(ioapics.first?.0, 3, "IOAPIC ID after the LAPIC IDs")
+        XCTAssertEqual(ioapics.first?.1, 0xFEC0_0000)
+        XCTAssertEqual(ioapics.first?.2, 0, "GSI base")
+        // Everything stays below the MP tables' BIOS-area slot.
+        XCTAssertLessThanOrEqual(ACPITables.rsdpAddress + UInt64(blob.count), MPTable.address)
+    }
+
+    func testZeroPageHandsOverTheRSDP() throws {
+        let f = syntheticBzImage()
+        let config = MachineConfig(mode: .long64, vcpus: 1, irqchip: .kernel, memoryMiB: 64)
+        let image = try LinuxBoot.prepare(file: f, config: config, cmdline: "", initrd: nil)
+        guard let zp = image.segments.first(where: { $0.address == LinuxBoot.zeroPageAddress })?.bytes else { return XCTFail("no zero page") }
+        XCTAssertEqual(u64(zp, 0x70), ACPITables.rsdpAddress)
+        XCTAssertTrue(image.segments.contains { $0.address == ACPITables.rsdpAddress && Array($0.bytes.prefix(8)) == Array("RSD PTR ".utf8) })
+    }
+
+    func testSleepControlS5PowersOffThroughTheExitHandler() throws {
+        let bus = DeviceBus()
+        let legacy = try Machine.attachLegacyDevices(bus, config: MachineConfig())
+        let h = ExitHandler(bus: bus, msrs: MSRFile(forwarded: []), irqchip: .kernel, i8042: legacy.i8042, acpiSleep: legacy.acpiSleep)
+        let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 8)
+        defer { page.deallocate() }
+        let area = ExitDataArea(page: page, pageSize: 4096, mmioData: page + 64)
+        func out(_ port: UInt16, _ v: UInt8) -> ExitAction {
+            page.storeBytes(of: v, toByteOffset: 0x100, as: UInt8.self)
+            return h.handle(.io(port: port, size: 1, direction: .out, count: 1, dataOffset: 0x100), vcpu: 0, data: area, interruptFlag: false).action
+        }
+        XCTAssertEqual(out(0x601, 0x80), .resume, "clearing WAK_STS")
+        XCTAssertEqual(out(0x600, 0x0C), .resume, "SLP_TYP 3 without SLP_EN")
+        XCTAssertEqual(out(0x600, 0x2C), .resume, "S3 is not power-off")
+        guard case let .systemEvent(info) = out(0x600, 0x34) else { return XCTFail("S5 did not power off") }
+        XCTAssertEqual(info.typeName, "SHUTDOWN")
+        XCTAssertEqual(StopReason.systemEvent(type: info.typeName).exitStatus, 0)
     }
 }
