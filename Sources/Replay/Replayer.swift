@@ -32,26 +32,186 @@ public struct RecordHead: Sendable {
         lastFragment = r.lastFragment
         state = r.state
         stateAfter = r.stateAfter
-        if r.kind == .exit {
-            if r.visibility == .pending {
-                stateBefore = r.state
-            } else if r.visibility == .committed, r.candidates == 1, r.fragment == 0,
-                      case .success(let inst) = decode(bytes: r.instructionBytes, mode: DecoderMode(r.state.mode)),
-                      case .success(let before) = Reconstruction.before(r, inst) {
-                stateBefore = before
+        stateBefore = StepCheck.exitStateBefore(r)
+    }
+}
+
+/// The part of an instruction group (the exits of one instruction) read so far. A group whose
+/// fragments run past its frame's end is carried to the next frame of its vCPU by the merge.
+struct GroupCarry: Sendable {
+    /// The first fragment.
+    var first: TraceRecord
+    /// Records (fragments) so far.
+    var count: Int
+    /// The fragment number the next record must have to continue the group.
+    var nextFragment: UInt32
+    var accesses: [DeviceAccess]
+    /// Guest bytes of every fragment, loaded only when the group is replayed.
+    var memory: [GuestBytes]
+    /// WRMSR accesses of the group's MSR exits: the frame knows them after the group.
+    var msrUpdates: [(UInt32, UInt64)]
+    /// Save-area MSRs known when the group started.
+    var knownMSRs: [UInt32: UInt64] = [:]
+}
+
+/// Fragments at the start of a frame that continue a group begun in an earlier frame.
+struct GroupContinuation: Sendable {
+    var group: UInt64
+    var firstFragment: UInt32
+    var count: Int
+    var accesses: [DeviceAccess]
+    var memory: [GuestBytes]
+    var msrUpdates: [(UInt32, UInt64)]
+    /// The last fragment read (the one that finished the group, when `finished`).
+    var last: TraceRecord
+    var finished: Bool
+    /// Each fragment's verdict if no carried group takes them (`incomplete`, as one record each).
+    var orphanVerdicts: [Verdict]
+}
+
+/// Counts of verdicts that were counted where they were made instead of being delivered one by
+/// one (matches, mostly); merged into the summary in any order, since counts add.
+struct VerdictCounts: Sendable {
+    var verdicts: UInt64 = 0
+    var records: UInt64 = 0
+    var byKind = [UInt64](repeating: 0, count: VerdictKind.allCases.count)
+    /// (record kind, SVM exit code) → counts by kind.
+    var reasons: [(kind: RecordKind, code: SVMExitCode, byKind: [UInt64])] = []
+    var byMnemonic: [UInt16: UInt64] = [:]
+    /// cpu, kvm-emulator, vmm.
+    var byReference: (UInt64, UInt64, UInt64) = (0, 0, 0)
+    var forms: Set<InstructionForm> = []
+    // Per-record lookups served without hashing: the last reason and mnemonic, recently seen forms.
+    private var lastReason = -1
+    private var lastMnemonic: UInt16 = 0
+    private var lastMnemonicCount: UInt64 = 0
+    private var seenForms = [InstructionForm?](repeating: nil, count: 64)
+
+    var isEmpty: Bool { verdicts == 0 }
+
+    mutating func add(_ v: Verdict) {
+        verdicts += 1
+        records += UInt64(v.records)
+        let k = v.kind.index
+        byKind[k] += 1
+        if lastReason < 0 || reasons[lastReason].kind != v.recordKind || reasons[lastReason].code != v.exitCode {
+            if let i = reasons.firstIndex(where: { $0.kind == v.recordKind && $0.code == v.exitCode }) {
+                lastReason = i
+            } else {
+                reasons.append((v.recordKind, v.exitCode, [UInt64](repeating: 0, count: VerdictKind.allCases.count)))
+                lastReason = reasons.count - 1
             }
+        }
+        reasons[lastReason].byKind[k] += 1
+        switch v.reference {
+        case "": break
+        case "kvm-emulator": byReference.1 += 1
+        case "cpu": byReference.0 += 1
+        default: byReference.2 += 1
+        }
+        if v.kind == .match || v.kind == .divergence || v.kind == .self, let i = v.instruction {
+            let m = i.mnemonic.rawValue
+            if m == lastMnemonic && lastMnemonicCount > 0 {
+                lastMnemonicCount += 1
+            } else {
+                flushMnemonic()
+                lastMnemonic = m
+                lastMnemonicCount = 1
+            }
+            let f = InstructionForm(i)
+            let slot = Int(truncatingIfNeeded: (UInt64(f.mnemonic) &* 0x9E37_79B9 ^ f.operands &* 31 ^ UInt64(f.rep)) & 63)
+            if seenForms[slot] != f {
+                forms.insert(f)
+                seenForms[slot] = f
+            }
+        }
+    }
+
+    private mutating func flushMnemonic() {
+        if lastMnemonicCount > 0 { byMnemonic[lastMnemonic, default: 0] += lastMnemonicCount }
+        lastMnemonicCount = 0
+    }
+
+    /// Adds these counts to `summary` (reason and mnemonic names made here, once per frame).
+    mutating func merge(into summary: inout ReplaySummary) {
+        flushMnemonic()
+        guard verdicts > 0 else { return }
+        summary.verdicts += verdicts
+        summary.records += records
+        let kinds = VerdictKind.allCases
+        for (k, n) in byKind.enumerated() where n > 0 { summary.byKind[kinds[k], default: 0] += n }
+        for (recordKind, code, counts) in reasons {
+            let reason = recordKind == .exit ? code.name : recordKind.name.uppercased()
+            for (k, n) in counts.enumerated() where n > 0 { summary.byReason[reason, default: [:]][kinds[k], default: 0] += n }
+        }
+        for (m, n) in byMnemonic { summary.byMnemonic[Mnemonic(rawValue: m)?.name ?? "?", default: 0] += n }
+        if byReference.0 > 0 { summary.byReference["cpu", default: 0] += byReference.0 }
+        if byReference.1 > 0 { summary.byReference["kvm-emulator", default: 0] += byReference.1 }
+        if byReference.2 > 0 { summary.byReference["vmm", default: 0] += byReference.2 }
+        summary.forms.formUnion(forms)
+    }
+}
+
+extension VerdictKind {
+    /// Position in `allCases`.
+    var index: Int {
+        switch self {
+        case .match: return 0
+        case .divergence: return 1
+        case .unrecorded: return 2
+        case .unsupported: return 3
+        case .ambiguous: return 4
+        case .unlocated: return 5
+        case .unreconstructable: return 6
+        case .incomplete: return 7
+        case .self: return 8
+        case .notReplayable: return 9
         }
     }
 }
 
-/// The verdicts of one frame, in record order, with what crosses the frame's edges.
-public struct FrameVerdicts: Sendable {
-    public var vcpu: UInt16
-    public var verdicts: [Verdict]
+/// The outcome of one frame, in record order, with what crosses the frame's edges.
+struct FrameResult: Sendable {
+    var vcpu: UInt16
+    var records: UInt64 = 0
+    /// Verdicts delivered one by one, in sequence order.
+    var verdicts: [Verdict] = []
+    /// The others, counted.
+    var counts = VerdictCounts()
     /// The frame's last step, waiting for the next frame of its vCPU.
-    public var openStep: OpenStep?
+    var openStep: OpenStep?
     /// The frame's first record, which closes the previous frame's open step.
-    public var head: RecordHead?
+    var head: RecordHead?
+    /// Fragments at the frame's start continuing a group of an earlier frame.
+    var continuation: GroupContinuation?
+    /// A group the frame's end cut: the next frame of the vCPU continues it.
+    var openGroup: GroupCarry?
+}
+
+/// A record decoded in place; replay swaps slots instead of copying records.
+final class RecordSlot {
+    var r = TraceRecord(kind: .exit)
+}
+
+/// Decoded instruction bytes, remembered by address: traces replay the same few instructions
+/// over and over, and each is needed several times per record.
+final class DecodeMemo {
+    struct Entry {
+        var start: UInt64
+        var mode: DecoderMode
+        var bytes: [UInt8]
+        var instruction: Instruction?
+    }
+    private var entries = [Entry?](repeating: nil, count: 256)
+
+    func decode(_ bytes: [UInt8], start: UInt64, mode: DecoderMode) -> Instruction? {
+        let i = Int(truncatingIfNeeded: (start ^ start >> 8) & 255)
+        if let e = entries[i], e.start == start, e.mode == mode, e.bytes == bytes { return e.instruction }
+        let inst: Instruction?
+        if case .success(let x) = X86Emulator.decode(bytes: bytes, mode: mode) { inst = x } else { inst = nil }
+        entries[i] = Entry(start: start, mode: mode, bytes: bytes, instruction: inst)
+        return inst
+    }
 }
 
 /// Feeds records through the emulator and compares (DESIGN.md, "When KVM shows an exit").
@@ -69,6 +229,17 @@ public final class Replayer: @unchecked Sendable {
     var lastUnansweredMSR = false
     /// Save-area MSR values written so far in this frame.
     var knownMSRs: [UInt32: UInt64] = [:]
+    /// Which verdicts the frame's result lists one by one; the others it counts.
+    var delivery: VerdictDelivery = .all
+    let memo = DecodeMemo()
+    // Scratch reused per record.
+    private var recPorts: [PortAccess] = []
+    private var emuPorts: [PortAccess] = []
+    private var emuMSR: [(index: UInt32, isWrite: Bool, value: UInt64)] = []
+    private var mmioScratch: [DeviceAccess] = []
+    private var slotA = RecordSlot()
+    private var slotB = RecordSlot()
+    private var out = FrameResult(vcpu: 0)
 
     public init(header: TraceHeader) {
         self.header = header
@@ -84,67 +255,163 @@ public final class Replayer: @unchecked Sendable {
         kvmEmulatesCPL0 && s.cpl == 0 ? "kvm-emulator" : "cpu"
     }
 
+    func decoded(_ r: TraceRecord) -> Instruction? {
+        memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(r.state.mode))
+    }
+
+    @inline(__always) func emit(_ v: Verdict) {
+        if delivery == .all || v.kind.isFailure { out.verdicts.append(v) } else { out.counts.add(v) }
+    }
+
     // MARK: frames
 
-    /// Replays the records of one frame (one vCPU, in order; the frame decodes alone).
-    public func replayFrame(_ records: [TraceRecord]) -> FrameVerdicts {
+    /// What is pending while the next record is read: a run of steps (waiting for the record
+    /// after them) or an instruction group (waiting for its next fragment).
+    private enum Pending {
+        case none
+        case steps(count: Int, isRep: Bool, memory: [GuestBytes])
+        case group(GroupCarry)
+    }
+
+    /// Replays the records of one frame (one vCPU, in order; the frame decodes alone), reading
+    /// them one at a time from `decoder` into two reused slots.
+    func replayFrame(_ decoder: FrameDecoder) throws -> FrameResult {
         memory.reset()
         knownMSRs.removeAll(keepingCapacity: true)
-        var out = FrameVerdicts(vcpu: records.first?.vcpu ?? 0, verdicts: [], openStep: nil,
-                                head: records.first.map(RecordHead.init))
-        out.verdicts.reserveCapacity(records.count)
-        var i = 0
-        while i < records.count {
-            let r = records[i]
-            for w in r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
-            switch r.kind {
-            case .exit:
-                // Gather the fragments of one instruction group.
-                var end = i + 1
-                if r.fragment == 0 && !r.lastFragment {
-                    while end < records.count, records[end].kind == .exit, records[end].group == r.seq,
-                          records[end].fragment == UInt32(end - i) {
-                        end += 1
-                        if records[end - 1].lastFragment { break }
-                    }
-                }
-                let group = records[i..<end]
-                if r.fragment != 0 {
-                    out.verdicts.append(simple(r, .incomplete, note: "fragment \(r.fragment) of an instruction group that starts in an earlier frame"))
-                } else if !(group.last?.lastFragment ?? true) {
-                    out.verdicts.append(simple(r, .incomplete, records: group.count,
-                                               note: end == records.count ? "instruction group continues past the frame's end" : "instruction group not finished in the trace"))
-                } else {
-                    out.verdicts.append(replayExit(group))
-                }
-                for g in group where g.exitCode == .msr {
-                    for a in g.accesses where a.space == .msr && a.isWrite && Reconstruction.saveAreaMSRs.contains(UInt32(truncatingIfNeeded: a.address)) {
-                        knownMSRs[UInt32(truncatingIfNeeded: a.address)] = a.value
-                    }
-                }
-                i = end
-            case .completion:
-                out.verdicts.append(replayCompletion(r))
-                i += 1
-            case .step:
-                // Single-step traps after each iteration of a REP string instruction: the steps
-                // that stay on one instruction are its iterations, replayed as one instruction.
-                var end = i + 1
-                while end < records.count, records[end].kind == .step, records[end].instructionStart == r.instructionStart,
-                      records[end].instructionBytes == r.instructionBytes, isRepString(r) {
-                    end += 1
-                }
-                let next = end < records.count ? RecordHead(records[end]) : nil
-                let (v, open) = replayStep(records[i..<end], next: next)
-                if let v { out.verdicts.append(v) }
-                if let open { out.openStep = open }
-                i = end
-            case .event, .gap, .marker:
-                out.verdicts.append(simple(r, .notReplayable))
-                i += 1
-            }
+        out = FrameResult(vcpu: decoder.info.vcpu)
+        if delivery == .all { out.verdicts.reserveCapacity(Int(decoder.info.recordCount)) }
+        var pending = Pending.none
+        // `held` keeps the first record of what is pending; `cur` takes each new record.
+        var cur = slotA, held = slotB
+        guard try decoder.next(into: &cur.r) else { return takeResult() }
+        out.head = RecordHead(cur.r)
+        if cur.r.kind == .exit && cur.r.fragment != 0 {
+            guard try readContinuation(decoder, cur) else { return takeResult() }
         }
-        return out
+        repeat {
+            let r = cur
+            switch pending {
+            case .none:
+                break
+            case .steps(let count, let isRep, var mem):
+                if isRep && r.r.kind == .step && r.r.instructionStart == held.r.instructionStart
+                    && r.r.instructionBytes == held.r.instructionBytes {
+                    // Single-step traps after each iteration of a REP string instruction: the steps
+                    // that stay on one instruction are its iterations, replayed as one instruction.
+                    mem.append(contentsOf: r.r.memory)
+                    pending = .steps(count: count + 1, isRep: isRep, memory: mem)
+                    continue
+                }
+                pending = .none
+                finishSteps(held.r, count: count, isRep: isRep, memory: mem, next: r.r)
+            case .group(var g):
+                if r.r.kind == .exit && r.r.group == g.first.seq && r.r.fragment == g.nextFragment {
+                    pending = .none  // drop the enum's reference to `g` so appending does not copy
+                    g.count += 1
+                    g.nextFragment += 1
+                    g.accesses.append(contentsOf: r.r.accesses)
+                    g.memory.append(contentsOf: r.r.memory)
+                    if r.r.exitCode == .msr { Self.collectMSRWrites(r.r, into: &g.msrUpdates) }
+                    if r.r.lastFragment { finishGroup(g, last: r.r) } else { pending = .group(g) }
+                    continue
+                }
+                pending = .none
+                emit(simple(g.first, .incomplete, records: g.count, note: "instruction group not finished in the trace"))
+                for (i, v) in g.msrUpdates { knownMSRs[i] = v }
+            }
+            for w in r.r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
+            switch r.r.kind {
+            case .exit:
+                if r.r.fragment != 0 {
+                    emit(simple(r.r, .incomplete, note: "fragment \(r.r.fragment) of an instruction group that starts in an earlier frame"))
+                    applyMSRWrites(r.r)
+                } else if r.r.lastFragment {
+                    emit(replayExit(first: r.r, last: r.r, count: 1, accesses: r.r.accesses, memory: nil))
+                    applyMSRWrites(r.r)
+                } else {
+                    var msr: [(UInt32, UInt64)] = []
+                    if r.r.exitCode == .msr { Self.collectMSRWrites(r.r, into: &msr) }
+                    pending = .group(GroupCarry(first: r.r, count: 1, nextFragment: 1, accesses: r.r.accesses,
+                                                memory: r.r.memory, msrUpdates: msr, knownMSRs: knownMSRs))
+                }
+            case .completion:
+                emit(replayCompletion(r.r))
+            case .step:
+                pending = .steps(count: 1, isRep: isRepString(r.r), memory: [])
+                swap(&cur, &held)
+            case .event, .gap, .marker:
+                emit(simple(r.r, .notReplayable))
+            }
+        } while try decoder.next(into: &cur.r)
+        switch pending {
+        case .none: break
+        case .steps(let count, let isRep, let mem):
+            finishSteps(held.r, count: count, isRep: isRep, memory: mem, next: nil)
+        case .group(let g):
+            out.openGroup = g
+        }
+        return takeResult()
+    }
+
+    private func takeResult() -> FrameResult {
+        let result = out
+        out = FrameResult(vcpu: 0)
+        return result
+    }
+
+    /// Reads the fragments at a frame's start that continue a group of an earlier frame, as far
+    /// as they go (the merge joins them to the group, or gives each its own `incomplete`).
+    /// True when `slot` then holds the record after them, still to be replayed.
+    private func readContinuation(_ decoder: FrameDecoder, _ slot: RecordSlot) throws -> Bool {
+        var c = GroupContinuation(group: slot.r.group, firstFragment: slot.r.fragment, count: 0, accesses: [], memory: [],
+                                  msrUpdates: [], last: slot.r, finished: false, orphanVerdicts: [])
+        defer { out.continuation = c }
+        while true {
+            c.count += 1
+            for w in slot.r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
+            applyMSRWrites(slot.r)
+            c.accesses.append(contentsOf: slot.r.accesses)
+            c.memory.append(contentsOf: slot.r.memory)
+            if slot.r.exitCode == .msr { Self.collectMSRWrites(slot.r, into: &c.msrUpdates) }
+            c.orphanVerdicts.append(simple(slot.r, .incomplete, note: "fragment \(slot.r.fragment) of an instruction group that starts in an earlier frame"))
+            let expected = slot.r.fragment &+ 1
+            if slot.r.lastFragment { c.finished = true }
+            c.last = slot.r
+            guard try decoder.next(into: &slot.r) else { return false }
+            if c.finished || !(slot.r.kind == .exit && slot.r.group == c.group && slot.r.fragment == expected) { return true }
+        }
+    }
+
+    static func collectMSRWrites(_ r: TraceRecord, into out: inout [(UInt32, UInt64)]) {
+        for a in r.accesses where a.space == .msr && a.isWrite && Reconstruction.saveAreaMSRs.contains(UInt32(truncatingIfNeeded: a.address)) {
+            out.append((UInt32(truncatingIfNeeded: a.address), a.value))
+        }
+    }
+
+    func applyMSRWrites(_ r: TraceRecord) {
+        guard r.exitCode == .msr else { return }
+        for a in r.accesses where a.space == .msr && a.isWrite && Reconstruction.saveAreaMSRs.contains(UInt32(truncatingIfNeeded: a.address)) {
+            knownMSRs[UInt32(truncatingIfNeeded: a.address)] = a.value
+        }
+    }
+
+    /// A group whose fragments spanned frames, joined by the merge: replayed from its own records'
+    /// guest bytes and the save-area MSRs known where it started.
+    func replayCarried(_ g: GroupCarry, last: TraceRecord) -> Verdict {
+        memory.reset()
+        knownMSRs = g.knownMSRs
+        return replayExit(first: g.first, last: last, count: g.count, accesses: g.accesses, memory: g.memory)
+    }
+
+    private func finishGroup(_ g: GroupCarry, last: TraceRecord) {
+        emit(replayExit(first: g.first, last: last, count: g.count, accesses: g.accesses, memory: g.memory))
+        for (i, v) in g.msrUpdates { knownMSRs[i] = v }
+    }
+
+    private func finishSteps(_ first: TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes], next: TraceRecord?) {
+        let (v, open) = replayStep(first, count: count, isRep: isRep, laterMemory: mem, next: next)
+        if let v { emit(v) }
+        if let open { out.openStep = open }
     }
 
     func simple(_ r: TraceRecord, _ kind: VerdictKind, records: Int = 1, note: String = "") -> Verdict {
@@ -152,35 +419,33 @@ public final class Replayer: @unchecked Sendable {
                         rip: r.instructionStart != 0 || !r.instructionBytes.isEmpty ? r.instructionStart : r.state.rip,
                         bytes: r.instructionBytes, note: note)
         if kind != .notReplayable { v.reference = reference(r.state) }
-        if !r.instructionBytes.isEmpty, case .success(let inst) = decode(bytes: r.instructionBytes, mode: DecoderMode(r.state.mode)) {
-            v.instruction = inst
-        }
+        if !r.instructionBytes.isEmpty { v.instruction = decoded(r) }
         return v
     }
 
     // MARK: exits
 
-    func replayExit(_ group: ArraySlice<TraceRecord>) -> Verdict {
-        guard let first = group.first, let last = group.last else {
-            return Verdict(seq: 0, vcpu: 0, kind: .notReplayable, recordKind: .exit, exitCode: .none)
-        }
+    /// Replays an instruction group: its first and last records, the accesses of all its records,
+    /// and their guest bytes (`memory`; nil for a group of one record, whose bytes `first` holds).
+    func replayExit(first: TraceRecord, last: TraceRecord, count: Int, accesses recorded: [DeviceAccess],
+                    memory groupMemory: [GuestBytes]?) -> Verdict {
         switch first.exitCode {
         case .ioio, .npf, .msr, .hlt, .vmmcall: break
-        default: return simple(first, .notReplayable, records: group.count)
+        default: return simple(first, .notReplayable, records: count)
         }
         if first.candidates > 1 {
-            return simple(first, .ambiguous, records: group.count, note: "\(first.candidates) instructions end at RIP and perform the access")
+            return simple(first, .ambiguous, records: count, note: "\(first.candidates) instructions end at RIP and perform the access")
         }
         if first.instructionBytes.isEmpty || first.candidates == 0 {
-            return simple(first, .unlocated, records: group.count, note: "the recorder found no instruction performing the access")
+            return simple(first, .unlocated, records: count, note: "the recorder found no instruction performing the access")
         }
-        var v = simple(first, .match, records: group.count)
+        var v = simple(first, .match, records: count)
         guard let inst = v.instruction else {
             v.kind = .unsupported
             v.note = "the bytes do not decode"
             return v
         }
-        for r in group { for m in r.memory { memory.load(m.gpa, m.bytes) } }
+        for m in groupMemory ?? first.memory { memory.load(m.gpa, m.bytes) }
 
         // The state before the instruction.
         var before: CPUState
@@ -197,28 +462,25 @@ public final class Replayer: @unchecked Sendable {
         }
         Reconstruction.applyMSRs(knownMSRs, to: &before)
 
-        var recorded: [DeviceAccess] = []
-        for r in group { recorded.append(contentsOf: r.accesses) }
         // The state after: committed exits show it; pending ones only with --fidelity full.
         var after: CPUState? = last.visibility == .committed ? last.state : last.stateAfter
-        if (inst.hasRep || inst.hasRepne), var a = after, a.rip == first.instructionStart {
+        if (inst.hasRep || inst.hasRepne), after != nil, after?.rip == first.instructionStart {
             // KVM exits on a REP string's last iteration before it retires the instruction: the
             // iteration took effect (RCX is 0) but RIP moves on only at re-entry.
-            a.rip = last.nextRIP
-            a.rflags &= ~RFLAGS.rf  // set while it was between iterations; retiring clears it
-            after = a
+            after?.rip = last.nextRIP
+            after?.rflags &= ~RFLAGS.rf  // set while it was between iterations; retiring clears it
         }
-        if var a = after {
-            Reconstruction.applyMSRs(knownMSRs, to: &a)
-            after = a
+        if after != nil, !knownMSRs.isEmpty {
+            Reconstruction.applyMSRs(knownMSRs, to: &after!)
         }
-        return execute(&v, before: before, inst: inst, recorded: recorded, exitCode: first.exitCode,
-                       exitInfo1: first.exitInfo1, nextRIP: last.nextRIP, after: after)
+        execute(&v, before: before, inst: inst, recorded: recorded, exitCode: first.exitCode,
+                exitInfo1: first.exitInfo1, nextRIP: last.nextRIP, after: after)
+        return v
     }
 
     /// Runs `inst` from `before` against the recorded device side and fills in the verdict.
     func execute(_ v: inout Verdict, before: CPUState, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode,
-                 exitInfo1: UInt64, nextRIP: UInt64, after: CPUState?, compareDevice: Bool = true) -> Verdict {
+                 exitInfo1: UInt64, nextRIP: UInt64, after: CPUState?, compareDevice: Bool = true) {
         ports.begin(recorded)
         msrs.begin(recorded)
         memory.beginGroup(mmio: recorded.filter { $0.space == .mmio })
@@ -233,17 +495,17 @@ public final class Replayer: @unchecked Sendable {
             v.kind = .divergence
             v.differences.append(FieldDifference("exception", recorded: "none", emulated: e.description))
             v.reproduction = reproduction(before)
-            return v
+            return
         case .tripleFault:
             v.kind = .divergence
             v.differences.append(FieldDifference("exception", recorded: "none", emulated: "triple fault"))
             v.reproduction = reproduction(before)
-            return v
+            return
         case .unsupported(let b):
             v.kind = .unsupported
             v.bytes = b.isEmpty ? v.bytes : b
             v.note = "the executor does not run this instruction"
-            return v
+            return
         case .unbackedMemory(let a):
             if let d = memory.unansweredDevice, compareDevice {
                 v.kind = .divergence
@@ -255,7 +517,7 @@ public final class Replayer: @unchecked Sendable {
                 v.address = a
                 v.note = "unrecorded memory \(Hex.string(a))"
             }
-            return v
+            return
         case .unanswered(let q):
             if case .msr = q { lastUnansweredMSR = true }
             if case .port = q, let m = ports.mismatch, compareDevice {
@@ -267,7 +529,7 @@ public final class Replayer: @unchecked Sendable {
                 v.kind = .unrecorded
                 v.note = "unrecorded answer: \(q)"
             }
-            return v
+            return
         }
 
         let emulated = cpu.state
@@ -283,14 +545,13 @@ public final class Replayer: @unchecked Sendable {
             v.kind = .divergence
             v.reproduction = reproduction(before)
         }
-        return v
     }
 
     // MARK: accesses
 
     func compareAccesses(_ v: inout Verdict, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode, exitInfo1: UInt64) {
         // Ports: item by item (string I/O that KVM batched is `count` items of one access).
-        var recPorts: [PortAccess] = []
+        recPorts.removeAll(keepingCapacity: true)
         for a in recorded where a.space == .port {
             let size = Int(a.size)
             for k in 0..<Int(a.count) {
@@ -299,8 +560,8 @@ public final class Replayer: @unchecked Sendable {
                 recPorts.append(PortAccess(port: UInt16(truncatingIfNeeded: a.address), size: size, isWrite: a.isWrite, value: val))
             }
         }
-        var emuPorts: [PortAccess] = []
-        var emuMSR: [(index: UInt32, isWrite: Bool, value: UInt64)] = []
+        emuPorts.removeAll(keepingCapacity: true)
+        emuMSR.removeAll(keepingCapacity: true)
         for e in cpu.accessLog {
             switch e {
             case .port(let p): emuPorts.append(p)
@@ -392,8 +653,8 @@ public final class Replayer: @unchecked Sendable {
         }
         for m in r.memory { memory.load(m.gpa, m.bytes) }
         var w = v
-        _ = execute(&w, before: r.state, inst: inst, recorded: r.accesses, exitCode: r.exitCode, exitInfo1: r.exitInfo1,
-                    nextRIP: r.nextRIP, after: r.stateAfter)
+        execute(&w, before: r.state, inst: inst, recorded: r.accesses, exitCode: r.exitCode, exitInfo1: r.exitInfo1,
+                nextRIP: r.nextRIP, after: r.stateAfter)
         if w.kind == .match { return v }
         w.reference = "vmm"
         return w
@@ -402,34 +663,33 @@ public final class Replayer: @unchecked Sendable {
     func isRepString(_ r: TraceRecord) -> Bool {
         guard let b = r.instructionBytes.first(where: { $0 != 0x66 && $0 != 0x67 && !(0x26...0x3E).contains($0) && $0 != 0x64 && $0 != 0x65 }),
               b == 0xF3 || b == 0xF2 else { return false }
-        if case .success(let inst) = decode(bytes: r.instructionBytes, mode: DecoderMode(r.state.mode)) {
-            return inst.hasRep || inst.hasRepne
-        }
+        if let inst = decoded(r) { return inst.hasRep || inst.hasRepne }
         return false
     }
 
-    /// A single-stepped instruction (or the steps of one REP instruction's iterations): its
-    /// after-state is the next record of the vCPU. An instruction that exits to the VMM gets no
-    /// step after it: it is checked as its exit record, not twice.
-    func replayStep(_ steps: ArraySlice<TraceRecord>, next: RecordHead?) -> (Verdict?, OpenStep?) {
-        guard let r = steps.first else { return (nil, nil) }
-        var v = simple(r, .match, records: steps.count)
+    /// A single-stepped instruction (or the `count` steps of one REP instruction's iterations,
+    /// whose later steps brought `laterMemory`): its after-state is the next record of the vCPU,
+    /// `next` when the frame holds it. An instruction that exits to the VMM gets no step after it:
+    /// it is checked as its exit record, not twice.
+    func replayStep(_ r: TraceRecord, count: Int, isRep: Bool, laterMemory: [GuestBytes], next: TraceRecord?) -> (Verdict?, OpenStep?) {
+        var v = simple(r, .match, records: count)
         guard let inst = v.instruction else {
             v.kind = r.instructionBytes.isEmpty ? .unlocated : .unsupported
             return (v, nil)
         }
-        let exits = next.map { $0.kind == .exit && $0.instructionStart == r.instructionStart } ?? false
-        if exits, let n = next, (n.visibility == .pending && n.stateAfter == nil) || isRepString(r) {
+        if let n = next, n.kind == .exit, n.instructionStart == r.instructionStart,
+           (n.visibility == .pending && n.stateAfter == nil) || isRep {
             v.kind = .notReplayable
             v.note = "the stepped instruction exited: checked as its exit"
             return (v, nil)
         }
-        for s in steps { for m in s.memory { memory.load(m.gpa, m.bytes) } }
+        for m in r.memory { memory.load(m.gpa, m.bytes) }
+        for m in laterMemory { memory.load(m.gpa, m.bytes) }
         var before = r.state
         Reconstruction.applyMSRs(knownMSRs, to: &before)
         var w = v
-        w = execute(&w, before: before, inst: inst, recorded: [], exitCode: .none, exitInfo1: 0, nextRIP: 0, after: nil,
-                    compareDevice: false)
+        execute(&w, before: before, inst: inst, recorded: [], exitCode: .none, exitInfo1: 0, nextRIP: 0, after: nil,
+                compareDevice: false)
         if deviceAnswerMissing {
             // It needed a device: it exited, and its exit record holds the device side.
             v.kind = .notReplayable
@@ -438,10 +698,15 @@ public final class Replayer: @unchecked Sendable {
         }
         guard w.kind == .match else { return (w, nil) }
         var open = OpenStep(verdict: w, emulated: cpu.state, flagMask: Reconstruction.undefinedFlags(inst, before: before),
-                            start: r.instructionStart, isRep: steps.count > 1 || isRepString(r), msrs: knownMSRs)
-        open.verdict.reproduction = reproduction(before)
-        guard let next else { return (nil, open) }
-        return (StepCheck.close(open, next: next), nil)
+                            start: r.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs)
+        guard let next else {
+            // Closed by the merge, after this replayer's memory has moved on: keep what reproduces it now.
+            open.verdict.reproduction = reproduction(before)
+            return (nil, open)
+        }
+        var c = StepCheck.close(open, nextRecord: next, memo: memo)
+        if c.kind == .divergence { c.reproduction = reproduction(before) }
+        return (c, nil)
     }
 
     /// The last execution stopped because a port, MMIO or MSR answer was not in the record.
@@ -453,45 +718,76 @@ public final class Replayer: @unchecked Sendable {
 
 /// Closes a step's comparison with the record that follows it on its vCPU.
 public enum StepCheck {
+    /// For an exit record: the state before its instruction (as shown when pending, rebuilt when committed).
+    static func exitStateBefore(_ r: TraceRecord, memo: DecodeMemo? = nil) -> CPUState? {
+        guard r.kind == .exit else { return nil }
+        if r.visibility == .pending { return r.state }
+        guard r.visibility == .committed, r.candidates == 1, r.fragment == 0 else { return nil }
+        let inst: Instruction
+        if let memo {
+            guard let i = memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(r.state.mode)) else { return nil }
+            inst = i
+        } else {
+            guard case .success(let i) = decode(bytes: r.instructionBytes, mode: DecoderMode(r.state.mode)) else { return nil }
+            inst = i
+        }
+        if case .success(let before) = Reconstruction.before(r, inst) { return before }
+        return nil
+    }
+
+    /// With the next record of the vCPU as the merge keeps it (from the next frame).
     public static func close(_ open: OpenStep, next: RecordHead?) -> Verdict {
-        var v = open.verdict
         guard let next else {
+            var v = open.verdict
             v.kind = .incomplete
             v.note = "last step of the trace: no state after it"
             v.reproduction = nil
             return v
         }
-        if open.isRep && next.kind == .step && next.instructionStart == open.start && next.state.rip == open.start {
+        return close(open, kind: next.kind, visibility: next.visibility, instructionStart: next.instructionStart,
+                     lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter) { next.stateBefore }
+    }
+
+    /// With the next record itself (in the same frame).
+    static func close(_ open: OpenStep, nextRecord next: TraceRecord, memo: DecodeMemo?) -> Verdict {
+        close(open, kind: next.kind, visibility: next.visibility, instructionStart: next.instructionStart,
+              lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter) { exitStateBefore(next, memo: memo) }
+    }
+
+    static func close(_ open: OpenStep, kind: RecordKind, visibility: Visibility, instructionStart: UInt64, lastFragment: Bool,
+                      state: CPUState, stateAfter: CPUState?, stateBefore: () -> CPUState?) -> Verdict {
+        var v = open.verdict
+        if open.isRep && kind == .step && instructionStart == open.start && state.rip == open.start {
             v.kind = .incomplete
             v.note = "REP iterations continue in the next frame"
             v.reproduction = nil
             return v
         }
-        let after: CPUState?
-        switch next.kind {
+        var after: CPUState?
+        switch kind {
         case .step:
-            after = next.state
+            after = state
         case .exit:
-            if next.instructionStart == open.start && next.visibility == .committed {
+            if instructionStart == open.start && visibility == .committed {
                 // The stepped instruction exited: its committed record shows the state after it.
-                after = next.lastFragment ? next.state : nil
-            } else if next.instructionStart == open.start && next.visibility == .pending {
-                after = next.stateAfter
+                after = lastFragment ? state : nil
+            } else if instructionStart == open.start && visibility == .pending {
+                after = stateAfter
             } else {
                 // The next instruction exited (its own step is not recorded): its state before.
-                after = next.stateBefore
+                after = stateBefore()
             }
         default:
             after = nil
         }
-        guard var after else {
+        guard after != nil else {
             v.kind = .notReplayable
-            v.note = next.kind == .exit ? "the stepped instruction exited: checked as its exit" : "next record is a \(next.kind.name): no state after the step"
+            v.note = kind == .exit ? "the stepped instruction exited: checked as its exit" : "next record is a \(kind.name): no state after the step"
             v.reproduction = nil
             return v
         }
-        Reconstruction.applyMSRs(open.msrs, to: &after)
-        StateComparison.compare(recorded: after, emulated: open.emulated, flagMask: open.flagMask, into: &v.differences)
+        if !open.msrs.isEmpty { Reconstruction.applyMSRs(open.msrs, to: &after!) }
+        StateComparison.compare(recorded: after!, emulated: open.emulated, flagMask: open.flagMask, into: &v.differences)
         if v.differences.isEmpty {
             v.reproduction = nil
         } else {

@@ -60,6 +60,11 @@ public struct Reproduction: Sendable {
     public var cpuid: [CPUIDEntry]
 }
 
+final class ReproductionBox: Sendable {
+    let value: Reproduction
+    init(_ value: Reproduction) { self.value = value }
+}
+
 /// The verdict on one record or instruction group (named by the seq of its first record).
 public struct Verdict: Sendable {
     public var seq: UInt64
@@ -81,7 +86,13 @@ public struct Verdict: Sendable {
     public var address: UInt64?
     public var note: String
     /// Kept for divergences only: the state before and what reproduces it.
-    public var reproduction: Reproduction?
+    public var reproduction: Reproduction? {
+        get { reproductionBox?.value }
+        set { reproductionBox = newValue.map(ReproductionBox.init) }
+    }
+    /// Out of line: a state and memory runs are large, and every verdict is moved several times
+    /// while only divergences carry one.
+    private var reproductionBox: ReproductionBox?
 
     public init(seq: UInt64, vcpu: UInt16, kind: VerdictKind, recordKind: RecordKind, exitCode: SVMExitCode,
                 records: Int = 1, rip: UInt64 = 0, bytes: [UInt8] = [], note: String = "") {

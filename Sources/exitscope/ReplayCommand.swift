@@ -77,7 +77,8 @@ struct ReplayCommand: ParsableCommand {
         let bar = ProgressBar(enabled: isatty(2) != 0 && !json)
         var exported = 0
         var failingLines: [String] = []
-        let summary = try ReplayRun.run(reader, options: ReplayOptions(jobs: jobs, vcpu: vcpu, exitSeq: exitSeq),
+        let summary = try ReplayRun.run(reader, options: ReplayOptions(jobs: jobs, vcpu: vcpu, exitSeq: exitSeq,
+                                                                       delivery: json || exitSeq != nil ? .all : .failures),
                                         progress: { bar.update($0, $1) }) { v in
             if json { Output.shared.line(v.jsonLine()) }
             if verbose && v.kind.isFailure && !json { failingLines.append(v.summaryLine) }

@@ -170,6 +170,72 @@ final class ReplayRecordTests: XCTestCase {
         XCTAssertEqual(v[0].kind, .incomplete)
     }
 
+    /// A REP OUTSB of `text.count` fragments after one OUT, on vCPU 0, with a vCPU 1 marker between
+    /// fragments, in frames of `frameRecords` records: the group's fragments span frames.
+    func writeSpanningGroup(_ name: String, _ text: String, keep: Int? = nil, lastData: UInt8? = nil, frameRecords: Int = 2) throws -> String {
+        let path = dir + "/\(name).estrace"
+        let w = try TraceWriter(path: path, header: TraceHeader(kvmBackend: "kvm_pvm", vcpuCount: 2),
+                                settings: TraceWriterSettings(maxRecordsPerFrame: frameRecords))
+        try w.append(committedOut(value: 0x41, recordedData: 0x41))
+        var group: UInt64 = 0
+        for (k, var r) in repOutsFragments(Array(text.utf8), lastData: lastData).prefix(keep ?? text.utf8.count).enumerated() {
+            if k > 0 { r.group = group }
+            let seq = try w.append(r)
+            if k == 0 { group = seq }
+            if k == 1 { try w.append(TraceRecord(kind: .marker, vcpu: 1, code: 7)) }
+        }
+        try w.append(committedOut(value: 0x42, recordedData: 0x42))
+        _ = try w.finish()
+        return path
+    }
+
+    func runBoth(_ path: String, jobs: Int) throws -> (ReplaySummary, [Verdict], ReplaySummary, [Verdict]) {
+        let reader = try TraceReader(path: path)
+        var all: [Verdict] = [], failing: [Verdict] = []
+        let s1 = try ReplayRun.run(reader, options: ReplayOptions(jobs: jobs)) { all.append($0) }
+        let s2 = try ReplayRun.run(reader, options: ReplayOptions(jobs: jobs, delivery: .failures)) { failing.append($0) }
+        return (s1, all, s2, failing)
+    }
+
+    func testAGroupWhoseFragmentsSpanFramesIsReplayedAsOneInstruction() throws {
+        let path = try writeSpanningGroup("span", "hello")
+        XCTAssertGreaterThanOrEqual(try TraceReader(path: path).frames.filter { $0.vcpu == 0 }.count, 3)
+        for jobs in [1, 2] {
+            let (s, v, s2, failing) = try runBoth(path, jobs: jobs)
+            XCTAssertEqual(v.map(\.kind), [.match, .match, .notReplayable, .match], "jobs \(jobs): \(v.map(\.summaryLine))")
+            XCTAssertEqual(v[1].records, 5)
+            XCTAssertEqual(v[1].form, "rep outs r16,m8")
+            XCTAssertEqual(v.map(\.seq), v.map(\.seq).sorted())
+            XCTAssertEqual(s.records, 8)
+            XCTAssertTrue(failing.isEmpty)
+            XCTAssertEqual(s2.byKind, s.byKind)
+            XCTAssertEqual(s2.records, s.records)
+        }
+    }
+
+    func testAGroupSpanningFramesWithATamperedLastFragmentNamesThatItem() throws {
+        let path = try writeSpanningGroup("span-bad", "hello", lastData: 0x7A)
+        for jobs in [1, 2] {
+            let (_, v, s2, failing) = try runBoth(path, jobs: jobs)
+            XCTAssertEqual(v[1].kind, .divergence, v[1].summaryLine)
+            XCTAssertEqual(v[1].differences.map(\.field), ["port[4].value"])
+            XCTAssertEqual(failing.map(\.seq), [v[1].seq])
+            XCTAssertEqual(s2.byKind[.divergence], 1)
+            XCTAssertEqual(s2.byKind[.match], 2)
+        }
+    }
+
+    func testAGroupSpanningFramesThatNeverFinishesIsIncomplete() throws {
+        let path = try writeSpanningGroup("span-cut", "hello", keep: 4)
+        for jobs in [1, 2] {
+            let (s, v, _, failing) = try runBoth(path, jobs: jobs)
+            XCTAssertEqual(v.map(\.kind), [.match, .incomplete, .notReplayable, .match], v.map(\.summaryLine).joined(separator: "\n"))
+            XCTAssertEqual(v[1].records, 4)
+            XCTAssertEqual(failing.map(\.kind), [.incomplete])
+            XCTAssertEqual(s.records, 7)
+        }
+    }
+
     // MARK: MMIO
 
     func testMMIOReadAndWriteMatch() throws {
@@ -384,6 +450,19 @@ final class ReplayRecordTests: XCTestCase {
         XCTAssertEqual(one.count, 200 + 12)
         XCTAssertEqual(s1.byKind, s2.byKind)
         XCTAssertEqual(s1.byKind[.divergence], 16)
+        // Passing verdicts only counted: the same summary, and only the failing verdicts delivered.
+        for jobs in [1, 2] {
+            var failing: [String] = []
+            let s3 = try ReplayRun.run(reader, options: ReplayOptions(jobs: jobs, delivery: .failures)) { failing.append($0.jsonLine()) }
+            XCTAssertEqual(s3.byKind, s1.byKind)
+            XCTAssertEqual(s3.byReason, s1.byReason)
+            XCTAssertEqual(s3.byMnemonic, s1.byMnemonic)
+            XCTAssertEqual(s3.byReference, s1.byReference)
+            XCTAssertEqual(s3.forms, s1.forms)
+            XCTAssertEqual(s3.records, s1.records)
+            XCTAssertEqual(s3.firstDivergence?.seq, s1.firstDivergence?.seq)
+            XCTAssertEqual(failing, one.filter { $0.contains("\"verdict\":\"divergence\"") })
+        }
         // Sequence order.
         let seqs = one.compactMap { line -> UInt64? in
             guard let r = line.range(of: "\"seq\":") else { return nil }
