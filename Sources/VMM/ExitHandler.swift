@@ -53,6 +53,9 @@ public struct ExitOutcome: Equatable, Sendable {
     public var msrError: Bool = false
     /// A routed write of an MSR KVM owns: the loop applies it with KVM_SET_MSRS.
     public var forwardMSR: Bool = false
+    /// A guest-physical page the guest asked to be refaulted (pc-testdev's flush-page port):
+    /// the loop does it outside the bus lock, with completions held off.
+    public var refaultPage: UInt64? = nil
     public init() {}
 }
 
@@ -180,6 +183,9 @@ public struct ExitHandler: @unchecked Sendable {
                     out.action = .exitStatus(source: port, value: v, status: Self.debugExitStatus(v))
                 case MachineLayout.markerPort:
                     out.marker = v
+                case MachineLayout.testDevFlushPort where size == 4:
+                    // QEMU takes only 32-bit writes here; others go to the bus (unclaimed).
+                    out.refaultPage = v & 0xFFFF_F000
                 case MachineLayout.shutdownPort:
                     out.access!.claimed = bus.portWrite(vcpu: vcpu, port: port, size: size, value: UInt32(v))
                     if let shutdown, bus.withLock({ shutdown.requested }) {

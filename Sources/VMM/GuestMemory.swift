@@ -85,6 +85,19 @@ public final class GuestMemory: PhysicalMemoryReader, @unchecked Sendable {
         return true
     }
 
+    /// Makes the host drop its mapping of the 4 KiB page at `gpa` and map it again, contents
+    /// kept (pc-testdev's flush-page port): write-protecting the page makes the kernel's MMU
+    /// notifier zap KVM's mapping of it, so the guest's next access faults it in again. The
+    /// page stays readable throughout, so VMM threads reading guest memory meanwhile are safe;
+    /// the caller keeps VMM writers (completions) out. False when the page is not all RAM.
+    @discardableResult
+    public func refaultPage(_ gpa: UInt64) -> Bool {
+        let page = gpa & ~0xFFF
+        guard let p = host(page, length: 0x1000) else { return false }
+        guard mprotect(p, 0x1000, PROT_READ) == 0 else { return false }
+        return mprotect(p, 0x1000, PROT_READ | PROT_WRITE) == 0
+    }
+
     public func readPhysical64(_ gpa: UInt64) -> UInt64? { load(gpa, as: UInt64.self) }
     public func readPhysical32(_ gpa: UInt64) -> UInt32? { load(gpa, as: UInt32.self) }
 

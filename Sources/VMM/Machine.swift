@@ -126,13 +126,16 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    /// fw_cfg, the poweroff port, pc-testdev (latch and RAM-like MMIO) and, without the
+    /// fw_cfg, the poweroff port, pc-testdev (latch and RAM-like MMIO), the ACPI PM timer and, without the
     /// in-kernel irqchip, the PIC mask registers (PCDevices.swift).
     static func attachPCDevices(_ bus: DeviceBus, config: MachineConfig) throws(VMMError) -> ShutdownPort {
         try bus.attach(FirmwareConfig(vcpus: config.vcpus, ramBytes: config.memoryBytes), port: MachineLayout.fwCfgPort, count: 2)
         let shutdown = ShutdownPort()
         try bus.attach(shutdown, port: MachineLayout.shutdownPort, count: 1)
-        try bus.attach(TestDevLatch(), port: MachineLayout.testDevPort, count: 4)
+        let latch = TestDevLatch()
+        try bus.attach(latch, port: MachineLayout.testDevPort, count: 4)
+        try bus.attach(latch, port: MachineLayout.testDevBytePort, count: 4)
+        try bus.attach(ACPIPMTimer(), port: ACPITables.pmTimerPort, count: 4)
         try bus.attach(ScratchMMIO(size: Int(MachineLayout.testDevMemorySize)), address: MachineLayout.testDevMemoryBase,
                        length: MachineLayout.testDevMemorySize)
         if config.irqchip == .none {
@@ -475,6 +478,10 @@ public final class Machine: @unchecked Sendable {
                 vcpu.completeHypercall(ret: UInt64(bitPattern: -1000))  // -KVM_ENOSYS
             default:
                 break
+            }
+            if let page = outcome.refaultPage {
+                // Completions write guest RAM from the VMM: none may run while the page is read-only.
+                control.completionLock.withLock { _ in _ = memory.refaultPage(page) }
             }
             if let m = outcome.marker {
                 control.markers.add(1, ordering: .relaxed)

@@ -6,6 +6,12 @@ extension MachineLayout {
     public static let shutdownPort: UInt16 = 0x8900
     /// pc-testdev's 4-byte latch: what is written at any size and offset is read back.
     public static let testDevPort: UInt16 = 0xE0
+    /// pc-testdev's flush-page port: a 32-bit write of a guest-physical address makes the
+    /// host drop and restore its mapping of that page, so KVM faults it in again on the next
+    /// guest access (kvm-unit-tests' eventinj takes exceptions on a stack flushed this way).
+    public static let testDevFlushPort: UInt16 = 0xE4
+    /// The same latch again, as QEMU splits accesses here into single bytes (same result).
+    public static let testDevBytePort: UInt16 = 0xE8
     /// pc-testdev's interrupt lines: a write of V to 0x2000 + n sets line n (0..23) to V != 0
     /// (with the in-kernel irqchip only: the lines are its PIC/IOAPIC inputs).
     public static let testDevIRQPort: UInt16 = 0x2000
@@ -93,7 +99,7 @@ public final class ShutdownPort: PortDevice {
 
 // MARK: pc-testdev
 
-/// pc-testdev's I/O latch (ports 0xE0-0xE3): one 32-bit register; an access of `size` bytes
+/// pc-testdev's I/O latch (ports 0xE0-0xE3, and 0xE8-0xEB for the same register): one 32-bit register; an access of `size` bytes
 /// at offset `o` writes or reads bytes o..<o+size of it, as QEMU's test_ioport ops do.
 public final class TestDevLatch: PortDevice {
     public private(set) var value: UInt32 = 0

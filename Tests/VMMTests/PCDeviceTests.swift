@@ -85,9 +85,19 @@ final class PCDeviceTests: XCTestCase {
         _ = out(0xE0, 4, 0xCAFE_F00D)
         XCTAssertEqual(inp(0xE2, 2), 0xCAFE)
         XCTAssertEqual(inp(0xE0, 1), 0x0D)
+        // 0xE8 is the same latch; 0xE4 asks for a page to be refaulted (32-bit writes only).
+        XCTAssertEqual(inp(0xEA, 2), 0xCAFE)
+        _ = out(0xE8, 1, 0x42)
+        XCTAssertEqual(inp(0xE0, 4), 0xCAFE_F042)
+        XCTAssertEqual(out(0xE4, 4, 0x0012_3456).refaultPage, 0x0012_3000)
+        XCTAssertNil(out(0xE0, 4, 0x0012_3456).refaultPage)
+        XCTAssertGreaterThan(inp(0x608, 4) ?? ~0, 0, "the PM timer runs")
+        XCTAssertLessThan(inp(0x608, 4) ?? ~0, 1 << 24)
         _ = out(0x21, 1, 0xFF)
         XCTAssertEqual(inp(0x21, 1), 0xFF)
         XCTAssertEqual(bus.unclaimedReads + bus.unclaimedWrites, 0)
+        XCTAssertNil(out(0xE4, 2, 0x1000).refaultPage, "QEMU takes only 32-bit writes at 0xE4")
+        XCTAssertEqual(bus.unclaimedWrites, 1)
 
         // pc-testdev memory: 64 KiB, reads back what was written, bounds-checked at its end.
         let top = MachineLayout.testDevMemoryBase + MachineLayout.testDevMemorySize
@@ -102,6 +112,16 @@ final class PCDeviceTests: XCTestCase {
             return XCTFail("\"Shutdown\" must end the run")
         }
         XCTAssertEqual(info.typeName, "SHUTDOWN")
+    }
+
+    func testRefaultPageKeepsContentsAndChecksBounds() throws {
+        let memory = try GuestMemory(size: 64 << 10)
+        XCTAssertTrue(memory.write(0x2FF8, [1, 2, 3, 4, 5, 6, 7, 8]))
+        XCTAssertTrue(memory.refaultPage(0x2FFF))
+        XCTAssertEqual(memory.read(0x2FF8, count: 8), [1, 2, 3, 4, 5, 6, 7, 8])
+        XCTAssertTrue(memory.write(0x2000, [9]), "the page must be writable again")
+        XCTAssertFalse(memory.refaultPage(64 << 10), "a page outside RAM")
+        XCTAssertFalse(memory.refaultPage(~0))
     }
 
     func testKernelIRQChipLeavesThePICPortsToKVM() throws {
