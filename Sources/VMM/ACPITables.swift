@@ -36,7 +36,7 @@ public enum ACPITables {
     /// A Generic Address Structure for a byte-wide I/O port.
     static func ioGAS(_ port: UInt16) -> [UInt8] { [1, 8, 0, 1] + le(UInt64(port), 8) }
 
-    static func fadt(dsdt: UInt64) -> [UInt8] {
+    static func fadt(dsdt: UInt64, pmTimerPort: UInt16?) -> [UInt8] {
         var f = [UInt8](repeating: 0, count: 276 - 36)
         func put(_ offset: Int, _ bytes: [UInt8]) { f.replaceSubrange(offset - 36..<offset - 36 + bytes.count, with: bytes) }
         put(40, le(dsdt, 4))                            // DSDT
@@ -49,6 +49,14 @@ public enum ACPITables {
         put(244, ioGAS(sleepControlPort))               // SLEEP_CONTROL_REG
         put(256, ioGAS(sleepStatusPort))                // SLEEP_STATUS_REG
         put(268, Array("EXITSCOP".utf8))                // hypervisor vendor identity
+        if let pmTimerPort {
+            // For QEMU's test kernels, which take the PM timer's port from here whatever the
+            // flags say (kvm-unit-tests' vmexit reads pm_tmr_blk); a hardware-reduced-aware
+            // OS ignores these fields, so Linux machines leave them out.
+            put(76, le(UInt64(pmTimerPort), 4))         // PM_TMR_BLK
+            put(91, [4])                                // PM_TMR_LEN
+            put(208, [1, 32, 0, 3] + le(UInt64(pmTimerPort), 8))  // X_PM_TMR_BLK: 32-bit I/O
+        }
         return table("FACP", revision: 6, f)
     }
 
@@ -63,7 +71,8 @@ public enum ACPITables {
     }
 
     /// The RSDP and all tables, to be placed at `rsdpAddress` (each table 16-aligned after it).
-    public static func build(vcpus: Int) -> [UInt8] {
+    /// `pmTimerPort`: the FADT also names an ACPI PM timer there (Multiboot machines).
+    public static func build(vcpus: Int, pmTimerPort: UInt16? = nil) -> [UInt8] {
         let n = max(1, min(vcpus, 254))
         var blob = [UInt8](repeating: 0, count: 64)      // the RSDP's slot (36 bytes used)
         func place(_ t: [UInt8]) -> UInt64 {
@@ -74,7 +83,7 @@ public enum ACPITables {
         }
         let dsdtBytes = table("DSDT", revision: 2, s5AML)
         let dsdt = place(dsdtBytes)
-        let fadt = place(fadt(dsdt: dsdt))
+        let fadt = place(fadt(dsdt: dsdt, pmTimerPort: pmTimerPort))
         let madt = place(madt(vcpus: n))
         let rsdt = place(table("RSDT", revision: 1, le(fadt, 4) + le(madt, 4)))
         let xsdt = place(table("XSDT", revision: 1, le(fadt, 8) + le(madt, 8)))

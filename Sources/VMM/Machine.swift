@@ -135,7 +135,7 @@ public final class Machine: @unchecked Sendable {
         let latch = TestDevLatch()
         try bus.attach(latch, port: MachineLayout.testDevPort, count: 4)
         try bus.attach(latch, port: MachineLayout.testDevBytePort, count: 4)
-        try bus.attach(ACPIPMTimer(), port: ACPITables.pmTimerPort, count: 4)
+        try bus.attach(ACPIPMTimer(), port: MachineLayout.pmTimerPort, count: 4)
         try bus.attach(ScratchMMIO(size: Int(MachineLayout.testDevMemorySize)), address: MachineLayout.testDevMemoryBase,
                        length: MachineLayout.testDevMemorySize)
         if config.irqchip == .none {

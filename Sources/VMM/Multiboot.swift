@@ -20,7 +20,8 @@ public struct MultibootModule: Sendable, Equatable {
 ///
 /// The block, the command lines, the memory map and the modules are placed after the image,
 /// page-aligned, as QEMU places them: modules first, then the block and its strings. The
-/// ACPI tables (ACPI.swift) go in the BIOS area at 0xF0000, as a PC firmware leaves them.
+/// ACPI tables (ACPITables.swift, with the PM timer) go in the BIOS area at 0xE0000, where
+/// kvm-unit-tests' RSDP scan finds them.
 public enum Multiboot {
     public static let headerMagic: UInt32 = 0x1BAD_B002
     public static let bootloaderMagic: UInt32 = 0x2BAD_B002
@@ -97,16 +98,16 @@ public enum Multiboot {
         guard image.entry <= 0xFFFF_FFFF else { throw bad("entry \(hex(image.entry)) is above 4 GiB") }
 
         // The firmware's ACPI tables in the reserved BIOS area, where kvm-unit-tests looks for them.
-        let acpi = ACPITables.build(vcpus: config.vcpus)
-        let acpiEnd = ACPITables.base + UInt64(acpi.count)
-        if let clash = image.segments.first(where: { $0.address < acpiEnd && ACPITables.base < $0.address &+ $0.memorySize }) {
-            throw bad("a segment at \(hex(clash.address)) overlaps the BIOS area at \(hex(ACPITables.base)) (the ACPI tables)")
+        let acpi = ACPITables.build(vcpus: config.vcpus, pmTimerPort: MachineLayout.pmTimerPort)
+        let acpiEnd = ACPITables.rsdpAddress + UInt64(acpi.count)
+        if let clash = image.segments.first(where: { $0.address < acpiEnd && ACPITables.rsdpAddress < $0.address &+ $0.memorySize }) {
+            throw bad("a segment at \(hex(clash.address)) overlaps the BIOS area at \(hex(ACPITables.rsdpAddress)) (the ACPI tables)")
         }
 
         let imageEnd = image.segments.map { $0.address &+ $0.memorySize }.max() ?? 0x100000
         var cursor = (max(imageEnd, 0x100000) + 0xFFF) & ~0xFFF
         var segments = image.segments
-        segments.append(GuestImage.Segment(address: ACPITables.base, bytes: acpi, memorySize: UInt64(acpi.count)))
+        segments.append(GuestImage.Segment(address: ACPITables.rsdpAddress, bytes: acpi, memorySize: UInt64(acpi.count)))
         let limit = config.vmmAreaBase
         func place(_ bytes: [UInt8], align: UInt64) throws(VMMError) -> UInt64 {
             let at = (cursor + align - 1) & ~(align - 1)

@@ -1,5 +1,10 @@
+import Glibc
+
 /// The PC devices QEMU's test kernels (kvm-unit-tests) talk to, as QEMU models them.
 extension MachineLayout {
+    /// The ACPI PM timer, where QEMU's PIIX4 has it (PM base 0x600 + 8); the FADT of a
+    /// Multiboot machine names it (ACPITables.build).
+    public static let pmTimerPort: UInt16 = 0x608
     /// QEMU's fw_cfg, legacy I/O interface: selector at 0x510 (16-bit write), data at 0x511.
     public static let fwCfgPort: UInt16 = 0x510
     /// Bochs/QEMU poweroff: writing the bytes of "Shutdown" one by one ends the run (status 0).
@@ -155,5 +160,42 @@ public final class PICMaskRegisters: PortDevice {
 
     public func write(offset: UInt16, size: Int, value: UInt32) {
         if offset == 1 { mask = UInt8(truncatingIfNeeded: value) }
+    }
+}
+
+// MARK: ACPI PM timer
+
+/// The ACPI power-management timer (port 0x608, as QEMU's PIIX4): a free-running 24-bit
+/// counter at 3.579545 MHz since the machine was made. Only a 32-bit read at its port gives
+/// the count, as QEMU accepts only 4-byte accesses there; other reads give all ones, writes
+/// are ignored (the register is read-only).
+public final class ACPIPMTimer: PortDevice {
+    public static let frequency: UInt64 = 3_579_545
+    let nanoseconds: () -> UInt64
+    let start: UInt64
+
+    /// `nanoseconds` is a monotonic clock (tests pass their own).
+    public init(nanoseconds: @escaping () -> UInt64 = ACPIPMTimer.monotonicNanoseconds) {
+        self.nanoseconds = nanoseconds
+        start = nanoseconds()
+    }
+
+    /// The count after `ns` nanoseconds, without overflow for any run length.
+    public static func count(afterNanoseconds ns: UInt64) -> UInt32 {
+        let ticks = (ns / 1_000_000_000) &* frequency &+ (ns % 1_000_000_000) * frequency / 1_000_000_000
+        return UInt32(truncatingIfNeeded: ticks) & 0xFF_FFFF
+    }
+
+    public func read(offset: UInt16, size: Int) -> UInt32 {
+        guard offset == 0, size == 4 else { return size >= 4 ? ~0 : (UInt32(1) << (8 * UInt32(max(size, 0)))) &- 1 }
+        return Self.count(afterNanoseconds: nanoseconds() &- start)
+    }
+
+    public func write(offset: UInt16, size: Int, value: UInt32) {}
+
+    public static func monotonicNanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 }
