@@ -36,9 +36,14 @@ final class ReplayMemory: GuestMemory {
     /// Set when the emulator read a device address no recorded access answers.
     private(set) var unansweredDevice: DeviceAccess?
     private var nextMMIORead = 0
+    /// Set when a byte the executor may have cached (decoded code, a page-table entry) changed
+    /// behind its back: a new frame, a recorded byte replacing another value, or a RAM write.
+    /// Newly stored bytes do not count: nothing cached came from a byte that was not there.
+    var changed = true
 
     /// Drops every byte (a new frame starts: its records decode alone).
     func reset() {
+        changed = true
         for (_, p) in pages { p.clear(); spare.append(p) }
         pages.removeAll(keepingCapacity: true)
     }
@@ -60,8 +65,13 @@ final class ReplayMemory: GuestMemory {
             let off = Int(a & 0xFFF)
             let n = min(bytes.count - k, 4096 - off)
             for j in 0..<n {
-                page.data[off + j] = bytes[k + j]
-                page.setValid(off + j)
+                let b = bytes[k + j]
+                if page.isValid(off + j) {
+                    if page.data[off + j] != b { changed = true; page.data[off + j] = b }
+                } else {
+                    page.data[off + j] = b
+                    page.setValid(off + j)
+                }
             }
             k += n
             a &+= UInt64(n)
@@ -142,6 +152,7 @@ final class ReplayMemory: GuestMemory {
             return .ok
         }
         // RAM the emulator writes becomes known to later records of the frame.
+        changed = true
         for k in 0..<count {
             let a = gpa &+ UInt64(k)
             let p = page(a & ~0xFFF)

@@ -56,9 +56,9 @@ public struct ReplaySummary: Sendable {
         byKind[v.kind, default: 0] += 1
         byReason[v.reason, default: [:]][v.kind, default: 0] += 1
         if !v.reference.isEmpty { byReference[v.reference, default: 0] += 1 }
-        if v.kind == .match || v.kind == .divergence || v.kind == .self, let i = v.instruction {
-            byMnemonic[i.mnemonic.name, default: 0] += 1
-            forms.insert(InstructionForm(i))
+        if v.kind == .match || v.kind == .divergence || v.kind == .self, let d = v.decoded {
+            byMnemonic[d.instruction.mnemonic.name, default: 0] += 1
+            forms.insert(d.form)
         }
         if v.kind.isFailure && firstOf[v.kind] == nil { firstOf[v.kind] = v }
     }

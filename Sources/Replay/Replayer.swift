@@ -109,8 +109,8 @@ struct VerdictCounts: Sendable {
         case "cpu": byReference.0 += 1
         default: byReference.2 += 1
         }
-        if v.kind == .match || v.kind == .divergence || v.kind == .self, let i = v.instruction {
-            let m = i.mnemonic.rawValue
+        if v.kind == .match || v.kind == .divergence || v.kind == .self, let d = v.decoded {
+            let m = d.instruction.mnemonic.rawValue
             if m == lastMnemonic && lastMnemonicCount > 0 {
                 lastMnemonicCount += 1
             } else {
@@ -118,7 +118,7 @@ struct VerdictCounts: Sendable {
                 lastMnemonic = m
                 lastMnemonicCount = 1
             }
-            let f = InstructionForm(i)
+            let f = d.form
             let slot = Int(truncatingIfNeeded: (UInt64(f.mnemonic) &* 0x9E37_79B9 ^ f.operands &* 31 ^ UInt64(f.rep)) & 63)
             if seenForms[slot] != f {
                 forms.insert(f)
@@ -188,11 +188,6 @@ struct FrameResult: Sendable {
     var openGroup: GroupCarry?
 }
 
-/// A record decoded in place; replay swaps slots instead of copying records.
-final class RecordSlot {
-    var r = TraceRecord(kind: .exit)
-}
-
 /// Decoded instruction bytes, remembered by address: traces replay the same few instructions
 /// over and over, and each is needed several times per record.
 final class DecodeMemo {
@@ -200,17 +195,17 @@ final class DecodeMemo {
         var start: UInt64
         var mode: DecoderMode
         var bytes: [UInt8]
-        var instruction: Instruction?
+        var decoded: DecodedInstruction?
     }
     private var entries = [Entry?](repeating: nil, count: 256)
 
-    func decode(_ bytes: [UInt8], start: UInt64, mode: DecoderMode) -> Instruction? {
+    func decode(_ bytes: [UInt8], start: UInt64, mode: DecoderMode) -> DecodedInstruction? {
         let i = Int(truncatingIfNeeded: (start ^ start >> 8) & 255)
-        if let e = entries[i], e.start == start, e.mode == mode, e.bytes == bytes { return e.instruction }
-        let inst: Instruction?
-        if case .success(let x) = X86Emulator.decode(bytes: bytes, mode: mode) { inst = x } else { inst = nil }
-        entries[i] = Entry(start: start, mode: mode, bytes: bytes, instruction: inst)
-        return inst
+        if let e = entries[i], e.start == start, e.mode == mode, e.bytes == bytes { return e.decoded }
+        var d: DecodedInstruction?
+        if case .success(let x) = X86Emulator.decode(bytes: bytes, mode: mode) { d = DecodedInstruction(x) }
+        entries[i] = Entry(start: start, mode: mode, bytes: bytes, decoded: d)
+        return d
     }
 }
 
@@ -237,8 +232,6 @@ public final class Replayer: @unchecked Sendable {
     private var emuPorts: [PortAccess] = []
     private var emuMSR: [(index: UInt32, isWrite: Bool, value: UInt64)] = []
     private var mmioScratch: [DeviceAccess] = []
-    private var slotA = RecordSlot()
-    private var slotB = RecordSlot()
     private var out = FrameResult(vcpu: 0)
 
     public init(header: TraceHeader) {
@@ -255,7 +248,7 @@ public final class Replayer: @unchecked Sendable {
         kvmEmulatesCPL0 && s.cpl == 0 ? "kvm-emulator" : "cpu"
     }
 
-    func decoded(_ r: TraceRecord) -> Instruction? {
+    func decoded(_ r: borrowing TraceRecord) -> DecodedInstruction? {
         memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(r.state.mode))
     }
 
@@ -265,92 +258,117 @@ public final class Replayer: @unchecked Sendable {
 
     // MARK: frames
 
-    /// What is pending while the next record is read: a run of steps (waiting for the record
-    /// after them) or an instruction group (waiting for its next fragment).
-    private enum Pending {
-        case none
-        case steps(count: Int, isRep: Bool, memory: [GuestBytes])
-        case group(GroupCarry)
+    // What is pending while the next record is read: a run of steps (waiting for the record after
+    // them) or an instruction group (waiting for its next fragment). Plain stored properties, so
+    // nothing large is copied per record.
+    /// Steps in the pending run (0: none); its first step is in the held slot.
+    private var pendingSteps = 0
+    private var pendingStepsAreRep = false
+    /// Guest bytes of the run's later steps.
+    private var pendingStepMemory: [GuestBytes] = []
+    /// Boxed: a nil check must not copy a whole record.
+    private var pendingGroup: GroupBox?
+    final class GroupBox {
+        var g: GroupCarry
+        init(_ g: GroupCarry) { self.g = g }
     }
 
     /// Replays the records of one frame (one vCPU, in order; the frame decodes alone), reading
-    /// them one at a time from `decoder` into two reused slots.
+    /// them one at a time from `decoder` into two local slots: the current record and the held
+    /// first step of a pending run. Records are passed borrowed, never copied whole.
     func replayFrame(_ decoder: FrameDecoder) throws -> FrameResult {
         memory.reset()
         knownMSRs.removeAll(keepingCapacity: true)
         out = FrameResult(vcpu: decoder.info.vcpu)
+        pendingSteps = 0
+        pendingStepMemory.removeAll(keepingCapacity: true)
+        pendingGroup = nil
         if delivery == .all { out.verdicts.reserveCapacity(Int(decoder.info.recordCount)) }
-        var pending = Pending.none
-        // `held` keeps the first record of what is pending; `cur` takes each new record.
-        var cur = slotA, held = slotB
-        guard try decoder.next(into: &cur.r) else { return takeResult() }
-        out.head = RecordHead(cur.r)
-        if cur.r.kind == .exit && cur.r.fragment != 0 {
-            guard try readContinuation(decoder, cur) else { return takeResult() }
+        var s0 = TraceRecord(kind: .exit), s1 = TraceRecord(kind: .exit)
+        var curIs0 = true
+        guard try decoder.next(into: &s0) else { return takeResult() }
+        out.head = RecordHead(s0)
+        if s0.kind == .exit && s0.fragment != 0 {
+            guard try readContinuation(decoder, &s0) else { return takeResult() }
         }
-        repeat {
-            let r = cur
-            switch pending {
-            case .none:
-                break
-            case .steps(let count, let isRep, var mem):
-                if isRep && r.r.kind == .step && r.r.instructionStart == held.r.instructionStart
-                    && r.r.instructionBytes == held.r.instructionBytes {
-                    // Single-step traps after each iteration of a REP string instruction: the steps
-                    // that stay on one instruction are its iterations, replayed as one instruction.
-                    mem.append(contentsOf: r.r.memory)
-                    pending = .steps(count: count + 1, isRep: isRep, memory: mem)
-                    continue
-                }
-                pending = .none
-                finishSteps(held.r, count: count, isRep: isRep, memory: mem, next: r.r)
-            case .group(var g):
-                if r.r.kind == .exit && r.r.group == g.first.seq && r.r.fragment == g.nextFragment {
-                    pending = .none  // drop the enum's reference to `g` so appending does not copy
-                    g.count += 1
-                    g.nextFragment += 1
-                    g.accesses.append(contentsOf: r.r.accesses)
-                    g.memory.append(contentsOf: r.r.memory)
-                    if r.r.exitCode == .msr { Self.collectMSRWrites(r.r, into: &g.msrUpdates) }
-                    if r.r.lastFragment { finishGroup(g, last: r.r) } else { pending = .group(g) }
-                    continue
-                }
-                pending = .none
-                emit(simple(g.first, .incomplete, records: g.count, note: "instruction group not finished in the trace"))
-                for (i, v) in g.msrUpdates { knownMSRs[i] = v }
+        while true {
+            // A record that starts a step run stays in its slot (held); the other slot reads on.
+            if curIs0 ? replay(s0, held: s1) : replay(s1, held: s0) { curIs0.toggle() }
+            guard try curIs0 ? decoder.next(into: &s0) : decoder.next(into: &s1) else { break }
+        }
+        if pendingSteps > 0 {
+            let mem = pendingStepMemory
+            if curIs0 {
+                finishStepsAtFrameEnd(s1, count: pendingSteps, isRep: pendingStepsAreRep, memory: mem)
+            } else {
+                finishStepsAtFrameEnd(s0, count: pendingSteps, isRep: pendingStepsAreRep, memory: mem)
             }
-            for w in r.r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
-            switch r.r.kind {
-            case .exit:
-                if r.r.fragment != 0 {
-                    emit(simple(r.r, .incomplete, note: "fragment \(r.r.fragment) of an instruction group that starts in an earlier frame"))
-                    applyMSRWrites(r.r)
-                } else if r.r.lastFragment {
-                    emit(replayExit(first: r.r, last: r.r, count: 1, accesses: r.r.accesses, memory: nil))
-                    applyMSRWrites(r.r)
-                } else {
-                    var msr: [(UInt32, UInt64)] = []
-                    if r.r.exitCode == .msr { Self.collectMSRWrites(r.r, into: &msr) }
-                    pending = .group(GroupCarry(first: r.r, count: 1, nextFragment: 1, accesses: r.r.accesses,
-                                                memory: r.r.memory, msrUpdates: msr, knownMSRs: knownMSRs))
-                }
-            case .completion:
-                emit(replayCompletion(r.r))
-            case .step:
-                pending = .steps(count: 1, isRep: isRepString(r.r), memory: [])
-                swap(&cur, &held)
-            case .event, .gap, .marker:
-                emit(simple(r.r, .notReplayable))
-            }
-        } while try decoder.next(into: &cur.r)
-        switch pending {
-        case .none: break
-        case .steps(let count, let isRep, let mem):
-            finishSteps(held.r, count: count, isRep: isRep, memory: mem, next: nil)
-        case .group(let g):
-            out.openGroup = g
+            pendingSteps = 0
+        }
+        if let b = pendingGroup {
+            pendingGroup = nil
+            out.openGroup = b.g
         }
         return takeResult()
+    }
+
+    /// One record of a frame; true when it starts a step run (its slot becomes the held one).
+    private func replay(_ r: borrowing TraceRecord, held: borrowing TraceRecord) -> Bool {
+        if pendingSteps > 0 {
+            if pendingStepsAreRep && r.kind == .step && r.instructionStart == held.instructionStart
+                && r.instructionBytes == held.instructionBytes {
+                // Single-step traps after each iteration of a REP string instruction: the steps
+                // that stay on one instruction are its iterations, replayed as one instruction.
+                pendingStepMemory.append(contentsOf: r.memory)
+                pendingSteps += 1
+                return false
+            }
+            let count = pendingSteps
+            pendingSteps = 0
+            finishSteps(held, count: count, isRep: pendingStepsAreRep, memory: pendingStepMemory, next: r)
+            pendingStepMemory.removeAll(keepingCapacity: true)
+        } else if let b = pendingGroup {
+            if r.kind == .exit && r.group == b.g.first.seq && r.fragment == b.g.nextFragment {
+                b.g.count += 1
+                b.g.nextFragment += 1
+                b.g.accesses.append(contentsOf: r.accesses)
+                b.g.memory.append(contentsOf: r.memory)
+                if r.exitCode == .msr { Self.collectMSRWrites(r, into: &b.g.msrUpdates) }
+                if r.lastFragment {
+                    pendingGroup = nil
+                    finishGroup(b.g, last: r)
+                }
+                return false
+            }
+            pendingGroup = nil
+            emit(simple(b.g.first, .incomplete, records: b.g.count, note: "instruction group not finished in the trace"))
+            for (i, v) in b.g.msrUpdates { knownMSRs[i] = v }
+        }
+        for w in r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
+        switch r.kind {
+        case .exit:
+            if r.fragment != 0 {
+                emit(simple(r, .incomplete, note: "fragment \(r.fragment) of an instruction group that starts in an earlier frame"))
+                applyMSRWrites(r)
+            } else if r.lastFragment {
+                emit(replayExit(first: r, last: r, count: 1, accesses: r.accesses, memory: nil))
+                applyMSRWrites(r)
+            } else {
+                var msr: [(UInt32, UInt64)] = []
+                if r.exitCode == .msr { Self.collectMSRWrites(r, into: &msr) }
+                pendingGroup = GroupBox(GroupCarry(first: copy r, count: 1, nextFragment: 1, accesses: r.accesses,
+                                                   memory: r.memory, msrUpdates: msr, knownMSRs: knownMSRs))
+            }
+        case .completion:
+            emit(replayCompletion(r))
+        case .step:
+            pendingSteps = 1
+            pendingStepsAreRep = isRepString(r)
+            return true
+        case .event, .gap, .marker:
+            emit(simple(r, .notReplayable))
+        }
+        return false
     }
 
     private func takeResult() -> FrameResult {
@@ -362,23 +380,23 @@ public final class Replayer: @unchecked Sendable {
     /// Reads the fragments at a frame's start that continue a group of an earlier frame, as far
     /// as they go (the merge joins them to the group, or gives each its own `incomplete`).
     /// True when `slot` then holds the record after them, still to be replayed.
-    private func readContinuation(_ decoder: FrameDecoder, _ slot: RecordSlot) throws -> Bool {
-        var c = GroupContinuation(group: slot.r.group, firstFragment: slot.r.fragment, count: 0, accesses: [], memory: [],
-                                  msrUpdates: [], last: slot.r, finished: false, orphanVerdicts: [])
+    private func readContinuation(_ decoder: FrameDecoder, _ slot: inout TraceRecord) throws -> Bool {
+        var c = GroupContinuation(group: slot.group, firstFragment: slot.fragment, count: 0, accesses: [], memory: [],
+                                  msrUpdates: [], last: slot, finished: false, orphanVerdicts: [])
         defer { out.continuation = c }
         while true {
             c.count += 1
-            for w in slot.r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
-            applyMSRWrites(slot.r)
-            c.accesses.append(contentsOf: slot.r.accesses)
-            c.memory.append(contentsOf: slot.r.memory)
-            if slot.r.exitCode == .msr { Self.collectMSRWrites(slot.r, into: &c.msrUpdates) }
-            c.orphanVerdicts.append(simple(slot.r, .incomplete, note: "fragment \(slot.r.fragment) of an instruction group that starts in an earlier frame"))
-            let expected = slot.r.fragment &+ 1
-            if slot.r.lastFragment { c.finished = true }
-            c.last = slot.r
-            guard try decoder.next(into: &slot.r) else { return false }
-            if c.finished || !(slot.r.kind == .exit && slot.r.group == c.group && slot.r.fragment == expected) { return true }
+            for w in slot.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
+            applyMSRWrites(slot)
+            c.accesses.append(contentsOf: slot.accesses)
+            c.memory.append(contentsOf: slot.memory)
+            if slot.exitCode == .msr { Self.collectMSRWrites(slot, into: &c.msrUpdates) }
+            c.orphanVerdicts.append(simple(slot, .incomplete, note: "fragment \(slot.fragment) of an instruction group that starts in an earlier frame"))
+            let expected = slot.fragment &+ 1
+            if slot.lastFragment { c.finished = true }
+            c.last = slot
+            guard try decoder.next(into: &slot) else { return false }
+            if c.finished || !(slot.kind == .exit && slot.group == c.group && slot.fragment == expected) { return true }
         }
     }
 
@@ -403,23 +421,32 @@ public final class Replayer: @unchecked Sendable {
         return replayExit(first: g.first, last: last, count: g.count, accesses: g.accesses, memory: g.memory)
     }
 
-    private func finishGroup(_ g: GroupCarry, last: TraceRecord) {
+    private func finishGroup(_ g: GroupCarry, last: borrowing TraceRecord) {
         emit(replayExit(first: g.first, last: last, count: g.count, accesses: g.accesses, memory: g.memory))
         for (i, v) in g.msrUpdates { knownMSRs[i] = v }
     }
 
-    private func finishSteps(_ first: TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes], next: TraceRecord?) {
-        let (v, open) = replayStep(first, count: count, isRep: isRep, laterMemory: mem, next: next)
-        if let v { emit(v) }
-        if let open { out.openStep = open }
+    private func finishSteps(_ first: borrowing TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes], next: borrowing TraceRecord) {
+        if let v = replayStep(first, count: count, isRep: isRep, laterMemory: mem, next: next) { emit(v) }
     }
 
-    func simple(_ r: TraceRecord, _ kind: VerdictKind, records: Int = 1, note: String = "") -> Verdict {
+    private func finishStepsAtFrameEnd(_ first: borrowing TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes]) {
+        var before = CPUState()
+        let (v, open) = executeStep(first, count: count, isRep: isRep, laterMemory: mem, before: &before)
+        if let v { emit(v) }
+        if var open {
+            // Closed by the merge, after this replayer's memory has moved on: keep what reproduces it now.
+            open.verdict.reproduction = reproduction(before)
+            out.openStep = open
+        }
+    }
+
+    func simple(_ r: borrowing TraceRecord, _ kind: VerdictKind, records: Int = 1, note: String = "") -> Verdict {
         var v = Verdict(seq: r.seq, vcpu: r.vcpu, kind: kind, recordKind: r.kind, exitCode: r.exitCode, records: records,
                         rip: r.instructionStart != 0 || !r.instructionBytes.isEmpty ? r.instructionStart : r.state.rip,
                         bytes: r.instructionBytes, note: note)
         if kind != .notReplayable { v.reference = reference(r.state) }
-        if !r.instructionBytes.isEmpty { v.instruction = decoded(r) }
+        if !r.instructionBytes.isEmpty { v.decoded = decoded(r) }
         return v
     }
 
@@ -427,7 +454,7 @@ public final class Replayer: @unchecked Sendable {
 
     /// Replays an instruction group: its first and last records, the accesses of all its records,
     /// and their guest bytes (`memory`; nil for a group of one record, whose bytes `first` holds).
-    func replayExit(first: TraceRecord, last: TraceRecord, count: Int, accesses recorded: [DeviceAccess],
+    func replayExit(first: borrowing TraceRecord, last: borrowing TraceRecord, count: Int, accesses recorded: [DeviceAccess],
                     memory groupMemory: [GuestBytes]?) -> Verdict {
         switch first.exitCode {
         case .ioio, .npf, .msr, .hlt, .vmmcall: break
@@ -440,7 +467,7 @@ public final class Replayer: @unchecked Sendable {
             return simple(first, .unlocated, records: count, note: "the recorder found no instruction performing the access")
         }
         var v = simple(first, .match, records: count)
-        guard let inst = v.instruction else {
+        guard let inst = v.decoded?.instruction else {
             v.kind = .unsupported
             v.note = "the bytes do not decode"
             return v
@@ -484,7 +511,9 @@ public final class Replayer: @unchecked Sendable {
         ports.begin(recorded)
         msrs.begin(recorded)
         memory.beginGroup(mmio: recorded.filter { $0.space == .mmio })
-        cpu.state = before
+        // Caches survive from record to record unless memory changed under them.
+        cpu.load(before, keepingCaches: !memory.changed)
+        memory.changed = false
         cpu.accessLog.removeAll(keepingCapacity: true)
         lastUnansweredMSR = false
         let result = cpu.step()
@@ -647,7 +676,7 @@ public final class Replayer: @unchecked Sendable {
     func replayCompletion(_ r: TraceRecord) -> Verdict {
         var v = simple(r, .self)
         v.reference = "vmm"
-        guard let inst = v.instruction else {
+        guard let inst = v.decoded?.instruction else {
             v.kind = r.instructionBytes.isEmpty ? .unlocated : .unsupported
             return v
         }
@@ -663,29 +692,42 @@ public final class Replayer: @unchecked Sendable {
     func isRepString(_ r: TraceRecord) -> Bool {
         guard let b = r.instructionBytes.first(where: { $0 != 0x66 && $0 != 0x67 && !(0x26...0x3E).contains($0) && $0 != 0x64 && $0 != 0x65 }),
               b == 0xF3 || b == 0xF2 else { return false }
-        if let inst = decoded(r) { return inst.hasRep || inst.hasRepne }
+        if let d = decoded(r) { return d.instruction.hasRep || d.instruction.hasRepne }
         return false
     }
 
     /// A single-stepped instruction (or the `count` steps of one REP instruction's iterations,
     /// whose later steps brought `laterMemory`): its after-state is the next record of the vCPU,
-    /// `next` when the frame holds it. An instruction that exits to the VMM gets no step after it:
-    /// it is checked as its exit record, not twice.
-    func replayStep(_ r: TraceRecord, count: Int, isRep: Bool, laterMemory: [GuestBytes], next: TraceRecord?) -> (Verdict?, OpenStep?) {
-        var v = simple(r, .match, records: count)
-        guard let inst = v.instruction else {
-            v.kind = r.instructionBytes.isEmpty ? .unlocated : .unsupported
-            return (v, nil)
-        }
-        if let n = next, n.kind == .exit, n.instructionStart == r.instructionStart,
-           (n.visibility == .pending && n.stateAfter == nil) || isRep {
-            v.kind = .notReplayable
+    /// `next`. An instruction that exits to the VMM gets no step after it: it is checked as its
+    /// exit record, not twice.
+    func replayStep(_ r: borrowing TraceRecord, count: Int, isRep: Bool, laterMemory: [GuestBytes], next: borrowing TraceRecord) -> Verdict? {
+        if next.kind == .exit, next.instructionStart == r.instructionStart,
+           (next.visibility == .pending && next.stateAfter == nil) || isRep, !r.instructionBytes.isEmpty, decoded(r) != nil {
+            var v = simple(r, .notReplayable, records: count)
+            v.reference = reference(r.state)
             v.note = "the stepped instruction exited: checked as its exit"
+            return v
+        }
+        var before = CPUState()
+        let (v, open) = executeStep(r, count: count, isRep: isRep, laterMemory: laterMemory, before: &before)
+        guard let open else { return v }
+        var c = StepCheck.close(open, nextRecord: next, memo: memo)
+        if c.kind == .divergence { c.reproduction = reproduction(before) }
+        return c
+    }
+
+    /// Runs a step from its recorded state (`before` gets the state it ran from): a final verdict,
+    /// or the open step waiting for the next record's state.
+    func executeStep(_ r: borrowing TraceRecord, count: Int, isRep: Bool, laterMemory: [GuestBytes],
+                     before: inout CPUState) -> (Verdict?, OpenStep?) {
+        var v = simple(r, .match, records: count)
+        guard let inst = v.decoded?.instruction else {
+            v.kind = r.instructionBytes.isEmpty ? .unlocated : .unsupported
             return (v, nil)
         }
         for m in r.memory { memory.load(m.gpa, m.bytes) }
         for m in laterMemory { memory.load(m.gpa, m.bytes) }
-        var before = r.state
+        before = r.state
         Reconstruction.applyMSRs(knownMSRs, to: &before)
         var w = v
         execute(&w, before: before, inst: inst, recorded: [], exitCode: .none, exitInfo1: 0, nextRIP: 0, after: nil,
@@ -697,16 +739,9 @@ public final class Replayer: @unchecked Sendable {
             return (v, nil)
         }
         guard w.kind == .match else { return (w, nil) }
-        var open = OpenStep(verdict: w, emulated: cpu.state, flagMask: Reconstruction.undefinedFlags(inst, before: before),
+        let open = OpenStep(verdict: w, emulated: cpu.state, flagMask: Reconstruction.undefinedFlags(inst, before: before),
                             start: r.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs)
-        guard let next else {
-            // Closed by the merge, after this replayer's memory has moved on: keep what reproduces it now.
-            open.verdict.reproduction = reproduction(before)
-            return (nil, open)
-        }
-        var c = StepCheck.close(open, nextRecord: next, memo: memo)
-        if c.kind == .divergence { c.reproduction = reproduction(before) }
-        return (c, nil)
+        return (nil, open)
     }
 
     /// The last execution stopped because a port, MMIO or MSR answer was not in the record.
@@ -719,14 +754,14 @@ public final class Replayer: @unchecked Sendable {
 /// Closes a step's comparison with the record that follows it on its vCPU.
 public enum StepCheck {
     /// For an exit record: the state before its instruction (as shown when pending, rebuilt when committed).
-    static func exitStateBefore(_ r: TraceRecord, memo: DecodeMemo? = nil) -> CPUState? {
+    static func exitStateBefore(_ r: borrowing TraceRecord, memo: DecodeMemo? = nil) -> CPUState? {
         guard r.kind == .exit else { return nil }
         if r.visibility == .pending { return r.state }
         guard r.visibility == .committed, r.candidates == 1, r.fragment == 0 else { return nil }
         let inst: Instruction
         if let memo {
-            guard let i = memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(r.state.mode)) else { return nil }
-            inst = i
+            guard let d = memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(r.state.mode)) else { return nil }
+            inst = d.instruction
         } else {
             guard case .success(let i) = decode(bytes: r.instructionBytes, mode: DecoderMode(r.state.mode)) else { return nil }
             inst = i
@@ -745,17 +780,20 @@ public enum StepCheck {
             return v
         }
         return close(open, kind: next.kind, visibility: next.visibility, instructionStart: next.instructionStart,
-                     lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter) { next.stateBefore }
+                     lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter, stateBefore: next.stateBefore)
     }
 
     /// With the next record itself (in the same frame).
-    static func close(_ open: OpenStep, nextRecord next: TraceRecord, memo: DecodeMemo?) -> Verdict {
-        close(open, kind: next.kind, visibility: next.visibility, instructionStart: next.instructionStart,
-              lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter) { exitStateBefore(next, memo: memo) }
+    static func close(_ open: OpenStep, nextRecord next: borrowing TraceRecord, memo: DecodeMemo?) -> Verdict {
+        // Its state before its instruction, only when the comparison needs it.
+        let needsBefore = next.kind == .exit && !(next.instructionStart == open.start && next.visibility != .none)
+        return close(open, kind: next.kind, visibility: next.visibility, instructionStart: next.instructionStart,
+                     lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter,
+                     stateBefore: needsBefore ? exitStateBefore(next, memo: memo) : nil)
     }
 
     static func close(_ open: OpenStep, kind: RecordKind, visibility: Visibility, instructionStart: UInt64, lastFragment: Bool,
-                      state: CPUState, stateAfter: CPUState?, stateBefore: () -> CPUState?) -> Verdict {
+                      state: CPUState, stateAfter: CPUState?, stateBefore: CPUState?) -> Verdict {
         var v = open.verdict
         if open.isRep && kind == .step && instructionStart == open.start && state.rip == open.start {
             v.kind = .incomplete
@@ -775,7 +813,7 @@ public enum StepCheck {
                 after = stateAfter
             } else {
                 // The next instruction exited (its own step is not recorded): its state before.
-                after = stateBefore()
+                after = stateBefore
             }
         default:
             after = nil

@@ -60,6 +60,16 @@ public struct Reproduction: Sendable {
     public var cpuid: [CPUIDEntry]
 }
 
+/// A decoded instruction and its form, shared by the verdicts on it.
+final class DecodedInstruction: Sendable {
+    let instruction: Instruction
+    let form: InstructionForm
+    init(_ i: Instruction) {
+        instruction = i
+        form = InstructionForm(i)
+    }
+}
+
 final class ReproductionBox: Sendable {
     let value: Reproduction
     init(_ value: Reproduction) { self.value = value }
@@ -80,7 +90,13 @@ public struct Verdict: Sendable {
     public var rip: UInt64
     public var bytes: [UInt8]
     /// The decoded instruction, when the bytes decode.
-    public var instruction: Instruction?
+    public var instruction: Instruction? {
+        get { decoded?.instruction }
+        set { decoded = newValue.map(DecodedInstruction.init) }
+    }
+    /// Out of line and shared: replay decodes each instruction once (DecodeMemo) and every
+    /// verdict on it refers to the same box.
+    var decoded: DecodedInstruction?
     public var differences: [FieldDifference] = []
     /// The unrecorded address, when `kind == .unrecorded` and memory was missing.
     public var address: UInt64?
@@ -109,9 +125,9 @@ public struct Verdict: Sendable {
 
     /// The record's reason as `show` names it ("IOIO", "NPF", "STEP", ...).
     public var reason: String { recordKind == .exit ? exitCode.name : recordKind.name.uppercased() }
-    public var mnemonic: String { instruction?.mnemonic.name ?? "" }
+    public var mnemonic: String { decoded?.instruction.mnemonic.name ?? "" }
     /// Mnemonic with operand kinds and sizes ("out imm8,r8"): the instruction form checked.
-    public var form: String { instruction.map { InstructionForm($0).text } ?? "" }
+    public var form: String { decoded?.form.text ?? "" }
     /// Intel-syntax text.
     public var text: String { instruction?.text(address: rip) ?? "" }
 

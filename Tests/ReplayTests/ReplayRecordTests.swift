@@ -108,6 +108,24 @@ final class ReplayRecordTests: XCTestCase {
         XCTAssertEqual(v[0].rip, 0x1000)
     }
 
+    func testNewBytesAtAnAddressAreRunNotTheInstructionDecodedThereBefore() throws {
+        // Replay keeps the executor's decoded instructions from record to record; a record whose
+        // bytes at the same address differ must run its own instruction (out dx, ax here).
+        var wide = committedOut(value: 0x41, recordedData: 0x41)
+        wide.state.rax = 0x4241
+        wide.exitInfo1 = ioio(0x3F8, isIn: false, size: 2)
+        wide.instructionBytes = [0xEF]
+        wide.accesses = [DeviceAccess(space: .port, address: 0x3F8, size: 2, isWrite: true, data: [0x41, 0x42])]
+        wide.memory = [GuestBytes(role: .instruction, gpa: 0x1000, bytes: [0xEF])]
+        let (_, v) = try replay { w in
+            try w.append(committedOut(value: 0x41, recordedData: 0x41))
+            try w.append(wide)
+            try w.append(committedOut(value: 0x43, recordedData: 0x43))
+        }
+        XCTAssertEqual(v.map(\.kind), [.match, .match, .match], v.map(\.summaryLine).joined(separator: "\n"))
+        XCTAssertEqual(v.map(\.form), ["out r16,r8", "out r16,r16", "out r16,r8"])
+    }
+
     func testCommittedOutWithAnotherValueIsCaughtAsPortValue() throws {
         let (_, v) = try replay { w in try w.append(committedOut(value: 0x41, recordedData: 0x42)) }
         XCTAssertEqual(v[0].kind, .divergence)

@@ -111,7 +111,9 @@ extension X86Executor {
         }
         switch r {
         case .success(let insn):
-            if have == n1 && Int(insn.length) <= n1 { cache.insert(pa, dmode.rawValue, insn) }
+            // Cached when it lies in bytes read from the first page (replay serves only the
+            // recorded bytes, so fewer than 15 may be there).
+            if Int(insn.length) <= min(have, n1) { cache.insert(pa, dmode.rawValue, insn) }
             return insn
         case .failure(.truncated):
             if let d = deferred { throw d }

@@ -96,15 +96,24 @@ public final class X86Executor {
             s.es = seg[0]; s.cs = seg[1]; s.ss = seg[2]; s.ds = seg[3]; s.fs = seg[4]; s.gs = seg[5]
             return s
         }
-        set {
-            sys = newValue
-            for i in 0..<16 { gpr[i] = newValue.gpr(i) }
-            rip = newValue.rip
-            rflags = newValue.rflags
-            seg[0] = newValue.es; seg[1] = newValue.cs; seg[2] = newValue.ss
-            seg[3] = newValue.ds; seg[4] = newValue.fs; seg[5] = newValue.gs
-            updateMode()
-            fetchValid = false
+        set { load(newValue, keepingCaches: false) }
+    }
+
+    /// Sets the state. With `keepingCaches`, decoded instructions and cached translations survive
+    /// when CR0, CR3, CR4 and EFER are unchanged: for a caller that sets a new state per
+    /// instruction and knows guest memory did not change behind the executor's back since the
+    /// last flush (replay). Setting `state` always flushes.
+    public func load(_ s: CPUState, keepingCaches: Bool) {
+        let samePaging = sys.cr0 == s.cr0 && sys.cr3 == s.cr3 && sys.cr4 == s.cr4 && sys.efer == s.efer
+        sys = s
+        for i in 0..<16 { gpr[i] = s.gpr(i) }
+        rip = s.rip
+        rflags = s.rflags
+        seg[0] = s.es; seg[1] = s.cs; seg[2] = s.ss
+        seg[3] = s.ds; seg[4] = s.fs; seg[5] = s.gs
+        updateMode()
+        fetchValid = false
+        if !(keepingCaches && samePaging) {
             tlb.flushAll()
             cache.flushAll()
         }
