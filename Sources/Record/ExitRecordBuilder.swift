@@ -82,7 +82,7 @@ public enum ExitRecordBuilder {
         case let .mmio(address, length, isWrite, data):
             if isWrite {
                 located = locator.committed(state: s, access: .mmioWrite(gpa: address, size: Int(length)),
-                                                       memory: memory, hint: openGroup)
+                                            memory: memory, hint: openGroup, written: data)
                 r.visibility = .committed
             } else {
                 located = locator.pending(state: s, memory: memory)
@@ -98,8 +98,12 @@ public enum ExitRecordBuilder {
             r.accesses = [Trace.DeviceAccess(space: .mmio, address: address, size: UInt8(clamping: length), isWrite: isWrite,
                                              data: littleEndian(value, Int(min(length, 8))))]
             let inst = located?.instruction
-            if !isWrite, let inst, readModifyWrite(inst) {
+            if !isWrite, let inst, InstructionLocator.readModifyWrite(inst) {
                 r.lastFragment = false  // the write half follows as the next exit
+            } else if let inst, morePiecesFollow(inst, gpa: address, length: Int(length), state: s,
+                                                  nextRIP: isWrite ? s.rip : (located?.start ?? s.rip) &+ UInt64(inst.length),
+                                                  memory: memory) {
+                r.lastFragment = false  // the operand's next piece exits next
             } else {
                 r.lastFragment = lastFragment(inst: inst, state: s, pending: !isWrite, count: 1)
             }
@@ -177,16 +181,25 @@ public enum ExitRecordBuilder {
         return pending ? rcx <= count : rcx == 0
     }
 
-    /// Instructions that read a memory destination and write it back (the read exit comes first).
-    static func readModifyWrite(_ inst: Instruction) -> Bool {
-        guard case .memory = inst.operand(0) else { return false }
-        switch inst.mnemonic {
-        case .add, .adc, .sub, .sbb, .and, .or, .xor, .inc, .dec, .neg, .not, .xchg, .xadd, .cmpxchg,
-             .btc, .btr, .bts, .shl, .shr, .sar, .rol, .ror, .rcl, .rcr:
-            return true
-        default:
-            return false
+    /// Whether this MMIO access is a piece of a wider explicit memory operand that does not reach
+    /// its end: KVM splits an access at a page boundary and into 8-byte pieces (MOVDQU, a far
+    /// pointer), each piece its own exit, in address order.
+    static func morePiecesFollow(_ inst: Instruction, gpa: UInt64, length: Int, state: CPUState, nextRIP: UInt64,
+                                 memory: RecordMemory) -> Bool {
+        guard !inst.hasRep, !inst.hasRepne, let m = inst.memoryOperand, Int(m.size) > length,
+              let lin = InstructionLocator.effectiveLinear(m, inst: inst, state: state, nextRIP: nextRIP) else { return false }
+        // The operand's offset of this piece: on its first page, or on the next one.
+        let first = min(Int(m.size), Int(4096 - (lin & 0xFFF)))
+        var offset: Int? = nil
+        if let pa = memory.physical(lin), gpa >= pa, gpa - pa < UInt64(first) { offset = Int(gpa - pa) }
+        if offset == nil, first < Int(m.size), let pa = memory.physical(lin &+ UInt64(first)), gpa >= pa,
+           gpa - pa < UInt64(Int(m.size) - first) {
+            offset = first + Int(gpa - pa)
         }
+        guard let offset, offset + length < Int(m.size) else { return false }
+        // The next piece exits only if it is not RAM (half an operand may lie in RAM).
+        guard let next = memory.physical(lin &+ UInt64(offset + length)) else { return false }
+        return memory.readPhysical(next, count: 1) == nil
     }
 
     static func littleEndian(_ v: UInt64, _ size: Int) -> [UInt8] {

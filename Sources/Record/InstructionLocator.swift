@@ -55,8 +55,10 @@ public enum InstructionLocator {
 
     /// - Parameter hint: the start of the instruction this exit continues (the write half of a
     ///   read-modify-write whose read exit came first); used when it ends at RIP and performs the access.
+    ///   `written`: the value an MMIO write exit carried; decodings that would have stored
+    ///   something else (a MOV from another register) are dropped when several remain.
     public static func committed(state: CPUState, access: ReportedAccess, memory: LocatorMemory,
-                                 hint: UInt64? = nil) -> LocatedInstruction {
+                                 hint: UInt64? = nil, written: UInt64? = nil) -> LocatedInstruction {
         let mode = DecoderMode(state.mode)
         if let hint, hint < state.rip, state.rip - hint <= 15 {
             var at = state
@@ -71,7 +73,7 @@ public enum InstructionLocator {
         // the instruction (the iteration took effect; the instruction has not finished).
         let here = pending(state: state, memory: memory)
         if let inst = here.instruction, inst.hasRep || inst.hasRepne,
-           [.outs, .movs, .stos].contains(inst.mnemonic), performs(inst, access: access, state: state, memory: memory) {
+           [.outs, .movs, .stos, .ins].contains(inst.mnemonic), performs(inst, access: access, state: state, memory: memory) {
             return here
         }
         let end = linear(state.rip, state: state)
@@ -88,6 +90,18 @@ public enum InstructionLocator {
                 if performs(inst, access: access, state: state, memory: memory) { found.append((length, inst)) }
             }
         }
+        if found.count > 1, case let .mmioWrite(_, size) = access {
+            // A read-modify-write of MMIO exits for its read first (and that exit opens the
+            // group, `hint`): a write exit with no group open is not one. And a plain store
+            // wrote what its source holds (the state after a MOV still has it).
+            let mask: UInt64 = size >= 8 ? .max : (1 << (8 * UInt64(size))) - 1
+            let kept = found.filter { _, inst in
+                if hint == nil && readModifyWrite(inst) { return false }
+                if let written, let v = storedValue(inst, state: state), v & mask != written & mask { return false }
+                return true
+            }
+            if !kept.isEmpty { found = kept }
+        }
         guard let best = found.first else {
             return LocatedInstruction(start: state.rip, bytes: [], instruction: nil, candidates: 0)
         }
@@ -99,6 +113,40 @@ public enum InstructionLocator {
         let start = state.rip &- UInt64(best.0)
         return LocatedInstruction(start: start, bytes: Array(window[(windowLength - best.0)...]),
                                   instruction: best.1, candidates: UInt8(min(distinct.count, 255)))
+    }
+
+    /// Instructions that read a memory destination and write it back (on MMIO: a read exit,
+    /// then a write exit).
+    public static func readModifyWrite(_ inst: Instruction) -> Bool {
+        guard case .memory = inst.operand(0) else { return false }
+        switch inst.mnemonic {
+        case .add, .adc, .sub, .sbb, .and, .or, .xor, .inc, .dec, .neg, .not, .xchg, .xadd, .cmpxchg,
+             .cmpxchg8b, .cmpxchg16b, .btc, .btr, .bts, .shl, .shr, .sar, .rol, .ror, .rcl, .rcr, .shld, .shrd:
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// What a MOV to memory from a general-purpose register or an immediate stored, read from
+    /// the state after it (MOV changes no register); nil for any other instruction.
+    static func storedValue(_ inst: Instruction, state: CPUState) -> UInt64? {
+        guard inst.mnemonic == .mov, inst.operandCount == 2, case .memory = inst.operand(0) else { return nil }
+        switch inst.operand(1) {
+        case .immediate(let v, _):
+            return UInt64(bitPattern: v)
+        case .register(let r):
+            switch r.regClass {
+            case .gpr8 where r.number >= 4 && r.number < 8:
+                return (state.gpr(Int(r.number) - 4) >> 8) & 0xFF     // AH, CH, DH, BH
+            case .gpr8, .gpr8rex, .gpr16, .gpr32, .gpr64:
+                return registerValue(r, state)
+            default:
+                return nil
+            }
+        default:
+            return nil
+        }
     }
 
     /// Same mnemonic and operands: two decodings that perform the same access the same way.
@@ -144,14 +192,36 @@ public enum InstructionLocator {
                     let step = Int64(stringSize(inst))
                     adjust = state.rflags & RFLAGS.df != 0 ? step : -step
                 }
+                // BT/BTS/BTR/BTC with a register bit offset address the operand-sized unit the
+                // offset falls in, which may lie far from the operand (signed, in units).
+                if [.bt, .bts, .btr, .btc].contains(inst.mnemonic), case .register(let r) = inst.operand(1), m.size > 0 {
+                    let bits = Int64(m.size) * 8
+                    var offset = Int64(bitPattern: registerValue(r, state))
+                    if r.bits == 16 { offset = Int64(Int16(truncatingIfNeeded: offset)) }
+                    if r.bits == 32 { offset = Int64(Int32(truncatingIfNeeded: offset)) }
+                    adjust = (offset >= 0 ? offset / bits : (offset - bits + 1) / bits) * Int64(m.size)
+                }
                 guard let lin = effectiveLinear(m, inst: inst, state: state, nextRIP: state.rip, adjust: adjust),
                       let pa = memory.physical(lin) else { continue }
-                if pa <= gpa && gpa < pa &+ UInt64(max(Int(m.size), size)) { return true }
+                // An operand that crosses a page boundary is two pieces, each its own exit.
+                let span = max(Int(m.size), size)
+                let first = min(span, Int(4096 - (lin & 0xFFF)))
+                // KVM hands an operand of up to 8 bytes that stays on one page to user space
+                // whole: a piece of another size is some other instruction's access (a 66 prefix
+                // before "mov [m], eax" makes it a 2-byte store).
+                if m.size > 0 && m.size <= 8 && first == span && Int(m.size) != size && !isString(inst) { continue }
+                if pa <= gpa && gpa < pa &+ UInt64(first) { return true }
+                if first < span, let next = memory.physical(lin &+ UInt64(first)),
+                   next <= gpa && gpa < next &+ UInt64(span - first) { return true }
             }
             return false
         case .other:
             return false
         }
+    }
+
+    static func isString(_ inst: Instruction) -> Bool {
+        [.movs, .stos, .lods, .ins, .outs, .cmps, .scas].contains(inst.mnemonic)
     }
 
     /// Element size of a string instruction in bytes.
@@ -226,14 +296,15 @@ public final class LocatorCache {
         return l
     }
 
-    public func committed(state: CPUState, access: ReportedAccess, memory: LocatorMemory, hint: UInt64? = nil) -> LocatedInstruction {
+    public func committed(state: CPUState, access: ReportedAccess, memory: LocatorMemory, hint: UInt64? = nil,
+                          written: UInt64? = nil) -> LocatedInstruction {
         let key = Key(rip: state.rip, csBase: state.cs.base, cr3: state.cr3, mode: Self.modeTag(state), committed: true)
         if let e = entries[key], valid(e, memory: memory), let inst = e.located.instruction,
            InstructionLocator.performs(inst, access: access, state: state, memory: memory) {
             hits &+= 1
             return e.located
         }
-        let l = InstructionLocator.committed(state: state, access: access, memory: memory, hint: hint)
+        let l = InstructionLocator.committed(state: state, access: access, memory: memory, hint: hint, written: written)
         remember(key, l, memory: memory, state: state)
         return l
     }

@@ -22,8 +22,9 @@ enum Reconstruction {
         case .out, .hlt, .mov, .movnti, .add, .sub, .and, .or, .xor, .inc, .dec, .not, .neg,
              .shl, .sal, .shr, .sar, .rol, .ror, .bts, .btr, .btc,
              .seto, .setno, .setb, .setae, .sete, .setne, .setbe, .seta, .sets, .setns, .setp, .setnp,
-             .setl, .setge, .setle, .setg, .vmmcall:
-            // Memory (or port) destination only: no register but RIP and RFLAGS changed.
+             .setl, .setge, .setle, .setg, .vmmcall, .shld, .shrd, .smsw:
+            // Memory (or port) destination only: no register but RIP and RFLAGS changed. (Vector
+            // stores are refused below: their source registers are not in the trace.)
             if case .register = inst.operand(0), inst.mnemonic != .out {
                 return .failure(ReconstructionFailure(message: "\(inst.mnemonic.name) with a register destination: its old value is gone"))
             }

@@ -115,7 +115,22 @@ final class ReplayMemory: GuestMemory {
         return false
     }
 
+    /// KVM hands a device access to user space in pieces of at most 8 bytes (kvm_run's MMIO
+    /// data field): a wider one (MOVDQU, a far pointer) is consecutive pieces, each its own
+    /// exit, and is replayed as those pieces.
+    static let devicePiece = 8
+
     func read(_ gpa: UInt64, count: Int, into buffer: UnsafeMutableRawPointer) -> PhysicalAccess {
+        if count > Self.devicePiece, isDevice(gpa, count: count) {
+            var k = 0
+            while k < count {
+                let n = min(Self.devicePiece, count - k)
+                let r = read(gpa &+ UInt64(k), count: n, into: buffer + k)
+                guard case .ok = r else { return r }
+                k += n
+            }
+            return .ok
+        }
         if isDevice(gpa, count: count) {
             // The device answers with the next recorded read, if it is this read.
             var i = nextMMIORead
@@ -146,6 +161,15 @@ final class ReplayMemory: GuestMemory {
     }
 
     func write(_ gpa: UInt64, count: Int, from buffer: UnsafeRawPointer) -> PhysicalAccess {
+        if count > Self.devicePiece, isDevice(gpa, count: count) {
+            var k = 0
+            while k < count {
+                let n = min(Self.devicePiece, count - k)
+                _ = write(gpa &+ UInt64(k), count: n, from: buffer + k)
+                k += n
+            }
+            return .ok
+        }
         if isDevice(gpa, count: count) {
             let bytes = Array(UnsafeRawBufferPointer(start: buffer, count: count))
             emulatedMMIO.append(DeviceAccess(space: .mmio, address: gpa, size: UInt8(clamping: count), isWrite: true, data: bytes))

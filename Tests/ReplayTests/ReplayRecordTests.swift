@@ -286,6 +286,74 @@ final class ReplayRecordTests: XCTestCase {
         XCTAssertEqual(v.map(\.reason), ["NPF", "NPF"])
     }
 
+    /// KVM's MMIO exits carry at most 8 bytes: a 16-byte MOVDQU read is two exits (8 + 8),
+    /// replayed as one instruction group; a RET through an MMIO stack goes to the value read,
+    /// not to nRIP; a DIV by an MMIO zero raises #DE after its read.
+    func testDeviceReadsInPiecesATransferAndAFaultAfterTheRead() throws {
+        var s = CPUState.flat(.protected32)
+        s.rip = 0x2000
+        s.rbx = 0xD000_0000
+        s.cr4 |= CR4.osfxsr  // SSE enabled (without it MOVDQU is #UD, before any access)
+        let movdqu: [UInt8] = [0xF3, 0x0F, 0x6F, 0x03]
+        func piece(_ gpa: UInt64, _ data: [UInt8], fragment: UInt32, last: Bool) -> TraceRecord {
+            var r = TraceRecord(kind: .exit, kvmExitReason: 6, exitCode: .npf, exitInfo1: NPFInfo.finalAddress,
+                                exitInfo2: gpa, nextRIP: 0x2004, instructionStart: 0x2000, instructionBytes: movdqu,
+                                candidates: 1, visibility: .pending, state: s,
+                                accesses: [DeviceAccess(space: .mmio, address: gpa, size: UInt8(data.count), isWrite: false, data: data)],
+                                memory: [GuestBytes(role: .instruction, gpa: 0x2000, bytes: movdqu)])
+            r.fragment = fragment
+            r.lastFragment = last
+            return r
+        }
+        let ret: [UInt8] = [0xC3]
+        var rs = CPUState.flat(.protected32)
+        rs.rip = 0x2010
+        rs.rsp = 0xD000_0100
+        let div: [UInt8] = [0xF7, 0x33]  // div dword ptr [rbx]
+        var ds = CPUState.flat(.protected32)
+        ds.rip = 0x2020
+        ds.rbx = 0xD000_0200
+        let (_, v) = try replay(header: Self.longHeader) { w in
+            try w.append(piece(0xD000_0000, [1, 2, 3, 4, 5, 6, 7, 8], fragment: 0, last: false))
+            var second = piece(0xD000_0008, [9, 10, 11, 12, 13, 14, 15, 16], fragment: 1, last: true)
+            second.group = 0
+            try w.append(second)
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 6, exitCode: .npf, exitInfo1: NPFInfo.finalAddress,
+                                     exitInfo2: 0xD000_0100, nextRIP: 0x2011, instructionStart: 0x2010, instructionBytes: ret,
+                                     candidates: 1, visibility: .pending, state: rs,
+                                     accesses: [DeviceAccess(space: .mmio, address: 0xD000_0100, size: 4, isWrite: false,
+                                                             data: [0x00, 0x40, 0, 0])],
+                                     memory: [GuestBytes(role: .instruction, gpa: 0x2010, bytes: ret)]))
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 6, exitCode: .npf, exitInfo1: NPFInfo.finalAddress,
+                                     exitInfo2: 0xD000_0200, nextRIP: 0x2022, instructionStart: 0x2020, instructionBytes: div,
+                                     candidates: 1, visibility: .pending, state: ds,
+                                     accesses: [DeviceAccess(space: .mmio, address: 0xD000_0200, size: 4, isWrite: false,
+                                                             data: [0, 0, 0, 0])],
+                                     memory: [GuestBytes(role: .instruction, gpa: 0x2020, bytes: div)]))
+        }
+        XCTAssertEqual(v.map(\.kind), [.match, .match, .match], v.map(\.summaryLine).joined(separator: "\n"))
+        XCTAssertEqual(v.first?.records, 2)
+        XCTAssertTrue(v.last?.note.contains("#DE") ?? false, v.last?.note ?? "")
+
+        // The same DIV with a state after that shows no fault is caught.
+        var after = ds
+        after.rip = 0x2022
+        let (_, v2) = try replay("t2", header: Self.longHeader) { w in
+            try w.append(TraceRecord(kind: .exit, kvmExitReason: 6, exitCode: .npf, exitInfo1: NPFInfo.finalAddress,
+                                     exitInfo2: 0xD000_0200, nextRIP: 0x2022, instructionStart: 0x2020, instructionBytes: div,
+                                     candidates: 1, visibility: .pending, state: ds, stateAfter: after,
+                                     accesses: [DeviceAccess(space: .mmio, address: 0xD000_0200, size: 4, isWrite: false,
+                                                             data: [0, 0, 0, 0])],
+                                     memory: [GuestBytes(role: .instruction, gpa: 0x2020, bytes: div)]))
+        }
+        XCTAssertEqual(v2.first?.kind, .divergence)
+        XCTAssertEqual(v2.first?.differences.map(\.field), ["exception"])
+    }
+
+    static let longHeader = TraceHeader(kvmBackend: "kvm_pvm",
+                                        memory: [MemoryRegionInfo(gpa: 0, size: 64 << 20, name: "ram"),
+                                                 MemoryRegionInfo(gpa: 0xD000_0000, size: 0x1000, name: "scratch-mmio")])
+
     func testMMIOWriteOfAnotherValueNamesMMIOValue() throws {
         let store: [UInt8] = [0x89, 0x1D, 0x04, 0x00, 0x00, 0xD0]
         var s = Self.prot32(rip: 0x2006)
