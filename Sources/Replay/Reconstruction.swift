@@ -14,6 +14,12 @@ public struct ReconstructionFailure: Error, Sendable {
 enum Reconstruction {
     static func before(_ r: TraceRecord, _ inst: Instruction) -> Result<CPUState, ReconstructionFailure> {
         var s = r.state
+        if let why = rebuild(&s, from: r, inst) { return .failure(why) }
+        return .success(s)
+    }
+
+    /// `before` in place: `s` holds the record's state and becomes the state before.
+    static func rebuild(_ s: inout CPUState, from r: borrowing TraceRecord, _ inst: Instruction) -> ReconstructionFailure? {
         s.rip = r.instructionStart
         // RFLAGS: an instruction that writes status flags without reading them leaves the
         // after-flags as good a before-value as any (the written ones are recomputed and compared;
@@ -26,19 +32,19 @@ enum Reconstruction {
             // Memory (or port) destination only: no register but RIP and RFLAGS changed. (Vector
             // stores are refused below: their source registers are not in the trace.)
             if case .register = inst.operand(0), inst.mnemonic != .out {
-                return .failure(ReconstructionFailure(message: "\(inst.mnemonic.name) with a register destination: its old value is gone"))
+                return ReconstructionFailure(message: "\(inst.mnemonic.name) with a register destination: its old value is gone")
             }
-            return .success(s)
+            return nil
         case .xchg:
             // XCHG mem, reg: the register held what was written to memory.
             guard let w = r.accesses.first(where: { $0.isWrite }) else {
-                return .failure(ReconstructionFailure(message: "xchg without a recorded write"))
+                return ReconstructionFailure(message: "xchg without a recorded write")
             }
             var reg: Register?
             for k in 0..<Int(inst.operandCount) { if case .register(let x) = inst.operand(k) { reg = x } }
-            guard let reg else { return .failure(ReconstructionFailure(message: "xchg without a register operand")) }
+            guard let reg else { return ReconstructionFailure(message: "xchg without a register operand") }
             setRegister(&s, reg, w.value)
-            return .success(s)
+            return nil
         case .outs, .stos, .movs:
             let items = UInt64(max(1, r.accesses.first?.count ?? 1))
             let size = UInt64(stringElementSize(inst))
@@ -58,9 +64,9 @@ enum Reconstruction {
                 // iteration the previous instruction had completed, which cleared it.
                 s.rflags &= ~RFLAGS.rf
             }
-            return .success(s)
+            return nil
         default:
-            return .failure(ReconstructionFailure(message: "committed \(inst.mnemonic.name): undoing its register effects is not defined"))
+            return ReconstructionFailure(message: "committed \(inst.mnemonic.name): undoing its register effects is not defined")
         }
     }
 

@@ -475,34 +475,64 @@ public final class Replayer: @unchecked Sendable {
         for m in groupMemory ?? first.memory { memory.load(m.gpa, m.bytes) }
 
         // The state before the instruction.
-        var before: CPUState
-        if first.visibility == .committed {
-            switch Reconstruction.before(first, inst) {
-            case .success(let s): before = s
-            case .failure(let why):
-                v.kind = .unreconstructable
-                v.note = why.message
-                return v
-            }
-        } else {
-            before = first.state
+        var before = first.state
+        if first.visibility == .committed, let why = Reconstruction.rebuild(&before, from: first, inst) {
+            v.kind = .unreconstructable
+            v.note = why.message
+            return v
         }
         Reconstruction.applyMSRs(knownMSRs, to: &before)
-
+        guard run(&v, before: before, inst: inst, recorded: recorded, exitCode: first.exitCode, exitInfo1: first.exitInfo1,
+                  hasAfter: last.visibility == .committed || last.stateAfter != nil) else {
+            return v
+        }
+        let emulated = cpu.state
+        compareNextRIP(&v, recorded: last.nextRIP, emulated: emulated.rip, inst: inst)
         // The state after: committed exits show it; pending ones only with --fidelity full.
-        var after: CPUState? = last.visibility == .committed ? last.state : last.stateAfter
-        if (inst.hasRep || inst.hasRepne), after != nil, after?.rip == first.instructionStart {
+        // Compared in place unless it needs adjusting (no copy of a state per record).
+        let mask = Reconstruction.undefinedFlags(inst, before: before)
+        let isRep = inst.hasRep || inst.hasRepne
+        if last.visibility == .committed {
+            if (isRep && last.state.rip == first.instructionStart) || !knownMSRs.isEmpty {
+                var after = last.state
+                adjustAfter(&after, isRep: isRep, start: first.instructionStart, nextRIP: last.nextRIP)
+                StateComparison.compare(recorded: after, emulated: emulated, flagMask: mask, into: &v.differences)
+            } else {
+                StateComparison.compare(recorded: last.state, emulated: emulated, flagMask: mask, into: &v.differences)
+            }
+        } else if last.stateAfter != nil, var after = last.stateAfter {
+            adjustAfter(&after, isRep: isRep, start: first.instructionStart, nextRIP: last.nextRIP)
+            StateComparison.compare(recorded: after, emulated: emulated, flagMask: mask, into: &v.differences)
+        }
+        conclude(&v, before: before)
+        return v
+    }
+
+    func adjustAfter(_ after: inout CPUState, isRep: Bool, start: UInt64, nextRIP: UInt64) {
+        if isRep && after.rip == start {
             // KVM exits on a REP string's last iteration before it retires the instruction: the
             // iteration took effect (RCX is 0) but RIP moves on only at re-entry.
-            after?.rip = last.nextRIP
-            after?.rflags &= ~RFLAGS.rf  // set while it was between iterations; retiring clears it
+            after.rip = nextRIP
+            after.rflags &= ~RFLAGS.rf  // set while it was between iterations; retiring clears it
         }
-        if after != nil, !knownMSRs.isEmpty {
-            Reconstruction.applyMSRs(knownMSRs, to: &after!)
+        Reconstruction.applyMSRs(knownMSRs, to: &after)
+    }
+
+    func compareNextRIP(_ v: inout Verdict, recorded nextRIP: UInt64, emulated: UInt64, inst: Instruction) {
+        // nRIP is the next sequential instruction (as SVM defines it), which a control transfer
+        // (RET through an MMIO stack, JMP through an MMIO pointer) does not go to: its target is
+        // checked only against a recorded after-state.
+        if nextRIP != 0 && emulated != nextRIP && !Self.transfersControl(inst) {
+            v.differences.append(FieldDifference("next_rip", recorded: Hex.string(nextRIP), emulated: Hex.string(emulated)))
         }
-        execute(&v, before: before, inst: inst, recorded: recorded, exitCode: first.exitCode,
-                exitInfo1: first.exitInfo1, nextRIP: last.nextRIP, after: after)
-        return v
+    }
+
+    /// Any difference makes the verdict a divergence, with what reproduces it.
+    func conclude(_ v: inout Verdict, before: CPUState) {
+        if !v.differences.isEmpty {
+            v.kind = .divergence
+            v.reproduction = reproduction(before)
+        }
     }
 
     /// Instructions whose next RIP is not the sequential one when they complete.
@@ -520,6 +550,22 @@ public final class Replayer: @unchecked Sendable {
     /// Runs `inst` from `before` against the recorded device side and fills in the verdict.
     func execute(_ v: inout Verdict, before: CPUState, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode,
                  exitInfo1: UInt64, nextRIP: UInt64, after: CPUState?, compareDevice: Bool = true) {
+        guard run(&v, before: before, inst: inst, recorded: recorded, exitCode: exitCode, exitInfo1: exitInfo1,
+                  hasAfter: after != nil, compareDevice: compareDevice) else { return }
+        let emulated = cpu.state
+        compareNextRIP(&v, recorded: nextRIP, emulated: emulated.rip, inst: inst)
+        if let after {
+            let mask = Reconstruction.undefinedFlags(inst, before: before)
+            StateComparison.compare(recorded: after, emulated: emulated, flagMask: mask, into: &v.differences)
+        }
+        conclude(&v, before: before)
+    }
+
+    /// Runs `inst` from `before` with the recorded device side and compares the accesses; false
+    /// when the verdict is final already (the instruction did not complete).
+    /// `hasAfter`: the trace holds the state after the instruction.
+    func run(_ v: inout Verdict, before: CPUState, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode,
+             exitInfo1: UInt64, hasAfter: Bool, compareDevice: Bool = true) -> Bool {
         ports.begin(recorded)
         msrs.begin(recorded)
         memory.beginGroup(mmio: recorded.filter { $0.space == .mmio })
@@ -536,28 +582,28 @@ public final class Replayer: @unchecked Sendable {
             // A pending exit without an after-state shows only that the instruction made its
             // device accesses (DIV by an MMIO zero: the read, then #DE). An exception raised after
             // all of them, with them all as recorded, is not contradicted by the trace.
-            if after == nil, compareDevice, !recorded.isEmpty {
+            if !hasAfter, compareDevice, !recorded.isEmpty {
                 var probe = v
                 compareAccesses(&probe, inst: inst, recorded: recorded, exitCode: exitCode, exitInfo1: exitInfo1)
                 if probe.differences.isEmpty {
                     v.note = "raised \(e.description) after the recorded accesses; the trace holds no state after the instruction to compare (--fidelity full records it)"
-                    return
+                    return false
                 }
             }
             v.kind = .divergence
             v.differences.append(FieldDifference("exception", recorded: "none", emulated: e.description))
             v.reproduction = reproduction(before)
-            return
+            return false
         case .tripleFault:
             v.kind = .divergence
             v.differences.append(FieldDifference("exception", recorded: "none", emulated: "triple fault"))
             v.reproduction = reproduction(before)
-            return
+            return false
         case .unsupported(let b):
             v.kind = .unsupported
             v.bytes = b.isEmpty ? v.bytes : b
             v.note = "the executor does not run this instruction"
-            return
+            return false
         case .unbackedMemory(let a):
             if let d = memory.unansweredDevice, compareDevice {
                 v.kind = .divergence
@@ -569,7 +615,7 @@ public final class Replayer: @unchecked Sendable {
                 v.address = a
                 v.note = "unrecorded memory \(Hex.string(a))"
             }
-            return
+            return false
         case .unanswered(let q):
             if case .msr = q { lastUnansweredMSR = true }
             if case .port = q, let m = ports.mismatch, compareDevice {
@@ -581,25 +627,11 @@ public final class Replayer: @unchecked Sendable {
                 v.kind = .unrecorded
                 v.note = "unrecorded answer: \(q)"
             }
-            return
+            return false
         }
 
-        let emulated = cpu.state
         if compareDevice { compareAccesses(&v, inst: inst, recorded: recorded, exitCode: exitCode, exitInfo1: exitInfo1) }
-        // nRIP is the next sequential instruction (as SVM defines it), which a control transfer
-        // (RET through an MMIO stack, JMP through an MMIO pointer) does not go to: its target is
-        // checked only against a recorded after-state.
-        if nextRIP != 0 && emulated.rip != nextRIP && !Self.transfersControl(inst) {
-            v.differences.append(FieldDifference("next_rip", recorded: Hex.string(nextRIP), emulated: Hex.string(emulated.rip)))
-        }
-        if let after {
-            let mask = Reconstruction.undefinedFlags(inst, before: before)
-            StateComparison.compare(recorded: after, emulated: emulated, flagMask: mask, into: &v.differences)
-        }
-        if !v.differences.isEmpty {
-            v.kind = .divergence
-            v.reproduction = reproduction(before)
-        }
+        return true
     }
 
     // MARK: accesses

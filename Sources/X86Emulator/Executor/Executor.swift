@@ -90,7 +90,11 @@ public final class X86Executor {
     public var state: CPUState {
         get {
             var s = sys
-            for i in 0..<16 { s.setGPR(i, gpr[i]) }
+            // Field by field: CPUState.gpr/setGPR are not inlinable across modules.
+            s.rax = gpr[0]; s.rcx = gpr[1]; s.rdx = gpr[2]; s.rbx = gpr[3]
+            s.rsp = gpr[4]; s.rbp = gpr[5]; s.rsi = gpr[6]; s.rdi = gpr[7]
+            s.r8 = gpr[8]; s.r9 = gpr[9]; s.r10 = gpr[10]; s.r11 = gpr[11]
+            s.r12 = gpr[12]; s.r13 = gpr[13]; s.r14 = gpr[14]; s.r15 = gpr[15]
             s.rip = rip
             s.rflags = rflags
             s.es = seg[0]; s.cs = seg[1]; s.ss = seg[2]; s.ds = seg[3]; s.fs = seg[4]; s.gs = seg[5]
@@ -106,7 +110,10 @@ public final class X86Executor {
     public func load(_ s: CPUState, keepingCaches: Bool) {
         let samePaging = sys.cr0 == s.cr0 && sys.cr3 == s.cr3 && sys.cr4 == s.cr4 && sys.efer == s.efer
         sys = s
-        for i in 0..<16 { gpr[i] = s.gpr(i) }
+        gpr[0] = s.rax; gpr[1] = s.rcx; gpr[2] = s.rdx; gpr[3] = s.rbx
+        gpr[4] = s.rsp; gpr[5] = s.rbp; gpr[6] = s.rsi; gpr[7] = s.rdi
+        gpr[8] = s.r8; gpr[9] = s.r9; gpr[10] = s.r10; gpr[11] = s.r11
+        gpr[12] = s.r12; gpr[13] = s.r13; gpr[14] = s.r14; gpr[15] = s.r15
         rip = s.rip
         rflags = s.rflags
         seg[0] = s.es; seg[1] = s.cs; seg[2] = s.ss
