@@ -45,7 +45,8 @@ enum ReplayBench {
     }()
 
     static func replay(_ path: String, jobs: Int) throws -> ReplaySummary {
-        let s = try ReplayRun.run(try TraceReader(path: path), options: ReplayOptions(jobs: jobs)) { _ in }
+        // As `exitscope replay` without --json: passing verdicts counted, failing ones delivered.
+        let s = try ReplayRun.run(try TraceReader(path: path), options: ReplayOptions(jobs: jobs, delivery: .failures)) { _ in }
         precondition(s.failures(allowing: [.incomplete]) == 0, "replay benchmark trace did not replay cleanly")
         return s
     }

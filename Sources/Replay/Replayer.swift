@@ -427,18 +427,26 @@ public final class Replayer: @unchecked Sendable {
     }
 
     private func finishSteps(_ first: borrowing TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes], next: borrowing TraceRecord) {
-        if let v = replayStep(first, count: count, isRep: isRep, laterMemory: mem, next: next) { emit(v) }
+        emit(replayStep(first, count: count, isRep: isRep, laterMemory: mem, next: next))
     }
 
-    private func finishStepsAtFrameEnd(_ first: borrowing TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes]) {
-        var before = CPUState()
-        let (v, open) = executeStep(first, count: count, isRep: isRep, laterMemory: mem, before: &before)
-        if let v { emit(v) }
-        if var open {
-            // Closed by the merge, after this replayer's memory has moved on: keep what reproduces it now.
-            open.verdict.reproduction = reproduction(before)
-            out.openStep = open
+    private func finishStepsAtFrameEnd(_ r: borrowing TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes]) {
+        var v = simple(r, .match, records: count)
+        guard let d = v.decoded else {
+            v.kind = r.instructionBytes.isEmpty ? .unlocated : .unsupported
+            emit(v)
+            return
         }
+        var before = CPUState()
+        guard executeStep(&v, r, inst: d.instruction, laterMemory: mem, before: &before) else {
+            emit(v)
+            return
+        }
+        var open = OpenStep(verdict: v, emulated: cpu.state, flagMask: Reconstruction.undefinedFlags(d.instruction, before: before),
+                            start: r.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs)
+        // Closed by the merge, after this replayer's memory has moved on: keep what reproduces it now.
+        open.verdict.reproduction = reproduction(before)
+        out.openStep = open
     }
 
     func simple(_ r: borrowing TraceRecord, _ kind: VerdictKind, records: Int = 1, note: String = "") -> Verdict {
@@ -758,48 +766,48 @@ public final class Replayer: @unchecked Sendable {
     /// whose later steps brought `laterMemory`): its after-state is the next record of the vCPU,
     /// `next`. An instruction that exits to the VMM gets no step after it: it is checked as its
     /// exit record, not twice.
-    func replayStep(_ r: borrowing TraceRecord, count: Int, isRep: Bool, laterMemory: [GuestBytes], next: borrowing TraceRecord) -> Verdict? {
+    func replayStep(_ r: borrowing TraceRecord, count: Int, isRep: Bool, laterMemory: [GuestBytes], next: borrowing TraceRecord) -> Verdict {
+        var v = simple(r, .match, records: count)
+        guard let d = v.decoded else {
+            v.kind = r.instructionBytes.isEmpty ? .unlocated : .unsupported
+            return v
+        }
         if next.kind == .exit, next.instructionStart == r.instructionStart,
-           (next.visibility == .pending && next.stateAfter == nil) || isRep, !r.instructionBytes.isEmpty, decoded(r) != nil {
-            var v = simple(r, .notReplayable, records: count)
-            v.reference = reference(r.state)
+           (next.visibility == .pending && next.stateAfter == nil) || isRep {
+            v.kind = .notReplayable
             v.note = "the stepped instruction exited: checked as its exit"
             return v
         }
         var before = CPUState()
-        let (v, open) = executeStep(r, count: count, isRep: isRep, laterMemory: laterMemory, before: &before)
-        guard let open else { return v }
-        var c = StepCheck.close(open, nextRecord: next, memo: memo)
-        if c.kind == .divergence { c.reproduction = reproduction(before) }
-        return c
+        guard executeStep(&v, r, inst: d.instruction, laterMemory: laterMemory, before: &before) else { return v }
+        let emulated = cpu.state
+        StepCheck.close(&v, emulated: emulated, flagMask: Reconstruction.undefinedFlags(d.instruction, before: before),
+                        start: r.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs, nextRecord: next, memo: memo)
+        if v.kind == .divergence { v.reproduction = reproduction(before) }
+        return v
     }
 
-    /// Runs a step from its recorded state (`before` gets the state it ran from): a final verdict,
-    /// or the open step waiting for the next record's state.
-    func executeStep(_ r: borrowing TraceRecord, count: Int, isRep: Bool, laterMemory: [GuestBytes],
-                     before: inout CPUState) -> (Verdict?, OpenStep?) {
-        var v = simple(r, .match, records: count)
-        guard let inst = v.decoded?.instruction else {
-            v.kind = r.instructionBytes.isEmpty ? .unlocated : .unsupported
-            return (v, nil)
-        }
+    /// Runs a step from its recorded state (`before` gets the state it ran from). True when it
+    /// completed, to be compared with the next record's state; else `v` is final.
+    func executeStep(_ v: inout Verdict, _ r: borrowing TraceRecord, inst: Instruction, laterMemory: [GuestBytes],
+                     before: inout CPUState) -> Bool {
         for m in r.memory { memory.load(m.gpa, m.bytes) }
         for m in laterMemory { memory.load(m.gpa, m.bytes) }
         before = r.state
         Reconstruction.applyMSRs(knownMSRs, to: &before)
-        var w = v
-        execute(&w, before: before, inst: inst, recorded: [], exitCode: .none, exitInfo1: 0, nextRIP: 0, after: nil,
+        execute(&v, before: before, inst: inst, recorded: [], exitCode: .none, exitInfo1: 0, nextRIP: 0, after: nil,
                 compareDevice: false)
         if deviceAnswerMissing {
             // It needed a device: it exited, and its exit record holds the device side.
             v.kind = .notReplayable
             v.note = "the stepped instruction exited: checked as its exit"
-            return (v, nil)
+            v.differences = []
+            v.address = nil
+            v.reproduction = nil
+            v.bytes = r.instructionBytes
+            return false
         }
-        guard w.kind == .match else { return (w, nil) }
-        let open = OpenStep(verdict: w, emulated: cpu.state, flagMask: Reconstruction.undefinedFlags(inst, before: before),
-                            start: r.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs)
-        return (nil, open)
+        return v.kind == .match
     }
 
     /// The last execution stopped because a port, MMIO or MSR answer was not in the record.
@@ -830,65 +838,81 @@ public enum StepCheck {
 
     /// With the next record of the vCPU as the merge keeps it (from the next frame).
     public static func close(_ open: OpenStep, next: RecordHead?) -> Verdict {
+        var v = open.verdict
         guard let next else {
-            var v = open.verdict
             v.kind = .incomplete
             v.note = "last step of the trace: no state after it"
             v.reproduction = nil
             return v
         }
-        return close(open, kind: next.kind, visibility: next.visibility, instructionStart: next.instructionStart,
-                     lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter, stateBefore: next.stateBefore)
+        close(&v, emulated: open.emulated, flagMask: open.flagMask, start: open.start, isRep: open.isRep, msrs: open.msrs,
+              kind: next.kind, visibility: next.visibility, instructionStart: next.instructionStart,
+              lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter, stateBefore: next.stateBefore)
+        return v
     }
 
     /// With the next record itself (in the same frame).
-    static func close(_ open: OpenStep, nextRecord next: borrowing TraceRecord, memo: DecodeMemo?) -> Verdict {
+    static func close(_ v: inout Verdict, emulated: CPUState, flagMask: UInt64, start: UInt64, isRep: Bool, msrs: [UInt32: UInt64],
+                      nextRecord next: borrowing TraceRecord, memo: DecodeMemo?) {
         // Its state before its instruction, only when the comparison needs it.
-        let needsBefore = next.kind == .exit && !(next.instructionStart == open.start && next.visibility != .none)
-        return close(open, kind: next.kind, visibility: next.visibility, instructionStart: next.instructionStart,
-                     lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter,
-                     stateBefore: needsBefore ? exitStateBefore(next, memo: memo) : nil)
+        let needsBefore = next.kind == .exit && !(next.instructionStart == start && next.visibility != .none)
+        close(&v, emulated: emulated, flagMask: flagMask, start: start, isRep: isRep, msrs: msrs,
+              kind: next.kind, visibility: next.visibility, instructionStart: next.instructionStart,
+              lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter,
+              stateBefore: needsBefore ? exitStateBefore(next, memo: memo) : nil)
     }
 
-    static func close(_ open: OpenStep, kind: RecordKind, visibility: Visibility, instructionStart: UInt64, lastFragment: Bool,
-                      state: CPUState, stateAfter: CPUState?, stateBefore: CPUState?) -> Verdict {
-        var v = open.verdict
-        if open.isRep && kind == .step && instructionStart == open.start && state.rip == open.start {
+    /// Compares the step's emulated state with what the next record shows after it.
+    static func close(_ v: inout Verdict, emulated: CPUState, flagMask: UInt64, start: UInt64, isRep: Bool, msrs: [UInt32: UInt64],
+                      kind: RecordKind, visibility: Visibility, instructionStart: UInt64, lastFragment: Bool,
+                      state: CPUState, stateAfter: CPUState?, stateBefore: CPUState?) {
+        if isRep && kind == .step && instructionStart == start && state.rip == start {
             v.kind = .incomplete
             v.note = "REP iterations continue in the next frame"
             v.reproduction = nil
-            return v
+            return
         }
-        var after: CPUState?
+        // Which state shows the result: the next step's, the exit's after-state, or the state
+        // before the next (exiting) instruction, whose own step is not recorded.
+        enum Source { case state, stateAfter, stateBefore, none }
+        let source: Source
         switch kind {
         case .step:
-            after = state
+            source = .state
         case .exit:
-            if instructionStart == open.start && visibility == .committed {
+            if instructionStart == start && visibility == .committed {
                 // The stepped instruction exited: its committed record shows the state after it.
-                after = lastFragment ? state : nil
-            } else if instructionStart == open.start && visibility == .pending {
-                after = stateAfter
+                source = lastFragment ? .state : .none
+            } else if instructionStart == start && visibility == .pending {
+                source = stateAfter != nil ? .stateAfter : .none
             } else {
-                // The next instruction exited (its own step is not recorded): its state before.
-                after = stateBefore
+                source = stateBefore != nil ? .stateBefore : .none
             }
         default:
-            after = nil
+            source = .none
         }
-        guard after != nil else {
+        switch source {
+        case .none:
             v.kind = .notReplayable
             v.note = kind == .exit ? "the stepped instruction exited: checked as its exit" : "next record is a \(kind.name): no state after the step"
             v.reproduction = nil
-            return v
+            return
+        case .state where msrs.isEmpty:
+            StateComparison.compare(recorded: state, emulated: emulated, flagMask: flagMask, into: &v.differences)
+        default:
+            var after: CPUState
+            switch source {
+            case .stateAfter: after = stateAfter ?? state
+            case .stateBefore: after = stateBefore ?? state
+            default: after = state
+            }
+            Reconstruction.applyMSRs(msrs, to: &after)
+            StateComparison.compare(recorded: after, emulated: emulated, flagMask: flagMask, into: &v.differences)
         }
-        if !open.msrs.isEmpty { Reconstruction.applyMSRs(open.msrs, to: &after!) }
-        StateComparison.compare(recorded: after!, emulated: open.emulated, flagMask: open.flagMask, into: &v.differences)
         if v.differences.isEmpty {
             v.reproduction = nil
         } else {
             v.kind = .divergence
         }
-        return v
     }
 }
