@@ -20,10 +20,11 @@ enum ReplayBench {
         try! TraceBench.write(outLoopPath, exits: records)
     }()
 
-    /// Steps of `inc ax; dec cx; jnz` in real mode, states produced by running the loop.
+    /// Steps of `inc ax; dec cx; jmp` in real mode, states produced by running the loop (a JMP, not
+    /// a JNZ: the 16-bit CX would end the loop after 65536 turns, before the records are written).
     static let preparedSteps: Void = {
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let code: [UInt8] = [0x40, 0x49, 0x75, 0xFC]  // 0x1000: inc ax; dec cx; jnz 0x1000
+        let code: [UInt8] = [0x40, 0x49, 0xEB, 0xFC]  // 0x1000: inc ax; dec cx; jmp 0x1000
         let mem = FlatMemory(size: 1 << 16)
         mem.load(0x1000, code)
         var s = CPUState.flat(.real)

@@ -46,6 +46,7 @@ final class ReplayMemory: GuestMemory {
         changed = true
         for (_, p) in pages { p.clear(); spare.append(p) }
         pages.removeAll(keepingCapacity: true)
+        lastPage = nil
     }
 
     /// Starts an instruction group: the recorded device side it must reproduce.
@@ -79,9 +80,24 @@ final class ReplayMemory: GuestMemory {
     }
 
     private func page(_ base: UInt64) -> Page {
-        if let p = pages[base] { return p }
+        if base == lastBase, let p = lastPage { return p }
+        if let p = pages[base] { lastBase = base; lastPage = p; return p }
         let p = spare.popLast() ?? Page()
         pages[base] = p
+        lastBase = base
+        lastPage = p
+        return p
+    }
+
+    /// The page looked up last (a record's bytes and its instruction's accesses mostly share one).
+    private var lastBase: UInt64 = 0
+    private var lastPage: Page?
+
+    @inline(__always) private func existingPage(_ base: UInt64) -> Page? {
+        if base == lastBase, let p = lastPage { return p }
+        guard let p = pages[base] else { return nil }
+        lastBase = base
+        lastPage = p
         return p
     }
 
@@ -150,7 +166,7 @@ final class ReplayMemory: GuestMemory {
         var k = 0
         while k < count {
             let a = gpa &+ UInt64(k)
-            guard let p = pages[a & ~0xFFF] else { return .unbacked(a) }
+            guard let p = existingPage(a & ~0xFFF) else { return .unbacked(a) }
             let off = Int(a & 0xFFF)
             let n = min(count - k, 4096 - off)
             for j in 0..<n where !p.isValid(off + j) { return .unbacked(a &+ UInt64(j)) }

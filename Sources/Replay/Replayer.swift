@@ -644,16 +644,43 @@ public final class Replayer: @unchecked Sendable {
 
     // MARK: accesses
 
+    /// Item `k` of a recorded port access as the emulator reports one.
+    @inline(__always) static func portItem(_ a: DeviceAccess, _ k: Int) -> PortAccess {
+        let size = Int(a.size)
+        var val: UInt32 = 0
+        for b in 0..<min(size, 4) where k * size + b < a.data.count { val |= UInt32(a.data[k * size + b]) << (8 * UInt32(b)) }
+        return PortAccess(port: UInt16(truncatingIfNeeded: a.address), size: size, isWrite: a.isWrite, value: val)
+    }
+
+    func comparePort(_ v: inout Verdict, _ r: PortAccess, _ e: PortAccess, tag: String) {
+        if r.port != e.port { v.differences.append(FieldDifference(tag + "port", recorded: Hex.string(r.port), emulated: Hex.string(e.port))) }
+        if r.size != e.size { v.differences.append(FieldDifference(tag + "size", recorded: "\(r.size)", emulated: "\(e.size)")) }
+        if r.isWrite != e.isWrite { v.differences.append(FieldDifference(tag + "direction", recorded: r.isWrite ? "out" : "in", emulated: e.isWrite ? "out" : "in")) }
+        if r.value != e.value { v.differences.append(FieldDifference(tag + "value", recorded: Hex.string(r.value), emulated: Hex.string(e.value))) }
+    }
+
+    /// EXITINFO1's string and REP bits (the APM's IOIO fields) against what the emulator did.
+    func compareIOIO(_ v: inout Verdict, exitInfo1: UInt64, _ e: PortAccess) {
+        let info = IOIOInfo(exitInfo1: exitInfo1)
+        if info.isString != e.string { v.differences.append(FieldDifference("ioio.string", recorded: "\(info.isString)", emulated: "\(e.string)")) }
+        if info.isRep != e.rep { v.differences.append(FieldDifference("ioio.rep", recorded: "\(info.isRep)", emulated: "\(e.rep)")) }
+        if info.isIn == e.isWrite { v.differences.append(FieldDifference("ioio.direction", recorded: info.isIn ? "in" : "out", emulated: e.isWrite ? "out" : "in")) }
+        if info.port != e.port { v.differences.append(FieldDifference("ioio.port", recorded: Hex.string(info.port), emulated: Hex.string(e.port))) }
+        if info.size != e.size { v.differences.append(FieldDifference("ioio.size", recorded: "\(info.size)", emulated: "\(e.size)")) }
+    }
+
     func compareAccesses(_ v: inout Verdict, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode, exitInfo1: UInt64) {
+        // The common case, one port item each way (IN, OUT): compared without building the lists.
+        if recorded.count == 1, recorded[0].space == .port, recorded[0].count == 1, cpu.accessLog.count == 1,
+           case .port(let e) = cpu.accessLog[0], memory.emulatedMMIO.isEmpty {
+            comparePort(&v, Self.portItem(recorded[0], 0), e, tag: "port.")
+            if exitCode == .ioio { compareIOIO(&v, exitInfo1: exitInfo1, e) }
+            return
+        }
         // Ports: item by item (string I/O that KVM batched is `count` items of one access).
         recPorts.removeAll(keepingCapacity: true)
         for a in recorded where a.space == .port {
-            let size = Int(a.size)
-            for k in 0..<Int(a.count) {
-                var val: UInt32 = 0
-                for b in 0..<min(size, 4) where k * size + b < a.data.count { val |= UInt32(a.data[k * size + b]) << (8 * UInt32(b)) }
-                recPorts.append(PortAccess(port: UInt16(truncatingIfNeeded: a.address), size: size, isWrite: a.isWrite, value: val))
-            }
+            for k in 0..<Int(a.count) { recPorts.append(Self.portItem(a, k)) }
         }
         emuPorts.removeAll(keepingCapacity: true)
         emuMSR.removeAll(keepingCapacity: true)
@@ -670,22 +697,10 @@ public final class Replayer: @unchecked Sendable {
             }
             for k in 0..<min(recPorts.count, emuPorts.count) {
                 let r = recPorts[k], e = emuPorts[k]
-                let tag = recPorts.count > 1 ? "port[\(k)]." : "port."
-                if r.port != e.port { v.differences.append(FieldDifference(tag + "port", recorded: Hex.string(r.port), emulated: Hex.string(e.port))) }
-                if r.size != e.size { v.differences.append(FieldDifference(tag + "size", recorded: "\(r.size)", emulated: "\(e.size)")) }
-                if r.isWrite != e.isWrite { v.differences.append(FieldDifference(tag + "direction", recorded: r.isWrite ? "out" : "in", emulated: e.isWrite ? "out" : "in")) }
-                if r.value != e.value { v.differences.append(FieldDifference(tag + "value", recorded: Hex.string(r.value), emulated: Hex.string(e.value))) }
+                comparePort(&v, r, e, tag: recPorts.count > 1 ? "port[\(k)]." : "port.")
                 if v.differences.count > 16 { break }
             }
-            // EXITINFO1's string and REP bits (the APM's IOIO fields) against what the emulator did.
-            if exitCode == .ioio, let e = emuPorts.first {
-                let info = IOIOInfo(exitInfo1: exitInfo1)
-                if info.isString != e.string { v.differences.append(FieldDifference("ioio.string", recorded: "\(info.isString)", emulated: "\(e.string)")) }
-                if info.isRep != e.rep { v.differences.append(FieldDifference("ioio.rep", recorded: "\(info.isRep)", emulated: "\(e.rep)")) }
-                if info.isIn == e.isWrite { v.differences.append(FieldDifference("ioio.direction", recorded: info.isIn ? "in" : "out", emulated: e.isWrite ? "out" : "in")) }
-                if info.port != e.port { v.differences.append(FieldDifference("ioio.port", recorded: Hex.string(info.port), emulated: Hex.string(e.port))) }
-                if info.size != e.size { v.differences.append(FieldDifference("ioio.size", recorded: "\(info.size)", emulated: "\(e.size)")) }
-            }
+            if exitCode == .ioio, let e = emuPorts.first { compareIOIO(&v, exitInfo1: exitInfo1, e) }
         }
         // MMIO: address, size, direction, value of each access, in order.
         let recMMIO = recorded.filter { $0.space == .mmio }
