@@ -11,7 +11,8 @@ final class ReplaySampleTests: XCTestCase {
     static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().path
 
-    func record(_ sample: String, fidelity: String = "default", singleStep: Bool = false) throws -> (TraceReader, String) {
+    func record(_ sample: String, fidelity: String = "default", singleStep: Bool = false,
+                writer: TraceWriterSettings = TraceWriterSettings()) throws -> (TraceReader, String) {
         guard FileManager.default.fileExists(atPath: "/dev/kvm") else {
             throw XCTSkip("/dev/kvm is not present: recording the Samples guests needs KVM (replay itself does not)")
         }
@@ -25,7 +26,7 @@ final class ReplaySampleTests: XCTestCase {
         let machine = try Machine(config: config, image: image, serial: serial)
         var observer = ObserverOptions(singleStep: singleStep)
         if fidelity == "full" { observer.fidelity = .full }
-        let options = RecorderOptions(observer: observer)
+        let options = RecorderOptions(observer: observer, writer: writer)
         let recorder = try Recorder(path: out, machine: machine, imagePath: located.elfPath, imageBytes: bytes,
                                     symbols: [], commandLine: ["test"], options: options)
         // Single-step runs of hello-real end in HLT, which single-step steps over forever: a cap.
@@ -76,6 +77,25 @@ final class ReplaySampleTests: XCTestCase {
                          + "\(s.byKind[.unrecorded, default: 0]) unrecorded")
         }
         print("single-step replay: " + lines.joined(separator: "; "))
+    }
+
+    func testInstructionGroupsCutByFrameEndsReplayAsOneInstruction() throws {
+        // Frames of 3 records cut protected-mode's REP OUTSB/INSB/INSW groups (an exit per item).
+        let (reader, path) = try record("protected-mode", writer: TraceWriterSettings(maxRecordsPerFrame: 3))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        XCTAssertGreaterThan(reader.frames.count, 50)
+        for jobs in [1, 2] {
+            var spanning = 0
+            var failing: [Verdict] = []
+            let s = try ReplayRun.run(reader, options: ReplayOptions(jobs: jobs)) { v in
+                if v.kind.isFailure { failing.append(v) }
+                let frameOf = { (seq: UInt64) in reader.frames.firstIndex { $0.firstSeq <= seq && seq <= $0.lastSeq } }
+                if v.kind == .match, v.records > 1, frameOf(v.seq) != frameOf(v.seq + UInt64(v.records) - 1) { spanning += 1 }
+            }
+            XCTAssertEqual(s.failures(allowing: []), 0, "jobs \(jobs):\n" + describe(failing))
+            XCTAssertGreaterThan(spanning, 0, "no instruction group spanned frames (jobs \(jobs))")
+            XCTAssertEqual(s.records, reader.recordCount)
+        }
     }
 
     func testJobsDoNotChangeTheVerdictsOfARealTrace() throws {
