@@ -183,6 +183,11 @@ public enum InstructionLocator {
                 return false
             }
         case let .mmioWrite(gpa, size), let .mmioRead(gpa, size):
+            // Implicit stack stores (PUSH, CALL, PUSHF, ENTER) with the stack in MMIO.
+            if case .mmioWrite = access, let (lin, width) = stackStore(inst, state: state),
+               size <= width, let pa = memory.physical(lin), pa <= gpa && gpa < pa &+ UInt64(width) {
+                return true
+            }
             for i in 0..<Int(inst.operandCount) {
                 guard case .memory(let m) = inst.operand(i) else { continue }
                 guard Int(m.size) >= size || m.size == 0 else { continue }
@@ -218,6 +223,30 @@ public enum InstructionLocator {
         case .other:
             return false
         }
+    }
+
+    /// Where a committed PUSH, near CALL, PUSHF or ENTER (nesting level 0) stored on the stack,
+    /// from the state after it: SS:RSP, or for ENTER SS:RBP (the old RBP's slot); and the width.
+    public static func stackStore(_ inst: Instruction, state: CPUState) -> (linear: UInt64, width: Int)? {
+        let width = Int(inst.operandSize) / 8
+        guard width == 2 || width == 4 || width == 8 else { return nil }
+        var offset: UInt64
+        switch inst.mnemonic {
+        case .push, .pushf, .pushfd, .pushfq:
+            offset = state.rsp
+        case .call:
+            for i in 0..<Int(inst.operandCount) { if case .farPointer = inst.operand(i) { return nil } }
+            if inst.map == .legacy && inst.opcode == 0xFF && inst.modrmReg == 3 { return nil }  // far, through memory
+            offset = state.rsp
+        case .enter:
+            guard case .immediate(let level, _) = inst.operand(1), level & 0x1F == 0 else { return nil }
+            offset = state.rbp
+        default:
+            return nil
+        }
+        if state.mode == .long64 { return (offset, width) }
+        offset &= state.ss.defaultBig ? 0xFFFF_FFFF : 0xFFFF
+        return ((state.ss.base &+ offset) & 0xFFFF_FFFF, width)
     }
 
     static func isString(_ inst: Instruction) -> Bool {

@@ -45,6 +45,25 @@ enum Reconstruction {
             guard let reg else { return ReconstructionFailure(message: "xchg without a register operand") }
             setRegister(&s, reg, w.value)
             return nil
+        case .push, .pushf, .pushfd, .pushfq, .call, .enter:
+            // A stack store: RSP moved down by the width (ENTER also set RBP to the slot the old
+            // RBP went to, and that old RBP is what it wrote).
+            let width = UInt64(inst.operandSize / 8)
+            let stackWidth = s.mode == .long64 ? 64 : (s.ss.defaultBig ? 32 : 16)
+            if inst.mnemonic == .enter {
+                guard case .immediate(let level, _) = inst.operand(1), level & 0x1F == 0,
+                      let w = r.accesses.first(where: { $0.isWrite }), UInt64(w.size) == width else {
+                    return ReconstructionFailure(message: "committed enter: only nesting level 0 with its whole store in one recorded access")
+                }
+                s.rsp = wrap(s.rbp, width, stackWidth)
+                setRegister(&s, Register(width == 8 ? .gpr64 : (width == 4 ? .gpr32 : .gpr16), 5), w.value)
+                return nil
+            }
+            if case .register(let reg) = inst.operand(0), reg.regClass != .segment, reg.number == 4 {
+                return ReconstructionFailure(message: "committed push of the stack pointer")
+            }
+            s.rsp = wrap(s.rsp, width, stackWidth)
+            return nil
         case .outs, .stos, .movs:
             let items = UInt64(max(1, r.accesses.first?.count ?? 1))
             let size = UInt64(stringElementSize(inst))

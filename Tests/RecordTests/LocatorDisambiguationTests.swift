@@ -81,4 +81,16 @@ final class LocatorDisambiguationTests: XCTestCase {
         XCTAssertFalse(read(0xFF00_0000).lastFragment, "the second piece exits next")
         XCTAssertTrue(read(0xFF00_0008).lastFragment)
     }
+
+    func testAPushWithTheStackInMMIOIsLocated() {
+        // push 0x12 (6a 12) with ESP moved into MMIO: the store is at the ESP it left behind.
+        var s = CPUState.flat(.protected32)
+        s.rip = 0x1002
+        s.rsp = 0xFF00_0FFC
+        let r = write(s, code: [0x6A, 0x12], at: 0x1000, gpa: 0xFF00_0FFC, size: 4, data: 0x12)
+        XCTAssertEqual(r.candidates, 1)
+        XCTAssertEqual(r.instructionStart, 0x1000)
+        XCTAssertEqual(write(s, code: [0x6A, 0x12], at: 0x1000, gpa: 0xFF00_0FF8, size: 4, data: 0x12).candidates, 0,
+                       "a store below the stack pointer is not the push's")
+    }
 }

@@ -350,6 +350,23 @@ final class ReplayRecordTests: XCTestCase {
         XCTAssertEqual(v2.first?.differences.map(\.field), ["exception"])
     }
 
+    func testACommittedPushIntoAnMMIOStackIsReplayedFromESPRebuilt() throws {
+        let push: [UInt8] = [0x6A, 0x12]  // push 0x12
+        var s = Self.prot32(rip: 0x2002)
+        s.rsp = 0xD000_00FC
+        func record(_ data: [UInt8]) -> TraceRecord {
+            TraceRecord(kind: .exit, kvmExitReason: 6, exitCode: .npf, exitInfo1: NPFInfo.finalAddress | NPFInfo.write,
+                        exitInfo2: 0xD000_00FC, nextRIP: 0x2002, instructionStart: 0x2000, instructionBytes: push,
+                        candidates: 1, visibility: .committed, state: s,
+                        accesses: [DeviceAccess(space: .mmio, address: 0xD000_00FC, size: 4, isWrite: true, data: data)],
+                        memory: [GuestBytes(role: .instruction, gpa: 0x2000, bytes: push)])
+        }
+        let (_, v) = try replay { w in try w.append(record([0x12, 0, 0, 0])) }
+        XCTAssertEqual(v.first?.kind, .match, v.first?.summaryLine ?? "")
+        let (_, bad) = try replay("t2") { w in try w.append(record([0x13, 0, 0, 0])) }
+        XCTAssertEqual(bad.first?.differences.map(\.field), ["mmio.value"])
+    }
+
     static let longHeader = TraceHeader(kvmBackend: "kvm_pvm",
                                         memory: [MemoryRegionInfo(gpa: 0, size: 64 << 20, name: "ram"),
                                                  MemoryRegionInfo(gpa: 0xD000_0000, size: 0x1000, name: "scratch-mmio")])
