@@ -467,8 +467,10 @@ public final class Machine: @unchecked Sendable {
                 vcpu.completeMSR(data: outcome.msrData, error: outcome.msrError)
             case let .wrmsr(msrIndex, _, value):
                 if outcome.forwardMSR {
-                    observer?.msrWritten(vcpu: index, index: msrIndex, value: value)
+                    // Only a write KVM takes happened: a refused one (a non-canonical LSTAR)
+                    // gives the guest #GP and leaves the MSR as it was.
                     let accepted = (try? vcpu.setMSRs([(msrIndex, value)])) ?? 0
+                    if accepted == 1 { observer?.msrWritten(vcpu: index, index: msrIndex, value: value) }
                     vcpu.completeMSR(data: value, error: accepted != 1)
                 } else {
                     if !outcome.msrError { observer?.msrWritten(vcpu: index, index: msrIndex, value: value) }

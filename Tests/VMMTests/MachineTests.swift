@@ -70,6 +70,17 @@ final class MachineTests: XCTestCase {
         XCTAssertEqual(obs.msrWrites.withLock { $0 }.first?.value, 0x1234)
     }
 
+    func testARoutedMSRWriteKVMRefusesIsNotObservedAsWritten() throws {
+        // mov ecx,0xC0000082 (LSTAR); xor eax,eax; mov edx,0x80000000; wrmsr: a non-canonical
+        // address, refused by KVM_SET_MSRS; the guest gets #GP (no IDT here: a triple fault).
+        let code: [UInt8] = [0xB9, 0x82, 0x00, 0x00, 0xC0, 0x31, 0xC0, 0xBA, 0x00, 0x00, 0x00, 0x80, 0x0F, 0x30, 0xF4]
+        let obs = Recorder()
+        let (s, _) = try run(code, mode: .long64, at: 0x100000, observer: obs)
+        guard case let .guestEvent(r) = s.stop else { return XCTFail("stopped by \(s.stop)") }
+        XCTAssertEqual(r.kind, .shutdown, "the refused WRMSR must fault")
+        XCTAssertTrue(obs.msrWrites.withLock { $0 }.isEmpty, "a refused write must not be reported as written")
+    }
+
     func testTripleFaultReportNamesRIPAndBytes() throws {
         // Long mode with an empty IDT: UD2 cannot be delivered -> #DF -> triple fault.
         let (s, _) = try run([0x90, 0x0F, 0x0B], mode: .long64, at: 0x100000)
