@@ -291,6 +291,9 @@ public final class FrameDecoder {
     private let scratch = StateSlots()
     private var haveKeyframe = false
     private var blobs: [GuestBytes] = []
+    /// A one-element list per blob, made once: most records need one blob (a stepped
+    /// instruction's bytes), so a record's list is shared instead of built per record.
+    private var singleBlobLists: [[GuestBytes]] = []
     private var decoded: UInt32 = 0
     /// The frame's per-vCPU stats, complete once `next()` has returned nil.
     public private(set) var stats: [VCPUFrameStats] = []
@@ -351,6 +354,7 @@ public final class FrameDecoder {
                 let gpa = try c.varint()
                 guard itemEnd >= c.pos else { throw c.corrupt("guest-bytes item shorter than its fields") }
                 blobs.append(GuestBytes(role: role, gpa: gpa, bytes: try c.bytes(itemEnd - c.pos)))
+                singleBlobLists.append([blobs[blobs.count - 1]])
             case TraceFormat.tagRecord:
                 guard haveKeyframe else { throw c.corrupt("record before the frame's keyframe") }
                 guard decoded < info.recordCount else { throw c.corrupt("more records than the frame header's \(info.recordCount)") }
@@ -475,7 +479,7 @@ public final class FrameDecoder {
             if !r.memory.isEmpty { r.memory = [] }
         } else if r.memory.count != ref.memory.count || !zip(r.memory, ref.memory).allSatisfy({ $0 == blobs[$1] }) {
             // Rebuilt only when it differs from what `r` already holds (a loop keeps it).
-            r.memory = ref.memory.map { blobs[$0] }
+            r.memory = ref.memory.count == 1 ? singleBlobLists[ref.memory[0]] : ref.memory.map { blobs[$0] }
         }
         r.msrWrites.removeAll()
         if mask & RecordField.msrWrites != 0 {
