@@ -354,10 +354,7 @@ public final class Replayer: @unchecked Sendable {
                 emit(replayExit(first: r, last: r, count: 1, accesses: r.accesses, memory: nil))
                 applyMSRWrites(r)
             } else {
-                var msr: [(UInt32, UInt64)] = []
-                if r.exitCode == .msr { Self.collectMSRWrites(r, into: &msr) }
-                pendingGroup = GroupBox(GroupCarry(first: copy r, count: 1, nextFragment: 1, accesses: r.accesses,
-                                                   memory: r.memory, msrUpdates: msr, knownMSRs: knownMSRs))
+                startGroup(r)
             }
         case .completion:
             emit(replayCompletion(r))
@@ -369,6 +366,14 @@ public final class Replayer: @unchecked Sendable {
             emit(simple(r, .notReplayable))
         }
         return false
+    }
+
+    /// Out of line: the copy of the record it keeps would otherwise be made on every record's path.
+    @inline(never) private func startGroup(_ r: borrowing TraceRecord) {
+        var msr: [(UInt32, UInt64)] = []
+        if r.exitCode == .msr { Self.collectMSRWrites(r, into: &msr) }
+        pendingGroup = GroupBox(GroupCarry(first: copy r, count: 1, nextFragment: 1, accesses: r.accesses,
+                                           memory: r.memory, msrUpdates: msr, knownMSRs: knownMSRs))
     }
 
     private func takeResult() -> FrameResult {
