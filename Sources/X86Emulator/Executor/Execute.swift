@@ -11,6 +11,7 @@ extension X86Executor {
             let insn = try fetchDecode()
             nextRIP = advanceIP(rip, Int(insn.length))
             outcome = .ok
+            taskSwitched = false
             interruptShadow = false
             try execute(insn)
             // RF is cleared once an instruction completes (APM vol. 2, "Resume Flag"); IRET loads

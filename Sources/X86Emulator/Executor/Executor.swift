@@ -53,6 +53,9 @@ public final class X86Executor {
     @usableFromInline var nextRIP: UInt64 = 0
     /// What the current instruction ends with when it completes (HLT, VMMCALL set it).
     var outcome: StepResult = .ok
+    /// Set once a task switch has saved the old task: a later fault belongs to the new task, so
+    /// the usual restore of the state before the instruction must not happen.
+    var taskSwitched = false
 
     let tlb: TLB
     /// The page RIP executes from, translated once (invalidated with the TLB and on mode changes).

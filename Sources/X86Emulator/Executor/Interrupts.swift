@@ -15,6 +15,7 @@ extension X86Executor {
                  gs: seg[SR.gs], flags: rflags, cpl: sys.cpl)
     }
     func restore(_ s: Snapshot) {
+        if taskSwitched { return }
         gpr[4] = s.rsp
         seg[SR.cs] = s.cs; seg[SR.ss] = s.ss; seg[SR.ds] = s.ds; seg[SR.es] = s.es; seg[SR.fs] = s.fs; seg[SR.gs] = s.gs
         rflags = s.flags
@@ -31,6 +32,7 @@ extension X86Executor {
         while true {
             if let a = cur.cr2 { sys.cr2 = a }
             let code: UInt32? = (mode == .real || !CPUException.hasErrorCode(cur.vector)) ? nil : (cur.errorCode ?? 0)
+            taskSwitched = false
             let snap = snapshot()
             do throws(Stop) {
                 nextRIP = rip
@@ -54,6 +56,7 @@ extension X86Executor {
     /// Delivers an external interrupt (the caller decides it is deliverable: IF, shadow).
     public func injectInterrupt(_ vector: UInt8) -> StepResult {
         insnStart = rip
+        taskSwitched = false
         let snap = snapshot()
         do throws(Stop) {
             nextRIP = rip
@@ -110,7 +113,13 @@ extension X86Executor {
         let type = UInt8((lo >> 40) & 0xF)
         let gateDPL = UInt8((lo >> 45) & 3)
         let present = lo & (1 << 47) != 0
-        if type == 5 && !long { throw .unsupported }  // task gates need a task switch
+        if type == 5 && !long {
+            if software && gateDPL < sys.cpl { throw .fault(.generalProtection(idtCode)) }
+            if !present { throw .fault(.notPresent(idtCode)) }
+            try taskGate(UInt16(truncatingIfNeeded: lo >> 16), reason: .interrupt, returnEIP: returnRIP, ext: ext,
+                         errorCode: errorCode)
+            return
+        }
         let valid: Bool = long ? (type == 0xE || type == 0xF) : (type == 6 || type == 7 || type == 0xE || type == 0xF)
         if !valid { throw .fault(.generalProtection(idtCode)) }
         if software && gateDPL < sys.cpl { throw .fault(.generalProtection(idtCode)) }
@@ -241,7 +250,7 @@ extension X86Executor {
             nextRIP = ip & sizeMask(s)
             return
         }
-        if flagsRest & RFLAGS.nt != 0 && sys.efer & EFER.lma == 0 { throw .unsupported }  // task return
+        if flagsRest & RFLAGS.nt != 0 && sys.efer & EFER.lma == 0 { try taskReturn(); return }
         if sys.efer & EFER.lma != 0 && flagsRest & RFLAGS.nt != 0 { throw .fault(.generalProtection(0)) }
         let ip = try peek(s), csSel = UInt16(truncatingIfNeeded: try peek(s, UInt64(s)))
         let fl = try peek(s, UInt64(2 * s))
@@ -327,6 +336,7 @@ extension X86Executor {
     }
 
     func farJump(_ sel: UInt16, _ off: UInt64, _ s: Int) throws(Stop) {
+        if try farTransferThroughSystemDescriptor(sel, call: false) { return }
         let cs = try farTransferTarget(sel)
         let t = off & sizeMask(s)
         if !(mode == .long64 || (sys.efer & EFER.lma != 0 && cs.long)) && t > UInt64(cs.limit) { throw .fault(.generalProtection(0)) }
@@ -335,6 +345,7 @@ extension X86Executor {
     }
 
     func farCall(_ sel: UInt16, _ off: UInt64, _ s: Int) throws(Stop) {
+        if try farTransferThroughSystemDescriptor(sel, call: true) { return }
         let cs = try farTransferTarget(sel)
         let t = off & sizeMask(s)
         if !(sys.efer & EFER.lma != 0 && cs.long) && t > UInt64(cs.limit) { throw .fault(.generalProtection(0)) }

@@ -91,7 +91,7 @@ extension X86Executor {
         return (d, raw, addr)
     }
 
-    /// Far JMP or CALL to a code segment (no gates): CPL stays; conforming allows DPL <= CPL.
+    /// Far JMP or CALL to a code segment (gates: Gates.swift): CPL stays; conforming allows DPL <= CPL.
     func farTransferTarget(_ sel: UInt16) throws(Stop) -> Segment {
         if mode == .real || mode == .virtual8086 {
             var cs = seg[SR.cs]
@@ -103,11 +103,8 @@ extension X86Executor {
         if sel & 0xFFFC == 0 { throw .fault(.generalProtection(0)) }
         let (raw, addr) = try readDescriptor(sel)
         var d = Segment.fromDescriptor(selector: sel, descriptor: raw)
-        if d.isSystem {
-            // Call gates, task gates and TSS targets need task/gate machinery not implemented.
-            throw .unsupported
-        }
-        if !d.isCode { throw .fault(.generalProtection(code)) }
+        // Gates and TSS descriptors went through farTransferThroughSystemDescriptor.
+        if d.isSystem || !d.isCode { throw .fault(.generalProtection(code)) }
         let cpl = sys.cpl, rpl = UInt8(sel & 3)
         if d.type & 4 != 0 {
             if d.dpl > cpl { throw .fault(.generalProtection(code)) }
