@@ -211,6 +211,7 @@ public enum Exec {
             switch last {
             case .ok: executed += 1; continue
             case .exception(_, true): executed += 1; if untilHalt { continue }
+            case .exception(_, false) where cpu.singleStepTrapped: executed += 1
             case .halted, .hypercall: executed += 1
             default: break
             }

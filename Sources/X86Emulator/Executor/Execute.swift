@@ -13,6 +13,8 @@ extension X86Executor {
             outcome = .ok
             taskSwitched = false
             interruptShadow = false
+            stackSegmentShadow = false
+            noSingleStepTrap = false
             try execute(insn)
             // RF is cleared once an instruction completes (APM vol. 2, "Resume Flag"); IRET loads
             // it from the stack. A REP instruction interrupted between iterations sets it again.
@@ -165,7 +167,7 @@ extension X86Executor {
                 let v = try read(o1, 2)
                 if r.number == 1 || r.number > 5 { throw .fault(.invalidOpcode()) }
                 try loadSegment(Int(r.number), UInt16(truncatingIfNeeded: v))
-                if r.number == 2 { interruptShadow = true }
+                if r.number == 2 { interruptShadow = true; stackSegmentShadow = true }
                 return
             }
             if case .register(let r) = o1, r.regClass == .segment {
@@ -213,7 +215,7 @@ extension X86Executor {
                 let v = try peek(s)
                 try loadSegment(Int(r.number), UInt16(truncatingIfNeeded: v))
                 setSP((gpr[4] &+ UInt64(s)) & sizeMask(stackSize))
-                if r.number == 2 { interruptShadow = true }
+                if r.number == 2 { interruptShadow = true; stackSegmentShadow = true }
                 return
             }
             let v = try peek(s)

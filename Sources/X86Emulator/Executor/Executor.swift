@@ -47,6 +47,15 @@ public final class X86Executor {
     @usableFromInline var sys = CPUState()
     /// Interrupt shadow after MOV SS/POP SS/STI (one instruction).
     public internal(set) var interruptShadow = false
+    /// The shadow is a MOV SS / POP SS one: it also holds a single-step trap off for one instruction.
+    var stackSegmentShadow = false
+    /// A single-step trap held off by MOV SS / POP SS, taken after the next instruction.
+    public internal(set) var singleStepPending = false
+    /// Set by instructions after which no single-step trap is taken (software interrupts).
+    var noSingleStepTrap = false
+    /// The last `step` completed its instruction and then took a single-step trap (so a returned,
+    /// undelivered #DB still counts as an executed instruction).
+    public internal(set) var singleStepTrapped = false
 
     // Per-instruction scratch
     @usableFromInline var insnStart: UInt64 = 0
@@ -113,6 +122,7 @@ public final class X86Executor {
     public func load(_ s: CPUState, keepingCaches: Bool) {
         let samePaging = sys.cr0 == s.cr0 && sys.cr3 == s.cr3 && sys.cr4 == s.cr4 && sys.efer == s.efer
         sys = s
+        singleStepPending = false
         gpr[0] = s.rax; gpr[1] = s.rcx; gpr[2] = s.rdx; gpr[3] = s.rbx
         gpr[4] = s.rsp; gpr[5] = s.rbp; gpr[6] = s.rsi; gpr[7] = s.rdi
         gpr[8] = s.r8; gpr[9] = s.r9; gpr[10] = s.r10; gpr[11] = s.r11
@@ -174,10 +184,24 @@ public final class X86Executor {
     /// Executes one instruction.
     public func step() -> StepResult {
         insnStart = rip
+        singleStepTrapped = false
+        let trapFlag = flagsRest & RFLAGS.tf != 0
         let r = executeOne()
         switch r {
-        case .ok, .halted, .hypercall:
+        case .ok:
             retired &+= 1
+            if (trapFlag || singleStepPending) && !noSingleStepTrap {
+                if stackSegmentShadow {
+                    singleStepPending = true
+                    return r
+                }
+                return singleStepTrap()
+            }
+            singleStepPending = false
+            return r
+        case .halted, .hypercall:
+            retired &+= 1
+            singleStepPending = false
             return r
         case .exception(let e, _):
             if deliverExceptions {
@@ -189,6 +213,20 @@ public final class X86Executor {
         }
     }
 
+    /// The single-step trap after an instruction that began with RFLAGS.TF set (APM vol. 2,
+    /// 13.1.4): DR6.BS set, #DB with the return address after the instruction, delivered through
+    /// the IDT when `deliverExceptions` is set; otherwise returned with the state after the
+    /// instruction (a trap, unlike a fault).
+    func singleStepTrap() -> StepResult {
+        singleStepPending = false
+        singleStepTrapped = true
+        sys.dr6 |= 0x4000
+        let db = CPUException(vector: CPUException.db)
+        if !deliverExceptions { return .exception(db, delivered: false) }
+        insnStart = rip
+        return deliver(exception: db)
+    }
+
     /// Runs until `count` instructions retired or something other than `.ok` happens.
     public func run(count: Int) -> (executed: Int, last: StepResult) {
         var n = 0
@@ -198,7 +236,7 @@ public final class X86Executor {
             let r = step()
             if r != .ok {
                 if case .exception(_, true) = r { n += 1; continue }
-                return (n + ((r == .halted || r == .hypercall) ? 1 : 0), r)
+                return (n + ((r == .halted || r == .hypercall || singleStepTrapped) ? 1 : 0), r)
             }
             n += 1
         }

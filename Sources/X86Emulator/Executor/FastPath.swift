@@ -84,7 +84,7 @@ extension X86Executor {
     /// change, or where a branch target needs the full path. Returns how many it ran.
     @inline(__always)
     func runFast(_ limit: Int) -> Int {
-        if mode != .long64 { return 0 }
+        if mode != .long64 || flagsRest & RFLAGS.tf != 0 || singleStepPending { return 0 }
         if !(rip >> 12 == fetchPage && fetchValid) { _ = primeFetchPage(); if !fetchValid { return 0 } }
         let tags = cache.tag, ops = cache.fast, regs = gpr
         let genBits = cache.generation << 59

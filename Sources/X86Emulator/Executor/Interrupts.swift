@@ -73,6 +73,8 @@ extension X86Executor {
     /// after the instruction.
     func softwareInterrupt(_ vector: UInt8, kind: InterruptKind) throws(Stop) {
         if mode == .virtual8086 && iopl < 3 && kind == .intN { throw .fault(.generalProtection(0)) }
+        // The handler starts with TF clear: no single-step trap after INT n/INT3/INTO/INT1.
+        noSingleStepTrap = true
         let snap = snapshot()
         do throws(Stop) {
             try interrupt(vector: vector, errorCode: nil, kind: kind, returnRIP: nextRIP)

@@ -85,7 +85,8 @@ extension X86Executor {
                 if repne ? zf : !zf { break }
             }
             iterations &+= 1
-            if iterations >= X86Executor.maxRepIterationsPerStep {
+            // Under single-step each iteration traps: stop after one, RIP on the instruction.
+            if iterations >= X86Executor.maxRepIterationsPerStep || flagsRest & RFLAGS.tf != 0 {
                 nextRIP = insnStart  // resume later, like an interrupt between iterations
                 break
             }
