@@ -58,4 +58,24 @@ final class ExecVectorTests: XCTestCase {
         let noAVX = TestMachine(.long64, code: Array(ExecVectorTests.code[13...])) { s in s.rbx = 0x3000; s.cr4 |= CR4.osfxsr }
         XCTAssertEqual(noAVX.step(), .exception(.invalidOpcode(), delivered: false), "CR4.OSXSAVE clear")
     }
+
+    /// LDMXCSR/STMXCSR (0F AE /2, /3): the Linux boot's kernel_fpu_begin loads MXCSR this way.
+    func testLoadAndStoreMXCSR() {
+        let code: [UInt8] = [0x0F, 0xAE, 0x54, 0x24, 0x04,   // ldmxcsr [rsp+4]
+                             0x0F, 0xAE, 0x5B, 0x10,         // stmxcsr [rbx+0x10]
+                             0x0F, 0xAE, 0x53, 0x20]         // ldmxcsr [rbx+0x20]: reserved bit set
+        let m = TestMachine(.long64, code: code) { s in s.cr4 |= CR4.osfxsr; s.rsp = 0x2000; s.rbx = 0x3000 }
+        m.mem.load(0x2004, [0xC0, 0x9F, 0, 0])                // 0x9FC0: all masked, round toward zero, DAZ
+        m.mem.load(0x3010, [0xEE, 0xEE, 0xEE, 0xEE, 0x55])
+        m.mem.load(0x3020, [0x80, 0x1F, 0x01, 0x00])          // bit 16 is reserved
+        XCTAssertEqual(m.step(), .ok)
+        XCTAssertEqual(m.cpu.mxcsr, 0x9FC0)
+        XCTAssertEqual(m.step(), .ok)
+        XCTAssertEqual(m.read(0x3010, 4), 0x9FC0)
+        XCTAssertEqual(m.read(0x3014, 1), 0x55, "STMXCSR writes 4 bytes")
+        XCTAssertEqual(m.step(), .exception(.generalProtection(0), delivered: false))
+        XCTAssertEqual(m.cpu.mxcsr, 0x9FC0)
+        let noSSE = TestMachine(.long64, code: code) { s in s.rsp = 0x2000 }
+        XCTAssertEqual(noSSE.step(), .exception(.invalidOpcode(), delivered: false), "CR4.OSFXSR clear")
+    }
 }

@@ -24,6 +24,18 @@ extension X86Executor {
             let v = try readVec(i.operands.1, bytes, aligned: aligned.contains(i.mnemonic))
             try writeVec(i.operands.0, v, bytes, vex: vex, aligned: aligned.contains(i.mnemonic))
             return true
+        case .ldmxcsr, .stmxcsr:
+            // Kernels load MXCSR in kernel_fpu_begin; KVM's emulator here cannot (Linux boot, issue 9).
+            guard case .memory = i.operands.0 else { throw .fault(.invalidOpcode()) }
+            try checkSIMD(vex: false)
+            if i.mnemonic == .ldmxcsr {
+                let v = try read(i.operands.0, 4)
+                if v & ~Self.mxcsrMask != 0 { throw .fault(.generalProtection(0)) }  // reserved bits set
+                mxcsr = UInt32(truncatingIfNeeded: v)
+            } else {
+                try write(i.operands.0, UInt64(mxcsr), 4)
+            }
+            return true
         case .movnti:
             let s = opSize(i.operands.0, i)
             try write(i.operands.0, try read(i.operands.1, s), s)
@@ -81,6 +93,9 @@ extension X86Executor {
 
     /// SSE needs CR0.EM clear and CR4.OSFXSR; AVX needs CR4.OSXSAVE and XCR0 enabling SSE and
     /// AVX state; both raise #NM while CR0.TS is set.
+    /// The MXCSR bits a processor with DAZ accepts (MXCSR_MASK 0xFFFF); LDMXCSR of others is #GP(0).
+    static let mxcsrMask: UInt64 = 0xFFFF
+
     func checkSIMD(vex: Bool) throws(Stop) {
         if vex {
             if mode == .real || mode == .virtual8086 { throw .fault(.invalidOpcode()) }
