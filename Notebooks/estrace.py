@@ -149,7 +149,7 @@ _SEGS = ["es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr"]
 _GPRS = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
 _TAIL = ["cr0", "cr2", "cr3", "cr4", "cr8", "efer", "cpl", "dr6", "dr7", "star", "lstar", "cstar",
-         "sfmask", "kernel_gs_base", "sysenter_cs", "sysenter_esp", "sysenter_eip", "pat"]
+         "sfmask", "kernel_gs_base", "sysenter_cs", "sysenter_esp", "sysenter_eip", "pat", "xcr0"]
 
 SLOT_NAMES: List[str] = _GPRS + ["rip", "rflags"]
 SLOT_WIDTH: List[int] = [64] * 18
@@ -166,15 +166,17 @@ for _s in _TAIL:
     FIELD_SLOTS.append((len(SLOT_NAMES), 1))
     SLOT_NAMES.append(_s)
     SLOT_WIDTH.append(8 if _s == "cpl" else 64)
-assert len(SLOT_NAMES) == 72 and len(FIELD_SLOTS) == 46
+assert len(SLOT_NAMES) == 73 and len(FIELD_SLOTS) == 47
+# XCR0 is stored XOR 7 (FORMAT.md): the all-zero base means 7, older traces read as 7.
+_XCR0_SLOT = 72
 SLOT_INDEX = {n: i for i, n in enumerate(SLOT_NAMES)}
 _SLOT_MAX = [(1 << w) - 1 for w in SLOT_WIDTH]
 
 
 def _state_delta(c: _Cursor, old: List[int]) -> List[int]:
     mask = c.varint()
-    if mask >> 46:
-        c.fail(f"state delta mask 0x{mask:x} has bits beyond the 46 state fields")
+    if mask >> 47:
+        c.fail(f"state delta mask 0x{mask:x} has bits beyond the 47 state fields")
     new = list(old)
     f = 0
     while mask:
@@ -191,7 +193,7 @@ def _state_delta(c: _Cursor, old: List[int]) -> List[int]:
 
 
 class State:
-    """A CPU state: 72 slots, readable by name (state["rip"], state["cs.base"])."""
+    """A CPU state: 73 slots, readable by name (state["rip"], state["cs.base"], state["xcr0"])."""
 
     __slots__ = ("slots",)
 
@@ -199,13 +201,14 @@ class State:
         self.slots = slots
 
     def __getitem__(self, name: str) -> int:
-        return self.slots[SLOT_INDEX[name]]
+        i = SLOT_INDEX[name]
+        return self.slots[i] ^ 7 if i == _XCR0_SLOT else self.slots[i]
 
     def __eq__(self, other):
         return isinstance(other, State) and self.slots == other.slots
 
     def as_dict(self) -> Dict[str, int]:
-        return dict(zip(SLOT_NAMES, self.slots))
+        return {n: self[n] for n in SLOT_NAMES}
 
     def __repr__(self):
         return f"State(rip=0x{self['rip']:x}, rax=0x{self['rax']:x}, cr0=0x{self['cr0']:x})"
@@ -580,7 +583,7 @@ def _decode_frame(raw: bytes, f: Frame, stats_out: Optional[list]) -> Iterator[d
             c.fail(f"item of {length} bytes runs past the frame's end")
         c.end = start + length
         if tag == TAG_KEYFRAME:
-            ref_state = _state_delta(c, [0] * 72)
+            ref_state = _state_delta(c, [0] * 73)
         elif tag == TAG_GUEST_BYTES:
             role = c.u8()
             if role not in ROLES:

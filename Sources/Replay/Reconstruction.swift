@@ -188,6 +188,7 @@ enum StateComparison {
             ("sfmask", a.sfmask, b.sfmask), ("kernel_gs_base", a.kernelGSBase, b.kernelGSBase),
             ("sysenter_cs", a.sysenterCS, b.sysenterCS), ("sysenter_esp", a.sysenterESP, b.sysenterESP),
             ("sysenter_eip", a.sysenterEIP, b.sysenterEIP), ("pat", a.pat, b.pat),
+            ("xcr0", a.xcr0, b.xcr0),
         ]
         for (n, x, y) in regs where x != y { d.append(FieldDifference(n, recorded: Hex.string(x), emulated: Hex.string(y))) }
     }

@@ -2,20 +2,20 @@ import X86
 
 /// The delta encoding of `CPUState` (FORMAT.md, "State encoding").
 ///
-/// A state is 72 unsigned "slots" grouped into 46 fields; a segment register is one field of
+/// A state is 73 unsigned "slots" grouped into 47 fields; a segment register is one field of
 /// four slots (selector, base, limit, attributes), GDTR/IDTR one field of two (base, limit).
 /// A delta is a varint bit mask of the fields that changed, then for each changed field, in
 /// field order, each of its slots as zigzag(new − old) (wrapping 64-bit difference).
 /// Most exits change RIP, RAX and RFLAGS at most, so a delta is a few bytes.
 enum StateCodec {
-    static let slotCount = 72
-    static let fieldCount = 46
+    static let slotCount = 73
+    static let fieldCount = 47
 
     /// Field names in field-bit order (FORMAT.md's table; the JSON form's names).
     static let fieldNames: [String] = GPR.names + ["rip", "rflags", "es", "cs", "ss", "ds", "fs", "gs",
         "ldtr", "tr", "gdtr", "idtr", "cr0", "cr2", "cr3", "cr4", "cr8", "efer", "cpl", "dr6", "dr7",
         "star", "lstar", "cstar", "sfmask", "kernel_gs_base", "sysenter_cs", "sysenter_esp",
-        "sysenter_eip", "pat"]
+        "sysenter_eip", "pat", "xcr0"]
 
     /// fieldStart[f] ..< fieldStart[f + 1] are field f's slots.
     static let fieldStart: [Int] = {
@@ -57,6 +57,10 @@ enum StateCodec {
         p[60] = UInt64(s.cpl); p[61] = s.dr6; p[62] = s.dr7
         p[63] = s.star; p[64] = s.lstar; p[65] = s.cstar; p[66] = s.sfmask; p[67] = s.kernelGSBase
         p[68] = s.sysenterCS; p[69] = s.sysenterESP; p[70] = s.sysenterEIP; p[71] = s.pat
+        // XCR0 is stored XOR 7, so the all-zero keyframe base means 7 (CPUState's default): traces
+        // written before the field existed read as 7, and a state with XCR0 = 7 encodes exactly
+        // as it did then (older readers still read it).
+        p[72] = s.xcr0 ^ 7
     }
 
     /// The inverse of `flatten`; slots must already fit their widths (checked by `decode`).
@@ -86,6 +90,7 @@ enum StateCodec {
         s.cpl = UInt8(truncatingIfNeeded: p[60]); s.dr6 = p[61]; s.dr7 = p[62]
         s.star = p[63]; s.lstar = p[64]; s.cstar = p[65]; s.sfmask = p[66]; s.kernelGSBase = p[67]
         s.sysenterCS = p[68]; s.sysenterESP = p[69]; s.sysenterEIP = p[70]; s.pat = p[71]
+        s.xcr0 = p[72] ^ 7
     }
 
     /// Appends the delta from `old` to `new` (both flattened).
@@ -134,7 +139,7 @@ enum StateCodec {
     }
 }
 
-/// 72 slots of a flattened state, owned (no Swift array on the hot path).
+/// 73 slots of a flattened state, owned (no Swift array on the hot path).
 final class StateSlots {
     let p: UnsafeMutablePointer<UInt64>
     init() {

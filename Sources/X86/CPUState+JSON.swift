@@ -41,7 +41,7 @@ extension CPUState: Codable {
         case rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15, rip, rflags
         case es, cs, ss, ds, fs, gs, ldtr, tr, gdtr, idtr
         case cr0, cr2, cr3, cr4, cr8, efer, dr6, dr7
-        case star, lstar, cstar, sfmask, kernel_gs_base, sysenter_cs, sysenter_esp, sysenter_eip, pat
+        case star, lstar, cstar, sfmask, kernel_gs_base, sysenter_cs, sysenter_esp, sysenter_eip, pat, xcr0
     }
 
     static let gprKeys: [K] = [.rax, .rcx, .rdx, .rbx, .rsp, .rbp, .rsi, .rdi,
@@ -93,6 +93,7 @@ extension CPUState: Codable {
         if let v = try c.hexIfPresent(.sysenter_esp) { sysenterESP = v }
         if let v = try c.hexIfPresent(.sysenter_eip) { sysenterEIP = v }
         if let v = try c.hexIfPresent(.pat) { pat = v }
+        if let v = try c.hexIfPresent(.xcr0) { xcr0 = v }
         if let v = try c.decodeIfPresent(Int.self, forKey: .cpl) { cpl = UInt8(clamping: v) }
         else if mode != .real { cpl = UInt8(ss.dpl) }
     }
@@ -131,6 +132,7 @@ extension CPUState: Codable {
         try c.encode(Hex.string(sysenterESP), forKey: .sysenter_esp)
         try c.encode(Hex.string(sysenterEIP), forKey: .sysenter_eip)
         try c.encode(Hex.string(pat), forKey: .pat)
+        try c.encode(Hex.string(xcr0), forKey: .xcr0)
     }
 
     /// The names of the fields that differ between two states, in schema order (for divergences).
@@ -151,6 +153,7 @@ extension CPUState: Codable {
         if cr8 != o.cr8 { d.append("cr8") }
         if efer != o.efer { d.append("efer") }
         if cpl != o.cpl { d.append("cpl") }
+        if xcr0 != o.xcr0 { d.append("xcr0") }
         return d
     }
 }

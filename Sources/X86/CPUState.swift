@@ -32,6 +32,10 @@ public struct CPUState: Equatable, Hashable, Sendable {
     public var kernelGSBase: UInt64 = 0
     public var sysenterCS: UInt64 = 0, sysenterESP: UInt64 = 0, sysenterEIP: UInt64 = 0
     public var pat: UInt64 = 0x0007_0406_0007_0406
+    /// XCR0 (XSETBV/XGETBV): which XSAVE state components the OS enabled. A state that does not
+    /// say (older JSON and traces) reads as 7 (x87, SSE, AVX), what the executor assumed before
+    /// the field existed; it matters only while CR4.OSXSAVE is set.
+    public var xcr0: UInt64 = 7
 
     public init() {}
 

@@ -713,8 +713,8 @@ extension X86Executor {
             if sys.cr4 & CR4.osxsave == 0 { throw .fault(.invalidOpcode()) }
             try requireCPL0()
             let v = (gpr[2] & 0xFFFF_FFFF) << 32 | (gpr[0] & 0xFFFF_FFFF)
-            if gpr[1] & 0xFFFF_FFFF != 0 || v & 1 == 0 || (v & 4 != 0 && v & 2 == 0) { throw .fault(.generalProtection(0)) }
-            xcr0 = v
+            if gpr[1] & 0xFFFF_FFFF != 0 || !validXCR0(v) { throw .fault(.generalProtection(0)) }
+            sys.xcr0 = v
         case .rdpid:
             let v = try readMSRValue(MSRIndex.tscAux)
             try write(o0, v, opSize(o0, i))

@@ -24,9 +24,11 @@ public final class X86Executor {
     public var accessLog: [AccessEvent] = []
     /// The vendor whose behaviour the executor follows where AMD and Intel differ.
     public var vendor: CPUVendor = .amd
-    /// XCR0 (XGETBV/XSETBV). Not part of the state schema: x87, SSE and AVX state enabled, so
-    /// AVX instructions run whenever CR4.OSXSAVE is set.
-    public var xcr0: UInt64 = 7
+    /// XCR0 (XGETBV/XSETBV), part of the state (`CPUState.xcr0`).
+    public var xcr0: UInt64 {
+        get { sys.xcr0 }
+        set { sys.xcr0 = newValue }
+    }
     /// Instructions retired by `step`/`run`.
     public internal(set) var retired: UInt64 = 0
 

@@ -321,4 +321,23 @@ extension X86Executor {
         sys.cpl = 3
         updateMode()
     }
+
+    // MARK: XCR0
+
+    /// The XCR0 bits this processor supports: CPUID 0xD.0 EDX:EAX when the CPUID source
+    /// answers it, else x87, SSE and AVX.
+    var supportedXCR0: UInt64 {
+        if let c = cpuidSource, let d = c.cpuid(leaf: 0xD, subleaf: 0) { return UInt64(d.edx) << 32 | UInt64(d.eax) }
+        return 7
+    }
+
+    /// XSETBV's rules (APM vol. 2, 11.5.2): only supported bits; x87 always set; AVX needs SSE;
+    /// the AVX-512 components (bits 5-7) all together and only with SSE and AVX.
+    func validXCR0(_ v: UInt64) -> Bool {
+        if v & ~supportedXCR0 != 0 || v & 1 == 0 { return false }
+        if v & 4 != 0 && v & 2 == 0 { return false }
+        let avx512 = v & 0xE0
+        if avx512 != 0 && (avx512 != 0xE0 || v & 6 != 6) { return false }
+        return true
+    }
 }
