@@ -208,6 +208,27 @@ final class DecoderTests: XCTestCase {
         XCTAssertEqual(decodeOK("c4 e3 7b f0 c1 05")?.text, "rorx eax, ecx, 0x5")
     }
 
+    /// A VEX/XOP form that uses no vvvv operand needs VEX.vvvv = 1111b; anything else is #UD.
+    func testUnusedVVVVMustBe1111b() {
+        func invalid(_ hex: String, _ what: String, line: UInt = #line) {
+            XCTAssertEqual(decode(bytes: hexBytes(hex), mode: .bits64), .failure(.invalid), what, line: line)
+        }
+        invalid("c4 e3 03 f0 c1 05", "rorx with vvvv=1111b inverted to 0000b")
+        invalid("c4 e3 43 f0 c1 05", "rorx with vvvv=0111b")
+        invalid("c5 f0 28 c1", "vmovaps with vvvv=1110b")
+        invalid("c5 c0 77", "vzeroupper with vvvv=1000b")
+        invalid("c4 e2 71 18 00", "vbroadcastss with vvvv=1110b")
+        invalid("c4 e1 f1 7e c0", "vmovq with vvvv=1110b")
+        invalid("8f e9 70 80 c1", "XOP vfrczps with vvvv=1110b")
+        XCTAssertEqual(decodeOK("c5 f8 28 c1")?.text, "vmovaps xmm0, xmm1")
+        XCTAssertEqual(decodeOK("c5 f8 77")?.mnemonic, .vzeroupper)
+        XCTAssertEqual(decodeOK("8f e9 78 80 c1")?.mnemonic, .vfrczps)
+        // Forms that use vvvv take any value.
+        XCTAssertEqual(decodeOK("c5 f0 58 c1")?.text, "vaddps xmm0, xmm1, xmm1")
+        XCTAssertEqual(decodeOK("c4 e2 70 f2 c1")?.text, "andn eax, ecx, ecx")
+        XCTAssertEqual(decodeOK("c4 e2 70 f3 c9")?.text, "blsr ecx, ecx")
+    }
+
     func testAMDXOP() throws {
         // XOP is 8F with map select >= 8; with a smaller map field, 8F is POP r/m
         XCTAssertEqual(decodeOK("8f e8 78 c0 c1 05")?.text, "vprotb xmm0, xmm1, 0x5")

@@ -532,6 +532,16 @@ public enum X86Decoder {
             nOperands = 0
             r.operands = (.none, .none, .none, .none)
         }
+        // VEX/XOP.vvvv that no operand of the form uses is reserved and must be 1111b (held
+        // inverted here, so 0); anything else is #UD (AMD APM vol. 3, "VEX and XOP prefixes").
+        if pf & (X86Decoder.pVEX | X86Decoder.pXOP) != 0 && vec.vvvv != 0 {
+            var usesVVVV = false
+            for k in 0..<opCount {
+                let kd = kindOf(ops, k)
+                if kd == OperandKind.H.rawValue || kd == OperandKind.B.rawValue || kd == OperandKind.kH.rawValue { usesVVVV = true }
+            }
+            if !usesVVVV { return .invalid }
+        }
         // LOCK is #UD unless the form allows it and its destination is memory.
         if (pf & X86Decoder.pLock != 0) {
             let ok = (attrs & FormAttr.lock != 0 && mod != 3)
