@@ -167,9 +167,33 @@ public enum ExitRecordBuilder {
             r.candidates = l.candidates
             r.nextRIP = l.instruction == nil ? 0 : l.start &+ UInt64(l.bytes.count)
             if r.exitCode == .ioio { r.exitInfo2 = r.nextRIP }
-            r.memory = guestBytes(located: l, record: r, memory: memory, singleStep: r.kind == .step)
+            if let memo = locator.guestBytes(for: l) {
+                r.memory = memo
+            } else {
+                r.memory = guestBytes(located: l, record: r, memory: memory, singleStep: r.kind == .step)
+                if fetchOnly(l, singleStep: r.kind == .step), r.memory.lazy.filter({ $0.role == .instruction }).reduce(0, { $0 + $1.bytes.count }) == l.bytes.count {
+                    locator.rememberGuestBytes(r.memory, for: l)
+                }
+            }
         }
         return r
+    }
+
+    /// Whether `guestBytes` collects nothing but the fetch for this instruction (its bytes and
+    /// the page-table entries walked to them): a short list of instructions with no memory
+    /// operand, explicit or implicit (kept as a list so that an addition to `guestBytes` cannot
+    /// silently make a cached collection wrong).
+    static func fetchOnly(_ l: LocatedInstruction, singleStep: Bool) -> Bool {
+        guard !singleStep, let inst = l.instruction else { return false }
+        switch inst.mnemonic {
+        case .in, .out, .hlt, .rdmsr, .wrmsr, .cpuid, .vmcall, .vmmcall:
+            for i in 0..<Int(inst.operandCount) {
+                if case .memory = inst.operand(i) { return false }
+            }
+            return true
+        default:
+            return false
+        }
     }
 
     /// Whether this exit finished its instruction (DESIGN.md: one instruction can exit several times).
@@ -335,5 +359,6 @@ struct ViewMemory: RecordMemory {
         return nil
     }
     func readPhysical(_ gpa: UInt64, count: Int) -> [UInt8]? { view.read(gpa, count: count) }
+    func physicalEquals(_ gpa: UInt64, _ bytes: [UInt8]) -> Bool { view.equals(gpa, bytes) }
     func walk(_ linear: UInt64, access: PageAccess) -> PageWalkResult { view.translate(linear, state: state, access: access) }
 }

@@ -1,3 +1,4 @@
+import Trace
 import X86
 import X86Emulator
 
@@ -7,6 +8,14 @@ public protocol LocatorMemory {
     func readLinear(_ linear: UInt64, count: Int) -> [UInt8]?
     func physical(_ linear: UInt64) -> UInt64?
     func readPhysical(_ gpa: UInt64, count: Int) -> [UInt8]?
+    /// Whether RAM at `gpa` holds exactly `bytes` (false when not RAM).
+    func physicalEquals(_ gpa: UInt64, _ bytes: [UInt8]) -> Bool
+}
+
+extension LocatorMemory {
+    public func physicalEquals(_ gpa: UInt64, _ bytes: [UInt8]) -> Bool {
+        readPhysical(gpa, count: bytes.count) == bytes
+    }
 }
 
 /// The device access an exit reported, as the locator matches instructions against it.
@@ -298,18 +307,30 @@ public enum InstructionLocator {
 /// committed instruction costs up to fifteen decodes. An entry is used only after checking
 /// that the linear address still maps to the same guest-physical bytes, so guest code or page
 /// tables that changed are located afresh. Used by one vCPU thread only.
+///
+/// An entry may also hold the record's guest bytes when they depend on nothing but the fetch
+/// (an instruction without memory operands: IN, OUT, HLT, RDMSR, ...): the instruction's bytes
+/// and the page-table entries walked to reach them. Such an entry is checked by comparing those
+/// bytes with guest memory in place: same paging registers (part of the key) and same entries
+/// give the same walk, so the stored bytes are exactly what a fresh collection would produce.
 public final class LocatorCache {
     struct Key: Hashable {
-        var rip: UInt64, csBase: UInt64, cr3: UInt64, mode: UInt8, committed: Bool
+        var rip: UInt64, csBase: UInt64, cr3: UInt64, cr0: UInt64, cr4: UInt64, efer: UInt64
+        var mode: UInt8, committed: Bool
     }
     struct Entry {
         var located: LocatedInstruction
         var linear: UInt64
         var gpa: UInt64
+        /// The record's guest bytes for this instruction, when they depend only on the fetch.
+        var guestBytes: [GuestBytes]?
     }
     private var entries: [Key: Entry] = [:]
     private let capacity: Int
     public private(set) var hits: UInt64 = 0
+    /// The key of the last lookup and whether it hit an entry with guest bytes.
+    private var lastKey: Key?
+    private var lastGuestBytes: [GuestBytes]?
 
     public init(capacity: Int = 512) { self.capacity = capacity }
 
@@ -317,9 +338,21 @@ public final class LocatorCache {
         UInt8(CPUMode.allCases.firstIndex(of: s.mode) ?? 0)
     }
 
+    @inline(__always)
+    static func key(_ s: CPUState, committed: Bool) -> Key {
+        Key(rip: s.rip, csBase: s.cs.base, cr3: s.cr3, cr0: s.cr0, cr4: s.cr4, efer: s.efer,
+            mode: modeTag(s), committed: committed)
+    }
+
     public func pending(state: CPUState, memory: LocatorMemory) -> LocatedInstruction {
-        let key = Key(rip: state.rip, csBase: state.cs.base, cr3: state.cr3, mode: Self.modeTag(state), committed: false)
-        if let e = entries[key], valid(e, memory: memory) { hits &+= 1; return e.located }
+        let key = Self.key(state, committed: false)
+        lastKey = key
+        lastGuestBytes = nil
+        if let e = entries[key], valid(e, memory: memory) {
+            hits &+= 1
+            lastGuestBytes = e.guestBytes
+            return e.located
+        }
         let l = InstructionLocator.pending(state: state, memory: memory)
         remember(key, l, memory: memory, state: state)
         return l
@@ -327,10 +360,13 @@ public final class LocatorCache {
 
     public func committed(state: CPUState, access: ReportedAccess, memory: LocatorMemory, hint: UInt64? = nil,
                           written: UInt64? = nil) -> LocatedInstruction {
-        let key = Key(rip: state.rip, csBase: state.cs.base, cr3: state.cr3, mode: Self.modeTag(state), committed: true)
+        let key = Self.key(state, committed: true)
+        lastKey = key
+        lastGuestBytes = nil
         if let e = entries[key], valid(e, memory: memory), let inst = e.located.instruction,
            InstructionLocator.performs(inst, access: access, state: state, memory: memory) {
             hits &+= 1
+            lastGuestBytes = e.guestBytes
             return e.located
         }
         let l = InstructionLocator.committed(state: state, access: access, memory: memory, hint: hint, written: written)
@@ -338,7 +374,28 @@ public final class LocatorCache {
         return l
     }
 
+    /// The guest bytes stored with the entry the last lookup hit, if that lookup returned `l`.
+    func guestBytes(for l: LocatedInstruction) -> [GuestBytes]? {
+        guard let g = lastGuestBytes, let key = lastKey, let e = entries[key],
+              e.located.start == l.start, e.located.bytes == l.bytes else { return nil }
+        return g
+    }
+
+    /// Stores `bytes` as the guest bytes of the entry the last lookup made or hit (only for an
+    /// instruction whose guest bytes depend on nothing but the fetch; the caller decides).
+    func rememberGuestBytes(_ bytes: [GuestBytes], for l: LocatedInstruction) {
+        guard let key = lastKey, var e = entries[key], e.located.start == l.start, e.located.bytes == l.bytes else { return }
+        e.guestBytes = bytes
+        entries[key] = e
+    }
+
     private func valid(_ e: Entry, memory: LocatorMemory) -> Bool {
+        if let g = e.guestBytes {
+            // Same paging registers (the key), same page-table entries and same instruction
+            // bytes: the walk and the bytes are what they were when the entry was made.
+            for b in g where !memory.physicalEquals(b.gpa, b.bytes) { return false }
+            return true
+        }
         guard memory.physical(e.linear) == e.gpa, let now = memory.readPhysical(e.gpa, count: e.located.bytes.count) else {
             return false
         }
@@ -352,6 +409,6 @@ public final class LocatorCache {
         guard (linear & 0xFFF) + UInt64(l.bytes.count) <= 4096, let gpa = memory.physical(linear) else { return }
         guard capacity > 0 else { return }
         if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-        entries[key] = Entry(located: l, linear: linear, gpa: gpa)
+        entries[key] = Entry(located: l, linear: linear, gpa: gpa, guestBytes: nil)
     }
 }

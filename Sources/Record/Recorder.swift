@@ -56,7 +56,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         var lastStepMnemonic: Mnemonic?
         /// The save-area MSRs (KVM_GET_MSRS once, then every routed WRMSR), put into each state:
         /// sync regs do not carry them.
-        var msrs: [UInt32: UInt64]?
+        var msrs: SaveAreaMSRs?
         /// The last step record, written once the next record shows it was not an exit.
         var heldStep: TraceRecord?
     }
@@ -142,23 +142,25 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         let lane = lanes[exit.vcpu]
         if lane.probe == nil {
             lane.probe = exit.probe
-            lane.msrs = try? exit.probe.msrs()
+            lane.msrs = (try? exit.probe.msrs()).map(SaveAreaMSRs.init)
         }
         exitCount.add(1, ordering: .relaxed)
         var record = ExitRecordBuilder.build(exit: exit, singleStep: options.observer.singleStep,
                                              openGroup: lane.openGroup?.start, cache: lane.locator)
         if let m = lane.msrs {
-            Self.applySaveAreaMSRs(m, to: &record.state)
+            m.apply(to: &record.state)
             if record.stateAfter != nil {
                 var after = m
-                for w in lane.pendingMSRWrites { after[w.index] = w.value }
-                Self.applySaveAreaMSRs(after, to: &record.stateAfter!)
+                for w in lane.pendingMSRWrites { after.set(w.index, w.value) }
+                after.apply(to: &record.stateAfter!)
             }
         }
-        record.msrWrites = lane.pendingMSRWrites
-        // The write takes effect with this exit's instruction: later states carry it.
-        for w in lane.pendingMSRWrites { lane.msrs?[w.index] = w.value }
-        lane.pendingMSRWrites.removeAll(keepingCapacity: true)
+        if !lane.pendingMSRWrites.isEmpty {
+            record.msrWrites = lane.pendingMSRWrites
+            // The write takes effect with this exit's instruction: later states carry it.
+            for w in lane.pendingMSRWrites { lane.msrs?.set(w.index, w.value) }
+            lane.pendingMSRWrites.removeAll(keepingCapacity: true)
+        }
         if options.observer.singleStep { noteUnobservedSpan(lane: lane, next: record) }
         if record.visibility == .committed && record.candidates == 0 { unlocated.add(1, ordering: .relaxed) }
         if record.candidates > 1 { ambiguous.add(1, ordering: .relaxed) }
@@ -244,15 +246,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     }
 
     static func applySaveAreaMSRs(_ m: [UInt32: UInt64], to s: inout CPUState) {
-        if let v = m[MSRIndex.star] { s.star = v }
-        if let v = m[MSRIndex.lstar] { s.lstar = v }
-        if let v = m[MSRIndex.cstar] { s.cstar = v }
-        if let v = m[MSRIndex.sfmask] { s.sfmask = v }
-        if let v = m[MSRIndex.kernelGSBase] { s.kernelGSBase = v }
-        if let v = m[MSRIndex.sysenterCS] { s.sysenterCS = v }
-        if let v = m[MSRIndex.sysenterESP] { s.sysenterESP = v }
-        if let v = m[MSRIndex.sysenterEIP] { s.sysenterEIP = v }
-        if let v = m[MSRIndex.pat] { s.pat = v }
+        SaveAreaMSRs(m).apply(to: &s)
     }
 
     static func mnemonic(_ r: TraceRecord) -> Mnemonic? {
@@ -274,6 +268,48 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
                                 fileBytes: stats.fileBytes, frames: stats.frames, ambiguous: ambiguous.load(ordering: .relaxed),
                                 unlocated: unlocated.load(ordering: .relaxed), writerStalls: stats.producerStalls,
                                 completions: completionCount.load(ordering: .relaxed))
+    }
+}
+
+/// The save-area MSRs a lane puts into every state, in plain stored properties (a dictionary
+/// lookup per MSR per exit showed in profiles); nil = not known (KVM_GET_MSRS left it out).
+struct SaveAreaMSRs {
+    var star, lstar, cstar, sfmask, kernelGSBase, sysenterCS, sysenterESP, sysenterEIP, pat: UInt64?
+
+    init(_ m: [UInt32: UInt64]) {
+        star = m[MSRIndex.star]; lstar = m[MSRIndex.lstar]; cstar = m[MSRIndex.cstar]
+        sfmask = m[MSRIndex.sfmask]; kernelGSBase = m[MSRIndex.kernelGSBase]
+        sysenterCS = m[MSRIndex.sysenterCS]; sysenterESP = m[MSRIndex.sysenterESP]
+        sysenterEIP = m[MSRIndex.sysenterEIP]; pat = m[MSRIndex.pat]
+    }
+
+    /// A routed WRMSR; other MSRs are not part of the state.
+    mutating func set(_ index: UInt32, _ v: UInt64) {
+        switch index {
+        case MSRIndex.star: star = v
+        case MSRIndex.lstar: lstar = v
+        case MSRIndex.cstar: cstar = v
+        case MSRIndex.sfmask: sfmask = v
+        case MSRIndex.kernelGSBase: kernelGSBase = v
+        case MSRIndex.sysenterCS: sysenterCS = v
+        case MSRIndex.sysenterESP: sysenterESP = v
+        case MSRIndex.sysenterEIP: sysenterEIP = v
+        case MSRIndex.pat: pat = v
+        default: break
+        }
+    }
+
+    @inline(__always)
+    func apply(to s: inout CPUState) {
+        if let v = star { s.star = v }
+        if let v = lstar { s.lstar = v }
+        if let v = cstar { s.cstar = v }
+        if let v = sfmask { s.sfmask = v }
+        if let v = kernelGSBase { s.kernelGSBase = v }
+        if let v = sysenterCS { s.sysenterCS = v }
+        if let v = sysenterESP { s.sysenterESP = v }
+        if let v = sysenterEIP { s.sysenterEIP = v }
+        if let v = pat { s.pat = v }
     }
 }
 

@@ -1,3 +1,4 @@
+import Glibc
 import KVM
 import X86
 
@@ -88,6 +89,11 @@ public struct GuestMemoryView: @unchecked Sendable, PhysicalMemoryReader {
 
     public var size: UInt64 { memory.size }
     public func read(_ gpa: UInt64, count: Int) -> [UInt8]? { memory.read(gpa, count: count) }
+    /// Whether RAM at `gpa` holds exactly `bytes`, compared in place (false when not RAM).
+    public func equals(_ gpa: UInt64, _ bytes: [UInt8]) -> Bool {
+        guard let p = memory.host(gpa, length: UInt64(bytes.count)) else { return false }
+        return bytes.withUnsafeBytes { b in b.count == 0 || memcmp(p, b.baseAddress!, b.count) == 0 }
+    }
     public func readPhysical64(_ gpa: UInt64) -> UInt64? { memory.readPhysical64(gpa) }
     public func readPhysical32(_ gpa: UInt64) -> UInt32? { memory.readPhysical32(gpa) }
     /// GVA→GPA with the page tables of `state`, listing every entry walked.
