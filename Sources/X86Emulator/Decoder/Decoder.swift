@@ -41,6 +41,9 @@ public func decode(bytes: [UInt8], mode: DecoderMode, vendor: CPUVendor = .amd) 
 public enum X86Decoder {
     /// Decode one instruction. Table driven: prefixes, then the opcode's node in the generated
     /// decision tree (see opcodes.tsv), ModRM/SIB/displacement, then each operand of the form.
+    /// Inlinable so a caller in another module builds the result in place instead of copying the
+    /// instruction out of a call frame into the Result and again out of it.
+    @inlinable
     public static func decode(_ bytes: UnsafeRawBufferPointer, mode: DecoderMode, vendor: CPUVendor = .amd) -> DecodeResult {
         var r = Instruction()
         if let e = decode(bytes, mode: mode, vendor: vendor, into: &r) { return .failure(e) }
