@@ -23,7 +23,7 @@ command="${COMMAND:-record}"
 trace="${TRACE:-$build/linux.estrace}"
 # noxsave: KVM's emulator cannot run XRSTOR at CPL0 here (and this host's CPUID, which the guest
 # sees whatever KVM_SET_CPUID2 says, offers AVX-512); without XSAVE the kernel also drops AVX.
-append="${APPEND:-console=ttyS0 earlyprintk=ttyS0 nokaslr noxsave}"
+append="${APPEND:-console=ttyS0 earlyprintk=ttyS0 nokaslr noxsave clearcpuid=137}"
 args=(--kernel "$build/bzImage" --initrd "$build/initramfs.gz" --append "$append" --timeout "${TIMEOUT:-3600}")
 [ "$command" = record ] && args+=(-o "$trace")
 
