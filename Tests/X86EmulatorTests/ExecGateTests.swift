@@ -220,6 +220,28 @@ final class ExecGateTests: XCTestCase {
         XCTAssertEqual(g.read(0x6020, 4), 0x1000)
     }
 
+    func testJumpToA16BitTSS() {
+        // 0x60: available 16-bit TSS at 0x6200, limit 0x2B (the 16-bit format's minimum).
+        let m = protected32(code: [0xEA, 0, 0, 0, 0, 0x60, 0x00], user: false) { s in
+            s.gdtr.limit = 0x67; s.rax = 0xABCD_0000; s.rsp = 0x7000
+            s.fs = Segment(selector: 0x10, base: 0, limit: 0xFFFF_FFFF, attributes: 0xC93)
+        }
+        m.mem.load(0x5060, m.le(0x0000_8100_6200_002B))
+        m.mem.load(0x620E, m.le(0x3300, 2) + m.le(0x0002, 2))                          // IP, FLAGS
+        for k in 0..<8 { m.mem.load(0x6212 + UInt64(k * 2), m.le(0x1110 + UInt64(k), 2)) }  // AX..DI
+        m.mem.load(0x621A, m.le(0x9000, 2))                                            // SP
+        for (k, sel) in [0x10, 0x08, 0x10, 0x10, 0].enumerated() { m.mem.load(0x6222 + UInt64(k * 2), m.le(UInt64(sel), 2)) }
+        XCTAssertEqual(m.step(), .ok)
+        let s = m.state
+        XCTAssertEqual(s.tr.selector, 0x60); XCTAssertEqual(s.tr.type, 3, "busy 16-bit TSS")
+        XCTAssertEqual(s.rip, 0x3300); XCTAssertEqual(s.rsp & 0xFFFF, 0x9000)
+        XCTAssertEqual(s.rax, 0xABCD_1110, "a 16-bit TSS loads the low 16 bits of each register")
+        XCTAssertEqual(s.fs.selector, 0x10, "a 16-bit TSS has no FS/GS: they stay")
+        XCTAssertEqual(s.cs.selector, 0x08); XCTAssertEqual(s.mode, .protected32)
+        XCTAssertEqual(m.read(0x5060 + 5, 1), 0x83)
+        XCTAssertEqual(m.read(0x6020, 4), 0x1007, "the old 32-bit TSS saved")
+    }
+
     func testTaskSwitchFaults() {
         // A busy TSS as JMP target: #GP(selector), nothing changes.
         var m = protected32(code: [0xEA, 0, 0, 0, 0, 0x40, 0x00], user: false)
