@@ -625,6 +625,7 @@ def _decode_record(c: _Cursor, ref: dict, ref_state: List[int], table: List[dict
     r["last_fragment"] = True
     r["state_after"] = None
     r["msr_writes"] = []
+    r["access_refused"] = False
     state = ref_state
     has = lambda bit: mask >> bit & 1  # noqa: E731
     if has(0):
@@ -700,7 +701,10 @@ def _decode_record(c: _Cursor, ref: dict, ref_state: List[int], table: List[dict
         r["code"] = c.varint()
     if has(25):
         r["note"] = c.string()
-    # bits >= 26: fields of newer minor versions; the caller skips to the item's end
+    if has(26):
+        # 1.1: the VMM refused the MSR access, the guest got #GP(0) (no bytes)
+        r["access_refused"] = True
+    # bits >= 27: fields of newer minor versions; the caller skips to the item's end
     r["state"] = state
     return r, state
 

@@ -161,6 +161,7 @@ def test_every_field_matches_show_json(exitscope, trace):
                [(m["gpa"], m["bytes"].hex()) for m in p["memory"]], ctx
         assert [(parse_int(w["index"]), parse_int(w["value"])) for w in j["msr_writes"]] == \
                [(w["index"], w["value"]) for w in p["msr_writes"]], ctx
+        assert j.get("access_refused", False) == p["access_refused"], ctx
         want = estrace.state_json(p["state"])
         got = {k: v for k, v in j["state"].items() if k != "mode"}
         assert got == want, ctx

@@ -21,8 +21,10 @@ public struct ExitFacts {
     public var ioData: [UInt8]
     public var tscAtExit: UInt64
     public var tscAtReentry: UInt64
+    /// The VMM refused the MSR access and gave the guest #GP(0) (`ObservedExit.msrRefused`).
+    public var msrRefused: Bool
     public init(vcpu: Int, exit: VMExit, state: CPUState, stateAfter: CPUState? = nil, access: VMM.BusAccess? = nil,
-                ioData: [UInt8] = [], tscAtExit: UInt64 = 0, tscAtReentry: UInt64 = 0) {
+                ioData: [UInt8] = [], tscAtExit: UInt64 = 0, tscAtReentry: UInt64 = 0, msrRefused: Bool = false) {
         self.vcpu = vcpu
         self.exit = exit
         self.state = state
@@ -31,6 +33,7 @@ public struct ExitFacts {
         self.ioData = ioData
         self.tscAtExit = tscAtExit
         self.tscAtReentry = tscAtReentry
+        self.msrRefused = msrRefused
     }
 }
 
@@ -42,7 +45,8 @@ public enum ExitRecordBuilder {
         var io: [UInt8] = []
         if let d = exit.ioData { io = Array(d) }
         let facts = ExitFacts(vcpu: exit.vcpu, exit: exit.exit, state: exit.state, stateAfter: exit.stateAfter,
-                              access: exit.access, ioData: io, tscAtExit: exit.tscAtExit, tscAtReentry: exit.tscAtReentry)
+                              access: exit.access, ioData: io, tscAtExit: exit.tscAtExit, tscAtReentry: exit.tscAtReentry,
+                              msrRefused: exit.msrRefused)
         return build(facts, memory: ViewMemory(view: exit.memory, state: exit.state), singleStep: singleStep,
                      openGroup: openGroup, cache: cache)
     }
@@ -117,6 +121,7 @@ public enum ExitRecordBuilder {
             r.exitInfo1 = isWrite ? 1 : 0
             r.accesses = [Trace.DeviceAccess(space: .msr, address: UInt64(index), size: 8, isWrite: isWrite,
                                              data: littleEndian(value, 8))]
+            r.accessRefused = f.msrRefused
         case .hlt:
             // KVM reports HLT after it (RIP past the F4 byte).
             located = locator.committed(state: s, access: .other, memory: memory)

@@ -247,14 +247,22 @@ final class ReplayPorts: IOPorts {
 
 /// MSRs outside the state schema: RDMSR answers what the device side recorded; WRMSR is accepted
 /// (the executor logs both, and replay compares the log with the record).
+/// A refused access (the record's `accessRefused`) is answered #GP for the MSR it names.
 final class ReplayMSRs: MSRBus {
     private(set) var answers: [UInt32: UInt64] = [:]
-    func begin(_ accesses: [DeviceAccess]) {
+    private var refusedIndex: UInt32?
+    func begin(_ accesses: [DeviceAccess], refused: Bool = false) {
         if !answers.isEmpty { answers.removeAll(keepingCapacity: true) }
-        for a in accesses where a.space == .msr && !a.isWrite { answers[UInt32(truncatingIfNeeded: a.address)] = a.value }
+        refusedIndex = nil
+        for a in accesses where a.space == .msr {
+            if refused { refusedIndex = UInt32(truncatingIfNeeded: a.address) } else if !a.isWrite { answers[UInt32(truncatingIfNeeded: a.address)] = a.value }
+        }
     }
-    func readMSR(_ index: UInt32) -> MSRResult { answers[index].map { .value($0) } ?? .unanswered }
-    func writeMSR(_ index: UInt32, value: UInt64) -> MSRResult { .value(value) }
+    func readMSR(_ index: UInt32) -> MSRResult {
+        if index == refusedIndex { return .generalProtection }
+        return answers[index].map { .value($0) } ?? .unanswered
+    }
+    func writeMSR(_ index: UInt32, value: UInt64) -> MSRResult { index == refusedIndex ? .generalProtection : .value(value) }
 }
 
 /// CPUID answers from the table the header says the guest was given.

@@ -406,13 +406,14 @@ public final class Replayer: @unchecked Sendable {
     }
 
     static func collectMSRWrites(_ r: TraceRecord, into out: inout [(UInt32, UInt64)]) {
+        guard !r.accessRefused else { return }  // the guest got #GP: the MSR kept its value
         for a in r.accesses where a.space == .msr && a.isWrite && Reconstruction.saveAreaMSRs.contains(UInt32(truncatingIfNeeded: a.address)) {
             out.append((UInt32(truncatingIfNeeded: a.address), a.value))
         }
     }
 
     func applyMSRWrites(_ r: TraceRecord) {
-        guard r.exitCode == .msr else { return }
+        guard r.exitCode == .msr, !r.accessRefused else { return }
         for a in r.accesses where a.space == .msr && a.isWrite && Reconstruction.saveAreaMSRs.contains(UInt32(truncatingIfNeeded: a.address)) {
             knownMSRs[UInt32(truncatingIfNeeded: a.address)] = a.value
         }
@@ -496,7 +497,8 @@ public final class Replayer: @unchecked Sendable {
         }
         Reconstruction.applyMSRs(knownMSRs, to: &before)
         guard run(&v, before: before, inst: inst, recorded: recorded, exitCode: first.exitCode, exitInfo1: first.exitInfo1,
-                  hasAfter: last.visibility == .committed || last.stateAfter != nil) else {
+                  hasAfter: last.visibility == .committed || last.stateAfter != nil,
+                  refused: first.exitCode == .msr && last.accessRefused) else {
             return v
         }
         let emulated = cpu.state
@@ -577,10 +579,11 @@ public final class Replayer: @unchecked Sendable {
     /// Runs `inst` from `before` with the recorded device side and compares the accesses; false
     /// when the verdict is final already (the instruction did not complete).
     /// `hasAfter`: the trace holds the state after the instruction.
+    /// `refused`: the record says the VMM refused its MSR access and the guest got #GP(0).
     func run(_ v: inout Verdict, before: CPUState, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode,
-             exitInfo1: UInt64, hasAfter: Bool, compareDevice: Bool = true) -> Bool {
+             exitInfo1: UInt64, hasAfter: Bool, compareDevice: Bool = true, refused: Bool = false) -> Bool {
         ports.begin(recorded)
-        msrs.begin(recorded)
+        msrs.begin(recorded, refused: refused)
         memory.beginGroup(mmio: recorded.filter { $0.space == .mmio })
         // Caches survive from record to record unless memory changed under them.
         cpu.load(before, keepingCaches: !memory.changed)
@@ -588,6 +591,10 @@ public final class Replayer: @unchecked Sendable {
         cpu.accessLog.removeAll(keepingCapacity: true)
         lastUnansweredMSR = false
         let result = cpu.step()
+        if refused {
+            judgeRefusal(&v, result: result, before: before, inst: inst, recorded: recorded)
+            return false
+        }
         switch result {
         case .ok, .halted, .hypercall:
             break
@@ -645,6 +652,56 @@ public final class Replayer: @unchecked Sendable {
 
         if compareDevice { compareAccesses(&v, inst: inst, recorded: recorded, exitCode: exitCode, exitInfo1: exitInfo1) }
         return true
+    }
+
+    /// A refused MSR access matches when the emulator raises #GP(0) on that RDMSR/WRMSR, at CPL 0
+    /// (a #GP for privilege would not have exited), with ECX and, for WRMSR, EDX:EAX as recorded;
+    /// the state after it (inside the #GP handler) is not compared.
+    func judgeRefusal(_ v: inout Verdict, result: StepResult, before: CPUState, inst: Instruction, recorded: [DeviceAccess]) {
+        let want = "#GP(0)"
+        switch result {
+        case .exception(let e, _) where e.vector == CPUException.gp && e.errorCode == 0:
+            guard let a = recorded.first(where: { $0.space == .msr }) else {
+                v.differences.append(FieldDifference("msr_accesses", recorded: "0", emulated: "1"))
+                break
+            }
+            let isWrite = inst.mnemonic == .wrmsr
+            if inst.mnemonic != .wrmsr && inst.mnemonic != .rdmsr {
+                v.differences.append(FieldDifference("mnemonic", recorded: a.isWrite ? "wrmsr" : "rdmsr", emulated: inst.mnemonic.name))
+            } else if a.isWrite != isWrite {
+                v.differences.append(FieldDifference("msr.direction", recorded: a.isWrite ? "wrmsr" : "rdmsr", emulated: isWrite ? "wrmsr" : "rdmsr"))
+            }
+            if before.cpl != 0 { v.differences.append(FieldDifference("cpl", recorded: "0 (an MSR exit)", emulated: "\(before.cpl)")) }
+            let index = before.rcx & 0xFFFF_FFFF
+            if a.address != index { v.differences.append(FieldDifference("msr.index", recorded: Hex.string(a.address), emulated: Hex.string(index))) }
+            let value = (before.rdx & 0xFFFF_FFFF) << 32 | (before.rax & 0xFFFF_FFFF)
+            if a.isWrite && isWrite && a.value != value {
+                v.differences.append(FieldDifference("msr.value", recorded: Hex.string(a.value), emulated: Hex.string(value)))
+            }
+            if v.differences.isEmpty { v.note = "refused: #GP(0) as the VMM gave the guest" }
+        case .exception(let e, _):
+            v.differences.append(FieldDifference("exception", recorded: want, emulated: e.description))
+        case .tripleFault:
+            v.differences.append(FieldDifference("exception", recorded: want, emulated: "triple fault"))
+        case .ok, .halted, .hypercall:
+            v.differences.append(FieldDifference("msr.refused", recorded: want, emulated: "completed"))
+        case .unsupported(let b):
+            v.kind = .unsupported
+            v.bytes = b.isEmpty ? v.bytes : b
+            v.note = "the executor does not run this instruction"
+            return
+        case .unbackedMemory(let a):
+            v.kind = .unrecorded
+            v.address = a
+            v.note = "unrecorded memory \(Hex.string(a))"
+            return
+        case .unanswered(let q):
+            if case .msr = q { lastUnansweredMSR = true }
+            v.kind = .unrecorded
+            v.note = "unrecorded answer: \(q)"
+            return
+        }
+        conclude(&v, before: before)
     }
 
     // MARK: accesses

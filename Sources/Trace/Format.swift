@@ -3,7 +3,7 @@ public enum TraceFormat {
     /// Major version: a reader refuses a file with a larger major version.
     public static let major: UInt16 = 1
     /// Minor version: additions a reader of the same major version may ignore.
-    public static let minor: UInt16 = 0
+    public static let minor: UInt16 = 1
 
     /// File magic, PNG-style: a high byte, the name, then CR LF SUB LF to catch text-mode mangling.
     static let fileMagic: [UInt8] = [0x89, 0x45, 0x53, 0x54, 0x0D, 0x0A, 0x1A, 0x0A] // \x89 E S T \r \n \x1a \n

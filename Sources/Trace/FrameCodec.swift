@@ -3,7 +3,7 @@ import X86
 /// Bits of a record's field mask (FORMAT.md, "Record item"). A clear bit means "as predicted":
 /// most fields are predicted to equal the previous record of the frame (the reference);
 /// seq and vcpuSeq are predicted to be the reference's plus one; group to be the record's own
-/// seq; fragment 0, last fragment, no state-after and no MSR writes.
+/// seq; fragment 0, last fragment, no state-after, no MSR writes and no refused access.
 enum RecordField {
     static let tscExit: UInt64 = 1 << 0
     static let handling: UInt64 = 1 << 1
@@ -31,8 +31,10 @@ enum RecordField {
     static let msrWrites: UInt64 = 1 << 23
     static let code: UInt64 = 1 << 24
     static let note: UInt64 = 1 << 25
+    /// Format 1.1: the MSR access was refused, the guest got #GP(0) (no bytes; clear = accepted).
+    static let accessRefused: UInt64 = 1 << 26
     /// Bits this version knows; a reader skips the rest of an item whose mask has higher bits.
-    static let known: UInt64 = (1 << 26) - 1
+    static let known: UInt64 = (1 << 27) - 1
 }
 
 /// The reference a record is encoded against: the previous record of the frame, or at the
@@ -186,6 +188,7 @@ final class FrameEncoder {
         if r.stateAfter != nil { mask |= RecordField.stateAfter }
         if blobIndices != ref.memory { mask |= RecordField.memory }
         if !r.msrWrites.isEmpty { mask |= RecordField.msrWrites }
+        if r.accessRefused { mask |= RecordField.accessRefused }
         if r.code != ref.code { mask |= RecordField.code }
         if r.note != ref.note { mask |= RecordField.note }
 
@@ -494,6 +497,7 @@ public final class FrameDecoder {
         r.code = mask & RecordField.code != 0 ? try c.varint() : ref.code
         if mask & RecordField.note != 0 { ref.note = try c.string() }
         r.note = ref.note
+        r.accessRefused = mask & RecordField.accessRefused != 0
         guard c.pos <= end else { throw c.corrupt("record longer than its item length") }
         // Higher mask bits are fields of a newer minor version: the caller skips to the item's end.
 

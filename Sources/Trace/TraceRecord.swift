@@ -129,6 +129,10 @@ public struct TraceRecord: Equatable, Sendable {
     public var accesses: [DeviceAccess]
     public var memory: [GuestBytes]
     public var msrWrites: [MSRWrite]
+    /// The VMM refused the record's MSR access (KVM_SET_MSRS refused the value, or no device
+    /// owns the MSR) and completed RDMSR/WRMSR with #GP(0) instead: nothing was read or written.
+    /// Format 1.1 (record field bit 26); false in older traces.
+    public var accessRefused: Bool
 
     /// Host TSC when KVM_RUN returned and when the VMM called it again.
     public var tscExit: UInt64
@@ -146,7 +150,7 @@ public struct TraceRecord: Equatable, Sendable {
                 visibility: Visibility = .none, group: UInt64 = 0, fragment: UInt32 = 0,
                 lastFragment: Bool = true, state: CPUState = CPUState(), stateAfter: CPUState? = nil,
                 accesses: [DeviceAccess] = [], memory: [GuestBytes] = [], msrWrites: [MSRWrite] = [],
-                tscExit: UInt64 = 0, tscEntry: UInt64 = 0, code: UInt64 = 0, note: String = "") {
+                accessRefused: Bool = false, tscExit: UInt64 = 0, tscEntry: UInt64 = 0, code: UInt64 = 0, note: String = "") {
         self.kind = kind
         self.vcpu = vcpu
         self.seq = seq
@@ -169,6 +173,7 @@ public struct TraceRecord: Equatable, Sendable {
         self.accesses = accesses
         self.memory = memory
         self.msrWrites = msrWrites
+        self.accessRefused = accessRefused
         self.tscExit = tscExit
         self.tscEntry = tscEntry
         self.code = code

@@ -145,6 +145,7 @@ public struct TraceText {
                 let write = r.exitInfo1 & 1 != 0
                 var s = "\(write ? "wrmsr" : "rdmsr") \(Self.hex(UInt32(truncatingIfNeeded: r.state.rcx)))"
                 if let a = r.accesses.first { s += " data \(dataText(a))" }
+                if r.accessRefused { s += " refused (#GP)" }
                 parts.append(s)
             case .hlt, .shutdown, .none, .invalid:
                 break
@@ -263,6 +264,7 @@ public struct TraceText {
                 let space = a.space == .port ? "port" : a.space == .mmio ? "mmio" : "msr"
                 o += "  \(space) \(a.isWrite ? "write" : "read ") \(Self.hex(a.address)) size \(a.size) count \(a.count) data \(Hex.bytes(a.data))\n"
             }
+            if r.accessRefused { o += "  refused: the VMM completed the access with #GP(0); nothing was read or written\n" }
         }
         o += "save area\n"
         o += saveArea(r.state)
@@ -358,7 +360,7 @@ struct RecordJSON: Encodable {
     var candidates: UInt8, visibility: String, group: UInt64, fragment: UInt32, last_fragment: Bool
     var tsc_exit: UInt64, tsc_entry: UInt64, symbol: String?
     var state: CPUState, state_after: CPUState?
-    var accesses: [Access], memory: [Bytes], msr_writes: [MSR], code: UInt64, note: String
+    var accesses: [Access], memory: [Bytes], msr_writes: [MSR], access_refused: Bool, code: UInt64, note: String
 
     init(_ r: TraceRecord, text: TraceText) {
         seq = r.seq; vcpu = r.vcpu; vcpu_seq = r.vcpuSeq; kind = r.kind.name; reason = r.reasonName
@@ -381,6 +383,7 @@ struct RecordJSON: Encodable {
                   gpa: Hex.string($0.gpa), bytes: Hex.bytes($0.bytes))
         }
         msr_writes = r.msrWrites.map { MSR(index: Hex.string($0.index), value: Hex.string($0.value)) }
+        access_refused = r.accessRefused
         code = r.code; note = r.note
     }
 }

@@ -462,8 +462,11 @@ public final class Machine: @unchecked Sendable {
             let resumes: Bool
             if case .resume = outcome.action { resumes = true } else { resumes = false }
 
+            // A routed RDMSR/WRMSR completed with kvm_run.msr.error: the guest gets #GP(0).
+            var msrRefused = false
             switch exit {
             case .rdmsr:
+                msrRefused = outcome.msrError
                 vcpu.completeMSR(data: outcome.msrData, error: outcome.msrError)
             case let .wrmsr(msrIndex, _, value):
                 if outcome.forwardMSR {
@@ -471,9 +474,11 @@ public final class Machine: @unchecked Sendable {
                     // gives the guest #GP and leaves the MSR as it was.
                     let accepted = (try? vcpu.setMSRs([(msrIndex, value)])) ?? 0
                     if accepted == 1 { observer?.msrWritten(vcpu: index, index: msrIndex, value: value) }
-                    vcpu.completeMSR(data: value, error: accepted != 1)
+                    msrRefused = accepted != 1
+                    vcpu.completeMSR(data: value, error: msrRefused)
                 } else {
                     if !outcome.msrError { observer?.msrWritten(vcpu: index, index: msrIndex, value: value) }
+                    msrRefused = outcome.msrError
                     vcpu.completeMSR(data: value, error: outcome.msrError)
                 }
             case .hypercall:
@@ -519,7 +524,8 @@ public final class Machine: @unchecked Sendable {
                 }
                 let observed = ObservedExit(vcpu: index, sequence: exits - 1, exit: exit, state: state,
                                             tscAtExit: tscExit, tscAtReentry: ckvm_rdtsc(), access: outcome.access,
-                                            ioData: io, stateAfter: after, events: events, memory: view, probe: probe)
+                                            ioData: io, stateAfter: after, events: events, memory: view, probe: probe,
+                                            msrRefused: msrRefused)
                 observer.exitHandled(observed)
                 if let completion, completion.resumes { observer.instructionCompleted(completion) }
             }

@@ -149,4 +149,7 @@ public struct ObservedExit {
     public let events: VCPUEvents?
     public let memory: GuestMemoryView
     public let probe: VCPUProbe
+    /// A routed RDMSR/WRMSR the VMM refused (KVM_SET_MSRS refused the value, or no device owns
+    /// the MSR): it completed the instruction with #GP(0), so nothing was read or written.
+    public var msrRefused: Bool = false
 }

@@ -44,6 +44,44 @@ final class GoldenFixtureTests: XCTestCase {
         writeBytes(fixture("outloop-cut-1.0.estrace"), Array(full[..<(Int(r.frames[3].offset) + 30)]))
     }
 
+    /// Format 1.1's fixture: MSR exits, one of them refused (record field bit 26). Written only with
+    /// ESTRACE_WRITE_FIXTURES=1.1 (the 1.0 fixtures stay as the 1.0 writer made them).
+    static func refusedMSRRecords() -> [TraceRecord] {
+        var s = CPUState.flat(.long64)
+        s.rip = 0x4003DB
+        s.rcx = UInt64(MSRIndex.lstar)
+        s.rdx = 0xFFFF_8000
+        let good: UInt64 = 0xFFFF_8000_0000_0000, bad: UInt64 = 0xAAAA_AAAA_AAAA_AAAA
+        func le(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
+        func wrmsr(_ v: UInt64, refused: Bool, tsc: UInt64) -> TraceRecord {
+            var st = s
+            st.rdx = v >> 32
+            st.rax = v & 0xFFFF_FFFF
+            return TraceRecord(kind: .exit, kvmExitReason: 30, exitCode: .msr, exitInfo1: 1, nextRIP: 0x4003DD,
+                               instructionStart: 0x4003DB, instructionBytes: [0x0F, 0x30], candidates: 1, visibility: .pending,
+                               state: st, accesses: [DeviceAccess(space: .msr, address: UInt64(MSRIndex.lstar), size: 8, isWrite: true, data: le(v))],
+                               msrWrites: refused ? [] : [MSRWrite(index: MSRIndex.lstar, value: v)], accessRefused: refused,
+                               tscExit: tsc, tscEntry: tsc + 3000)
+        }
+        return [wrmsr(good, refused: false, tsc: 1000), wrmsr(bad, refused: true, tsc: 9000), wrmsr(good, refused: false, tsc: 20000)]
+    }
+
+    func testWrite11FixtureWhenAsked() throws {
+        guard ProcessInfo.processInfo.environment["ESTRACE_WRITE_FIXTURES"] == "1.1" else { return }
+        _ = try writeTrace(fixture("msrrefused-1.1.estrace"), Self.refusedMSRRecords())
+    }
+
+    func testRefusedMSRFixture() throws {
+        let r = try TraceReader(path: fixture("msrrefused-1.1.estrace"))
+        XCTAssertEqual(r.formatMajor, 1)
+        XCTAssertEqual(r.formatMinor, 1)
+        let recs = try readAll(fixture("msrrefused-1.1.estrace"))
+        XCTAssertEqual(recs.map(\.accessRefused), [false, true, false])
+        XCTAssertEqual(recs[1].accesses.first?.value, 0xAAAA_AAAA_AAAA_AAAA)
+        XCTAssertEqual(recs[1].msrWrites, [])
+        XCTAssertEqual(recs, try writeTrace(NSTemporaryDirectory() + "/refused-check-\(UUID().uuidString).estrace", Self.refusedMSRRecords()))
+    }
+
     func testOutLoopFixture() throws {
         let r = try TraceReader(path: fixture("outloop-1.0.estrace"))
         XCTAssertEqual(r.formatMajor, 1)

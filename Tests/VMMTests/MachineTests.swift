@@ -79,6 +79,8 @@ final class MachineTests: XCTestCase {
         guard case let .guestEvent(r) = s.stop else { return XCTFail("stopped by \(s.stop)") }
         XCTAssertEqual(r.kind, .shutdown, "the refused WRMSR must fault")
         XCTAssertTrue(obs.msrWrites.withLock { $0 }.isEmpty, "a refused write must not be reported as written")
+        let wrmsr = obs.seen.withLock { $0 }.first { if case .wrmsr = $0.exit { return true } else { return false } }
+        XCTAssertEqual(wrmsr?.msrRefused, true, "the observer must learn the write was refused")
     }
 
     func testTripleFaultReportNamesRIPAndBytes() throws {
@@ -226,7 +228,8 @@ final class MachineTests: XCTestCase {
 
     final class Recorder: ExitObserver, @unchecked Sendable {
         struct Seen { var exit: VMExit; var rip: UInt64; var after: UInt64?; var afterRAX: UInt64?; var access: BusAccess?
-                      var io: [UInt8]; var tscOrdered: Bool; var events: VCPUEvents?; var bytesAtRIP: [UInt8] }
+                      var io: [UInt8]; var tscOrdered: Bool; var events: VCPUEvents?; var bytesAtRIP: [UInt8]
+                      var msrRefused = false }
         let seen = Mutex<[Seen]>([])
         let msrWrites = Mutex<[(index: UInt32, value: UInt64)]>([])
         let markers = Mutex<[UInt64]>([])
@@ -240,7 +243,8 @@ final class MachineTests: XCTestCase {
         func exitHandled(_ e: borrowing ObservedExit) {
             let s = Seen(exit: e.exit, rip: e.state.rip, after: e.stateAfter?.rip, afterRAX: e.stateAfter?.rax,
                          access: e.access, io: e.ioData.map { Array($0) } ?? [],
-                         tscOrdered: e.tscAtExit <= e.tscAtReentry, events: e.events, bytesAtRIP: e.memory.instructionBytes(state: e.state, maxBytes: 1))
+                         tscOrdered: e.tscAtExit <= e.tscAtReentry, events: e.events, bytesAtRIP: e.memory.instructionBytes(state: e.state, maxBytes: 1),
+                         msrRefused: e.msrRefused)
             seen.withLock { $0.append(s) }
         }
     }
