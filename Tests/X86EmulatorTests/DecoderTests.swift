@@ -220,6 +220,10 @@ final class DecoderTests: XCTestCase {
         invalid("c4 e2 71 18 00", "vbroadcastss with vvvv=1110b")
         invalid("c4 e1 f1 7e c0", "vmovq with vvvv=1110b")
         invalid("8f e9 70 80 c1", "XOP vfrczps with vvvv=1110b")
+        // Outside 64-bit mode too, including the high bit (which selects no register there).
+        XCTAssertEqual(decode(bytes: hexBytes("c4 e1 38 28 c1"), mode: .bits32), .failure(.invalid), "vmovaps, vvvv=0111b, 32-bit")
+        XCTAssertEqual(decodeOK("c5 f8 28 c1", .bits32)?.text, "vmovaps xmm0, xmm1")
+        XCTAssertEqual(decodeOK("c4 e1 30 58 c1", .bits32)?.text, "vaddps xmm0, xmm1, xmm1", "vvvv as a register: high bit ignored")
         XCTAssertEqual(decodeOK("c5 f8 28 c1")?.text, "vmovaps xmm0, xmm1")
         XCTAssertEqual(decodeOK("c5 f8 77")?.mnemonic, .vzeroupper)
         XCTAssertEqual(decodeOK("8f e9 78 80 c1")?.mnemonic, .vfrczps)

@@ -107,6 +107,7 @@ public enum X86Decoder {
         var regHigh: UInt8 = 0     // EVEX R' (bit 4 of ModRM.reg for vector registers)
         var rmHigh: UInt8 = 0      // EVEX X (bit 4 of ModRM.rm for vector registers)
         var vexW = false
+        var unusedVVVVBits: UInt8 = 0  // VEX/XOP.vvvv as encoded (inverted), all four bits
         switch b {
         case 0x0F:
             if let e = need(i + 2) { return e }
@@ -198,6 +199,9 @@ public enum X86Decoder {
                     op = u8(i + 3); i += 4
                 }
             }
+            // Outside 64-bit mode the high bit selects no register, but a vvvv that must be 1111b
+            // is checked whole (below), so keep it.
+            unusedVVVVBits = vec.vvvv
             if !is64 { vec.vvvv &= 7 }
             mandatory = Int(vec.pp)
         default:
@@ -536,8 +540,9 @@ public enum X86Decoder {
             r.operands = (.none, .none, .none, .none)
         }
         // VEX/XOP.vvvv that no operand of the form uses is reserved and must be 1111b (held
-        // inverted here, so 0); anything else is #UD (AMD APM vol. 3, "VEX and XOP prefixes").
-        if pf & (X86Decoder.pVEX | X86Decoder.pXOP) != 0 && vec.vvvv != 0 {
+        // inverted here, so 0), in every mode; anything else is #UD (AMD APM vol. 3, "VEX and
+        // XOP prefixes").
+        if pf & (X86Decoder.pVEX | X86Decoder.pXOP) != 0 && unusedVVVVBits != 0 {
             var usesVVVV = false
             for k in 0..<opCount {
                 let kd = kindOf(ops, k)
