@@ -40,6 +40,48 @@ final class RecordCommandTests: XCTestCase {
         XCTAssertEqual(exits.map { $0["visibility"] as? String }, ["committed", "committed", "committed"])
     }
 
+    /// Issue 4: a recording killed by SIGKILL leaves every complete frame readable, and `show`
+    /// says the trace was cut short; replay checks the records it has.
+    func testRecordKilledBySIGKILLLeavesItsCompleteFramesReadable() throws {
+        // mov dx,0x3ff; l: out dx,al; jmp l  (an endless stream of OUT exits)
+        let image = try flat("loop.bin", [0xBA, 0xFF, 0x03, 0xEE, 0xEB, 0xFD])
+        let trace = dir + "/killed.estrace"
+        let p = Process()
+        p.executableURL = CLI.binary
+        p.arguments = ["record", "--flat", "--load-address", "0x1000", "--frame-records", "100", "-o", trace, image]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        // Wait until a few frames are on disk (each frame is 100 exits), then kill it.
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline {
+            let size = (try? FileManager.default.attributesOfItem(atPath: trace)[.size] as? Int) ?? 0
+            if size > 20_000 { break }
+            usleep(20_000)
+        }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationReason, .uncaughtSignal)
+
+        let summary = try CLI.run(["show", trace, "--summary"])
+        XCTAssertEqual(summary.status, 0, summary.err)
+        XCTAssertTrue(summary.out.contains("CUT SHORT"), summary.out)
+        let show = try CLI.run(["show", trace, "--json"])
+        XCTAssertEqual(show.status, 0, show.err)
+        let records = show.out.split(separator: "\n").compactMap { line -> [String: Any]? in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
+        }
+        // Whole frames only: 100 records each, numbered without a hole.
+        XCTAssertGreaterThan(records.count, 100)
+        XCTAssertEqual(records.count % 100, 0, "\(records.count) records is not a whole number of frames")
+        XCTAssertEqual(records.compactMap { $0["seq"] as? Int }, Array(0..<records.count))
+        XCTAssertTrue(records.dropFirst().allSatisfy { $0["instruction_bytes"] as? String == "ee" })
+
+        let replay = try CLI.run(["replay", trace])
+        XCTAssertEqual(replay.status, 0, replay.out + replay.err)
+        XCTAssertTrue(replay.err.contains("cut short"), replay.err)
+    }
+
     func testRecordRefusesAMissingImageAndABadFidelity() throws {
         let missing = try CLI.run(["record", dir + "/nothing-here"])
         XCTAssertEqual(missing.status, 1)
