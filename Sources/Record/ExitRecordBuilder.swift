@@ -41,26 +41,35 @@ public struct ExitFacts {
 /// instruction), save area (the state), device side, guest bytes and timing. A plain function of
 /// its inputs, so it is tested without KVM.
 public enum ExitRecordBuilder {
-    static func build(exit: borrowing ObservedExit, singleStep: Bool, openGroup: UInt64?, cache: LocatorCache) -> TraceRecord {
+    /// The recorder's path: the exit's fields are passed down by reference (no copy of the
+    /// 500-byte states but the one into the record), and `memory` is the lane's reused view.
+    static func build(exit: borrowing ObservedExit, singleStep: Bool, openGroup: UInt64?, cache: LocatorCache,
+                      memory: ViewMemory) -> TraceRecord {
         var io: [UInt8] = []
         if let d = exit.ioData { io = Array(d) }
-        let facts = ExitFacts(vcpu: exit.vcpu, exit: exit.exit, state: exit.state, stateAfter: exit.stateAfter,
-                              access: exit.access, ioData: io, tscAtExit: exit.tscAtExit, tscAtReentry: exit.tscAtReentry,
-                              msrRefused: exit.msrRefused)
-        return build(facts, memory: ViewMemory(view: exit.memory, state: exit.state), singleStep: singleStep,
-                     openGroup: openGroup, cache: cache)
+        memory.load(exit.state)
+        return build(vcpu: exit.vcpu, exit: exit.exit, state: exit.state, stateAfter: exit.stateAfter,
+                     access: exit.access, ioData: io, tscAtExit: exit.tscAtExit, tscAtReentry: exit.tscAtReentry,
+                     msrRefused: exit.msrRefused, memory: memory, singleStep: singleStep, openGroup: openGroup, cache: cache)
     }
 
     /// - Parameter openGroup: the start of an instruction whose earlier exit said more would follow.
     public static func build(_ f: ExitFacts, memory: RecordMemory, singleStep: Bool = false,
                              openGroup: UInt64? = nil, cache: LocatorCache? = nil) -> TraceRecord {
-        let s = f.state
+        build(vcpu: f.vcpu, exit: f.exit, state: f.state, stateAfter: f.stateAfter, access: f.access, ioData: f.ioData,
+              tscAtExit: f.tscAtExit, tscAtReentry: f.tscAtReentry, msrRefused: f.msrRefused, memory: memory, singleStep: singleStep,
+              openGroup: openGroup, cache: cache)
+    }
+
+    static func build(vcpu: Int, exit: VMExit, state s: CPUState, stateAfter: CPUState?, access: VMM.BusAccess?,
+                      ioData: [UInt8], tscAtExit: UInt64, tscAtReentry: UInt64, msrRefused: Bool, memory: RecordMemory,
+                      singleStep: Bool, openGroup: UInt64?, cache: LocatorCache?) -> TraceRecord {
         let locator = cache ?? LocatorCache(capacity: 0)
-        var r = TraceRecord(kind: .exit, vcpu: UInt16(f.vcpu), kvmExitReason: f.exit.reason, state: s,
-                            stateAfter: f.stateAfter, tscExit: f.tscAtExit, tscEntry: f.tscAtReentry)
+        var r = TraceRecord(kind: .exit, vcpu: UInt16(vcpu), kvmExitReason: exit.reason, state: s,
+                            stateAfter: stateAfter, tscExit: tscAtExit, tscEntry: tscAtReentry)
         var located: LocatedInstruction?
 
-        switch f.exit {
+        switch exit {
         case let .io(port, size, direction, count, _):
             let isIn = direction == .in
             // On this host IN is shown pending (RIP on it) and OUT committed (RIP past it).
@@ -81,7 +90,7 @@ public enum ExitRecordBuilder {
             r.exitCode = .ioio
             r.exitInfo1 = ioio.exitInfo1
             r.accesses = [Trace.DeviceAccess(space: .port, address: UInt64(port), size: size, isWrite: !isIn,
-                                             count: count, data: f.ioData.isEmpty ? littleEndian(f.access?.data ?? 0, Int(size)) : f.ioData)]
+                                             count: count, data: ioData.isEmpty ? littleEndian(access?.data ?? 0, Int(size)) : ioData)]
             r.lastFragment = lastFragment(inst: inst, state: s, pending: isIn, count: UInt64(count))
         case let .mmio(address, length, isWrite, data):
             if isWrite {
@@ -98,7 +107,7 @@ public enum ExitRecordBuilder {
             if s.cpl == 3 { info |= NPFInfo.user }
             r.exitInfo1 = info
             r.exitInfo2 = address
-            let value = isWrite ? data : (f.access?.data ?? data)
+            let value = isWrite ? data : (access?.data ?? data)
             r.accesses = [Trace.DeviceAccess(space: .mmio, address: address, size: UInt8(clamping: length), isWrite: isWrite,
                                              data: littleEndian(value, Int(min(length, 8))))]
             let inst = located?.instruction
@@ -116,12 +125,12 @@ public enum ExitRecordBuilder {
             r.visibility = .pending
             r.exitCode = .msr
             var isWrite = false
-            var value: UInt64 = f.access?.data ?? 0
-            if case let .wrmsr(_, _, d) = f.exit { isWrite = true; value = d }
+            var value: UInt64 = access?.data ?? 0
+            if case let .wrmsr(_, _, d) = exit { isWrite = true; value = d }
             r.exitInfo1 = isWrite ? 1 : 0
             r.accesses = [Trace.DeviceAccess(space: .msr, address: UInt64(index), size: 8, isWrite: isWrite,
                                              data: littleEndian(value, 8))]
-            r.accessRefused = f.msrRefused
+            r.accessRefused = msrRefused
         case .hlt:
             // KVM reports HLT after it (RIP past the F4 byte).
             located = locator.committed(state: s, access: .other, memory: memory)
@@ -163,7 +172,7 @@ public enum ExitRecordBuilder {
             r.note = "system event \(e.typeName)"
         default:
             r.exitCode = .none
-            r.note = f.exit.reasonName
+            r.note = exit.reasonName
         }
 
         if let l = located {
@@ -354,16 +363,40 @@ struct GuestByteCollector {
     }
 }
 
-/// The VMM's read-only memory view with the exit's paging state.
-struct ViewMemory: RecordMemory {
+/// The VMM's read-only memory view with the exit's paging registers: one per vCPU lane, loaded
+/// at each exit (a class, so passing it as `RecordMemory` copies no state and allocates nothing).
+final class ViewMemory: RecordMemory {
     let view: GuestMemoryView
-    let state: CPUState
-    func readLinear(_ linear: UInt64, count: Int) -> [UInt8]? { view.readLinear(linear, count: count, state: state) }
+    private var cr0: UInt64 = 0, cr3: UInt64 = 0, cr4: UInt64 = 0, efer: UInt64 = 0
+    init(view: GuestMemoryView) { self.view = view }
+
+    /// Takes the paging registers of `s` (all a walk depends on).
+    func load(_ s: borrowing CPUState) {
+        cr0 = s.cr0; cr3 = s.cr3; cr4 = s.cr4; efer = s.efer
+    }
+
+    func walk(_ linear: UInt64, access: PageAccess) -> PageWalkResult {
+        PageWalker.walk(linear: linear, access: access, cr0: cr0, cr3: cr3, cr4: cr4, efer: efer, memory: view)
+    }
+    func readLinear(_ linear: UInt64, count: Int) -> [UInt8]? {
+        var out: [UInt8] = []
+        out.reserveCapacity(max(count, 0))
+        var la = linear
+        var left = count
+        while left > 0 {
+            guard case let .translated(gpa, _, _) = walk(la, access: .read) else { return nil }
+            let chunk = min(left, Int(4096 - (la & 0xFFF)))
+            guard let bytes = view.read(gpa, count: chunk) else { return nil }
+            out += bytes
+            la &+= UInt64(chunk)
+            left -= chunk
+        }
+        return out
+    }
     func physical(_ linear: UInt64) -> UInt64? {
-        if case let .translated(gpa, _, _) = view.translate(linear, state: state) { return gpa }
+        if case let .translated(gpa, _, _) = walk(linear, access: .read) { return gpa }
         return nil
     }
     func readPhysical(_ gpa: UInt64, count: Int) -> [UInt8]? { view.read(gpa, count: count) }
     func physicalEquals(_ gpa: UInt64, _ bytes: [UInt8]) -> Bool { view.equals(gpa, bytes) }
-    func walk(_ linear: UInt64, access: PageAccess) -> PageWalkResult { view.translate(linear, state: state, access: access) }
 }

@@ -331,6 +331,8 @@ public final class LocatorCache {
     /// The key of the last lookup and whether it hit an entry with guest bytes.
     private var lastKey: Key?
     private var lastGuestBytes: [GuestBytes]?
+    private var lastHitStart: UInt64 = 0
+    private var lastHitBytes: [UInt8] = []
 
     public init(capacity: Int = 512) { self.capacity = capacity }
 
@@ -350,7 +352,11 @@ public final class LocatorCache {
         lastGuestBytes = nil
         if let e = entries[key], valid(e, memory: memory) {
             hits &+= 1
-            lastGuestBytes = e.guestBytes
+            if let g = e.guestBytes {
+                lastGuestBytes = g
+                lastHitStart = e.located.start
+                lastHitBytes = e.located.bytes
+            }
             return e.located
         }
         let l = InstructionLocator.pending(state: state, memory: memory)
@@ -366,7 +372,11 @@ public final class LocatorCache {
         if let e = entries[key], valid(e, memory: memory), let inst = e.located.instruction,
            InstructionLocator.performs(inst, access: access, state: state, memory: memory) {
             hits &+= 1
-            lastGuestBytes = e.guestBytes
+            if let g = e.guestBytes {
+                lastGuestBytes = g
+                lastHitStart = e.located.start
+                lastHitBytes = e.located.bytes
+            }
             return e.located
         }
         let l = InstructionLocator.committed(state: state, access: access, memory: memory, hint: hint, written: written)
@@ -376,8 +386,7 @@ public final class LocatorCache {
 
     /// The guest bytes stored with the entry the last lookup hit, if that lookup returned `l`.
     func guestBytes(for l: LocatedInstruction) -> [GuestBytes]? {
-        guard let g = lastGuestBytes, let key = lastKey, let e = entries[key],
-              e.located.start == l.start, e.located.bytes == l.bytes else { return nil }
+        guard let g = lastGuestBytes, lastHitStart == l.start, lastHitBytes == l.bytes else { return nil }
         return g
     }
 

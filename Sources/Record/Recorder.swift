@@ -59,6 +59,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         var msrs: SaveAreaMSRs?
         /// The last step record, written once the next record shows it was not an exit.
         var heldStep: TraceRecord?
+        /// Guest memory with this vCPU's paging registers, reused at every exit.
+        var memory: ViewMemory?
     }
 
     /// Creates the trace file at `path` with a header describing `machine`, `image` and the host.
@@ -145,8 +147,10 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             lane.msrs = (try? exit.probe.msrs()).map(SaveAreaMSRs.init)
         }
         exitCount.add(1, ordering: .relaxed)
+        let memory: ViewMemory
+        if let m = lane.memory { memory = m } else { memory = ViewMemory(view: exit.memory); lane.memory = memory }
         var record = ExitRecordBuilder.build(exit: exit, singleStep: options.observer.singleStep,
-                                             openGroup: lane.openGroup?.start, cache: lane.locator)
+                                             openGroup: lane.openGroup?.start, cache: lane.locator, memory: memory)
         if let m = lane.msrs {
             m.apply(to: &record.state)
             if record.stateAfter != nil {
@@ -176,7 +180,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         // A step record describes the instruction at RIP before it runs; when that instruction
         // then exits to the VMM, the exit's record is its record (DESIGN.md), so the step is held
         // back until the next record of this vCPU shows which it was.
-        if let held = lane.heldStep {
+        if lane.heldStep != nil, let held = lane.heldStep {
             lane.heldStep = nil
             if !(record.kind == .exit && record.instructionStart == held.instructionStart) { append(held) }
         }
@@ -195,7 +199,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         } else {
             lane.openGroup = nil
         }
-        lane.lastState = exit.stateAfter ?? exit.state
+        if exit.stateAfter != nil, let after = exit.stateAfter { lane.lastState = after } else { lane.lastState = exit.state }
         lane.lastCPL = record.state.cpl
         lane.lastStepMnemonic = nil
     }
