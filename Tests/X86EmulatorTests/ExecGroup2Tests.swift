@@ -219,6 +219,17 @@ extension ExecGroup2Tests {
         for _ in 0..<100 { _ = ref.step() }
         XCTAssertEqual(part.state, ref.state)
     }
+
+    /// JE/JNE test ZF inline on the fast path: taken and not taken, after TEST and INC.
+    func testFastPathJEAgreesWithFullPath() {
+        let code: [UInt8] = [0xB8, 0, 0, 0, 0, 0x85, 0xC0, 0x74, 0x01, 0xF4, 0xFF, 0xC0, 0x74, 0x01, 0xF4, 0xF4]
+        let fast = TestMachine(.long64, code: code), slow = TestMachine(.long64, code: code)
+        let (n, last) = fast.cpu.run(count: 100)
+        XCTAssertEqual(last, .halted); XCTAssertEqual(n, 6)
+        while slow.step() == .ok {}
+        XCTAssertEqual(fast.state, slow.state)
+        XCTAssertEqual(fast.state.rip, 0x100F, "the first JE is taken, the second is not")
+    }
 }
 
 extension ExecGroup2Tests {

@@ -137,7 +137,9 @@ extension X86Executor {
             case .movRI:
                 regs[Int(f.a)] = f.imm
             case .jcc:
-                if condition(f.op) {
+                // JE/JNE (the loop branches) test ZF inline; the others go through condition().
+                let taken = f.op & 0xE == 4 ? getZF() != (f.op & 1 != 0) : condition(f.op)
+                if taken {
                     let t = next &+ f.imm
                     if !isCanonical(t) { break loop }
                     ip = t
