@@ -181,11 +181,13 @@ public enum ExitRecordBuilder {
             r.candidates = l.candidates
             r.nextRIP = l.instruction == nil ? 0 : l.start &+ UInt64(l.bytes.count)
             if r.exitCode == .ioio { r.exitInfo2 = r.nextRIP }
-            if let memo = locator.guestBytes(for: l) {
+            // A port instruction that consults the TSS bitmap reads memory beyond its fetch.
+            let bitmap = readsIOBitmap(l.instruction, r.state)
+            if !bitmap, let memo = locator.guestBytes(for: l) {
                 r.memory = memo
             } else {
                 r.memory = guestBytes(located: l, record: r, memory: memory, singleStep: r.kind == .step)
-                if fetchOnly(l, singleStep: r.kind == .step), r.memory.lazy.filter({ $0.role == .instruction }).reduce(0, { $0 + $1.bytes.count }) == l.bytes.count {
+                if !bitmap, fetchOnly(l, singleStep: r.kind == .step), r.memory.lazy.filter({ $0.role == .instruction }).reduce(0, { $0 + $1.bytes.count }) == l.bytes.count {
                     locator.rememberGuestBytes(r.memory, for: l)
                 }
             }
@@ -240,6 +242,25 @@ public enum ExitRecordBuilder {
         return memory.readPhysical(next, count: 1) == nil
     }
 
+    /// Whether IN/OUT/INS/OUTS at this state consult the TSS I/O permission bitmap: protected
+    /// mode with CPL > IOPL, or virtual-8086 mode.
+    static func readsIOBitmap(_ inst: Instruction?, _ s: borrowing CPUState) -> Bool {
+        guard let inst, [.in, .out, .ins, .outs].contains(inst.mnemonic) else { return false }
+        switch s.mode {
+        case .real: return false
+        case .virtual8086: return true
+        default: return UInt64(s.cpl) > (s.rflags >> 12) & 3
+        }
+    }
+
+    /// The port an IN/OUT/INS/OUTS addresses: its 8-bit immediate, else DX.
+    static func ioPort(_ inst: Instruction, _ s: borrowing CPUState) -> UInt16 {
+        for i in 0..<Int(inst.operandCount) {
+            if case .immediate(let p, _) = inst.operand(i) { return UInt16(UInt64(bitPattern: p) & 0xFF) }
+        }
+        return UInt16(truncatingIfNeeded: s.rdx)
+    }
+
     static func littleEndian(_ v: UInt64, _ size: Int) -> [UInt8] {
         (0..<max(0, min(size, 8))).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) }
     }
@@ -290,6 +311,16 @@ public enum ExitRecordBuilder {
         }
         if [.int, .int3, .into, .iret, .iretd, .iretq].contains(inst.mnemonic) {
             c.addRange(s.idtr.base, count: min(Int(s.idtr.limit) + 1, 4096))
+        }
+        // The I/O permission bitmap: the TSS's map base and the two bitmap bytes the port's bits
+        // lie in (APM 2, "I/O-Permission Bitmap"); out-of-limit reads fault, nothing to record.
+        if readsIOBitmap(inst, s) && s.tr.limit >= 0x67 {
+            c.addRange(s.tr.base &+ 0x66, count: 2)
+            if let base = memory.readLinear(s.tr.base &+ 0x66, count: 2) {
+                let port = ioPort(inst, s)
+                let offset = (UInt64(base[0]) | UInt64(base[1]) << 8) &+ UInt64(port >> 3)
+                if offset &+ 1 <= UInt64(s.tr.limit) { c.addRange(s.tr.base &+ offset, count: 2) }
+            }
         }
         // Implicit stack operands, for single-step replay of stack instructions.
         if singleStep {

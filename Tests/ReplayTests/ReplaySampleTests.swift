@@ -60,6 +60,18 @@ final class ReplaySampleTests: XCTestCase {
         }
     }
 
+    /// adams-agesen's OUTs run at CPL3 with IOPL 0: replay checks the TSS I/O permission
+    /// bitmap, so the trace must hold its bytes (and smp: two vCPUs in one trace).
+    func testUserModePortIOAndSMPSamplesReplay() throws {
+        for sample in ["adams-agesen", "smp"] {
+            let (reader, path) = try record(sample)
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let (s, failing) = try replayAll(reader)
+            XCTAssertEqual(s.failures(allowing: []), 0, "\(sample):\n" + describe(failing))
+            XCTAssertGreaterThan(s.byKind[.match] ?? 0, 100, sample)
+        }
+    }
+
     func testSingleStepTracesReplayWithoutDivergence() throws {
         var lines: [String] = []
         for sample in ["protected-mode", "long-mode"] {
