@@ -165,7 +165,6 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             for w in lane.pendingMSRWrites { lane.msrs?.set(w.index, w.value) }
             lane.pendingMSRWrites.removeAll(keepingCapacity: true)
         }
-        if options.observer.singleStep { noteUnobservedSpan(lane: lane, next: record) }
         if record.visibility == .committed && record.candidates == 0 { unlocated.add(1, ordering: .relaxed) }
         if record.candidates > 1 { ambiguous.add(1, ordering: .relaxed) }
 
@@ -184,6 +183,9 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             lane.heldStep = nil
             if !(record.kind == .exit && record.instructionStart == held.instructionStart) { append(held) }
         }
+        // After the held step: the gap stands between the last stepped instruction and this record,
+        // so replay compares that step with the gap (nothing) rather than with a later state.
+        if options.observer.singleStep { noteUnobservedSpan(lane: lane, next: record) }
         if record.kind == .step {
             lane.heldStep = record
             lane.openGroup = nil
@@ -240,12 +242,21 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
 
     /// Single-step sees CPL0 only (kvm_pvm runs CPL3 natively): when the guest went to CPL3 and
     /// came back, the span between is recorded as a gap rather than silently missing.
+    /// A step at CPL3 (the trap right after an exit's instruction at CPL3) is followed by native
+    /// CPL3 code too. After an IRET/SYSRET/SYSEXIT back to CPL0, kvm_pvm runs the instruction at
+    /// the return target without a trap: the next step is one instruction later.
     private func noteUnobservedSpan(lane: Lane, next: TraceRecord) {
         let lowered = lane.lastStepMnemonic.map { [Mnemonic.sysret, .sysexit, .iret, .iretd, .iretq].contains($0) } ?? false
-        if lowered || (lane.lastCPL == 0 && next.state.cpl == 3) {
+        let steppedAtCPL3 = lane.lastStepMnemonic != nil && lane.lastCPL == 3 && next.kind != .step
+        if next.state.cpl == 3 && (lowered || lane.lastCPL == 0 || steppedAtCPL3) {
             append(TraceRecord(kind: .gap, vcpu: next.vcpu, state: next.state, tscExit: next.tscExit,
                                tscEntry: next.tscExit, code: GapCode.userMode,
                                note: "CPL3 code ran natively and was not single-stepped"))
+        } else if lowered || steppedAtCPL3 {
+            append(TraceRecord(kind: .gap, vcpu: next.vcpu, state: next.state, tscExit: next.tscExit,
+                               tscEntry: next.tscExit, code: lowered ? GapCode.untrappedAfterReturn : GapCode.userMode,
+                               note: lowered ? "the instruction at the return target ran without a single-step trap"
+                                             : "CPL3 code ran natively and was not single-stepped"))
         }
     }
 
@@ -327,4 +338,7 @@ public enum EventCode {
 public enum GapCode {
     /// Code at CPL3, which single-step cannot follow on this backend.
     public static let userMode: UInt64 = 1
+    /// After IRET/SYSRET/SYSEXIT, kvm_pvm runs the first instruction at the return target without
+    /// a single-step trap, so no step shows the state right after the return.
+    public static let untrappedAfterReturn: UInt64 = 2
 }
