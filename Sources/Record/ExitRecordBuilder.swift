@@ -242,6 +242,36 @@ public enum ExitRecordBuilder {
         return memory.readPhysical(next, count: 1) == nil
     }
 
+    /// Whether `record` is an MMIO write that several instructions ending at RIP explain, which
+    /// the next exit may settle (`resolveSplitWrite`): the recorder holds it back until then.
+    static func mayBeFirstPiece(_ r: borrowing TraceRecord) -> Bool {
+        r.kind == .exit && r.exitCode == .npf && r.visibility == .committed && r.candidates > 1
+            && r.accesses.count == 1 && r.accesses[0].space == .mmio && r.accesses[0].isWrite
+    }
+
+    /// An ambiguous MMIO write (`mayBeFirstPiece`) followed, at the same RIP, by a write exit of
+    /// one located instruction that also performed the held access as the first piece of its
+    /// operand (a store straddling a page into MMIO exits once per piece, both shown committed):
+    /// the held exit is that instruction's fragment 0. Rewrites `first` and returns true if so.
+    static func resolveSplitWrite(_ first: inout TraceRecord, next: borrowing TraceRecord, memory: RecordMemory) -> Bool {
+        guard mayBeFirstPiece(first), next.kind == .exit, next.exitCode == .npf, next.visibility == .committed,
+              next.candidates == 1, next.state.rip == first.state.rip, next.instructionStart != first.instructionStart,
+              next.accesses.count == 1, next.accesses[0].space == .mmio, next.accesses[0].isWrite else { return false }
+        let a = first.accesses[0]
+        let l = InstructionLocator.committed(state: first.state, access: .mmioWrite(gpa: a.address, size: Int(a.size)),
+                                             memory: memory, hint: next.instructionStart)
+        guard l.start == next.instructionStart, let inst = l.instruction,
+              morePiecesFollow(inst, gpa: a.address, length: Int(a.size), state: first.state, nextRIP: first.state.rip,
+                               memory: memory) else { return false }
+        first.instructionStart = l.start
+        first.instructionBytes = l.bytes
+        first.candidates = 1
+        first.nextRIP = l.start &+ UInt64(l.bytes.count)
+        first.lastFragment = false
+        first.memory = guestBytes(located: l, record: first, memory: memory, singleStep: false)
+        return true
+    }
+
     /// Whether IN/OUT/INS/OUTS at this state consult the TSS I/O permission bitmap: protected
     /// mode with CPL > IOPL, or virtual-8086 mode.
     static func readsIOBitmap(_ inst: Instruction?, _ s: borrowing CPUState) -> Bool {

@@ -59,6 +59,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         var msrs: SaveAreaMSRs?
         /// The last step record, written once the next record shows it was not an exit.
         var heldStep: TraceRecord?
+        /// An ambiguous MMIO write, written once the next exit shows which instruction it was.
+        var heldWrite: TraceRecord?
         /// Guest memory with this vCPU's paging registers, reused at every exit.
         var memory: ViewMemory?
     }
@@ -130,6 +132,10 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
 
     public func vcpuStopped(vcpu: Int, exits: UInt64) {
         guard vcpu < lanes.count else { return }
+        if let held = lanes[vcpu].heldWrite {
+            lanes[vcpu].heldWrite = nil
+            _ = place(held, lane: lanes[vcpu])
+        }
         if let held = lanes[vcpu].heldStep {
             lanes[vcpu].heldStep = nil
             append(held)
@@ -165,9 +171,33 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             for w in lane.pendingMSRWrites { lane.msrs?.set(w.index, w.value) }
             lane.pendingMSRWrites.removeAll(keepingCapacity: true)
         }
+        if lane.heldWrite != nil, var first = lane.heldWrite {
+            lane.heldWrite = nil
+            if ExitRecordBuilder.resolveSplitWrite(&first, next: record, memory: memory) { ambiguous.subtract(1, ordering: .relaxed) }
+            _ = place(first, lane: lane)
+        }
         if record.visibility == .committed && record.candidates == 0 { unlocated.add(1, ordering: .relaxed) }
         if record.candidates > 1 { ambiguous.add(1, ordering: .relaxed) }
+        // An MMIO write two instructions explain waits for the next exit, which may show it was
+        // the first piece of a store straddling into MMIO (ExitRecordBuilder.resolveSplitWrite).
+        // (Not under single-step, where the held step and gap records order around each record.)
+        if !options.observer.singleStep && ExitRecordBuilder.mayBeFirstPiece(record) {
+            lane.heldWrite = record
+        } else if place(record, lane: lane) {
+            lane.lastState = exit.state
+            lane.lastCPL = record.state.cpl
+            lane.lastStepMnemonic = Self.mnemonic(record)
+            return
+        }
+        if exit.stateAfter != nil, let after = exit.stateAfter { lane.lastState = after } else { lane.lastState = exit.state }
+        lane.lastCPL = record.state.cpl
+        lane.lastStepMnemonic = nil
+    }
 
+    /// Appends an exit or step record in its instruction group (or holds a step back); true
+    /// when the record was a step, now held.
+    private func place(_ r: TraceRecord, lane: Lane) -> Bool {
+        var record = r
         // Fragments of one instruction: continue the open group when this exit is on the same
         // instruction start (REP string iterations, the write half of a read-modify-write).
         if let open = lane.openGroup, open.start == record.instructionStart, record.kind == .exit {
@@ -189,10 +219,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         if record.kind == .step {
             lane.heldStep = record
             lane.openGroup = nil
-            lane.lastState = exit.state
-            lane.lastCPL = record.state.cpl
-            lane.lastStepMnemonic = Self.mnemonic(record)
-            return
+            return true
         }
         let seq = append(record)
         if record.kind == .exit && !record.lastFragment {
@@ -201,9 +228,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         } else {
             lane.openGroup = nil
         }
-        if exit.stateAfter != nil, let after = exit.stateAfter { lane.lastState = after } else { lane.lastState = exit.state }
-        lane.lastCPL = record.state.cpl
-        lane.lastStepMnemonic = nil
+        return false
     }
 
     /// An instruction the VMM completed after KVM's emulator failed on it: a `.completion`

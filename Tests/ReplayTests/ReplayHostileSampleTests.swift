@@ -1,0 +1,28 @@
+import Foundation
+import Replay
+import Trace
+import X86
+import XCTest
+
+/// The hostile-* Samples guests (they attack the VMM), recorded on /dev/kvm and replayed.
+extension ReplaySampleTests {
+    /// hostile-mmio's 8-byte store straddling the scratch device's end exits twice, both shown
+    /// committed at the same RIP; its first piece alone is also what a 4-byte store (the same bytes
+    /// without REX.W) would do. The recorder must settle it with the second exit: one instruction
+    /// group of two fragments, no ambiguity, and the whole trace replays.
+    func testHostileMMIOStraddlingStoreIsOneInstructionGroup() throws {
+        let (reader, path) = try record("hostile-mmio")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var groups: [Verdict] = []
+        var failing: [Verdict] = []
+        let s = try ReplayRun.run(reader, options: ReplayOptions()) { v in
+            if v.kind.isFailure { failing.append(v) }
+            if v.kind == .match, v.exitCode == .npf, v.records == 2, v.bytes == [0x48, 0x89, 0x83, 0xFC, 0x0F, 0x00, 0x00] {
+                groups.append(v)
+            }
+        }
+        XCTAssertEqual(s.failures(allowing: []), 0, "hostile-mmio:\n" + describe(failing))
+        XCTAssertEqual(s.byKind[.ambiguous, default: 0], 0)
+        XCTAssertEqual(groups.count, 1, "the straddling MOV QWORD store is not one group of two write exits")
+    }
+}
