@@ -354,7 +354,7 @@ public enum ExitRecordBuilder {
         }
         // Implicit stack operands, for single-step replay of stack instructions.
         if singleStep {
-            let stackOps: [Mnemonic] = [.push, .pop, .call, .ret, .iret, .enter, .leave, .pushf, .popf, .int, .int3, .retf]
+            let stackOps: [Mnemonic] = [.push, .pop, .call, .ret, .iret, .iretd, .iretq, .enter, .leave, .pushf, .popf, .int, .int3, .retf]
             if stackOps.contains(inst.mnemonic) {
                 let width: UInt64 = s.mode == .long64 ? 8 : (s.ss.defaultBig ? 4 : 2)
                 let base = s.mode == .long64 ? s.rsp : (s.ss.base &+ (s.ss.defaultBig ? s.rsp & 0xFFFF_FFFF : s.rsp & 0xFFFF))

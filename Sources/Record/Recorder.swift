@@ -211,7 +211,10 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         // back until the next record of this vCPU shows which it was.
         if lane.heldStep != nil, let held = lane.heldStep {
             lane.heldStep = nil
-            if !(record.kind == .exit && record.instructionStart == held.instructionStart) { append(held) }
+            if !(record.kind == .exit && record.instructionStart == held.instructionStart) {
+                append(held)
+                noteDeliveredEvent(lane: lane, held: held, next: record)
+            }
         }
         // After the held step: the gap stands between the last stepped instruction and this record,
         // so replay compares that step with the gap (nothing) rather than with a later state.
@@ -263,6 +266,47 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         lane.openGroup = nil
         lane.lastState = c.after
         lane.lastCPL = c.after.cpl
+    }
+
+    /// An interrupt or exception delivered between two steps: KVM reports the next step inside the
+    /// handler (after its first instruction), so the held step has no observed state after it. The
+    /// event record says so instead of the step diverging. Only instructions whose successors the
+    /// recorder knows are checked (fall-through, relative branches, near RET in 64-bit mode); returns
+    /// to CPL0 are noteUnobservedSpan's (the target's instruction runs untrapped).
+    private func noteDeliveredEvent(lane: Lane, held: TraceRecord, next: TraceRecord) {
+        guard options.observer.singleStep, next.kind == .step || next.kind == .exit,
+              next.vcpu == held.vcpu, held.state.cpl == 0, next.state.cpl == 0,
+              let expected = successors(of: held, lane: lane),
+              !expected.contains(next.instructionStart) else { return }
+        append(TraceRecord(kind: .event, vcpu: next.vcpu, state: next.state, tscExit: next.tscExit,
+                           tscEntry: next.tscExit, code: EventCode.deliveredBetweenSteps,
+                           note: String(format: "interrupt or exception delivered after the step at 0x%llx: next step at 0x%llx, not 0x%llx",
+                                        held.instructionStart, next.instructionStart, expected[0])))
+    }
+
+    /// Where the stepped instruction continues, or nil when the recorder cannot tell.
+    private func successors(of held: TraceRecord, lane: Lane) -> [UInt64]? {
+        guard held.nextRIP != 0,
+              case .success(let i) = decode(bytes: held.instructionBytes, mode: DecoderMode(held.state.mode)) else { return nil }
+        let long = held.state.mode == .long64
+        switch i.mnemonic {
+        case .jo, .jno, .jb, .jae, .je, .jne, .jbe, .ja, .js, .jns, .jp, .jnp, .jl, .jge, .jle, .jg, .jmp, .call:
+            guard long, case .relative(let d) = i.operand(0) else { return nil }
+            let target = held.nextRIP &+ UInt64(bitPattern: d)
+            return i.mnemonic == .jmp || i.mnemonic == .call ? [target] : [held.nextRIP, target]
+        case .ret:
+            // A near RET without an immediate takes the return RIP from [RSP].
+            guard long, i.operandCount == 0, let memory = lane.memory else { return nil }
+            memory.load(held.state)
+            guard let b = memory.readLinear(held.state.rsp, count: 8) else { return nil }
+            return [b.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }]
+        case .iret, .iretd, .iretq, .retf, .int, .int1, .int3, .into, .syscall, .sysret, .sysretq, .sysenter, .sysexit, .sysexitq,
+             .loop, .loope, .loopne, .jcxz, .jecxz, .jrcxz, .ud2, .rsm:
+            return nil
+        default:
+            // REP string instructions step once per iteration at the same RIP.
+            return [held.nextRIP, held.instructionStart]
+        }
     }
 
     /// Single-step sees CPL0 only (kvm_pvm runs CPL3 natively): when the guest went to CPL3 and
@@ -357,6 +401,8 @@ struct SaveAreaMSRs {
 public enum EventCode {
     public static let vcpuStarted: UInt64 = 1
     public static let vcpuStopped: UInt64 = 2
+    /// An interrupt or exception was delivered between two single steps.
+    public static let deliveredBetweenSteps: UInt64 = 3
 }
 
 /// Codes of `.gap` records.

@@ -350,7 +350,7 @@ extension X86Executor {
             let v = try readMem(SR.ss, bp, s)
             setSP(bp &+ UInt64(s))
             writeGPR(5, v, s)
-        case .nop, .endbr32, .endbr64, .prefetch, .prefetchw, .prefetchwt1, .prefetchnta, .prefetcht0,
+        case .nop, .pause, .endbr32, .endbr64, .prefetch, .prefetchw, .prefetchwt1, .prefetchnta, .prefetcht0,
              .prefetcht1, .prefetcht2, .lfence, .mfence, .sfence, .clflush, .clflushopt, .clwb:
             break
 
