@@ -222,6 +222,8 @@ public final class Replayer: @unchecked Sendable {
     /// KVM's instruction emulator ran CPL0 guest code (kvm_pvm): the reference for those exits.
     let kvmEmulatesCPL0: Bool
     var lastUnansweredMSR = false
+    /// The last step raised an exception that went through the IDT.
+    var lastDelivered = false
     /// Save-area MSR values written so far in this frame.
     var knownMSRs: [UInt32: UInt64] = [:]
     /// Which verdicts the frame's result lists one by one; the others it counts.
@@ -598,6 +600,10 @@ public final class Replayer: @unchecked Sendable {
         switch result {
         case .ok, .halted, .hypercall:
             break
+        case .exception(let e, delivered: true):
+            // Only steps deliver exceptions (executeStep): the state after is the handler's.
+            v.note = "raised \(e.description), delivered through the IDT"
+            lastDelivered = true
         case .exception(let e, _):
             // A pending exit without an after-state shows only that the instruction made its
             // device accesses (DIV by an MMIO zero: the read, then #DE). An exception raised after
@@ -858,8 +864,23 @@ public final class Replayer: @unchecked Sendable {
         var before = CPUState()
         guard executeStep(&v, r, inst: d.instruction, laterMemory: laterMemory, before: &before) else { return v }
         let emulated = cpu.state
+        if lastDelivered && next.kind == .step && next.state.rip != emulated.rip {
+            // kvm_pvm runs the handler's first instruction without a single-step trap (as after
+            // IRET): the next step is one instruction into the handler, not its entry.
+            v.kind = .notReplayable
+            v.note += "; the next step is past the handler's entry \(Hex.string(emulated.rip)): kvm_pvm ran its first instruction without a single-step trap"
+            return v
+        }
         StepCheck.close(&v, emulated: emulated, flagMask: Reconstruction.undefinedFlags(d.instruction, before: before),
                         start: r.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs, nextRecord: next, memo: memo)
+        if v.kind == .divergence && kvmEmulatesCPL0 && d.instruction.mnemonic == .cpuid
+            && v.differences.allSatisfy({ ["rax", "rbx", "rcx", "rdx"].contains($0.field) }) {
+            // Not an emulator fault: the guest saw the host's CPUID (see VerdictKind.notReplayable).
+            v.kind = .notReplayable
+            v.note = "CPUID leaf \(Hex.string(before.rax & 0xFFFF_FFFF)) subleaf \(Hex.string(before.rcx & 0xFFFF_FFFF)): the guest saw the host's values, not the trace header's table (kvm_pvm does not apply KVM_SET_CPUID2)"
+            v.reproduction = nil
+            return v
+        }
         if v.kind == .divergence { v.reproduction = reproduction(before) }
         return v
     }
@@ -872,8 +893,13 @@ public final class Replayer: @unchecked Sendable {
         for m in laterMemory { memory.load(m.gpa, m.bytes) }
         before = r.state
         Reconstruction.applyMSRs(knownMSRs, to: &before)
+        // A stepped instruction that faults (DIV by zero) traps next at its handler: the exception
+        // goes through the IDT as on the CPU, and the handler's state is what the next step shows.
+        cpu.deliverExceptions = true
+        lastDelivered = false
         execute(&v, before: before, inst: inst, recorded: [], exitCode: .none, exitInfo1: 0, nextRIP: 0, after: nil,
                 compareDevice: false)
+        cpu.deliverExceptions = false
         if deviceAnswerMissing {
             // It needed a device: it exited, and its exit record holds the device side.
             v.kind = .notReplayable

@@ -23,7 +23,16 @@ public enum VerdictKind: String, Sendable, CaseIterable, Comparable {
     /// A completion: the VMM performed the instruction with this very emulator; checked for
     /// consistency, never counted as agreement with hardware.
     case `self`
-    /// Records that are not instructions (events, gaps, markers) or exits without one.
+    /// Records that are not instructions (events, gaps, markers) or exits without one; and steps
+    /// whose result the trace cannot show because of how kvm_pvm single-steps (each says why in
+    /// its note):
+    /// - after IRET/SYSRET and after an exception's delivery, kvm_pvm runs the next instruction
+    ///   (the return target, the handler's entry) without a trap, so no step shows the state
+    ///   right after (a gap record, or a note on the faulting step);
+    /// - CPUID: on kvm_pvm the guest's CPUID returns the host's values, not the KVM_SET_CPUID2
+    ///   table in the trace header that the emulator answers from (KVM's instruction emulator does
+    ///   gate on that table: MOVBE at CPL0 raises #UD although the guest's CPUID reports it); the
+    ///   recorded and emulated values stay in `differences`.
     case notReplayable = "not-replayable"
 
     public static func < (a: Self, b: Self) -> Bool { a.order < b.order }
