@@ -331,6 +331,12 @@ public enum ExitRecordBuilder {
             var start = la
             if s.rflags & RFLAGS.df != 0 && elements > 1 { start = la &- UInt64(total - Int(m.size)) }
             c.addRange(start, count: total)
+            // A REP string instruction's next item: the walk to it, so that replay sees the #PF
+            // that ends the instruction there (its buffer running into a not-present page).
+            if isString && (inst.hasRep || inst.hasRepne) {
+                let next = s.rflags & RFLAGS.df != 0 ? start &- UInt64(m.size) : start &+ UInt64(total)
+                c.addWalkTo(next)
+            }
         }
         // Descriptor tables an instruction reads implicitly: segment loads and far transfers
         // read GDT/LDT entries, interrupts and IRET the IDT and GDT (bounded to 4 KiB each;
@@ -404,6 +410,14 @@ struct GuestByteCollector {
         }
     }
 
+    /// The page-table entries walked to `linear`, also when the walk ends in a #PF.
+    mutating func addWalkTo(_ linear: UInt64) {
+        switch memory.walk(linear, access: .read) {
+        case let .translated(_, entries, _), let .pageFault(_, entries): addWalk(entries)
+        case .unbacked: break
+        }
+    }
+
     /// RAM bytes at a linear range (with the walks that reach them); device pages are skipped,
     /// their bytes are the exit's accesses.
     mutating func addRange(_ linear: UInt64, count: Int) {
@@ -417,6 +431,8 @@ struct GuestByteCollector {
                 if !isDevice, let bytes = memory.readPhysical(gpa, count: chunk) {
                     out.append(GuestBytes(role: .operandRead, gpa: gpa, bytes: bytes))
                 }
+            } else if case let .pageFault(_, entries) = memory.walk(la, access: .read) {
+                addWalk(entries)  // replay raises the same #PF
             }
             la &+= UInt64(chunk)
             left -= chunk

@@ -343,7 +343,7 @@ public final class Replayer: @unchecked Sendable {
                 return false
             }
             pendingGroup = nil
-            emit(simple(b.g.first, .incomplete, records: b.g.count, note: "instruction group not finished in the trace"))
+            emit(replayInterrupted(b.g))
             for (i, v) in b.g.msrUpdates { knownMSRs[i] = v }
         }
         for w in r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
@@ -427,6 +427,51 @@ public final class Replayer: @unchecked Sendable {
         memory.reset()
         knownMSRs = g.knownMSRs
         return replayExit(first: g.first, last: last, count: g.count, accesses: g.accesses, memory: g.memory)
+    }
+
+    /// A group left without its last fragment: the vCPU's next record is another instruction.
+    /// A REP INS/OUTS whose buffer runs into a not-present page ends so: the #PF is delivered to
+    /// the guest inside KVM (no exit), so the trace holds the iterations' exits and then the
+    /// handler's. The group is replayed: if the emulator, fed the recorded items, raises an
+    /// exception after a prefix of them, the trace is explained (a `match`, KVM's emulator the
+    /// reference: it reads a batch of port items ahead, and those past the fault are discarded).
+    /// Anything else stays `incomplete`. Documented in Sources/Replay/README.md.
+    func replayInterrupted(_ g: GroupCarry) -> Verdict {
+        let unfinished = simple(g.first, .incomplete, records: g.count, note: "instruction group not finished in the trace")
+        var v = unfinished
+        guard g.first.exitCode == .ioio, g.first.candidates == 1, let inst = v.decoded?.instruction,
+              inst.hasRep, inst.mnemonic == .ins || inst.mnemonic == .outs,
+              g.accesses.allSatisfy({ $0.space == .port }), let lastItems = g.accesses.last?.count else { return unfinished }
+        for m in g.memory { memory.load(m.gpa, m.bytes) }
+        var before = g.first.state
+        if g.first.visibility == .committed, Reconstruction.rebuild(&before, from: g.first, inst) != nil { return unfinished }
+        Reconstruction.applyMSRs(knownMSRs, to: &before)
+        ports.begin(g.accesses)
+        msrs.begin([], refused: false)
+        memory.beginGroup(mmio: [])
+        cpu.load(before, keepingCaches: !memory.changed)
+        memory.changed = false
+        cpu.accessLog.removeAll(keepingCapacity: true)
+        guard case .exception(let e, _) = cpu.step() else { return unfinished }
+        var recorded: [PortAccess] = []
+        for a in g.accesses { for k in 0..<Int(a.count) { recorded.append(Self.portItem(a, k)) } }
+        var emulated: [PortAccess] = []
+        for x in cpu.accessLog { if case .port(let p) = x { emulated.append(p) } }
+        // Every item the emulator made is the recorded one; only the last exit's batch may have
+        // items past the fault.
+        guard emulated.count <= recorded.count, recorded.count - emulated.count <= Int(lastItems) else { return unfinished }
+        for k in 0..<emulated.count {
+            comparePort(&v, recorded[k], emulated[k], tag: "port.")
+            if !v.differences.isEmpty {
+                conclude(&v, before: before)
+                return v
+            }
+        }
+        v.kind = .match
+        v.note = "stopped by \(e.description) delivered to the guest after \(emulated.count) of the \(recorded.count) recorded items"
+            + (recorded.count > emulated.count ? " (KVM's emulator read the rest ahead of the fault; they are discarded)" : "")
+            + "; the state after it (the handler's) is not in the trace"
+        return v
     }
 
     private func finishGroup(_ g: GroupCarry, last: borrowing TraceRecord) {

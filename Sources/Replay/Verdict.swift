@@ -19,6 +19,15 @@ public enum VerdictKind: String, Sendable, CaseIterable, Comparable {
     /// A committed exit whose state before the instruction cannot be rebuilt exactly.
     case unreconstructable
     /// An instruction group whose fragments are not all in the trace.
+    ///
+    /// Rule for a group the guest, not the trace, left unfinished (the vCPU's next record is at
+    /// another instruction): a REP INS/OUTS ended by an exception delivered to the guest inside
+    /// KVM (a #PF as its buffer runs into a not-present page; no exit shows it) is replayed from
+    /// its recorded items, and is a `match` when the emulator raises an exception after a prefix
+    /// of them, every one equal to the recorded one, with only the last exit's batch left over
+    /// (KVM's emulator reads a batch of port items ahead; those past the fault are discarded,
+    /// which a CPU, reading one item per iteration, would not do: KVM's emulator is the reference).
+    /// Anything else stays `incomplete` (`Replayer.replayInterrupted`).
     case incomplete
     /// A completion: the VMM performed the instruction with this very emulator; checked for
     /// consistency, never counted as agreement with hardware.

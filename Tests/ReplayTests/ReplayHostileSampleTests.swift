@@ -25,4 +25,21 @@ extension ReplaySampleTests {
         XCTAssertEqual(s.byKind[.ambiguous, default: 0], 0)
         XCTAssertEqual(groups.count, 1, "the straddling MOV QWORD store is not one group of two write exits")
     }
+
+    /// hostile-rep-ins: REP INSB/INSW/OUTSB with absurd counts, each stopped by a #PF on the
+    /// buffer's next (not-present) page, delivered to the guest without an exit. Each group is
+    /// replayed up to that #PF: three matches, none left `incomplete`, nothing failing.
+    func testHostileRepInsGroupsStoppedByAPageFaultReplay() throws {
+        let (reader, path) = try record("hostile-rep-ins")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var stopped: [Verdict] = []
+        var failing: [Verdict] = []
+        let s = try ReplayRun.run(reader, options: ReplayOptions()) { v in
+            if v.kind.isFailure { failing.append(v) }
+            if v.kind == .match, v.note.hasPrefix("stopped by #PF") { stopped.append(v) }
+        }
+        XCTAssertEqual(s.failures(allowing: []), 0, "hostile-rep-ins:\n" + describe(failing))
+        XCTAssertEqual(stopped.map(\.bytes), [[0xF3, 0x6C], [0x67, 0x66, 0xF3, 0x6D], [0xF3, 0x6E]], describe(stopped))  // REP INSB, INSW, OUTSB
+        XCTAssertTrue(stopped.allSatisfy { $0.note.contains("cr2=0x1f1000") }, describe(stopped))
+    }
 }
