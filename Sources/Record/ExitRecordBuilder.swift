@@ -113,6 +113,8 @@ public enum ExitRecordBuilder {
             let inst = located?.instruction
             if !isWrite, let inst, InstructionLocator.readModifyWrite(inst) {
                 r.lastFragment = false  // the write half follows as the next exit
+            } else if !isWrite, let inst, inst.mnemonic == .outs {
+                r.lastFragment = false  // OUTS reading its item from MMIO: the port write exits next
             } else if let inst, morePiecesFollow(inst, gpa: address, length: Int(length), state: s,
                                                   nextRIP: isWrite ? s.rip : (located?.start ?? s.rip) &+ UInt64(inst.length),
                                                   memory: memory) {
