@@ -224,6 +224,8 @@ public final class Replayer: @unchecked Sendable {
     var lastUnansweredMSR = false
     /// The last step raised an exception that went through the IDT.
     var lastDelivered = false
+    /// The step being replayed is followed by an event record (something delivered after it).
+    var stepFollowedByEvent = false
     /// Save-area MSR values written so far in this frame.
     var knownMSRs: [UInt32: UInt64] = [:]
     /// Which verdicts the frame's result lists one by one; the others it counts.
@@ -649,6 +651,12 @@ public final class Replayer: @unchecked Sendable {
             // Only steps deliver exceptions (executeStep): the state after is the handler's.
             v.note = "raised \(e.description), delivered through the IDT"
             lastDelivered = true
+        case .exception(let e, _) where stepFollowedByEvent:
+            // The recorder saw a delivery after this step (an event record), and no state after
+            // it: the exception agrees with that, and there is nothing more to compare.
+            v.kind = .notReplayable
+            v.note = "raised \(e.description); the next record is an event (a delivery between steps): no state after the step to compare"
+            return false
         case .exception(let e, _):
             // A pending exit without an after-state shows only that the instruction made its
             // device accesses (DIV by an MMIO zero: the read, then #DE). An exception raised after
@@ -907,6 +915,8 @@ public final class Replayer: @unchecked Sendable {
             return v
         }
         var before = CPUState()
+        stepFollowedByEvent = next.kind == .event
+        defer { stepFollowedByEvent = false }
         guard executeStep(&v, r, inst: d.instruction, laterMemory: laterMemory, before: &before) else { return v }
         let emulated = cpu.state
         if lastDelivered && next.kind == .step && next.state.rip != emulated.rip {
@@ -940,7 +950,7 @@ public final class Replayer: @unchecked Sendable {
         Reconstruction.applyMSRs(knownMSRs, to: &before)
         // A stepped instruction that faults (DIV by zero) traps next at its handler: the exception
         // goes through the IDT as on the CPU, and the handler's state is what the next step shows.
-        cpu.deliverExceptions = true
+        cpu.deliverExceptions = !stepFollowedByEvent
         lastDelivered = false
         execute(&v, before: before, inst: inst, recorded: [], exitCode: .none, exitInfo1: 0, nextRIP: 0, after: nil,
                 compareDevice: false)
