@@ -212,6 +212,13 @@ public final class VCPU: @unchecked Sendable {
         return DebugRegisters(dr0: d.db.0, dr1: d.db.1, dr2: d.db.2, dr3: d.db.3, dr6: d.dr6, dr7: d.dr7)
     }
 
+    /// KVM_GET_LAPIC: the in-kernel local APIC's 1 KiB register page (xAPIC layout).
+    public func getLAPIC() throws(KVMError) -> [UInt8] {
+        var l = kvm_lapic_state()
+        _ = try kvmIoctl(fd, CKVM_GET_LAPIC, "KVM_GET_LAPIC", &l)
+        return withUnsafeBytes(of: &l.regs) { Array($0) }
+    }
+
     /// KVM_X86_SETUP_MCE: the guest's IA32_MCG_CAP (capability bits and number of banks).
     public func setupMCE(_ mcgCap: UInt64) throws(KVMError) {
         var v = mcgCap

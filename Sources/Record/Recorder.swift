@@ -157,6 +157,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         if let m = lane.memory { memory = m } else { memory = ViewMemory(view: exit.memory); lane.memory = memory }
         var record = ExitRecordBuilder.build(exit: exit, singleStep: options.observer.singleStep,
                                              openGroup: lane.openGroup?.start, cache: lane.locator, memory: memory)
+        if record.kind == .step, options.observer.singleStep { addLocalAPICReads(&record, lane: lane, probe: exit.probe) }
         if let m = lane.msrs {
             m.apply(to: &record.state)
             if record.stateAfter != nil {
@@ -283,6 +284,27 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
                            note: String(format: "interrupt or exception delivered after the step at 0x%llx: next step at 0x%llx, not 0x%llx",
                                         held.instructionStart, next.instructionStart, expected[0])))
     }
+
+    /// A stepped load from the in-kernel local APIC never exits, so guest memory cannot give its
+    /// bytes: they are taken from KVM_GET_LAPIC at the step (before the instruction runs) and
+    /// recorded as operand reads at their GPA.
+    private func addLocalAPICReads(_ record: inout TraceRecord, lane: Lane, probe: VCPUProbe) {
+        guard let memory = lane.memory,
+              case .success(let inst) = decode(bytes: record.instructionBytes, mode: DecoderMode(record.state.mode)),
+              inst.mnemonic != .lea, inst.mnemonic != .nop else { return }
+        for i in 0..<Int(inst.operandCount) {
+            guard case .memory(let m) = inst.operand(i), m.size > 0, m.size <= 16,
+                  let lin = InstructionLocator.effectiveLinear(m, inst: inst, state: record.state, nextRIP: record.nextRIP) else { continue }
+            memory.load(record.state)
+            guard let gpa = memory.physical(lin), gpa >= Self.lapicBase, gpa &+ UInt64(m.size) <= Self.lapicBase &+ 0x400,
+                  !record.memory.contains(where: { $0.gpa == gpa }),
+                  let regs = try? probe.lapicRegisters(), regs.count == 0x400 else { continue }
+            let offset = Int(gpa - Self.lapicBase)
+            record.memory.append(GuestBytes(role: .operandRead, gpa: gpa, bytes: Array(regs[offset..<(offset + Int(m.size))])))
+        }
+    }
+    /// The local APIC's default base (IA32_APIC_BASE after reset; the samples do not move it).
+    static let lapicBase: UInt64 = 0xFEE0_0000
 
     /// Where the stepped instruction continues, or nil when the recorder cannot tell.
     private func successors(of held: TraceRecord, lane: Lane) -> [UInt64]? {

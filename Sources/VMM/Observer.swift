@@ -118,6 +118,8 @@ public final class VCPUProbe: @unchecked Sendable {
     public func stats() throws(KVMError) -> [String: UInt64] { try vcpu.stats().read() }
     /// DR0-3, DR6, DR7 (KVM_GET_DEBUGREGS).
     public func debugRegisters() throws(KVMError) -> DebugRegisters { try vcpu.getDebugRegs() }
+    /// The in-kernel local APIC's register page (KVM_GET_LAPIC), for reads that never exit.
+    public func lapicRegisters() throws(KVMError) -> [UInt8] { try vcpu.getLAPIC() }
     /// The save-area MSRs (KVM_GET_MSRS) for a keyframe.
     public func msrs(_ indices: [UInt32] = MSRIndex.saveArea) throws(KVMError) -> [UInt32: UInt64] {
         try vcpu.getMSRs(indices)

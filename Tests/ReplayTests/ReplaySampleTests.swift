@@ -74,7 +74,7 @@ final class ReplaySampleTests: XCTestCase {
 
     func testSingleStepTracesReplayWithoutDivergence() throws {
         var lines: [String] = []
-        for sample in ["protected-mode", "long-mode", "ring3", "adams-agesen", "completion"] {
+        for sample in ["protected-mode", "long-mode", "ring3", "adams-agesen", "completion", "smp"] {
             let (reader, path) = try record(sample, singleStep: true)
             defer { try? FileManager.default.removeItem(atPath: path) }
             let (s, failing) = try replayAll(reader, jobs: 2)
