@@ -92,6 +92,10 @@ public enum ExitRecordBuilder {
             r.accesses = [Trace.DeviceAccess(space: .port, address: UInt64(port), size: size, isWrite: !isIn,
                                              count: count, data: ioData.isEmpty ? littleEndian(access?.data ?? 0, Int(size)) : ioData)]
             r.lastFragment = lastFragment(inst: inst, state: s, pending: isIn, count: UInt64(count))
+            if isIn, r.lastFragment, let inst, inst.mnemonic == .ins, inst.hasRep,
+               insBatchReachesDevice(inst, state: s, items: Int(count), memory: memory) {
+                r.lastFragment = false  // KVM's emulator writes the batch's device part as MMIO write exits next
+            }
         case let .mmio(address, length, isWrite, data):
             if isWrite {
                 located = locator.committed(state: s, access: .mmioWrite(gpa: address, size: Int(length)),
@@ -100,6 +104,14 @@ public enum ExitRecordBuilder {
             } else {
                 located = locator.pending(state: s, memory: memory)
                 r.visibility = .pending
+            }
+            // KVM's emulator writes a REP INS batch's items to MMIO as 8-byte pieces after the IN
+            // exit, RIP still on the instruction: no single item explains such a piece.
+            var insBatchEnd: UInt64? = nil
+            if isWrite, located?.instruction == nil || located?.candidates != 1, let open = openGroup, open == s.rip,
+               let (l, end) = insBatchWrite(state: s, gpa: address, length: Int(length), memory: memory) {
+                located = l
+                insBatchEnd = end
             }
             r.exitCode = .npf
             var info = NPFInfo.finalAddress
@@ -111,7 +123,12 @@ public enum ExitRecordBuilder {
             r.accesses = [Trace.DeviceAccess(space: .mmio, address: address, size: UInt8(clamping: length), isWrite: isWrite,
                                              data: littleEndian(value, Int(min(length, 8))))]
             let inst = located?.instruction
-            if !isWrite, let inst, InstructionLocator.readModifyWrite(inst) {
+            if let end = insBatchEnd, let inst {
+                // The batch's last piece ends where RDI now points; the instruction ends with
+                // the last batch (RCX 0), else its next IN exit follows.
+                let mask: UInt64 = inst.addressSize == 16 ? 0xFFFF : (inst.addressSize == 32 ? 0xFFFF_FFFF : .max)
+                r.lastFragment = s.rcx & mask == 0 && address &+ UInt64(length) == end
+            } else if !isWrite, let inst, InstructionLocator.readModifyWrite(inst) {
                 r.lastFragment = false  // the write half follows as the next exit
             } else if !isWrite, let inst, inst.mnemonic == .outs {
                 r.lastFragment = false  // OUTS reading its item from MMIO: the port write exits next
@@ -221,6 +238,40 @@ public enum ExitRecordBuilder {
         let rcx = state.rcx & mask
         // Pending: RCX still counts this chunk; committed: RCX counts what is left after it.
         return pending ? rcx <= count : rcx == 0
+    }
+
+    /// Whether a REP INS batch of `items` (pending: ES:RDI is its first item's) writes any byte
+    /// outside RAM: KVM's emulator then writes those bytes to MMIO, each piece its own exit.
+    static func insBatchReachesDevice(_ inst: Instruction, state s: CPUState, items: Int, memory: RecordMemory) -> Bool {
+        guard let m = inst.memoryOperand,
+              let lin = InstructionLocator.effectiveLinear(m, inst: inst, state: s, nextRIP: s.rip) else { return false }
+        let size = InstructionLocator.stringSize(inst)
+        let total = min(max(items, 1) * size, 1 << 16)  // KVM batches at most a page; bounded anyway
+        var start = lin
+        if s.rflags & RFLAGS.df != 0 { start = lin &- UInt64(total - size) }
+        var offset = 0
+        while offset < total {
+            let la = start &+ UInt64(offset)
+            let chunk = min(total - offset, Int(4096 - (la & 0xFFF)))
+            if let pa = memory.physical(la), memory.readPhysical(pa, count: chunk) == nil { return true }
+            offset += chunk
+        }
+        return false
+    }
+
+    /// The REP INS at RIP, if this MMIO write is a piece of its batch: KVM's emulator has already
+    /// advanced RDI past the batch (ascending, DF clear: it batches only then), so the piece lies
+    /// within the page's worth of bytes before ES:RDI. Returns the instruction and the batch's
+    /// guest-physical end.
+    static func insBatchWrite(state s: CPUState, gpa: UInt64, length: Int, memory: RecordMemory) -> (LocatedInstruction, UInt64)? {
+        let l = InstructionLocator.pending(state: s, memory: memory)
+        guard let inst = l.instruction, inst.mnemonic == .ins, inst.hasRep, s.rflags & RFLAGS.df == 0,
+              let m = inst.memoryOperand, length > 0,
+              let lin = InstructionLocator.effectiveLinear(m, inst: inst, state: s, nextRIP: s.rip),
+              let last = memory.physical(lin &- 1) else { return nil }
+        let end = last &+ 1
+        guard gpa &+ UInt64(length) <= end, end &- gpa <= 4096, gpa < end else { return nil }
+        return (l, end)
     }
 
     /// Whether this MMIO access is a piece of a wider explicit memory operand that does not reach

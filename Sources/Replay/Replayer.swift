@@ -827,7 +827,16 @@ public final class Replayer: @unchecked Sendable {
         let recMMIO = recorded.filter { $0.space == .mmio }
         let emuMMIO = memory.emulatedMMIO
         if !recMMIO.isEmpty || !emuMMIO.isEmpty {
-            if recMMIO.count != emuMMIO.count {
+            if inst.mnemonic == .ins, recMMIO.count != emuMMIO.count || zip(recMMIO, emuMMIO).contains(where: { $0.size != $1.size }),
+               recMMIO.allSatisfy(\.isWrite), emuMMIO.allSatisfy(\.isWrite) {
+                // KVM's emulator (the reference here) writes a REP INS batch to MMIO in 8-byte
+                // pieces, a CPU one item at a time: the same bytes at the same addresses.
+                if Self.writtenBytes(recMMIO) != Self.writtenBytes(emuMMIO) {
+                    v.differences.append(FieldDifference("mmio_bytes", recorded: describe(recMMIO), emulated: describe(emuMMIO)))
+                }
+                v.reference = "kvm-emulator"
+                v.note = "KVM's emulator wrote the batch to MMIO as \(recMMIO.count) pieces, the emulator as \(emuMMIO.count) items; compared byte by byte"
+            } else if recMMIO.count != emuMMIO.count {
                 v.differences.append(FieldDifference("mmio_accesses", recorded: describe(recMMIO), emulated: describe(emuMMIO)))
             } else {
                 for k in 0..<recMMIO.count {
@@ -854,6 +863,15 @@ public final class Replayer: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// The bytes a list of MMIO writes left at each address (a later write wins).
+    static func writtenBytes(_ writes: [DeviceAccess]) -> [UInt64: UInt8] {
+        var out: [UInt64: UInt8] = [:]
+        for w in writes {
+            for k in 0..<min(Int(w.size), w.data.count) { out[w.address &+ UInt64(k)] = w.data[k] }
+        }
+        return out
     }
 
     func describe(_ a: [DeviceAccess]) -> String {

@@ -46,16 +46,29 @@ extension ReplaySampleTests {
     /// hostile-string-io's REP OUTSB runs from RAM's last 16 bytes past its end: each item beyond
     /// exits as an MMIO read, then as the OUT. The last item's read is not the instruction's last
     /// exit (its OUT follows), so the 32 items are one group of 48 exits that replays as a match.
-    /// (Its REP INSB/INSW past RAM's end, whose items KVM's emulator writes as 8-byte MMIO
-    /// writes, are not yet located: not asserted here.)
+    /// Its REP INSB/INSW into RAM's last bytes and past the end: KVM's emulator reads a batch of
+    /// items in one IN exit, then writes the batch's device part as 8-byte MMIO writes at the same
+    /// RIP. Those writes are fragments of the REP INS (the IN exit is not its last), and replay
+    /// compares their bytes with the emulator's per-item writes: every record of the trace matches.
     func testHostileStringIOOutsFromPastRAMIsOneGroup() throws {
         let (reader, path) = try record("hostile-string-io")
         defer { try? FileManager.default.removeItem(atPath: path) }
         var outs: [Verdict] = []
-        _ = try ReplayRun.run(reader, options: ReplayOptions()) { v in
+        var ins: [Verdict] = []
+        var failing: [Verdict] = []
+        let s = try ReplayRun.run(reader, options: ReplayOptions()) { v in
+            if v.kind.isFailure { failing.append(v) }
             if v.bytes == [0xF3, 0x6E] { outs.append(v) }
+            if v.bytes == [0xF3, 0x6C] || v.bytes == [0x66, 0xF3, 0x6D] { ins.append(v) }
         }
+        XCTAssertEqual(s.failures(allowing: []), 0, "hostile-string-io:\n" + describe(failing))
+        XCTAssertEqual(s.byKind[.unlocated, default: 0], 0)
         XCTAssertEqual(outs.map(\.kind), [.match], describe(outs))
         XCTAssertEqual(outs.first?.records, 48, describe(outs))
+        // REP INSB: IN 8 (RAM), IN 24, three 8-byte writes; REP INSW: IN 4 (2 in RAM), a 4-byte
+        // write, IN 28, seven 8-byte writes.
+        XCTAssertEqual(ins.map(\.kind), [.match, .match], describe(ins))
+        XCTAssertEqual(ins.map(\.records), [5, 10], describe(ins))
+        XCTAssertTrue(ins.allSatisfy { $0.reference == "kvm-emulator" }, describe(ins))
     }
 }
