@@ -467,8 +467,20 @@ struct GuestByteCollector {
     mutating func addWalkTo(_ linear: UInt64) {
         switch memory.walk(linear, access: .read) {
         case let .translated(_, entries, _), let .pageFault(_, entries): addWalk(entries)
-        case .unbacked: break
+        case let .unbacked(gpa, entries): addUnbackedWalk(gpa, entries)
         }
+    }
+
+    /// A walk that reached a table entry where no RAM is (a guest pointed a table there). KVM's
+    /// walker (paging_tmpl.h, walk_addr_generic) ends such a walk in a not-present #PF, which is
+    /// what an entry reading zero gives: the entries walked and that zero entry are recorded, so
+    /// replay raises the same #PF instead of finding the table unrecorded.
+    mutating func addUnbackedWalk(_ gpa: UInt64, _ entries: [PageTableEntry]) {
+        addWalk(entries)
+        let size = entries.last?.size ?? 8
+        guard memory.readPhysical(gpa, count: size) == nil,
+              !out.contains(where: { $0.role == .pageTable && $0.gpa == gpa }) else { return }
+        out.append(GuestBytes(role: .pageTable, gpa: gpa, bytes: [UInt8](repeating: 0, count: size)))
     }
 
     /// RAM bytes at a linear range (with the walks that reach them); device pages are skipped,
@@ -486,6 +498,8 @@ struct GuestByteCollector {
                 }
             } else if case let .pageFault(_, entries) = memory.walk(la, access: .read) {
                 addWalk(entries)  // replay raises the same #PF
+            } else if case let .unbacked(gpa, entries) = memory.walk(la, access: .read) {
+                addUnbackedWalk(gpa, entries)
             }
             la &+= UInt64(chunk)
             left -= chunk

@@ -91,6 +91,17 @@ final class ReplaySampleTests: XCTestCase {
         print("single-step replay: " + lines.joined(separator: "; "))
     }
 
+    func testSingleStepLoadThroughAPageDirectoryWhereNoRAMIsRaisesTheRecordedPF() throws {
+        // hostile-page-tables points a page directory at 0xC0000000 (no RAM): KVM ends the walk
+        // in a not-present #PF. The recorder keeps the walk (the table entry reading zero), so
+        // the step replays to the same #PF instead of an unrecorded table.
+        let (reader, path) = try record("hostile-page-tables", singleStep: true)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (s, failing) = try replayAll(reader)
+        XCTAssertEqual(s.failures(allowing: []), 0, describe(failing))
+        XCTAssertGreaterThan(s.byKind[.match] ?? 0, 10_000)
+    }
+
     func testInstructionGroupsCutByFrameEndsReplayAsOneInstruction() throws {
         // Frames of 3 records cut protected-mode's REP OUTSB/INSB/INSW groups (an exit per item).
         let (reader, path) = try record("protected-mode", writer: TraceWriterSettings(maxRecordsPerFrame: 3))
