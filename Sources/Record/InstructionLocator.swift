@@ -370,6 +370,7 @@ public final class LocatorCache {
         lastKey = key
         lastGuestBytes = nil
         if let e = entries[key], valid(e, memory: memory), let inst = e.located.instruction,
+           hint == nil || e.located.start == hint || e.located.candidates == 1,
            InstructionLocator.performs(inst, access: access, state: state, memory: memory) {
             hits &+= 1
             if let g = e.guestBytes {

@@ -155,8 +155,12 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         exitCount.add(1, ordering: .relaxed)
         let memory: ViewMemory
         if let m = lane.memory { memory = m } else { memory = ViewMemory(view: exit.memory); lane.memory = memory }
+        // Under single-step the held step is the instruction an exit comes from (when it is one):
+        // it picks between decodings that all end at RIP (a store straddling into MMIO,
+        // `mov [rbx+0xffc], rax`, whose last 6 bytes are `mov [rbx+0xffc], eax`).
+        let hint = lane.openGroup?.start ?? (options.observer.singleStep ? lane.heldStep?.instructionStart : nil)
         var record = ExitRecordBuilder.build(exit: exit, singleStep: options.observer.singleStep,
-                                             openGroup: lane.openGroup?.start, cache: lane.locator, memory: memory)
+                                             openGroup: hint, cache: lane.locator, memory: memory)
         if record.kind == .step, options.observer.singleStep { addLocalAPICReads(&record, lane: lane, probe: exit.probe) }
         if let m = lane.msrs {
             m.apply(to: &record.state)
