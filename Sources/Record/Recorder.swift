@@ -226,7 +226,9 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         if options.observer.singleStep { noteUnobservedSpan(lane: lane, next: record) }
         if record.kind == .step {
             lane.heldStep = record
-            lane.openGroup = nil
+            // A REP string instruction steps between its exits at the same RIP (KVM_RUN returns
+            // after each batch): its group stays open for the next exit on it.
+            if lane.openGroup?.start != record.instructionStart { lane.openGroup = nil }
             return true
         }
         let seq = append(record)

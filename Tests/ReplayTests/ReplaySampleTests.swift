@@ -91,13 +91,15 @@ final class ReplaySampleTests: XCTestCase {
         print("single-step replay: " + lines.joined(separator: "; "))
     }
 
-    func testSingleStepHostilePageTablesAndMMIOReplayWithNoFailure() throws {
+    func testSingleStepHostilePageTablesMMIOAndRepINSReplayWithNoFailure() throws {
         // hostile-page-tables points a page directory at 0xC0000000 (no RAM): KVM ends the walk
         // in a not-present #PF. The recorder keeps the walk (the table entry reading zero), so
         // the step replays to the same #PF instead of an unrecorded table.
         // hostile-mmio's `mov [rbx+0xffc], rax` straddles into MMIO; its last 6 bytes decode as
         // another store ending at RIP: the held step says which instruction exited.
-        for sample in ["hostile-page-tables", "hostile-mmio"] {
+        // hostile-rep-ins: KVM_RUN returns between REP INS batches, a step at the same RIP; the
+        // batches stay one instruction group.
+        for sample in ["hostile-page-tables", "hostile-mmio", "hostile-rep-ins"] {
             let (reader, path) = try record(sample, singleStep: true)
             defer { try? FileManager.default.removeItem(atPath: path) }
             let (s, failing) = try replayAll(reader)
