@@ -72,9 +72,29 @@ final class ReplaySampleTests: XCTestCase {
         }
     }
 
+    /// smp single-stepped: two vCPUs. The one divergence allowed is the documented recording race
+    /// (VerdictKind.divergence): a step's operand bytes are read at its debug exit while the other
+    /// vCPU still runs, so a spinlock XCHG can read a newer value than the recorded one. Anything
+    /// else (another instruction, another field, unrecorded, unsupported) fails.
+    func testSingleStepSMPReplaysExceptForTheSpinlockRace() throws {
+        let (reader, path) = try record("smp", singleStep: true)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (s, failing) = try replayAll(reader, jobs: 2)
+        let steps = s.byReason["STEP"]?.values.reduce(0, +) ?? 0
+        XCTAssertGreaterThan(steps, 1000)
+        let race = failing.filter { v in
+            v.kind == .divergence && v.mnemonic == "xchg" && v.differences.allSatisfy { $0.field == "rax" || $0.field == "rflags" }
+        }
+        XCTAssertLessThanOrEqual(race.count, 2, describe(race))
+        let other = failing.filter { v in !race.contains { $0.seq == v.seq } }
+        XCTAssertTrue(other.isEmpty, describe(other))
+        print("single-step replay: smp: \(steps) steps, \(s.byKind[.match, default: 0]) match, \(s.forms.count) forms, "
+              + "\(race.count) spinlock-race divergences")
+    }
+
     func testSingleStepTracesReplayWithoutDivergence() throws {
         var lines: [String] = []
-        for sample in ["protected-mode", "long-mode", "ring3", "adams-agesen", "completion", "smp"] {
+        for sample in ["protected-mode", "long-mode", "ring3", "adams-agesen", "completion"] {
             let (reader, path) = try record(sample, singleStep: true)
             defer { try? FileManager.default.removeItem(atPath: path) }
             let (s, failing) = try replayAll(reader, jobs: 2)
