@@ -351,17 +351,22 @@ public final class LocatorCache {
         lastKey = key
         lastGuestBytes = nil
         if let e = entries[key], valid(e, memory: memory) {
-            hits &+= 1
-            if let g = e.guestBytes {
-                lastGuestBytes = g
-                lastHitStart = e.located.start
-                lastHitBytes = e.located.bytes
-            }
-            return e.located
+            return hit(e)
         }
         let l = InstructionLocator.pending(state: state, memory: memory)
         remember(key, l, memory: memory, state: state)
         return l
+    }
+
+    /// A cache hit: counted, and its remembered guest bytes offered for this record.
+    private func hit(_ e: Entry) -> LocatedInstruction {
+        hits &+= 1
+        if let g = e.guestBytes {
+            lastGuestBytes = g
+            lastHitStart = e.located.start
+            lastHitBytes = e.located.bytes
+        }
+        return e.located
     }
 
     public func committed(state: CPUState, access: ReportedAccess, memory: LocatorMemory, hint: UInt64? = nil,
@@ -372,13 +377,7 @@ public final class LocatorCache {
         if let e = entries[key], valid(e, memory: memory), let inst = e.located.instruction,
            hint == nil || e.located.start == hint || e.located.candidates == 1,
            InstructionLocator.performs(inst, access: access, state: state, memory: memory) {
-            hits &+= 1
-            if let g = e.guestBytes {
-                lastGuestBytes = g
-                lastHitStart = e.located.start
-                lastHitBytes = e.located.bytes
-            }
-            return e.located
+            return hit(e)
         }
         let l = InstructionLocator.committed(state: state, access: access, memory: memory, hint: hint, written: written)
         remember(key, l, memory: memory, state: state)
