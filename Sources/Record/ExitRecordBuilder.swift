@@ -328,7 +328,11 @@ public enum ExitRecordBuilder {
     /// Whether IN/OUT/INS/OUTS at this state consult the TSS I/O permission bitmap: protected
     /// mode with CPL > IOPL, or virtual-8086 mode.
     static func readsIOBitmap(_ inst: Instruction?, _ s: borrowing CPUState) -> Bool {
-        guard let inst, [.in, .out, .ins, .outs].contains(inst.mnemonic) else { return false }
+        guard let inst else { return false }
+        switch inst.mnemonic {  // a switch, not an array literal: this runs on every exit
+        case .in, .out, .ins, .outs: break
+        default: return false
+        }
         switch s.mode {
         case .real: return false
         case .virtual8086: return true
