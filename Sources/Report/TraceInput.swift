@@ -36,10 +36,11 @@ public enum TraceInput {
         return earliest
     }
 
-    /// Aggregates a whole trace.
-    public static func aggregate(_ reader: TraceReader, vcpu: UInt16? = nil, timelineIntervalNs: UInt64? = nil,
+    /// Aggregates a whole trace; `header` replaces the file's (e.g. with other guest symbols).
+    public static func aggregate(_ reader: TraceReader, header: TraceHeader? = nil, vcpu: UInt16? = nil,
+                                 timelineIntervalNs: UInt64? = nil,
                                  limits: AggregatorLimits = AggregatorLimits()) throws -> Aggregator {
-        var a = Aggregator(header: reader.header, vcpu: vcpu, timelineIntervalNs: timelineIntervalNs, limits: limits)
+        var a = Aggregator(header: header ?? reader.header, vcpu: vcpu, timelineIntervalNs: timelineIntervalNs, limits: limits)
         if let t = try earliestTSC(reader, vcpu: vcpu) { a.timelineOrigin = t }
         // A plain loop rather than read(record:): a record is a large value, and passing it
         // through closures costs copies on a path that runs 10^7 times.
@@ -51,10 +52,11 @@ public enum TraceInput {
         return a
     }
 
-    /// Ingests a whole trace as one run.
+    /// Ingests a whole trace as one run; `header` replaces the file's (e.g. with other guest symbols).
     @discardableResult
-    public static func ingest(_ reader: TraceReader, into db: ExitDatabase, name: String, replace: Bool = false) throws -> Int64 {
-        try db.ingest(header: reader.header, name: name, tracePath: reader.path, replace: replace) { sink in
+    public static func ingest(_ reader: TraceReader, header: TraceHeader? = nil, into db: ExitDatabase, name: String,
+                              replace: Bool = false) throws -> Int64 {
+        try db.ingest(header: header ?? reader.header, name: name, tracePath: reader.path, replace: replace) { sink in
             try read(reader, record: sink)
         }
     }

@@ -27,6 +27,8 @@ struct IngestCommand: ParsableCommand {
     @Flag(help: "Replace a run of the same name instead of refusing.")
     var replace = false
 
+    @OptionGroup var symbols: SymbolsOption
+
     @Flag(help: "Also replay each trace (as `exitscope replay`) and store the verdicts.")
     var replay = false
 
@@ -44,7 +46,7 @@ struct IngestCommand: ParsableCommand {
                 if let c = reader.cutShort {
                     FileHandle.standardError.write(Data("exitscope ingest: \(path) was cut short at byte \(c.offset); ingesting the complete frames\n".utf8))
                 }
-                let id = try TraceInput.ingest(reader, into: database, name: runName, replace: replace)
+                let id = try TraceInput.ingest(reader, header: try symbols.apply(to: reader.header), into: database, name: runName, replace: replace)
                 let row = try database.runs().first { $0.id == id }
                 print("run \(runName) (id \(id)): \(row?.records ?? 0) records, \(row?.exits ?? 0) exits")
                 if replay {

@@ -48,6 +48,8 @@ struct ReportCommand: ParsableCommand {
     @Option(help: "Operations in each microbenchmark phase, e.g. 1=1000000,2=1000 (default: one per begin/end marker pair).")
     var iterations: String?
 
+    @OptionGroup var symbols: SymbolsOption
+
     @Option(help: "A database written by `exitscope ingest` (with --runs).")
     var db: String?
 
@@ -111,7 +113,7 @@ struct ReportCommand: ParsableCommand {
         if let c = reader.cutShort {
             FileHandle.standardError.write(Data("exitscope report: \(trace) was cut short at byte \(c.offset) (\(c.reason)); reporting the complete frames\n".utf8))
         }
-        var agg = try TraceInput.aggregate(reader, vcpu: vcpu, timelineIntervalNs: interval)
+        var agg = try TraceInput.aggregate(reader, header: try symbols.apply(to: reader.header), vcpu: vcpu, timelineIntervalNs: interval)
         agg.phaseIterations = its
         let report = Report(agg)
         func keyFor(_ v: View) -> String? { key.flatMap { Report.accepts(key: $0, view: v) ? $0 : nil } }

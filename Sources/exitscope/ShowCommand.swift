@@ -45,6 +45,8 @@ struct ShowCommand: ParsableCommand {
     @Option(help: "Start at this sequence number.")
     var from: UInt64 = 0
 
+    @OptionGroup var symbols: SymbolsOption
+
     static let naming = TraceNaming(
         disassemble: { bytes, mode, address in
             switch X86Emulator.decode(bytes: bytes, mode: DecoderMode(mode)) {
@@ -93,7 +95,7 @@ struct ShowCommand: ParsableCommand {
             }
         }
         let reader = try TraceReader(path: trace)
-        var text = TraceText(header: reader.header, naming: ShowCommand.naming)
+        var text = TraceText(header: try symbols.apply(to: reader.header), naming: ShowCommand.naming)
         let out = Output.shared
         defer { out.flush() }
 

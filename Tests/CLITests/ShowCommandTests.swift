@@ -43,6 +43,35 @@ final class ShowCommandTests: XCTestCase {
         XCTAssertEqual((obj["state"] as? [String: Any])?["rdx"] as? String, "0x80")
     }
 
+    /// A kernel's System.map names RIPs the image's own symbols do not (perf kvm's --guestkallsyms).
+    func testSymbolsFromASystemMapNameRIPsInShowAndReport() throws {
+        let dir = try CLI.makeTemporaryDirectory("show-symbols")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let map = dir + "/System.map"
+        // outloop's OUT is at 0x1005: a map that puts it 5 bytes into "port_loop".
+        try "0000000000001000 T port_loop\n0000000000001000 t port_loop_alias\n0000000000001008 D some_data\n0000000000001010 T after\n"
+            .write(toFile: map, atomically: true, encoding: .utf8)
+        let r = try show([fixture("outloop-1.0.estrace"), "--symbols", map, "--limit", "3"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let lines = r.out.split(separator: "\n").filter { $0.contains(": IOIO") }
+        XCTAssertEqual(lines.count, 3)
+        XCTAssertTrue(lines[0].contains("0x1005 (port_loop"), String(lines[0]))
+        XCTAssertFalse(lines[0].contains("(loop+"), "the image's own symbols were used: \(lines[0])")
+
+        let report = try CLI.run(["report", fixture("outloop-1.0.estrace"), "--symbols", map, "--view", "rip", "--json"])
+        XCTAssertEqual(report.status, 0, report.err)
+        XCTAssertTrue(report.out.contains("port_loop"), report.out)
+
+        let notAMap = dir + "/passwd"
+        try "root:x:0:0:root:/root:/bin/bash\n".write(toFile: notAMap, atomically: true, encoding: .utf8)
+        let bad = try show([fixture("outloop-1.0.estrace"), "--symbols", notAMap])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.err.contains("line 1"), bad.err)
+        let missing = try show([fixture("outloop-1.0.estrace"), "--symbols", dir + "/nope"])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(missing.err.contains("cannot read"), missing.err)
+    }
+
     func testReasonFilterAndCutShortNote() throws {
         let hlt = try show([fixture("allkinds-1.0.estrace"), "--reason", "hlt"])
         XCTAssertEqual(hlt.status, 0, hlt.err)
