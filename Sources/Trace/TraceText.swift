@@ -180,7 +180,9 @@ public struct TraceText {
     public func line(_ r: TraceRecord) -> String {
         // Hand formatting: String(format:) costs more than decoding the record.
         let t: String
-        if header.tscHz > 0 {
+        if r.tscExit == 0 {
+            t = "-"  // not timed (events such as "vcpu started" carry no TSC)
+        } else if header.tscHz > 0 {
             t = TraceText.fixed(Double(Int64(bitPattern: r.tscExit &- baseTSC)) / Double(header.tscHz), 9)
         } else {
             t = String(r.tscExit)

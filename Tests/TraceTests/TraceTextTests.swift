@@ -18,6 +18,16 @@ final class TraceTextTests: XCTestCase {
         }
     }
 
+    /// Events such as "vcpu stopped" carry no TSC: their line says so instead of a time before the trace began.
+    func testUntimedRecordShowsADashForItsTime() {
+        var r = outLoopRecord(3)
+        r.tscExit = 0
+        r.tscEntry = 0
+        let line = TraceText(header: sampleHeader(), naming: naming, baseTSC: outLoopRecord(0).tscExit).line(r)
+        XCTAssertTrue(line.contains("] " + "-".leftPad(14) + ": IOIO"), line)
+        XCTAssertFalse(line.contains("-0."), line)
+    }
+
     func testFullRecordUsesTheVMCBFieldNames() {
         let r = everyKindRecords()[0]
         let full = TraceText(header: sampleHeader(), naming: naming).full(r)
