@@ -260,6 +260,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
                                isWrite: $0.isWrite, data: (0..<Int($0.size)).map { [v = $0.data] i in UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) })
         }
         var note = c.mnemonic
+        if c.redeliveredSyscall { note += ", from CPL3: kvm_pvm left it at CPL3 and its fetch at LSTAR faulted" }
         if case let .exceptionDelivered(vector, errorCode) = c.outcome {
             note += ", exception \(vector) delivered" + (errorCode.map { " (error code \($0))" } ?? "")
         }

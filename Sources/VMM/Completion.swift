@@ -184,6 +184,9 @@ public struct Completion: Sendable, Equatable {
     public var xmmAfter: [UInt64]?
     public var mxcsr: UInt32?
     public var mxcsrAfter: UInt32?
+    /// The completed instruction is a CPL3 SYSCALL that kvm_pvm did not take to CPL0
+    /// (SyscallRedelivery): `before` is the user state at it, rebuilt from the #PF frame.
+    public var redeliveredSyscall = false
 
     /// True when the guest goes on (the instruction completed, or its exception was delivered).
     public var resumes: Bool {
@@ -217,13 +220,18 @@ public enum Completer {
     /// them the executor's are zero and an SSE instruction would compute from wrong inputs, so
     /// callers completing live guests pass them. VEX/EVEX/XOP instructions are refused: the
     /// upper YMM/ZMM halves are not carried in.
-    public static func complete(vcpu: Int, state: CPUState, ram: GuestMemory, bus: DeviceBus?,
+    public static func complete(vcpu: Int, state live: CPUState, ram: GuestMemory, bus: DeviceBus?,
                                 xmm: [UInt64]? = nil, mxcsr: UInt32? = nil) -> Completion {
+        // At the #PF handler's entry after a CPL3 SYSCALL that kvm_pvm left at CPL3, the
+        // instruction to complete is that SYSCALL, from the user state it started in.
+        let redelivered = SyscallRedelivery.userState(atPageFaultEntry: live, ram: ram)
+        let state = redelivered ?? live
         var c = Completion(vcpu: vcpu, outcome: .failed(""), before: state, after: state, instructionBytes: [],
                            instructionGPA: nil, mnemonic: "unknown", memory: [], deviceAccesses: [],
                            xmm: xmm, xmmAfter: xmm, mxcsr: mxcsr, mxcsrAfter: mxcsr)
         var linear = state.cs.base &+ state.rip
         if state.mode != .long64 { linear &= 0xFFFF_FFFF }
+        c.redeliveredSyscall = redelivered != nil
         var walked: Set<UInt64> = []
         switch ram.translate(linear, state: state, access: .fetch) {
         case let .translated(gpa, entries, _):
@@ -349,5 +357,39 @@ public enum Completer {
         var changed: [(index: UInt32, value: UInt64)] = []
         for (x, y) in zip(b, a) where x.value != y.value { changed.append(y) }
         return (sregs, changed)
+    }
+}
+
+/// kvm_pvm runs a SYSCALL at CPL3 natively but leaves the vCPU at CPL3: RCX, R11 and RFLAGS are
+/// set and RIP is LSTAR, so the fetch at LSTAR (a supervisor page) faults, and the guest's #PF
+/// handler gets a frame whose RIP is LSTAR under a CPL3 CS: a Linux guest kills the process
+/// (init: a panic). The VMM sees that handler's entry only when its first instruction exits
+/// (Linux's CLAC under SMAP is an emulation failure here); there the state of the SYSCALL is
+/// known exactly, so the completer performs the SYSCALL as the processor should have.
+public enum SyscallRedelivery {
+    /// The user state at the SYSCALL, when `state` is at the entry of the #PF handler (IDT
+    /// vector 14) with a frame of such a fault: saved RIP = LSTAR = CR2, a CPL3 CS, a user-mode
+    /// error code, and `0F 05` right before RCX (SYSCALL's return address). Nil otherwise.
+    public static func userState(atPageFaultEntry state: CPUState, ram: GuestMemory) -> CPUState? {
+        guard state.mode == .long64, state.cpl == 0, state.efer & EFER.sce != 0, state.lstar != 0,
+              state.cr2 == state.lstar, state.idtr.limit >= 14 * 16 + 15,
+              let gate = ram.readLinear(state.idtr.base &+ 14 * 16, count: 16, state: state),
+              let frame = ram.readLinear(state.rsp, count: 48, state: state) else { return nil }
+        func u64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) } }
+        let handler = UInt64(gate[0]) | UInt64(gate[1]) << 8 | UInt64(gate[6]) << 16 | UInt64(gate[7]) << 24
+            | (u64(gate, 8) & 0xFFFF_FFFF) << 32
+        let errorCode = u64(frame, 0), savedRIP = u64(frame, 8), savedCS = u64(frame, 16)
+        let savedRSP = u64(frame, 32), savedSS = u64(frame, 40)
+        guard handler == state.rip, savedRIP == state.lstar, savedCS & 3 == 3, savedSS & 3 == 3,
+              errorCode & 4 != 0, state.rcx >= 2 else { return nil }
+        var user = state
+        user.rip = state.rcx &- 2
+        user.rsp = savedRSP
+        user.rflags = (state.r11 & ~RFLAGS.rf) | 2  // SYSCALL saved the user RFLAGS in R11
+        user.cs = Segment(selector: UInt16(truncatingIfNeeded: savedCS), base: 0, limit: 0xFFFF_FFFF, attributes: 0xAFB)
+        user.ss = Segment(selector: UInt16(truncatingIfNeeded: savedSS), base: 0, limit: 0xFFFF_FFFF, attributes: 0xCF3)
+        user.cpl = 3
+        guard ram.readLinear(user.rip, count: 2, state: user, access: .fetch) == [0x0F, 0x05] else { return nil }
+        return user
     }
 }

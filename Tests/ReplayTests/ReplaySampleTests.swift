@@ -61,9 +61,10 @@ final class ReplaySampleTests: XCTestCase {
     }
 
     /// adams-agesen's OUTs run at CPL3 with IOPL 0: replay checks the TSS I/O permission
-    /// bitmap, so the trace must hold its bytes (and smp: two vCPUs in one trace).
+    /// bitmap, so the trace must hold its bytes (and smp: two vCPUs in one trace; user-syscall:
+    /// SYSCALLs from CPL3 the VMM performed, checked as completions).
     func testUserModePortIOAndSMPSamplesReplay() throws {
-        for sample in ["adams-agesen", "smp"] {
+        for sample in ["adams-agesen", "smp", "user-syscall"] {
             let (reader, path) = try record(sample)
             defer { try? FileManager.default.removeItem(atPath: path) }
             let (s, failing) = try replayAll(reader)
@@ -94,7 +95,7 @@ final class ReplaySampleTests: XCTestCase {
 
     func testSingleStepTracesReplayWithoutDivergence() throws {
         var lines: [String] = []
-        for sample in ["protected-mode", "long-mode", "ring3", "adams-agesen", "completion"] {
+        for sample in ["protected-mode", "long-mode", "ring3", "adams-agesen", "completion", "user-syscall"] {
             let (reader, path) = try record(sample, singleStep: true)
             defer { try? FileManager.default.removeItem(atPath: path) }
             let (s, failing) = try replayAll(reader, jobs: 2)

@@ -107,6 +107,69 @@ final class CompletionTests: XCTestCase {
         XCTAssertTrue(wb.msrs.isEmpty)
     }
 
+    /// A #PF handler entered from a CPL3 SYSCALL that kvm_pvm left at CPL3 (saved RIP = LSTAR):
+    /// 4-level paging, user pages, the handler's first instruction CLAC (an emulation failure).
+    func syscallFaultState(ram: VMM.GuestMemory, savedCS: UInt64 = 0x33) -> CPUState {
+        ram.store(0x1000, UInt64(0x2000 | 7))            // PML4[0] -> PDPT
+        ram.store(0x2000, UInt64(0x3000 | 7))            // PDPT[0] -> PD
+        ram.store(0x3000, UInt64(0x00_0000 | 0x87))      // 2 MiB pages, user, writable
+        ram.store(0x3008, UInt64(0x20_0000 | 0x87))
+        ram.store(0x3010, UInt64(0x40_0000 | 0x87))
+        for (i, b) in [UInt8(0x0F), 0x01, 0xCA].enumerated() { ram.store(0x20_0100 + UInt64(i), b) }  // clac
+        ram.store(0x30_0010, UInt8(0x0F)); ram.store(0x30_0011, UInt8(0x05))                        // syscall
+        // IDT gate 14: 64-bit interrupt gate to 0x200100, selector 0x10.
+        ram.store(0x5000 + 14 * 16, UInt64(0x0000_8E00_0010_0100) | UInt64(0x0020) << 48)
+        ram.store(0x5000 + 14 * 16 + 8, UInt64(0))
+        // The fault's frame: error code (P, U, fetch), RIP = LSTAR, CS, RFLAGS, RSP, SS.
+        for (i, v) in [UInt64(0x15), 0x20_0000, savedCS, 0x1_0002, 0x3F_FE00, 0x2B].enumerated() {
+            ram.store(0x7000 + UInt64(8 * i), v)
+        }
+        var s = CPUState()
+        s.cr0 = 0x8000_0011; s.cr4 = 0x20; s.cr3 = 0x1000; s.efer = 0x501; s.cr2 = 0x20_0000
+        s.cs = Segment(selector: 0x10, base: 0, limit: 0xFFFF_FFFF, attributes: 0xA9B)
+        s.ss = Segment(selector: 0x18, base: 0, limit: 0xFFFF_FFFF, attributes: 0xC93)
+        s.cpl = 0
+        s.idtr = DescriptorTable(base: 0x5000, limit: 0xFFF)
+        s.lstar = 0x20_0000; s.star = 0x0023_0010_0000_0000; s.sfmask = 0x4_7700
+        s.rip = 0x20_0100; s.rsp = 0x7000; s.rflags = 0x2
+        s.rcx = 0x30_0012; s.r11 = 0x246; s.rax = 0xC
+        return s
+    }
+
+    func testCPL3SyscallLeftAtCPL3IsPerformedFromItsFaultFrame() throws {
+        let ram = try VMM.GuestMemory(size: 8 << 20)
+        let c = Completer.complete(vcpu: 0, state: syscallFaultState(ram: ram), ram: ram, bus: nil)
+        XCTAssertEqual(c.outcome, .completed)
+        XCTAssertTrue(c.redeliveredSyscall)
+        XCTAssertEqual(c.mnemonic, "syscall")
+        XCTAssertEqual(c.instructionBytes, [0x0F, 0x05])
+        XCTAssertEqual(c.instructionGPA, 0x30_0010)
+        // Before: the user state at the SYSCALL; after: CPL0 at LSTAR on the user stack, as SYSCALL leaves it.
+        XCTAssertEqual(c.before.cpl, 3)
+        XCTAssertEqual(c.before.rip, 0x30_0010)
+        XCTAssertEqual(c.before.cs.selector, 0x33)
+        XCTAssertEqual(c.after.cpl, 0)
+        XCTAssertEqual(c.after.rip, 0x20_0000)
+        XCTAssertEqual(c.after.cs.selector, 0x10)
+        XCTAssertEqual(c.after.ss.selector, 0x18)
+        XCTAssertEqual(c.after.rsp, 0x3F_FE00)
+        XCTAssertEqual(c.after.rcx, 0x30_0012)
+        XCTAssertEqual(c.after.r11, 0x246)
+        XCTAssertEqual(c.after.rflags & RFLAGS.if, 0)
+        XCTAssertEqual(c.after.rax, 0xC)
+        XCTAssertTrue(Completer.writeBack(before: c.before, after: c.after).sregs)  // CS/SS back to the kernel's
+
+        // A #PF from kernel mode (saved CS 0x10) is no SYSCALL: the CLAC itself is completed.
+        let k = Completer.complete(vcpu: 0, state: syscallFaultState(ram: ram, savedCS: 0x10), ram: ram, bus: nil)
+        XCTAssertFalse(k.redeliveredSyscall)
+        XCTAssertEqual(k.mnemonic, "clac")
+        XCTAssertEqual(k.after.rip, 0x20_0103)
+        // Nor is a fault whose return address does not follow a SYSCALL.
+        var other = syscallFaultState(ram: ram)
+        other.rcx = 0x30_0020
+        XCTAssertEqual(Completer.complete(vcpu: 0, state: other, ram: ram, bus: nil).mnemonic, "clac")
+    }
+
     func testCompleterReportsWhatItCannotRun() throws {
         let ram = try VMM.GuestMemory(size: 4 << 20)
         // x87 FLD1 (not implemented by the executor): unsupported, state unchanged.

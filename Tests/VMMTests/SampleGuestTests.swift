@@ -265,6 +265,23 @@ final class SampleGuestTests: XCTestCase {
         try assertVMMIntact()
     }
 
+    /// SYSCALL from CPL3 into a supervisor-only LSTAR page: kvm_pvm leaves it at CPL3 and the
+    /// fetch at LSTAR faults; the VMM performs it at the #PF entry's CLAC exit (SyscallRedelivery).
+    /// Elsewhere the processor performs it and the VMM completes nothing.
+    func testUserSyscallIntoASupervisorPageReachesCPL0AndReturns() throws {
+        let r = try run("user-syscall")
+        XCTAssertEqual(r.lines.first, "user-syscall: SYSCALL from CPL3 into a supervisor-only LSTAR page")
+        for line in ["first SYSCALL at CPL0: PASS", "second SYSCALL at CPL0 (after SYSRETQ): PASS",
+                     "value returned to CPL3 and passed back: PASS"] {
+            XCTAssertTrue(r.lines.contains(line), "\(line) missing:\n" + r.serial + r.summary.text)
+        }
+        XCTAssertEqual(r.summary.stop, .exitPort(value: 0), r.serial + r.summary.text)
+        if KVMSystem.backendModule() == "kvm_pvm" {
+            XCTAssertEqual(r.summary.completions["syscall"], 2, r.summary.text)
+        }
+        try assertVMMIntact()
+    }
+
     /// With completion off (`--no-complete`) the run ends at the first CMPXCHG16B with the
     /// emulation-failure report (kvm_pvm: CPL0 code is emulated by KVM).
     func testCompletionSampleWithoutCompletionEndsWithTheReport() throws {
