@@ -14,7 +14,7 @@ EXITSCOPE_CONFIG("mode=long64 vcpus=1 irqchip=none memory=16")
 
 .macro check label
     lea \label(%rip), %rdi
-    call result
+    call rt64_result
 .endm
 
     .code64
@@ -110,15 +110,6 @@ int80_entry:
     mov $0x80, %eax
     iretq
 
-/* result(label): print label and PASS if r12b, else FAIL. */
-result:
-    call serial_puts
-    lea msg_pass(%rip), %rdi
-    test %r12b, %r12b
-    jnz 1f
-    inc %r15
-    lea msg_fail(%rip), %rdi
-1:  jmp serial_puts
 
     .section .rodata
 msg_start:       .asciz "completion: lock cmpxchg16b, movbe, int n at CPL0\n"
@@ -127,10 +118,8 @@ msg_cx16_differ: .asciz "lock cmpxchg16b (different): "
 msg_movbe_load:  .asciz "movbe load: "
 msg_movbe_store: .asciz "movbe store: "
 msg_int:         .asciz "int 0x80: "
-msg_pass:        .asciz "PASS\n"
 msg_no_cx16:     .asciz "lock cmpxchg16b: SKIP (CPUID has no CX16)\n"
 msg_no_movbe:    .asciz "movbe: SKIP (CPUID has no MOVBE)\n"
-msg_fail:        .asciz "FAIL\n"
 
     .data
     .balign 16

@@ -57,16 +57,16 @@ syscall_fn:
     cmp $SYS_RETURN, %rbx
     jne 1f
     lea msg_first(%rip), %rdi
-    call result
+    call rt64_result
     mov $0x5E, %eax                /* returned to CPL3 in RAX */
     pop %rbx
     ret
 1:  lea msg_second(%rip), %rdi
-    call result
+    call rt64_result
     cmp $0x5E, %r13                /* the first call's return value, passed back from CPL3 */
     sete %r12b
     lea msg_value(%rip), %rdi
-    call result
+    call rt64_result
     mov %r15, %rdi
     call guest_exit
 
@@ -82,15 +82,6 @@ pf_entry:
     mov $0x8e, %edi
     call guest_exit
 
-/* result(label): print label and PASS if r12b, else FAIL. */
-result:
-    call serial_puts
-    lea msg_pass(%rip), %rdi
-    test %r12b, %r12b
-    jnz 1f
-    inc %r15
-    lea msg_fail(%rip), %rdi
-1:  jmp serial_puts
 
 /* ---- ring 3, on a page of its own ---- */
     .balign 4096
@@ -109,8 +100,6 @@ msg_first:  .asciz "first SYSCALL at CPL0: "
 msg_second: .asciz "second SYSCALL at CPL0 (after SYSRETQ): "
 msg_value:  .asciz "value returned to CPL3 and passed back: "
 msg_pf:     .asciz "user-syscall: #PF at "
-msg_pass:   .asciz "PASS\n"
-msg_fail:   .asciz "FAIL\n"
 
     .bss
     .balign 4096

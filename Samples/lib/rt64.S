@@ -319,6 +319,18 @@ serial_putc:
     out %al, %dx
     ret
 
+/* rt64_result(label): print the label, then PASS if r12b is set, else FAIL and count it in r15
+   (the samples' check convention). */
+    .globl rt64_result
+rt64_result:
+    call serial_puts
+    lea rt64_msg_pass(%rip), %rdi
+    test %r12b, %r12b
+    jnz 1f
+    inc %r15
+    lea rt64_msg_fail(%rip), %rdi
+1:  jmp serial_puts
+
 /* serial_puts(zero-terminated string). */
     .globl serial_puts
 serial_puts:
@@ -404,6 +416,8 @@ msg_at:         .asciz " at rip "
 msg_error:      .asciz " error "
 msg_cs:         .asciz " cs "
 msg_rflags:     .asciz " rflags "
+rt64_msg_pass:  .asciz "PASS\n"
+rt64_msg_fail:  .asciz "FAIL\n"
 
     .data
     .balign 16
