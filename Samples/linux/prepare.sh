@@ -4,6 +4,8 @@
 #                        that linux-image-cloud-amd64 depends on), fetched with apt-get download
 #   build/initramfs.gz   cpio (newc) + gzip: Debian's busybox-static as /bin/busybox and an /init
 #                        that prints EXITSCOPE-LINUX-MARKER on the console and powers off.
+#   build/System.map     only with SYMBOLS=1: the kernel's symbols, from the matching -dbg package
+#                        (about 280 MB to download), for `exitscope show|report --symbols`.
 # Idempotent: what exists is reused. Nothing it fetches is committed (build/ is git-ignored).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -73,4 +75,15 @@ INIT
     mv "$build/initramfs.gz.tmp" "$build/initramfs.gz"
     rm -rf "$build/busybox" "$root"
 fi
+if [ "${SYMBOLS:-0}" = 1 ] && { [ ! -s "$build/System.map" ] || [ "$(cat "$build/System.map.version" 2>/dev/null)" != "$image_pkg" ]; }; then
+    # The image package's own System.map is a stub; the real one is in the -dbg package.
+    cd "$build/debs"
+    ls "${image_pkg}-dbg"_*.deb >/dev/null 2>&1 || { echo "prepare: apt-get download ${image_pkg}-dbg" >&2; apt-get download -q -o APT::Sandbox::User=root "${image_pkg}-dbg" >/dev/null; }
+    rm -rf "$build/dbg" && mkdir -p "$build/dbg"
+    dpkg-deb --fsys-tarfile "$(ls "${image_pkg}-dbg"_*.deb | head -1)" | tar -x -C "$build/dbg" --wildcards '*/boot/System.map-*'
+    cp "$(find "$build/dbg" -name 'System.map-*' | head -1)" "$build/System.map"
+    echo "$image_pkg" > "$build/System.map.version"
+    rm -rf "$build/dbg" "$build/debs/${image_pkg}-dbg"_*.deb
+fi
 echo "prepare: kernel $build/bzImage ($image_pkg), initramfs $build/initramfs.gz" >&2
+[ -s "$build/System.map" ] && echo "prepare: symbols $build/System.map (exitscope show|report --symbols)" >&2 || true
