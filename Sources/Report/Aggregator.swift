@@ -167,6 +167,10 @@ public struct Aggregator: Sendable {
     var phases: BoundedMap<UInt64, PhaseStats>
     var outsidePhases = ExitStats()
     var completions: BoundedMap<String, ExitStats>
+    /// Per vCPU (index, below `limits.vcpus`): the handling time of its last exit when that was an
+    /// emulation failure (KVM_EXIT_INTERNAL_ERROR), which the completion after it is charged with:
+    /// the completion record itself is written mid-handling and carries no time of its own.
+    var pendingFailureVMM: [UInt64?] = []
     var unmatchedPhaseEnds: UInt64 = 0
 
     var clock: RecordClock
@@ -251,6 +255,11 @@ public struct Aggregator: Sendable {
 
     private mutating func addExit(_ r: TraceRecord, vmm: UInt64?, guest: UInt64?, markerExit: Bool) {
         total.add(vmm: vmm, guest: guest)
+        let v = Int(r.vcpu)
+        if v < limits.vcpus {
+            if v >= pendingFailureVMM.count { pendingFailureVMM += Array(repeating: nil, count: v + 1 - pendingFailureVMM.count) }
+            pendingFailureVMM[v] = r.kvmExitReason == Self.kvmExitInternalError ? vmm : nil
+        }
         reasons.update(ReasonKey(exitCode: r.exitCode.rawValue, kvmExitReason: r.kvmExitReason),
                        make: { ExitStats(percentiles: true) }) { $0.add(vmm: vmm, guest: guest) }
         vcpus.update(r.vcpu, make: { ExitStats(percentiles: true) }) { $0.add(vmm: vmm, guest: guest) }
@@ -282,9 +291,17 @@ public struct Aggregator: Sendable {
         if RecordClock.valid(r.tscExit) { addToTimeline(r.tscExit) { $0.exits &+= 1; $0.vmmCycles &+= vmm ?? 0; $0.guestCycles &+= guest ?? 0 } }
     }
 
+    static let kvmExitInternalError: UInt32 = 17  // KVM_EXIT_INTERNAL_ERROR
+
     private mutating func addCompletion(_ r: TraceRecord, vmm: UInt64?) {
         let m = mnemonic(of: r)
-        completions.update(m, make: { ExitStats() }) { $0.add(vmm: vmm, guest: nil) }
+        let v = Int(r.vcpu)
+        var charged = vmm
+        if v < pendingFailureVMM.count, let failure = pendingFailureVMM[v] {
+            charged = failure
+            pendingFailureVMM[v] = nil
+        }
+        completions.update(m, make: { ExitStats() }) { $0.add(vmm: charged, guest: nil) }
         if RecordClock.valid(r.tscExit) { addToTimeline(r.tscExit) { $0.completions &+= 1 } }
     }
 

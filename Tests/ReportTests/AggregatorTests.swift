@@ -394,6 +394,36 @@ final class DisassemblyTests: XCTestCase {
         XCTAssertEqual(c.rows.first?.first, .text("cmpxchg16b"))   // decoded in 64-bit mode from the state
         XCTAssertEqual(c.sum("samples"), 1)
     }
+
+    /// A completion is charged with the handling time of the emulation failure it completed (the
+    /// record itself is written mid-handling, with no time of its own); one after another kind of
+    /// exit, or on another vCPU, is not.
+    func testCompletionsCarryTheirEmulationFailuresHandlingTime() throws {
+        var long = CPUState()
+        long.cr0 |= CR0.pe
+        long.efer |= EFER.lma
+        long.cs.attributes |= 0x200   // L
+        func failure(vcpu: UInt16, seq: UInt64, exit: UInt64, entry: UInt64) -> TraceRecord {
+            TraceRecord(kind: .exit, vcpu: vcpu, seq: seq, kvmExitReason: 17, instructionStart: 0x3000,
+                        instructionBytes: [0x0F, 0x01, 0xCA], state: long, tscExit: exit, tscEntry: entry)
+        }
+        func completion(vcpu: UInt16, seq: UInt64, at t: UInt64) -> TraceRecord {
+            TraceRecord(kind: .completion, vcpu: vcpu, seq: seq, kvmExitReason: 17, instructionStart: 0x3000,
+                        instructionBytes: [0x0F, 0x01, 0xCA], state: long, tscExit: t, tscEntry: t)
+        }
+        let r = Make.aggregate([
+            failure(vcpu: 0, seq: 0, exit: 1_000, entry: 1_700),
+            failure(vcpu: 1, seq: 1, exit: 1_100, entry: 1_400),
+            completion(vcpu: 0, seq: 2, at: 1_500),
+            completion(vcpu: 1, seq: 3, at: 1_300),
+            Make.out(port: 0x3F8, vcpu: 0, seq: 4, exit: 2_000, entry: 2_050),
+            completion(vcpu: 0, seq: 5, at: 2_020),
+        ])
+        let row = try XCTUnwrap(try r.table(.completion).row("clac"))
+        XCTAssertEqual(row["samples"], .uint(3))
+        XCTAssertEqual(row["vmm_ns"], .uint(700 + 300))
+        XCTAssertEqual(row["max_ns"], .uint(700))
+    }
 }
 
 final class MarkerExitTests: XCTestCase {
