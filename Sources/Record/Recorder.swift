@@ -90,7 +90,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         let info = machine.info
         var caps: [String: Int64] = [:]
         for c in info.capabilities { caps[c.name] = Int64(c.value) }
-        let cpuid = ((try? machine.system.supportedCPUID()) ?? []).map {
+        let cpuid = machine.guestCPUID.map {
             Trace.CPUIDEntry(function: $0.function, index: $0.index, flags: $0.flags,
                              eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
         }

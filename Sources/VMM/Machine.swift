@@ -39,6 +39,9 @@ public final class Machine: @unchecked Sendable {
     public let msrs: MSRFile
     public let handler: ExitHandler
     public let image: GuestImage
+    /// The CPUID table given to vCPU 0 (KVM_SET_CPUID2: KVM's supported set narrowed to the
+    /// profile), for the trace header.
+    public let guestCPUID: [CPUIDEntry]
     let vcpus: [VCPU]
     let bootStates: [CPUState?]
     /// A machine runs once: its vCPUs' state and devices carry on from where a run left them.
@@ -93,6 +96,7 @@ public final class Machine: @unchecked Sendable {
                                   acpiSleep: legacy.acpiSleep)
 
             let cpuid = try sys.supportedCPUID()
+            guestCPUID = config.cpuid.apply(cpuid, apicID: 0)
             // Machine-check banks as QEMU sets them (MCG_CTL_P | MCG_SER_P, 10 banks), so guests
             // that walk the banks (kvm-unit-tests' msr) see what they see under QEMU.
             // (KVM reports the capability bits; its bank maximum is KVM_CAP_MCE's value, at least 10 in practice.)

@@ -11,7 +11,7 @@ final class RecordSampleTests: XCTestCase {
     static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().path
 
-    func record(_ sample: String, single: Bool = false) throws -> (TraceReader, RunSummary, RecordingSummary) {
+    func record(_ sample: String, single: Bool = false, cpuid: CPUIDProfile? = nil) throws -> (TraceReader, RunSummary, RecordingSummary) {
         guard FileManager.default.fileExists(atPath: "/dev/kvm") else {
             throw XCTSkip("/dev/kvm is not present: recording tests need KVM")
         }
@@ -20,6 +20,7 @@ final class RecordSampleTests: XCTestCase {
         let image = try GuestImage.elf(bytes, path: located.elfPath)
         var config = MachineConfig()
         if let t = image.machineText { try config.apply(t) }
+        if let cpuid { config.cpuid = cpuid }
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("rec-\(sample)-\(UUID()).estrace").path
         defer { try? FileManager.default.removeItem(atPath: out) }
         let serial = try SerialOutput(path: "/dev/null")
@@ -31,6 +32,18 @@ final class RecordSampleTests: XCTestCase {
         let summary = machine.run(limits: RunLimits(timeout: 60), observer: recorder, options: options.observer)
         let recording = try recorder.finish()
         return (try TraceReader(path: out), summary, recording)
+    }
+
+    /// The header's CPUID table is the one the vCPUs were given: the profile applied.
+    func testHeaderHoldsTheCPUIDTableOfTheProfile() throws {
+        let (reader, _, _) = try record("hello-real", cpuid: .noavx)
+        let given = CPUIDProfile.noavx.apply(try KVMSystem().supportedCPUID(), apicID: 0)
+        XCTAssertEqual(reader.header.cpuid.count, given.count)
+        for (h, g) in zip(reader.header.cpuid, given) {
+            XCTAssertEqual([h.function, h.index, h.eax, h.ebx, h.ecx, h.edx], [g.function, g.index, g.eax, g.ebx, g.ecx, g.edx])
+        }
+        let leaf1 = try XCTUnwrap(reader.header.cpuid.first { $0.function == 1 })
+        XCTAssertEqual(leaf1.ecx & (1 << 28), 0, "AVX is in the noavx profile's table")
     }
 
     func testHelloRealTraceHoldsEveryExitWithItsInstruction() throws {
