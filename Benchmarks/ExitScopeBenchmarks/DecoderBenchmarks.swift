@@ -73,6 +73,17 @@ func decoderBenchmarks() {
                                          maxDuration: .seconds(3), maxIterations: 20)
     // One instruction per scaled iteration over the instruction starts of real code (libc's .text):
     // throughput is instructions per second (in M).
+    //
+    // A fair comparison: every benchmark here does a full decode of each instruction, what
+    // Zydis's ZydisDecoderDecodeFull gives: the length, the mnemonic and every operand (ours: up
+    // to four `Operand`s with registers, memory segment/base/index/scale/displacement, immediates
+    // and branch targets, plus the prefixes, sizes and raw fields in `Instruction`). Nothing is
+    // decoded lazily and no result is cached between iterations; the consumer reads the length.
+    //
+    // Read "Time (total CPU)" beside "Time (wall clock)": on a loaded host (the 2 cores shared
+    // with builds or a guest) the thread is descheduled for part of a sample, so wall-clock
+    // throughput falls (seen: median 10M/s where the best sample and the CPU time said 20M/s)
+    // while the CPU time per instruction stays put. Compare with Zydis in the same run.
     Benchmark("Decoder: full decode, real x86-64 code (DecodeResult)", configuration: config) { benchmark in
         corpus.bytes.withUnsafeBytes { buf in
             let starts = corpus.starts
