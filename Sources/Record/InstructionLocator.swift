@@ -333,11 +333,25 @@ public final class LocatorCache {
     private var lastGuestBytes: [GuestBytes]?
     private var lastHitStart: UInt64 = 0
     private var lastHitBytes: [UInt8] = []
+    /// The entry the previous lookup found or made, under its key: a loop exits at the same RIP
+    /// again and again, and comparing a key is cheaper than hashing it into the dictionary.
+    private var recentKey: Key?
+    private var recent: Entry?
 
     public init(capacity: Int = 512) { self.capacity = capacity }
 
+    /// A switch, not `CPUMode.allCases.firstIndex`: `allCases` builds an array, on every exit.
+    @inline(__always)
     static func modeTag(_ s: CPUState) -> UInt8 {
-        UInt8(CPUMode.allCases.firstIndex(of: s.mode) ?? 0)
+        switch s.mode {
+        case .real: return 0
+        case .virtual8086: return 1
+        case .protected16: return 2
+        case .protected32: return 3
+        case .compat16: return 4
+        case .compat32: return 5
+        case .long64: return 6
+        }
     }
 
     @inline(__always)
@@ -346,11 +360,21 @@ public final class LocatorCache {
             mode: modeTag(s), committed: committed)
     }
 
+    /// The entry for `key`: the recent one when the key matches, else the dictionary's.
+    @inline(__always)
+    private func lookup(_ key: Key) -> Entry? {
+        if let k = recentKey, k == key, let e = recent { return e }
+        let e = entries[key]
+        recentKey = key
+        recent = e
+        return e
+    }
+
     public func pending(state: CPUState, memory: LocatorMemory) -> LocatedInstruction {
         let key = Self.key(state, committed: false)
         lastKey = key
         lastGuestBytes = nil
-        if let e = entries[key], valid(e, memory: memory) {
+        if let e = lookup(key), valid(e, memory: memory) {
             return hit(e)
         }
         let l = InstructionLocator.pending(state: state, memory: memory)
@@ -374,7 +398,7 @@ public final class LocatorCache {
         let key = Self.key(state, committed: true)
         lastKey = key
         lastGuestBytes = nil
-        if let e = entries[key], valid(e, memory: memory), let inst = e.located.instruction,
+        if let e = lookup(key), valid(e, memory: memory), let inst = e.located.instruction,
            hint == nil || e.located.start == hint || e.located.candidates == 1,
            InstructionLocator.performs(inst, access: access, state: state, memory: memory) {
             return hit(e)
@@ -396,6 +420,8 @@ public final class LocatorCache {
         guard let key = lastKey, var e = entries[key], e.located.start == l.start, e.located.bytes == l.bytes else { return }
         e.guestBytes = bytes
         entries[key] = e
+        recentKey = key
+        recent = e
     }
 
     private func valid(_ e: Entry, memory: LocatorMemory) -> Bool {
@@ -418,6 +444,9 @@ public final class LocatorCache {
         guard (linear & 0xFFF) + UInt64(l.bytes.count) <= 4096, let gpa = memory.physical(linear) else { return }
         guard capacity > 0 else { return }
         if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-        entries[key] = Entry(located: l, linear: linear, gpa: gpa, guestBytes: nil)
+        let e = Entry(located: l, linear: linear, gpa: gpa, guestBytes: nil)
+        entries[key] = e
+        recentKey = key
+        recent = e
     }
 }
