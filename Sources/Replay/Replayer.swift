@@ -90,26 +90,32 @@ struct VerdictCounts: Sendable {
     var isEmpty: Bool { verdicts == 0 }
 
     mutating func add(_ v: Verdict) {
+        add(kind: v.kind, records: v.records, recordKind: v.recordKind, exitCode: v.exitCode, reference: v.reference, decoded: v.decoded)
+    }
+
+    /// `add` from the fields it counts (the replayer's scratch verdict is not copied for it).
+    mutating func add(kind: VerdictKind, records n: Int, recordKind: RecordKind, exitCode: SVMExitCode, reference: String,
+                      decoded: DecodedInstruction?) {
         verdicts += 1
-        records += UInt64(v.records)
-        let k = v.kind.index
+        records += UInt64(n)
+        let k = kind.index
         byKind[k] += 1
-        if lastReason < 0 || reasons[lastReason].kind != v.recordKind || reasons[lastReason].code != v.exitCode {
-            if let i = reasons.firstIndex(where: { $0.kind == v.recordKind && $0.code == v.exitCode }) {
+        if lastReason < 0 || reasons[lastReason].kind != recordKind || reasons[lastReason].code != exitCode {
+            if let i = reasons.firstIndex(where: { $0.kind == recordKind && $0.code == exitCode }) {
                 lastReason = i
             } else {
-                reasons.append((v.recordKind, v.exitCode, [UInt64](repeating: 0, count: VerdictKind.allCases.count)))
+                reasons.append((recordKind, exitCode, [UInt64](repeating: 0, count: VerdictKind.allCases.count)))
                 lastReason = reasons.count - 1
             }
         }
         reasons[lastReason].byKind[k] += 1
-        switch v.reference {
+        switch reference {
         case "": break
         case "kvm-emulator": byReference.1 += 1
         case "cpu": byReference.0 += 1
         default: byReference.2 += 1
         }
-        if v.kind == .match || v.kind == .divergence || v.kind == .self, let d = v.decoded {
+        if kind == .match || kind == .divergence || kind == .self, let d = decoded {
             let m = d.instruction.mnemonic.rawValue
             if m == lastMnemonic && lastMnemonicCount > 0 {
                 lastMnemonicCount += 1
@@ -191,21 +197,38 @@ struct FrameResult: Sendable {
 /// Decoded instruction bytes, remembered by address: traces replay the same few instructions
 /// over and over, and each is needed several times per record.
 final class DecodeMemo {
+    /// The key is the bytes packed into two words (at most 15 bytes, the length in the top byte):
+    /// compared without touching the arrays, nothing retained per lookup.
     struct Entry {
-        var start: UInt64
-        var mode: DecoderMode
-        var bytes: [UInt8]
+        var start: UInt64 = 0
+        var lo: UInt64 = 0
+        var hi: UInt64 = 0
+        var mode: DecoderMode = .bits16
+        var used = false
         var decoded: DecodedInstruction?
     }
-    private var entries = [Entry?](repeating: nil, count: 256)
+    private var entries = [Entry](repeating: Entry(), count: 256)
 
     func decode(_ bytes: [UInt8], start: UInt64, mode: DecoderMode) -> DecodedInstruction? {
+        guard bytes.count <= 15 else { return Self.decodeNow(bytes, mode: mode) }
+        var lo: UInt64 = 0, hi = UInt64(bytes.count) << 56
+        bytes.withUnsafeBufferPointer { b in
+            for k in 0..<b.count {
+                if k < 8 { lo |= UInt64(b[k]) << (8 * UInt64(k)) } else { hi |= UInt64(b[k]) << (8 * UInt64(k - 8)) }
+            }
+        }
         let i = Int(truncatingIfNeeded: (start ^ start >> 8) & 255)
-        if let e = entries[i], e.start == start, e.mode == mode, e.bytes == bytes { return e.decoded }
-        var d: DecodedInstruction?
-        if case .success(let x) = X86Emulator.decode(bytes: bytes, mode: mode) { d = DecodedInstruction(x) }
-        entries[i] = Entry(start: start, mode: mode, bytes: bytes, decoded: d)
+        if entries[i].used && entries[i].start == start && entries[i].lo == lo && entries[i].hi == hi && entries[i].mode == mode {
+            return entries[i].decoded
+        }
+        let d = Self.decodeNow(bytes, mode: mode)
+        entries[i] = Entry(start: start, lo: lo, hi: hi, mode: mode, used: true, decoded: d)
         return d
+    }
+
+    private static func decodeNow(_ bytes: [UInt8], mode: DecoderMode) -> DecodedInstruction? {
+        if case .success(let x) = X86Emulator.decode(bytes: bytes, mode: mode) { return DecodedInstruction(x) }
+        return nil
     }
 }
 
@@ -249,7 +272,11 @@ public final class Replayer: @unchecked Sendable {
     }
 
     func reference(_ s: CPUState) -> String {
-        kvmEmulatesCPL0 && s.cpl == 0 ? "kvm-emulator" : "cpu"
+        reference(cpl: s.cpl)
+    }
+
+    @inline(__always) func reference(cpl: UInt8) -> String {
+        kvmEmulatesCPL0 && cpl == 0 ? "kvm-emulator" : "cpu"
     }
 
     func decoded(_ r: borrowing TraceRecord) -> DecodedInstruction? {
@@ -258,6 +285,19 @@ public final class Replayer: @unchecked Sendable {
 
     @inline(__always) func emit(_ v: Verdict) {
         if delivery == .all || v.kind.isFailure { out.verdicts.append(v) } else { out.counts.add(v) }
+    }
+
+    /// The verdict of the record being replayed, reused from record to record: a verdict that is
+    /// only counted is neither copied nor destroyed.
+    private var scratch = Verdict(seq: 0, vcpu: 0, kind: .match, recordKind: .exit, exitCode: .none)
+
+    @inline(__always) private func emitScratch() {
+        if delivery == .all || scratch.kind.isFailure {
+            out.verdicts.append(scratch)
+        } else {
+            out.counts.add(kind: scratch.kind, records: scratch.records, recordKind: scratch.recordKind, exitCode: scratch.exitCode,
+                           reference: scratch.reference, decoded: scratch.decoded)
+        }
     }
 
     // MARK: frames
@@ -355,7 +395,9 @@ public final class Replayer: @unchecked Sendable {
                 emit(simple(r, .incomplete, note: "fragment \(r.fragment) of an instruction group that starts in an earlier frame"))
                 applyMSRWrites(r)
             } else if r.lastFragment {
-                emit(replayExit(first: r, last: r, count: 1, accesses: r.accesses, memory: nil))
+                // The common record: replayed into the scratch verdict, which a match only counts.
+                replayExit(into: &scratch, first: r, last: r, count: 1, accesses: r.accesses, memory: nil)
+                emitScratch()
                 applyMSRWrites(r)
             } else {
                 startGroup(r)
@@ -519,36 +561,79 @@ public final class Replayer: @unchecked Sendable {
     /// and their guest bytes (`memory`; nil for a group of one record, whose bytes `first` holds).
     func replayExit(first: borrowing TraceRecord, last: borrowing TraceRecord, count: Int, accesses recorded: [DeviceAccess],
                     memory groupMemory: [GuestBytes]?) -> Verdict {
+        var v = Verdict(seq: 0, vcpu: 0, kind: .match, recordKind: .exit, exitCode: .none)
+        replayExit(into: &v, first: first, last: last, count: count, accesses: recorded, memory: groupMemory)
+        return v
+    }
+
+    /// `simple` in place: `v` becomes what `simple(r, kind, records:, note:)` returns, reusing its
+    /// storage (the replayer's scratch verdict is made once per record this way, never copied).
+    /// `state` is `r.state`, already copied by the caller (reading it through `r` copies it whole).
+    func setSimple(_ v: inout Verdict, _ r: borrowing TraceRecord, state: borrowing CPUState, _ kind: VerdictKind,
+                   records: Int = 1, note: String = "") {
+        v.seq = r.seq
+        v.vcpu = r.vcpu
+        v.kind = kind
+        v.recordKind = r.kind
+        v.exitCode = r.exitCode
+        v.records = records
+        v.rip = r.instructionStart != 0 || !r.instructionBytes.isEmpty ? r.instructionStart : state.rip
+        v.bytes = r.instructionBytes
+        v.note = note
+        v.reference = kind != .notReplayable ? reference(cpl: state.cpl) : ""
+        v.decoded = r.instructionBytes.isEmpty ? nil
+            : memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(state.mode))
+        if !v.differences.isEmpty { v.differences.removeAll(keepingCapacity: true) }
+        v.address = nil
+        if v.hasReproduction { v.reproduction = nil }
+    }
+
+    /// `replayExit` into `v` (every field overwritten).
+    func replayExit(into v: inout Verdict, first: borrowing TraceRecord, last: borrowing TraceRecord, count: Int,
+                    accesses recorded: [DeviceAccess], memory groupMemory: [GuestBytes]?) {
+        // Copied once; immutable values are passed on borrowed without further copies (a `var`
+        // is copied for every call that borrows it).
+        let recordedState = first.state
         switch first.exitCode {
         case .ioio, .npf, .msr, .hlt, .vmmcall: break
-        default: return simple(first, .notReplayable, records: count)
+        default:
+            setSimple(&v, first, state: recordedState, .notReplayable, records: count)
+            return
         }
         if first.candidates > 1 {
-            return simple(first, .ambiguous, records: count, note: "\(first.candidates) instructions end at RIP and perform the access")
+            setSimple(&v, first, state: recordedState, .ambiguous, records: count, note: "\(first.candidates) instructions end at RIP and perform the access")
+            return
         }
         if first.instructionBytes.isEmpty || first.candidates == 0 {
-            return simple(first, .unlocated, records: count, note: "the recorder found no instruction performing the access")
+            setSimple(&v, first, state: recordedState, .unlocated, records: count, note: "the recorder found no instruction performing the access")
+            return
         }
-        var v = simple(first, .match, records: count)
-        guard let inst = v.decoded?.instruction else {
+        setSimple(&v, first, state: recordedState, .match, records: count)
+        guard let d = v.decoded else {
             v.kind = .unsupported
             v.note = "the bytes do not decode"
-            return v
+            return
         }
-        for m in groupMemory ?? first.memory { memory.load(m.gpa, m.bytes) }
+        let inst = d.instruction
+        if let groupMemory {
+            for m in groupMemory { memory.load(m.gpa, m.bytes) }
+        } else {
+            for m in first.memory { memory.load(m.gpa, m.bytes) }
+        }
 
         // The state before the instruction.
-        var before = first.state
-        if first.visibility == .committed, let why = Reconstruction.rebuild(&before, from: first, inst) {
+        var rebuilt = recordedState
+        if first.visibility == .committed, let why = Reconstruction.rebuild(&rebuilt, from: first, inst) {
             v.kind = .unreconstructable
             v.note = why.message
-            return v
+            return
         }
-        Reconstruction.applyMSRs(knownMSRs, to: &before)
+        Reconstruction.applyMSRs(knownMSRs, to: &rebuilt)
+        let before = rebuilt
         guard run(&v, before: before, inst: inst, recorded: recorded, exitCode: first.exitCode, exitInfo1: first.exitInfo1,
                   hasAfter: last.visibility == .committed || last.stateAfter != nil,
                   refused: first.exitCode == .msr && last.accessRefused) else {
-            return v
+            return
         }
         let emulated = cpu.state
         compareNextRIP(&v, recorded: last.nextRIP, emulated: emulated.rip, inst: inst)
@@ -569,7 +654,6 @@ public final class Replayer: @unchecked Sendable {
             StateComparison.compare(recorded: after, emulated: emulated, flagMask: mask, into: &v.differences)
         }
         conclude(&v, before: before)
-        return v
     }
 
     func adjustAfter(_ after: inout CPUState, isRep: Bool, start: UInt64, nextRIP: UInt64) {

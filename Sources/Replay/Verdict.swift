@@ -135,6 +135,8 @@ public struct Verdict: Sendable {
     /// Out of line: a state and memory runs are large, and every verdict is moved several times
     /// while only divergences carry one.
     private var reproductionBox: ReproductionBox?
+    /// Without unboxing (a scratch verdict checks it per record).
+    var hasReproduction: Bool { reproductionBox != nil }
 
     public init(seq: UInt64, vcpu: UInt16, kind: VerdictKind, recordKind: RecordKind, exitCode: SVMExitCode,
                 records: Int = 1, rip: UInt64 = 0, bytes: [UInt8] = [], note: String = "") {

@@ -379,6 +379,17 @@ public final class FrameDecoder {
         return false
     }
 
+    /// Whether `memory` is the listed blobs (a loop keeps the same list: usually the very same
+    /// array storage, compared first).
+    @inline(__always) private func holdsBlobs(_ memory: [GuestBytes], _ indices: [Int]) -> Bool {
+        guard memory.count == indices.count else { return false }
+        for k in 0..<indices.count {
+            let a = memory[k], i = indices[k]
+            guard a.gpa == blobs[i].gpa, a.role == blobs[i].role, a.bytes == blobs[i].bytes else { return false }
+        }
+        return true
+    }
+
     private func decodeStats(_ c: inout ByteCursor) throws -> VCPUFrameStats {
         let vcpu = try c.varint()
         guard vcpu <= UInt64(UInt16.max) else { throw c.corrupt("stats vCPU \(vcpu) out of range") }
@@ -480,7 +491,7 @@ public final class FrameDecoder {
         }
         if ref.memory.isEmpty {
             if !r.memory.isEmpty { r.memory = [] }
-        } else if r.memory.count != ref.memory.count || !zip(r.memory, ref.memory).allSatisfy({ $0 == blobs[$1] }) {
+        } else if !holdsBlobs(r.memory, ref.memory) {
             // Rebuilt only when it differs from what `r` already holds (a loop keeps it).
             r.memory = ref.memory.count == 1 ? singleBlobLists[ref.memory[0]] : ref.memory.map { blobs[$0] }
         }

@@ -109,7 +109,8 @@ public struct CPUState: Equatable, Hashable, Sendable {
 
     // MARK: mode
 
-    public var mode: CPUMode {
+    /// Inlinable: replay asks it per record, and a call would copy the whole state.
+    @inlinable public var mode: CPUMode {
         if cr0 & CR0.pe == 0 { return .real }
         if efer & EFER.lma != 0 && cs.long { return .long64 }
         if rflags & RFLAGS.vm != 0 { return .virtual8086 }

@@ -20,8 +20,8 @@ public struct Segment: Equatable, Hashable, Sendable {
     public var isSystem: Bool { attributes & 0x10 == 0 }
     public var dpl: UInt8 { UInt8((attributes >> 5) & 3) }
     public var present: Bool { attributes & 0x80 != 0 }
-    public var long: Bool { attributes & 0x200 != 0 }
-    public var defaultBig: Bool { attributes & 0x400 != 0 }
+    @inlinable public var long: Bool { attributes & 0x200 != 0 }
+    @inlinable public var defaultBig: Bool { attributes & 0x400 != 0 }
     public var granularity: Bool { attributes & 0x800 != 0 }
     public var isCode: Bool { !isSystem && type & 0x8 != 0 }
 
