@@ -46,7 +46,16 @@ public enum ExitRecordBuilder {
     static func build(exit: borrowing ObservedExit, singleStep: Bool, openGroup: UInt64?, cache: LocatorCache,
                       memory: ViewMemory) -> TraceRecord {
         var io: [UInt8] = []
-        if let d = exit.ioData { io = Array(d) }
+        if let d = exit.ioData {
+            // A loop writes the same bytes to the same port again and again: the previous
+            // access's array serves (no allocation per exit).
+            if let prev = cache.recentAccesses.first, prev.space == .port, prev.data.count == d.count,
+               prev.data.withUnsafeBytes({ $0.elementsEqual(d) }) {
+                io = prev.data
+            } else {
+                io = Array(d)
+            }
+        }
         memory.load(exit.state)
         return build(vcpu: exit.vcpu, exit: exit.exit, state: exit.state, stateAfter: exit.stateAfter,
                      access: exit.access, ioData: io, tscAtExit: exit.tscAtExit, tscAtReentry: exit.tscAtReentry,
@@ -89,8 +98,9 @@ public enum ExitRecordBuilder {
                                 segment: segment.rawValue)
             r.exitCode = .ioio
             r.exitInfo1 = ioio.exitInfo1
-            r.accesses = [Trace.DeviceAccess(space: .port, address: UInt64(port), size: size, isWrite: !isIn,
-                                             count: count, data: ioData.isEmpty ? littleEndian(access?.data ?? 0, Int(size)) : ioData)]
+            let a = Trace.DeviceAccess(space: .port, address: UInt64(port), size: size, isWrite: !isIn,
+                                       count: count, data: ioData.isEmpty ? littleEndian(access?.data ?? 0, Int(size)) : ioData)
+            r.accesses = locator.accesses(a)
             r.lastFragment = lastFragment(inst: inst, state: s, pending: isIn, count: UInt64(count))
             if isIn, r.lastFragment, let inst, inst.mnemonic == .ins, inst.hasRep,
                insBatchReachesDevice(inst, state: s, items: Int(count), memory: memory) {

@@ -338,7 +338,18 @@ public final class LocatorCache {
     private var recentKey: Key?
     private var recent: Entry?
 
+    /// The device side of the previous port exit, reused while it stays equal (an array per
+    /// exit is an allocation per exit).
+    private(set) var recentAccesses: [DeviceAccess] = []
+
     public init(capacity: Int = 512) { self.capacity = capacity }
+
+    /// `[a]`, as the array the previous call returned when that holds an equal access.
+    func accesses(_ a: DeviceAccess) -> [DeviceAccess] {
+        if recentAccesses.count == 1 && recentAccesses[0] == a { return recentAccesses }
+        recentAccesses = [a]
+        return recentAccesses
+    }
 
     /// A switch, not `CPUMode.allCases.firstIndex`: `allCases` builds an array, on every exit.
     @inline(__always)
