@@ -320,23 +320,6 @@ public enum Completer {
         return c
     }
 
-    /// Instructions that read and write only this vCPU's registers: completing them needs no
-    /// other vCPU out of the guest (the pause costs a kick and a wait per completion; Linux's
-    /// CLAC at every interrupt entry makes them most completions).
-    static let registerOnly: Set<String> = ["clac", "stac", "popcnt", "lzcnt", "tzcnt"]
-
-    /// Whether completing the instruction at `state`'s CS:RIP may touch guest memory another
-    /// vCPU uses, so the other vCPUs must leave the guest first. False only for a redelivered
-    /// SYSCALL and for `registerOnly` instructions without memory operand or LOCK; anything not
-    /// decoded is assumed to touch memory.
-    public static func needsOtherVCPUsOut(_ state: CPUState, ram: GuestMemory) -> Bool {
-        if SyscallRedelivery.userState(atPageFaultEntry: state, ram: ram) != nil { return false }
-        guard case let .success(insn) = decode(bytes: ram.instructionBytes(state: state), mode: DecoderMode(state.mode))
-        else { return true }
-        return insn.memoryOperand != nil || insn.prefixes.contains(.lock)
-            || !registerOnly.contains(String(describing: insn.mnemonic))
-    }
-
     /// The save-area MSRs (other than EFER, which is in kvm_sregs) a state carries, by index.
     public static func msrs(of s: CPUState) -> [(index: UInt32, value: UInt64)] {
         [(MSRIndex.star, s.star), (MSRIndex.lstar, s.lstar), (MSRIndex.cstar, s.cstar), (MSRIndex.sfmask, s.sfmask),

@@ -587,18 +587,18 @@ public final class Machine: @unchecked Sendable {
     func complete(_ r: Runner, control: Control) -> Result<Completion, CompletionFailure> {
         let vcpu = r.vcpu
         return control.completionLock.withLock { _ -> Result<Completion, CompletionFailure> in
+            let smp = control.runners.count > 1
+            if smp && !control.pauseOthers(except: r) {
+                control.resumeOthers()
+                return .failure(CompletionFailure(message: "vCPU \(r.index): other vCPUs did not leave the guest for a completion"))
+            }
+            defer { if smp { control.resumeOthers() } }
             do {
                 let regs = try vcpu.getRegs()
                 let sregs = try vcpu.getSregs()
                 var state = CPUState(regs: regs, sregs: sregs)
                 let saveArea = MSRIndex.saveArea.filter { $0 != MSRIndex.efer }
                 if let m = try? vcpu.getMSRs(saveArea) { Completer.apply(msrs: m, to: &state) }
-                let pause = control.runners.count > 1 && Completer.needsOtherVCPUsOut(state, ram: memory)
-                if pause && !control.pauseOthers(except: r) {
-                    control.resumeOthers()
-                    return .failure(CompletionFailure(message: "vCPU \(r.index): other vCPUs did not leave the guest for a completion"))
-                }
-                defer { if pause { control.resumeOthers() } }
                 // SSE instructions compute from the guest's XMM registers and MXCSR.
                 var fpu = try vcpu.getFPU()
                 let xmm = withUnsafeBytes(of: fpu.xmm) { raw in (0..<32).map { raw.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self) } }

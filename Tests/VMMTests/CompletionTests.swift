@@ -170,23 +170,6 @@ final class CompletionTests: XCTestCase {
         XCTAssertEqual(Completer.complete(vcpu: 0, state: other, ram: ram, bus: nil).mnemonic, "clac")
     }
 
-    /// Only completions that may touch memory other vCPUs use wait for them to leave the guest.
-    func testOnlyMemoryTouchingCompletionsPauseTheOtherVCPUs() throws {
-        let ram = try VMM.GuestMemory(size: 8 << 20)
-        XCTAssertFalse(Completer.needsOtherVCPUsOut(syscallFaultState(ram: ram), ram: ram))  // redelivered SYSCALL
-        XCTAssertFalse(Completer.needsOtherVCPUsOut(syscallFaultState(ram: ram, savedCS: 0x10), ram: ram),
-                       "a CLAC is register-only")
-        for (bytes, pauses) in [([UInt8(0xF0), 0x48, 0x0F, 0xC7, 0x0F], true),   // lock cmpxchg16b [rdi]
-                                ([0xF3, 0x48, 0x0F, 0xB8, 0xC7], false),         // popcnt rax, rdi
-                                ([0xF3, 0x48, 0x0F, 0xB8, 0x07], true),          // popcnt rax, [rdi]
-                                ([0x9B], true),                                  // fwait (may deliver #MF)
-                                ([0x0F, 0x01, 0xCB], false)] {                   // stac
-            let mem = try VMM.GuestMemory(size: 4 << 20)
-            let state = try longModeState(bytes, ram: mem)
-            XCTAssertEqual(Completer.needsOtherVCPUsOut(state, ram: mem), pauses, "\(bytes)")
-        }
-    }
-
     func testCompleterReportsWhatItCannotRun() throws {
         let ram = try VMM.GuestMemory(size: 4 << 20)
         // x87 FLD1 (not implemented by the executor): unsupported, state unchanged.
