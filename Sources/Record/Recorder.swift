@@ -58,9 +58,13 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         /// sync regs do not carry them.
         var msrs: SaveAreaMSRs?
         /// The last step record, written once the next record shows it was not an exit.
-        var heldStep: TraceRecord?
+        var heldStep: TraceRecord? { didSet { if case .some = heldStep { hasHeldStep = true } else { hasHeldStep = false } } }
+        /// Whether heldStep/heldWrite hold a record: `lane.heldStep != nil` copied the whole
+        /// optional record (about 1.2 KB) on every exit.
+        private(set) var hasHeldStep = false
+        private(set) var hasHeldWrite = false
         /// An ambiguous MMIO write, written once the next exit shows which instruction it was.
-        var heldWrite: TraceRecord?
+        var heldWrite: TraceRecord? { didSet { if case .some = heldWrite { hasHeldWrite = true } else { hasHeldWrite = false } } }
         /// Guest memory with this vCPU's paging registers, reused at every exit.
         var memory: ViewMemory?
     }
@@ -164,7 +168,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         if record.kind == .step, options.observer.singleStep { addLocalAPICReads(&record, lane: lane, probe: exit.probe) }
         if let m = lane.msrs {
             m.apply(to: &record.state)
-            if record.stateAfter != nil {
+            if case .some = record.stateAfter {
                 var after = m
                 for w in lane.pendingMSRWrites { after.set(w.index, w.value) }
                 after.apply(to: &record.stateAfter!)
@@ -176,7 +180,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             for w in lane.pendingMSRWrites { lane.msrs?.set(w.index, w.value) }
             lane.pendingMSRWrites.removeAll(keepingCapacity: true)
         }
-        if lane.heldWrite != nil, var first = lane.heldWrite {
+        if lane.hasHeldWrite, var first = lane.heldWrite {
             lane.heldWrite = nil
             if ExitRecordBuilder.resolveSplitWrite(&first, next: record, memory: memory) { ambiguous.subtract(1, ordering: .relaxed) }
             _ = place(&first, lane: lane)
@@ -195,7 +199,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             return
         }
         // Assigned in place (no `let after` binding): each extra copy of a state is 520 bytes per exit.
-        if exit.stateAfter != nil { lane.lastState = exit.stateAfter! } else { lane.lastState = exit.state }
+        if case .some = exit.stateAfter { lane.lastState = exit.stateAfter! } else { lane.lastState = exit.state }
         lane.lastCPL = record.state.cpl
         lane.lastStepMnemonic = nil
     }
@@ -215,7 +219,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         // A step record describes the instruction at RIP before it runs; when that instruction
         // then exits to the VMM, the exit's record is its record (DESIGN.md), so the step is held
         // back until the next record of this vCPU shows which it was.
-        if lane.heldStep != nil, let held = lane.heldStep {
+        if lane.hasHeldStep, let held = lane.heldStep {
             lane.heldStep = nil
             if !(record.kind == .exit && record.instructionStart == held.instructionStart) {
                 append(held)

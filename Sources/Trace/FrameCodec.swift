@@ -185,7 +185,7 @@ final class FrameEncoder {
         if group != seq { mask |= RecordField.group }
         if r.fragment != 0 { mask |= RecordField.fragment }
         if !r.lastFragment { mask |= RecordField.notLast }
-        if r.stateAfter != nil { mask |= RecordField.stateAfter }
+        if case .some = r.stateAfter { mask |= RecordField.stateAfter }  // not `!= nil`: that copied the state
         if blobIndices != ref.memory { mask |= RecordField.memory }
         if !r.msrWrites.isEmpty { mask |= RecordField.msrWrites }
         if r.accessRefused { mask |= RecordField.accessRefused }
