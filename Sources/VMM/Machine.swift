@@ -446,13 +446,17 @@ public final class Machine: @unchecked Sendable {
             exits &+= 1
 
             var outcome = handler.handle(exit, vcpu: index, data: data, interruptFlag: vcpu.interruptFlag)
-            var completion: Completion? = nil
+            // In an array (one pointer) rather than an optional: the optional's 1.1 KB (two states)
+            // was copied several times on every exit, completion or not. `completed` guards it.
+            var completion: [Completion] = []
+            var completed = false
             if completing, case let .internalError(info) = exit, info.suberror == InternalErrorInfo.emulation,
                case let .guestEvent(kind, detail) = outcome.action {
                 let c = complete(r, control: control)
                 switch c {
                 case let .success(done):
-                    completion = done
+                    completion = [done]
+                    completed = true
                     if done.resumes {
                         outcome.action = .resume
                         r.completions[done.mnemonic, default: 0] &+= 1
@@ -531,7 +535,7 @@ public final class Machine: @unchecked Sendable {
                                             ioData: io, stateAfter: after, events: events, memory: view, probe: probe,
                                             msrRefused: msrRefused)
                 observer.exitHandled(observed)
-                if let completion, completion.resumes { observer.instructionCompleted(completion) }
+                if completed, let done = completion.first, done.resumes { observer.instructionCompleted(done) }
             }
 
             // Under single-step on kvm_pvm a HLT gives a debug exit and the guest goes on: a
