@@ -52,6 +52,23 @@ final class ReplayMemory: GuestMemory {
     /// Starts an instruction group: the recorded device side it must reproduce.
     func beginGroup(mmio: [DeviceAccess]) {
         recordedMMIO = mmio
+        startGroup()
+    }
+
+    /// `beginGroup(mmio:)` with the MMIO accesses of `accesses`; no list is built or replaced
+    /// when there are none and were none (port and MSR exits, once per record).
+    func beginGroup(_ accesses: [DeviceAccess]) {
+        var anyMMIO = false
+        for i in accesses.indices where accesses[i].space == .mmio { anyMMIO = true; break }
+        if anyMMIO {
+            recordedMMIO = accesses.filter { $0.space == .mmio }
+        } else if !recordedMMIO.isEmpty {
+            recordedMMIO = []
+        }
+        startGroup()
+    }
+
+    private func startGroup() {
         emulatedMMIO.removeAll(keepingCapacity: true)
         unansweredDevice = nil
         nextMMIORead = 0
@@ -215,7 +232,8 @@ final class ReplayPorts: IOPorts {
         items.removeAll(keepingCapacity: true)
         next = 0
         mismatch = nil
-        for a in accesses where a.space == .port && !a.isWrite {
+        for i in accesses.indices where accesses[i].space == .port && !accesses[i].isWrite {
+            let a = accesses[i]
             let size = Int(a.size)
             guard size > 0 else { continue }
             for k in 0..<Int(a.count) {
@@ -254,7 +272,8 @@ final class ReplayMSRs: MSRBus {
     func begin(_ accesses: [DeviceAccess], refused: Bool = false) {
         if !answers.isEmpty { answers.removeAll(keepingCapacity: true) }
         refusedIndex = nil
-        for a in accesses where a.space == .msr {
+        for i in accesses.indices where accesses[i].space == .msr {
+            let a = accesses[i]
             if refused { refusedIndex = UInt32(truncatingIfNeeded: a.address) } else if !a.isWrite { answers[UInt32(truncatingIfNeeded: a.address)] = a.value }
         }
     }

@@ -578,14 +578,23 @@ public final class Replayer: @unchecked Sendable {
         v.exitCode = r.exitCode
         v.records = records
         v.rip = r.instructionStart != 0 || !r.instructionBytes.isEmpty ? r.instructionStart : state.rip
-        v.bytes = r.instructionBytes
-        v.note = note
+        if !Self.sameStorage(v.bytes, r.instructionBytes) { v.bytes = r.instructionBytes }
+        if !(v.note.isEmpty && note.isEmpty) { v.note = note }
         v.reference = kind != .notReplayable ? reference(cpl: state.cpl) : ""
-        v.decoded = r.instructionBytes.isEmpty ? nil
+        let d = r.instructionBytes.isEmpty ? nil
             : memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(state.mode))
+        if v.decoded !== d { v.decoded = d }
         if !v.differences.isEmpty { v.differences.removeAll(keepingCapacity: true) }
         v.address = nil
         if v.hasReproduction { v.reproduction = nil }
+    }
+
+    /// Whether two arrays share one storage (or are both empty): the assignment is then skipped
+    /// (it would only retain one and release the other, once per record).
+    @inline(__always) static func sameStorage<T>(_ a: [T], _ b: [T]) -> Bool {
+        guard a.count == b.count else { return false }
+        if a.isEmpty { return true }
+        return a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in pa.baseAddress == pb.baseAddress } }
     }
 
     /// `replayExit` into `v` (every field overwritten).
@@ -717,7 +726,7 @@ public final class Replayer: @unchecked Sendable {
              exitInfo1: UInt64, hasAfter: Bool, compareDevice: Bool = true, refused: Bool = false) -> Bool {
         ports.begin(recorded)
         msrs.begin(recorded, refused: refused)
-        memory.beginGroup(mmio: recorded.filter { $0.space == .mmio })
+        memory.beginGroup(recorded)
         // Caches survive from record to record unless memory changed under them.
         cpu.load(before, keepingCaches: !memory.changed)
         memory.changed = false

@@ -379,6 +379,14 @@ public final class FrameDecoder {
         return false
     }
 
+    /// Whether two arrays share one storage (or are both empty): assigning one to the other
+    /// would then only retain and release it, once per record.
+    @inline(__always) private func sameStorage<T>(_ a: [T], _ b: [T]) -> Bool {
+        guard a.count == b.count else { return false }
+        if a.isEmpty { return true }
+        return a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in pa.baseAddress == pb.baseAddress } }
+    }
+
     /// Whether `memory` is the listed blobs (a loop keeps the same list: usually the very same
     /// array storage, compared first).
     @inline(__always) private func holdsBlobs(_ memory: [GuestBytes], _ indices: [Int]) -> Bool {
@@ -416,7 +424,7 @@ public final class FrameDecoder {
         if mask & RecordField.accessData != 0 {
             r.accesses = ref.accesses
             for i in r.accesses.indices { r.accesses[i].data = try c.bytes(r.accesses[i].data.count) }
-        } else {
+        } else if !sameStorage(r.accesses, ref.accesses) {
             r.accesses = ref.accesses
         }
         r.seq = mask & RecordField.seq != 0 ? undelta(try c.varint(), ref.seq &+ 1) : ref.seq &+ 1
@@ -439,7 +447,7 @@ public final class FrameDecoder {
             let n = try c.count(max: 15, "instruction length")
             ref.instructionBytes = try c.bytes(n)
         }
-        r.instructionBytes = ref.instructionBytes
+        if !sameStorage(r.instructionBytes, ref.instructionBytes) { r.instructionBytes = ref.instructionBytes }
         r.candidates = mask & RecordField.candidates != 0 ? try c.u8() : ref.candidates
         var vis = ref.visibility
         if mask & RecordField.visibility != 0 { vis = try c.u8() }
@@ -495,7 +503,7 @@ public final class FrameDecoder {
             // Rebuilt only when it differs from what `r` already holds (a loop keeps it).
             r.memory = ref.memory.count == 1 ? singleBlobLists[ref.memory[0]] : ref.memory.map { blobs[$0] }
         }
-        r.msrWrites.removeAll()
+        if !r.msrWrites.isEmpty { r.msrWrites.removeAll(keepingCapacity: true) }
         if mask & RecordField.msrWrites != 0 {
             let n = try c.count(max: c.remaining, "MSR write count")
             r.msrWrites.reserveCapacity(n)
@@ -507,7 +515,7 @@ public final class FrameDecoder {
         }
         r.code = mask & RecordField.code != 0 ? try c.varint() : ref.code
         if mask & RecordField.note != 0 { ref.note = try c.string() }
-        r.note = ref.note
+        if !(r.note.isEmpty && ref.note.isEmpty) { r.note = ref.note }
         r.accessRefused = mask & RecordField.accessRefused != 0
         guard c.pos <= end else { throw c.corrupt("record longer than its item length") }
         // Higher mask bits are fields of a newer minor version: the caller skips to the item's end.
