@@ -464,8 +464,8 @@ public final class FrameDecoder {
         if mask & RecordField.stateAfter != 0 {
             try StateCodec.decode(&c, old: refState.p, into: scratch.p)
             r.stateAfter = scratch.state
-        } else {
-            r.stateAfter = nil
+        } else if case .some = r.stateAfter {
+            r.stateAfter = nil  // only when set: storing nil clears the whole optional state
         }
         if mask & RecordField.accesses != 0 {
             let n = try c.count(max: c.remaining, "access count")
