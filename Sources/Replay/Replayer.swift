@@ -388,7 +388,9 @@ public final class Replayer: @unchecked Sendable {
             emit(replayInterrupted(b.g))
             for (i, v) in b.g.msrUpdates { knownMSRs[i] = v }
         }
-        for w in r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
+        if !r.msrWrites.isEmpty {
+            for w in r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
+        }
         switch r.kind {
         case .exit:
             if r.fragment != 0 {
@@ -396,7 +398,7 @@ public final class Replayer: @unchecked Sendable {
                 applyMSRWrites(r)
             } else if r.lastFragment {
                 // The common record: replayed into the scratch verdict, which a match only counts.
-                replayExit(into: &scratch, first: r, last: r, count: 1, accesses: r.accesses, memory: nil)
+                replayExit(into: &scratch, first: r, last: r, count: 1, accesses: r.accesses, memory: nil, lastIsFirst: true)
                 emitScratch()
                 applyMSRWrites(r)
             } else {
@@ -598,8 +600,9 @@ public final class Replayer: @unchecked Sendable {
     }
 
     /// `replayExit` into `v` (every field overwritten).
+    /// `lastIsFirst`: `first` and `last` are one record (its state, already copied, is compared).
     func replayExit(into v: inout Verdict, first: borrowing TraceRecord, last: borrowing TraceRecord, count: Int,
-                    accesses recorded: [DeviceAccess], memory groupMemory: [GuestBytes]?) {
+                    accesses recorded: [DeviceAccess], memory groupMemory: [GuestBytes]?, lastIsFirst: Bool = false) {
         // Copied once; immutable values are passed on borrowed without further copies (a `var`
         // is copied for every call that borrows it).
         let recordedState = first.state
@@ -655,6 +658,8 @@ public final class Replayer: @unchecked Sendable {
                 var after = last.state
                 adjustAfter(&after, isRep: isRep, start: first.instructionStart, nextRIP: last.nextRIP)
                 StateComparison.compare(recorded: after, emulated: emulated, flagMask: mask, into: &v.differences)
+            } else if lastIsFirst {
+                StateComparison.compare(recorded: recordedState, emulated: emulated, flagMask: mask, into: &v.differences)
             } else {
                 StateComparison.compare(recorded: last.state, emulated: emulated, flagMask: mask, into: &v.differences)
             }
