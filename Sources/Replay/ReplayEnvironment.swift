@@ -69,8 +69,8 @@ final class ReplayMemory: GuestMemory {
     }
 
     private func startGroup() {
-        emulatedMMIO.removeAll(keepingCapacity: true)
-        unansweredDevice = nil
+        if !emulatedMMIO.isEmpty { emulatedMMIO.removeAll(keepingCapacity: true) }
+        if case .some = unansweredDevice { unansweredDevice = nil }
         nextMMIORead = 0
     }
 

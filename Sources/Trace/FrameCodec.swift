@@ -392,8 +392,10 @@ public final class FrameDecoder {
     @inline(__always) private func holdsBlobs(_ memory: [GuestBytes], _ indices: [Int]) -> Bool {
         guard memory.count == indices.count else { return false }
         for k in 0..<indices.count {
-            let a = memory[k], i = indices[k]
-            guard a.gpa == blobs[i].gpa, a.role == blobs[i].role, a.bytes == blobs[i].bytes else { return false }
+            let i = indices[k]
+            // Field by field: a copy of the element would retain and release its bytes.
+            guard memory[k].gpa == blobs[i].gpa, memory[k].role == blobs[i].role,
+                  sameStorage(memory[k].bytes, blobs[i].bytes) || memory[k].bytes == blobs[i].bytes else { return false }
         }
         return true
     }
