@@ -735,7 +735,9 @@ public final class Replayer: @unchecked Sendable {
         // Caches survive from record to record unless memory changed under them.
         cpu.load(before, keepingCaches: !memory.changed)
         memory.changed = false
-        cpu.accessLog.removeAll(keepingCapacity: true)
+        // One event (a port access) is the common log: removeLast is cheaper than removeAll's
+        // generic range replacement; both keep the capacity.
+        if cpu.accessLog.count == 1 { cpu.accessLog.removeLast() } else { cpu.accessLog.removeAll(keepingCapacity: true) }
         lastUnansweredMSR = false
         let result = cpu.step()
         if refused {
