@@ -208,6 +208,7 @@ final class ExecHostValidationTests: XCTestCase {
         let src = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Sandbox/sandbox.c").path
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("exitscope-sandbox-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }  // no sandbox left in /tmp per run
         let out = dir.appendingPathComponent("sandbox").path
         let p = Process()
         p.executableURL = URL(fileURLWithPath: gcc)
