@@ -375,11 +375,9 @@ public enum SyscallRedelivery {
               state.cr2 == state.lstar, state.idtr.limit >= 14 * 16 + 15,
               let gate = ram.readLinear(state.idtr.base &+ 14 * 16, count: 16, state: state),
               let frame = ram.readLinear(state.rsp, count: 48, state: state) else { return nil }
-        func u64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) } }
-        let handler = UInt64(gate[0]) | UInt64(gate[1]) << 8 | UInt64(gate[6]) << 16 | UInt64(gate[7]) << 24
-            | (u64(gate, 8) & 0xFFFF_FFFF) << 32
-        let errorCode = u64(frame, 0), savedRIP = u64(frame, 8), savedCS = u64(frame, 16)
-        let savedRSP = u64(frame, 32), savedSS = u64(frame, 40)
+        let handler = UInt64(le16(gate, 0)) | UInt64(le16(gate, 6)) << 16 | UInt64(le32(gate, 8)) << 32
+        let errorCode = le64(frame, 0), savedRIP = le64(frame, 8), savedCS = le64(frame, 16)
+        let savedRSP = le64(frame, 32), savedSS = le64(frame, 40)
         guard handler == state.rip, savedRIP == state.lstar, savedCS & 3 == 3, savedSS & 3 == 3,
               errorCode & 4 != 0, state.rcx >= 2 else { return nil }
         var user = state

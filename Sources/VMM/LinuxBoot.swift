@@ -76,20 +76,15 @@ public enum LinuxBoot {
         }
     }
 
-    static func u16(_ d: [UInt8], _ o: Int) -> UInt16 { UInt16(d[o]) | UInt16(d[o + 1]) << 8 }
-    static func u32(_ d: [UInt8], _ o: Int) -> UInt32 {
-        UInt32(d[o]) | UInt32(d[o + 1]) << 8 | UInt32(d[o + 2]) << 16 | UInt32(d[o + 3]) << 24
-    }
-    static func u64(_ d: [UInt8], _ o: Int) -> UInt64 { UInt64(u32(d, o)) | UInt64(u32(d, o + 4)) << 32 }
 
     /// Parses and validates the setup header of a bzImage.
     public static func parseHeader(_ file: [UInt8], path: String = "kernel") throws(VMMError) -> SetupHeader {
         func bad(_ s: String) -> VMMError { .image(path: path, problem: s) }
         // 0x268 is the end of the 2.15 header fields we read (init_size at 0x260 + kernel_info_offset).
         guard file.count >= 0x268 else { throw bad("\(file.count) bytes is too short for a bzImage (the setup header ends at 0x268)") }
-        guard u16(file, 0x1FE) == 0xAA55 else { throw bad("no boot sector signature 0xAA55 at 0x1FE: not a bzImage") }
-        guard u32(file, 0x202) == 0x5372_6448 else { throw bad("no \"HdrS\" magic at 0x202: not a Linux bzImage (or a pre-2.0 zImage)") }
-        let version = u16(file, 0x206)
+        guard le16(file, 0x1FE) == 0xAA55 else { throw bad("no boot sector signature 0xAA55 at 0x1FE: not a bzImage") }
+        guard le32(file, 0x202) == 0x5372_6448 else { throw bad("no \"HdrS\" magic at 0x202: not a Linux bzImage (or a pre-2.0 zImage)") }
+        let version = le16(file, 0x206)
         guard version >= minimumVersion else {
             throw bad("boot protocol \(version >> 8).\(version & 0xFF) is older than 2.12 (no 64-bit entry to use)")
         }
@@ -102,15 +97,15 @@ public enum LinuxBoot {
         }
         let loadflags = file[0x211]
         guard loadflags & loadedHigh != 0 else { throw bad("loadflags \(hex(UInt64(loadflags))) lack LOADED_HIGH: a zImage, not a bzImage") }
-        let xloadflags = u16(file, 0x236)
+        let xloadflags = le16(file, 0x236)
         guard xloadflags & xlfKernel64 != 0 else { throw bad("xloadflags \(hex(UInt64(xloadflags))) lack XLF_KERNEL_64: no 64-bit entry point") }
-        let kernelAlignment = u32(file, 0x230)
+        let kernelAlignment = le32(file, 0x230)
         guard kernelAlignment != 0, kernelAlignment & (kernelAlignment - 1) == 0 else {
             throw bad("kernel_alignment \(hex(UInt64(kernelAlignment))) is not a power of two")
         }
-        let cmdlineSize = u32(file, 0x238)
-        let initSize = u32(file, 0x260)
-        let prefAddress = u64(file, 0x258)
+        let cmdlineSize = le32(file, 0x238)
+        let initSize = le32(file, 0x260)
+        let prefAddress = le64(file, 0x258)
         let kernelLength = file.count - kernelOffset
         guard initSize >= UInt32(min(kernelLength, Int(UInt32.max))) else {
             throw bad("init_size \(hex(UInt64(initSize))) is smaller than the protected-mode kernel (\(kernelLength) bytes)")
@@ -118,12 +113,12 @@ public enum LinuxBoot {
         guard prefAddress >= loadAddress, prefAddress < 1 << 32 else {
             throw bad("pref_address \(hex(prefAddress)) is not between 1 MiB and 4 GiB")
         }
-        let payloadOffset = u32(file, 0x248), payloadLength = u32(file, 0x24C)
+        let payloadOffset = le32(file, 0x248), payloadLength = le32(file, 0x24C)
         guard UInt64(payloadOffset) + UInt64(payloadLength) <= UInt64(kernelLength) else {
             throw bad("payload (offset \(hex(UInt64(payloadOffset))), length \(hex(UInt64(payloadLength)))) lies beyond the protected-mode kernel's \(kernelLength) bytes")
         }
-        return SetupHeader(setupSects: setupSects, version: version, loadflags: loadflags, code32Start: u32(file, 0x214),
-                           initrdAddrMax: u32(file, 0x22C), kernelAlignment: kernelAlignment, relocatable: file[0x234] != 0,
+        return SetupHeader(setupSects: setupSects, version: version, loadflags: loadflags, code32Start: le32(file, 0x214),
+                           initrdAddrMax: le32(file, 0x22C), kernelAlignment: kernelAlignment, relocatable: file[0x234] != 0,
                            xloadflags: xloadflags, cmdlineSize: cmdlineSize, payloadOffset: payloadOffset,
                            payloadLength: payloadLength, prefAddress: prefAddress, initSize: initSize,
                            headerEnd: min(headerEnd, 0x290), kernelOffset: kernelOffset, kernelLength: kernelLength)
