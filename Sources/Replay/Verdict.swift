@@ -8,13 +8,11 @@ public enum VerdictKind: String, Sendable, CaseIterable, Comparable {
     case match
     /// The emulator did something else: `differences` names each field.
     ///
-    /// Known recording race, not a kvm_pvm difference: under `record --single-step` with several
-    /// vCPUs, a step's operand bytes are read from guest memory at the step's debug exit, while
-    /// the other vCPUs keep running until this one re-enters and executes the instruction. A store
-    /// by another vCPU in between (smp's spinlock: vCPU 0 releases 0x302a while vCPU 1 is stopped
-    /// on `xchg [0x302a], eax`) makes the recorded bytes older than what the instruction read, and
-    /// the step diverges in the loaded value (RAX 0 recorded, 1 emulated). Seen in about 1 of 3
-    /// smp single-step recordings on a loaded host; single-vCPU traces cannot show it.
+    /// Under `record --single-step` with several vCPUs, a step's operand bytes are read from guest
+    /// memory at its debug exit and the instruction runs in the vCPU's next KVM_RUN; the VMM runs
+    /// the vCPUs in lockstep (VMM/GuestToken.swift) so that no other vCPU stores to them in
+    /// between. (Without it, smp's spinlock XCHG diverged in the loaded value in about 1 of 3
+    /// recordings.)
     case divergence
     /// The emulator needed a byte (or an answer) the recorder did not store.
     case unrecorded

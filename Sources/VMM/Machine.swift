@@ -204,6 +204,11 @@ public final class Machine: @unchecked Sendable {
         /// True while this thread may be inside KVM_RUN (kept only with several vCPUs): a
         /// completion waits until every other vCPU is out of the guest.
         let inRun = Atomic<Bool>(false)
+        /// Counts this vCPU's KVM_RUNs under lockstep, so a waiter knows when one lasts (GuestToken).
+        let runNumber = Atomic<UInt64>(0)
+        /// Under lockstep: the last kick found this vCPU waiting in KVM (halted, or for SIPI), so
+        /// its next KVM_RUN most likely waits too and a vCPU waiting for the token kicks at once.
+        let expectBlock = Atomic<Bool>(false)
         init(vcpu: VCPU) { self.vcpu = vcpu; index = vcpu.index }
     }
 
@@ -217,6 +222,9 @@ public final class Machine: @unchecked Sendable {
         /// guest (`pauseRequested`), so a locked instruction is atomic for the guest.
         let completionLock = Mutex<Void>(())
         let pauseRequested = Atomic<Bool>(false)
+        /// Lockstep (single-step with several vCPUs, GuestToken.swift): only the vCPU holding it
+        /// may be in KVM_RUN; it holds it from one exit (observed) until its next KVM_RUN returned.
+        var token: GuestToken? = nil
 
         /// Holds every vCPU but `me` out of KVM_RUN: raise the flag, kick those inside, wait
         /// until none is. False if they did not come out within 10 s (a VMM failure).
@@ -278,6 +286,9 @@ public final class Machine: @unchecked Sendable {
                     options: ObserverOptions = ObserverOptions()) -> RunSummary {
         let control = Control()
         control.runners = vcpus.map { Runner(vcpu: $0) }
+        if observer != nil && options.singleStep && control.runners.count > 1 {
+            control.token = GuestToken(runners: control.runners)
+        }
         if started.exchange(true, ordering: .sequentiallyConsistent) {
             return finish(control, start: monotonicSeconds(), observer: nil,
                           forced: .vmmError("this machine has already run; build a new Machine"))
@@ -391,6 +402,13 @@ public final class Machine: @unchecked Sendable {
         let synced = vcpu.syncRegsEnabled && vcpu.syncSregsEnabled
         let smp = control.runners.count > 1
         let completing = limits.completeEmulationFailures
+        // Lockstep (GuestToken): a step's bytes are read at its debug exit and the instruction
+        // runs in the next KVM_RUN; no other vCPU may be in KVM_RUN in between. The token is
+        // held across both and passed on at each exit, before the exit is handled and observed.
+        let token = control.token
+        var holding = false
+        var observedRIP: UInt64? = nil  // where the vCPU stood at its last observed exit
+        defer { if holding { token?.release(r) } }
         if let observer {
             observer.vcpuStarted(vcpu: index, state: bootStates[index] ?? currentState(vcpu))
         }
@@ -411,6 +429,11 @@ public final class Machine: @unchecked Sendable {
         while true {
             if !pending {
                 if control.stopRequested.load(ordering: .relaxed) { return }
+                if let token, !holding {
+                    guard token.acquire(r, stop: control.stopRequested) else { return }
+                    holding = true
+                    if control.stopRequested.load(ordering: .relaxed) { return }
+                }
                 if smp {
                     // Another vCPU may be completing an instruction: stay out of the guest until
                     // it is done. Publishing inRun before re-checking the flag closes the race
@@ -419,6 +442,7 @@ public final class Machine: @unchecked Sendable {
                         control.waitWhilePaused()
                         continue
                     }
+                    if holding { r.runNumber.add(1, ordering: .sequentiallyConsistent) }
                     r.inRun.store(true, ordering: .sequentiallyConsistent)
                     if control.pauseRequested.load(ordering: .sequentiallyConsistent) {
                         r.inRun.store(false, ordering: .sequentiallyConsistent)
@@ -429,17 +453,35 @@ public final class Machine: @unchecked Sendable {
                 if smp { r.inRun.store(false, ordering: .sequentiallyConsistent) }
                 if err != 0 {
                     if err == EINTR || err == EAGAIN {
-                        // A kick (stop, or a stale immediate_exit), or an AP leaving wait-for-SIPI.
+                        // A kick (stop, a vCPU waiting for the token, or a stale immediate_exit),
+                        // or an AP leaving wait-for-SIPI.
                         if control.stopRequested.load(ordering: .relaxed) { return }
                         vcpu.immediateExit = false
+                        if holding {
+                            let after = err == EAGAIN ? .movedOn : afterKick(vcpu, observedRIP: observedRIP)
+                            r.expectBlock.store(after == .waiting, ordering: .relaxed)
+                            // Its bytes were read for this turn: the instruction runs before the token goes.
+                            if after != .instructionPending {
+                                token?.release(r)
+                                holding = false
+                            }
+                        }
                         continue
                     }
                     control.stop(.vmmError("vCPU \(index): \(KVMError.ioctl(name: "KVM_RUN", errno: Errno(err)))"))
                     return
                 }
             }
-            pending = false
             let tscExit = observer != nil ? ckvm_rdtsc() : 0
+            if holding {
+                // The instruction observed at the last exit has run: another vCPU's turn.
+                if !pending {
+                    r.expectBlock.store(false, ordering: .relaxed)
+                    guard token?.yield(r, stop: control.stopRequested) ?? true else { return }
+                }
+                observedRIP = synced ? vcpu.syncedRegs.pointee.rip : currentState(vcpu).rip
+            }
+            pending = false
             let exit = vcpu.exit
             let reason = Int(min(exit.reason, 63))
             counts[reason] &+= 1
@@ -580,6 +622,25 @@ public final class Machine: @unchecked Sendable {
                 return
             }
         }
+    }
+
+    /// Where a vCPU stands after a kick ended its KVM_RUN with EINTR (under lockstep).
+    enum AfterKick {
+        /// The instruction observed at the last exit has still to run: it keeps the token.
+        case instructionPending
+        /// Halted, or an AP waiting for SIPI: what runs next follows an interrupt (or SIPI) and
+        /// is observed anew.
+        case waiting
+        /// It ran on: CPL3 code (not stepped), or an interrupt was delivered.
+        case movedOn
+    }
+
+    func afterKick(_ vcpu: VCPU, observedRIP: UInt64?) -> AfterKick {
+        guard let mp = try? vcpu.getMPState() else { return .movedOn }
+        if mp != 0 /* KVM_MP_STATE_RUNNABLE */ { return .waiting }
+        guard let observedRIP else { return .movedOn }
+        let s = currentState(vcpu)
+        return s.cpl == 0 && s.rip == observedRIP ? .instructionPending : .movedOn
     }
 
     struct CompletionFailure: Error { var message: String }

@@ -73,24 +73,22 @@ final class ReplaySampleTests: XCTestCase {
         }
     }
 
-    /// smp single-stepped: two vCPUs. The one divergence allowed is the documented recording race
-    /// (VerdictKind.divergence): a step's operand bytes are read at its debug exit while the other
-    /// vCPU still runs, so a spinlock XCHG can read a newer value than the recorded one. Anything
-    /// else (another instruction, another field, unrecorded, unsupported) fails.
-    func testSingleStepSMPReplaysExceptForTheSpinlockRace() throws {
-        let (reader, path) = try record("smp", singleStep: true)
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        let (s, failing) = try replayAll(reader, jobs: 2)
-        let steps = s.byReason["STEP"]?.values.reduce(0, +) ?? 0
-        XCTAssertGreaterThan(steps, 1000)
-        let race = failing.filter { v in
-            v.kind == .divergence && v.mnemonic == "xchg" && v.differences.allSatisfy { $0.field == "rax" || $0.field == "rflags" }
+    /// smp single-stepped: two vCPUs, run in lockstep by the VMM (GuestToken) so that no vCPU
+    /// stores to guest memory between another's debug exit (where its step's bytes are read) and
+    /// the KVM_RUN that runs that step. Without it a spinlock XCHG could read a newer value than
+    /// the recorded one (in about 1 of 3 recordings): three recordings, no failure of any kind.
+    func testSingleStepSMPReplaysWithoutDivergence() throws {
+        for run in 1...3 {
+            let (reader, path) = try record("smp", singleStep: true)
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let (s, failing) = try replayAll(reader, jobs: 2)
+            let steps = s.byReason["STEP"]?.values.reduce(0, +) ?? 0
+            XCTAssertGreaterThan(steps, 1000)
+            XCTAssertEqual(s.failures(allowing: []), 0, "recording \(run):\n" + describe(failing))
+            XCTAssertGreaterThan(s.byMnemonic["xchg", default: 0], 0, "the spinlock's xchg was stepped and checked")
+            print("single-step replay: smp (\(run)): \(steps) steps, \(s.byKind[.match, default: 0]) match, "
+                  + "\(s.forms.count) forms, \(s.byKind[.divergence, default: 0]) divergences")
         }
-        XCTAssertLessThanOrEqual(race.count, 2, describe(race))
-        let other = failing.filter { v in !race.contains { $0.seq == v.seq } }
-        XCTAssertTrue(other.isEmpty, describe(other))
-        print("single-step replay: smp: \(steps) steps, \(s.byKind[.match, default: 0]) match, \(s.forms.count) forms, "
-              + "\(race.count) spinlock-race divergences")
     }
 
     func testSingleStepTracesReplayWithoutDivergence() throws {
