@@ -84,25 +84,13 @@ public enum ExitRecordBuilder {
             // On this host IN is shown pending (RIP on it) and OUT committed (RIP past it).
             if isIn {
                 located = locator.pending(state: s, memory: memory)
-                r.visibility = .pending
             } else {
                 located = locator.committed(state: s, access: .portOut(port: port, size: Int(size)), memory: memory)
-                r.visibility = .committed
             }
-            let inst = located?.instruction
-            let isString = inst.map { $0.mnemonic == .ins || $0.mnemonic == .outs } ?? (count > 1)
-            var segment = isIn ? SegmentRegister.es : SegmentRegister.ds
-            if !isIn, let m = inst?.memoryOperand { segment = m.segment }
-            let ioio = IOIOInfo(port: port, isIn: isIn, isString: isString, isRep: inst?.hasRep ?? false,
-                                size: Int(size), addressSize: Int(inst?.addressSize ?? UInt8(s.mode.addressSize)),
-                                segment: segment.rawValue)
-            r.exitCode = .ioio
-            r.exitInfo1 = ioio.exitInfo1
-            let a = Trace.DeviceAccess(space: .port, address: UInt64(port), size: size, isWrite: !isIn,
-                                       count: count, data: ioData.isEmpty ? littleEndian(access?.data ?? 0, Int(size)) : ioData)
-            r.accesses = locator.accesses(a)
-            r.lastFragment = lastFragment(inst: inst, state: s, pending: isIn, count: UInt64(count))
-            if isIn, r.lastFragment, let inst, inst.mnemonic == .ins, inst.hasRep,
+            fillPortIO(&r, port: port, size: size, isIn: isIn, count: count,
+                       data: ioData.isEmpty ? littleEndian(access?.data ?? 0, Int(size)) : ioData,
+                       located: located, accesses: locator)
+            if isIn, r.lastFragment, let inst = located?.instruction, inst.mnemonic == .ins, inst.hasRep,
                insBatchReachesDevice(inst, state: s, items: Int(count), memory: memory) {
                 r.lastFragment = false  // KVM's emulator writes the batch's device part as MMIO write exits next
             }
@@ -205,22 +193,61 @@ public enum ExitRecordBuilder {
         }
 
         if let l = located {
-            r.instructionStart = l.start
-            r.instructionBytes = l.bytes
-            r.candidates = l.candidates
-            r.nextRIP = l.instruction == nil ? 0 : l.start &+ UInt64(l.bytes.count)
-            if r.exitCode == .ioio { r.exitInfo2 = r.nextRIP }
             // A port instruction that consults the TSS bitmap reads memory beyond its fetch.
             let bitmap = readsIOBitmap(l.instruction, r.state)
             if !bitmap, let memo = locator.guestBytes(for: l) {
-                r.memory = memo
+                setInstruction(&r, l, guestBytes: memo)
             } else {
+                setInstruction(&r, l, guestBytes: [])
                 r.memory = guestBytes(located: l, record: r, memory: memory, singleStep: r.kind == .step)
                 if !bitmap, fetchOnly(l, singleStep: r.kind == .step), r.memory.lazy.filter({ $0.role == .instruction }).reduce(0, { $0 + $1.bytes.count }) == l.bytes.count {
                     locator.rememberGuestBytes(r.memory, for: l)
                 }
             }
         }
+        return r
+    }
+
+    /// The control-area fields of a port I/O exit (SVM IOIO): EXITINFO1 with the address size and
+    /// segment from the decoded instruction, the device side, whether the instruction is done.
+    /// Shared by `build` and the recorder's pipeline (`portIORecord`), so both write the same record.
+    static func fillPortIO(_ r: inout TraceRecord, port: UInt16, size: UInt8, isIn: Bool, count: UInt32, data: [UInt8],
+                           located: LocatedInstruction?, accesses: LocatorCache?) {
+        let inst = located?.instruction
+        r.visibility = isIn ? .pending : .committed
+        let isString = inst.map { $0.mnemonic == .ins || $0.mnemonic == .outs } ?? (count > 1)
+        var segment = isIn ? SegmentRegister.es : SegmentRegister.ds
+        if !isIn, let m = inst?.memoryOperand { segment = m.segment }
+        let ioio = IOIOInfo(port: port, isIn: isIn, isString: isString, isRep: inst?.hasRep ?? false,
+                            size: Int(size), addressSize: Int(inst?.addressSize ?? UInt8(r.state.mode.addressSize)),
+                            segment: segment.rawValue)
+        r.exitCode = .ioio
+        r.exitInfo1 = ioio.exitInfo1
+        let a = Trace.DeviceAccess(space: .port, address: UInt64(port), size: size, isWrite: !isIn, count: count, data: data)
+        r.accesses = accesses?.accesses(a) ?? [a]
+        r.lastFragment = lastFragment(inst: inst, state: r.state, pending: isIn, count: UInt64(count))
+    }
+
+    /// The instruction fields of a record (start, bytes, nRIP) and its guest bytes.
+    static func setInstruction(_ r: inout TraceRecord, _ l: LocatedInstruction, guestBytes: [GuestBytes]) {
+        r.instructionStart = l.start
+        r.instructionBytes = l.bytes
+        r.candidates = l.candidates
+        r.nextRIP = l.instruction == nil ? 0 : l.start &+ UInt64(l.bytes.count)
+        if r.exitCode == .ioio { r.exitInfo2 = r.nextRIP }
+        r.memory = guestBytes
+    }
+
+    /// The record of a port I/O exit whose instruction and guest bytes the vCPU thread took from
+    /// its locator cache (`Recorder`'s fast path): what `build` gives for the same exit, built
+    /// without reading guest memory, so it can run on another thread.
+    static func portIORecord(vcpu: Int, kvmExitReason: UInt32, port: UInt16, size: UInt8, isIn: Bool, data: [UInt8], state: borrowing CPUState,
+                             located: LocatedInstruction, guestBytes: [GuestBytes], tscExit: UInt64, tscEntry: UInt64,
+                             accesses: LocatorCache) -> TraceRecord {
+        var r = TraceRecord(kind: .exit, vcpu: UInt16(vcpu), kvmExitReason: kvmExitReason, state: copy state,
+                            stateAfter: nil, tscExit: tscExit, tscEntry: tscEntry)
+        fillPortIO(&r, port: port, size: size, isIn: isIn, count: 1, data: data, located: located, accesses: accesses)
+        setInstruction(&r, located, guestBytes: guestBytes)
         return r
     }
 

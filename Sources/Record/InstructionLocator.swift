@@ -324,7 +324,14 @@ public final class LocatorCache {
         var gpa: UInt64
         /// The record's guest bytes for this instruction, when they depend only on the fetch.
         var guestBytes: [GuestBytes]?
+        /// Names this content: a new entry, or new guest bytes, get a new serial.
+        var serial: UInt64
     }
+    private var nextSerial: UInt64 = 1
+    /// The serial of the entry the last lookup hit, when that entry had guest bytes (else 0):
+    /// under one serial, the located instruction and its guest bytes never change, so the
+    /// recorder's pipeline can be told them once and then only the serial's slot.
+    public private(set) var lastHitSerial: UInt64 = 0
     private var entries: [Key: Entry] = [:]
     private let capacity: Int
     public private(set) var hits: UInt64 = 0
@@ -385,6 +392,7 @@ public final class LocatorCache {
         let key = Self.key(state, committed: false)
         lastKey = key
         lastGuestBytes = nil
+        lastHitSerial = 0
         if let e = lookup(key), valid(e, memory: memory) {
             return hit(e)
         }
@@ -397,6 +405,7 @@ public final class LocatorCache {
     private func hit(_ e: Entry) -> LocatedInstruction {
         hits &+= 1
         if let g = e.guestBytes {
+            lastHitSerial = e.serial
             lastGuestBytes = g
             lastHitStart = e.located.start
             lastHitBytes = e.located.bytes
@@ -409,6 +418,7 @@ public final class LocatorCache {
         let key = Self.key(state, committed: true)
         lastKey = key
         lastGuestBytes = nil
+        lastHitSerial = 0
         if let e = lookup(key), valid(e, memory: memory), let inst = e.located.instruction,
            hint == nil || e.located.start == hint || e.located.candidates == 1,
            InstructionLocator.performs(inst, access: access, state: state, memory: memory) {
@@ -430,6 +440,8 @@ public final class LocatorCache {
     func rememberGuestBytes(_ bytes: [GuestBytes], for l: LocatedInstruction) {
         guard let key = lastKey, var e = entries[key], e.located.start == l.start, e.located.bytes == l.bytes else { return }
         e.guestBytes = bytes
+        e.serial = nextSerial
+        nextSerial &+= 1
         entries[key] = e
         recentKey = key
         recent = e
@@ -455,7 +467,8 @@ public final class LocatorCache {
         guard (linear & 0xFFF) + UInt64(l.bytes.count) <= 4096, let gpa = memory.physical(linear) else { return }
         guard capacity > 0 else { return }
         if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
-        let e = Entry(located: l, linear: linear, gpa: gpa, guestBytes: nil)
+        let e = Entry(located: l, linear: linear, gpa: gpa, guestBytes: nil, serial: nextSerial)
+        nextSerial &+= 1
         entries[key] = e
         recentKey = key
         recent = e

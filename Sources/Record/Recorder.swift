@@ -10,9 +10,14 @@ import X86Emulator
 public struct RecorderOptions: Sendable {
     public var observer: ObserverOptions
     public var writer: TraceWriterSettings
-    public init(observer: ObserverOptions = ObserverOptions(), writer: TraceWriterSettings = TraceWriterSettings()) {
+    /// Records each vCPU may have waiting for the encoder (RecordPipeline): with the writer's
+    /// frames, this bounds recording's memory (about 1.3 KB per queued record).
+    public var queueCapacity: Int
+    public init(observer: ObserverOptions = ObserverOptions(), writer: TraceWriterSettings = TraceWriterSettings(),
+                queueCapacity: Int = 256) {
         self.observer = observer
         self.writer = writer
+        self.queueCapacity = max(2, queueCapacity)
     }
 }
 
@@ -37,6 +42,10 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     public let writer: TraceWriter
     public let options: RecorderOptions
     private let lanes: [Lane]
+    private let pipeline: RecordPipeline
+    /// Whether port I/O exits may take the fast path (`pushKnownPortIO`): not under single-step
+    /// (steps are held and ordered around exits) nor with --fidelity full (a state after).
+    private let fastPortIO: Bool
     // Statistics for the summary, bumped by every vCPU thread.
     private let ambiguous = Atomic<UInt64>(0)
     private let unlocated = Atomic<UInt64>(0)
@@ -46,11 +55,16 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     /// Per-vCPU recording state, used only on that vCPU's thread.
     final class Lane: @unchecked Sendable {
         var probe: VCPUProbe?
+        /// What the frame-stats callback (on the pipeline's thread) reads.
+        let shared = Mutex<(probe: VCPUProbe?, debugRegisters: DebugRegisters?)>((nil, nil))
+        /// Set when a frame closed: the vCPU thread reads the debug registers again at its next exit.
+        let refreshDebugRegisters = Atomic<Bool>(true)
         var lastState = CPUState()
         var pendingMSRWrites: [MSRWrite] = []
         let locator = LocatorCache()
-        /// The open instruction group: its id (seq of fragment 0), start RIP and next fragment.
-        var openGroup: (group: UInt64, start: UInt64, next: UInt32)?
+        /// The open instruction group: its start RIP and next fragment (its id, the seq of fragment
+        /// 0, is set by the pipeline, which learns seq numbers from the writer).
+        var openGroup: (start: UInt64, next: UInt32)?
         /// CPL and instruction of the last record, for gap records under single-step.
         var lastCPL: UInt8 = 0
         var lastStepMnemonic: Mnemonic?
@@ -67,27 +81,47 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         var heldWrite: TraceRecord? { didSet { if case .some = heldWrite { hasHeldWrite = true } else { hasHeldWrite = false } } }
         /// Guest memory with this vCPU's paging registers, reused at every exit.
         var memory: ViewMemory?
+        /// The locator-cache serials the pipeline knows, by slot (RecordPipeline.Item.located);
+        /// plain memory, searched on every fast-path exit.
+        let announced = UnsafeMutablePointer<UInt64>.allocate(capacity: RecordPipeline.locatedSlots)
+        var nextSlot = 0
+        /// Whether the pipeline has `msrs` as they are now.
+        var msrsAnnounced = false
+        init() { announced.initialize(repeating: 0, count: RecordPipeline.locatedSlots) }
+        deinit { announced.deallocate() }
     }
 
     /// Creates the trace file at `path` with a header describing `machine`, `image` and the host.
     public init(path: String, machine: Machine, imagePath: String, imageBytes: [UInt8],
                 symbols: [GuestSymbol], commandLine: [String], options: RecorderOptions) throws {
         self.options = options
+        fastPortIO = !options.observer.singleStep && options.observer.fidelity == .exit
         let vcpus = machine.config.vcpus
         lanes = (0..<vcpus).map { _ in Lane() }
         let header = Recorder.header(machine: machine, imagePath: imagePath, imageBytes: imageBytes,
                                      symbols: symbols, commandLine: commandLine, options: options)
         let lanesRef = lanes
-        writer = try TraceWriter(path: path, header: header, settings: options.writer, frameStats: { vcpu in
-            // Called on the vCPU's own thread when its frame closes: once per frame, not per exit.
-            guard Int(vcpu) < lanesRef.count, let probe = lanesRef[Int(vcpu)].probe else { return nil }
+        let writer = try TraceWriter(path: path, header: header, settings: options.writer, frameStats: { vcpu in
+            // Called when a frame closes, on the pipeline's thread: KVM's counters come from the
+            // stats file (a read, no vCPU ioctl), the debug registers from the lane's copy, which
+            // its vCPU thread refreshes at its next exit (KVM_GET_DEBUGREGS would wait for the
+            // vCPU to leave KVM_RUN).
+            guard Int(vcpu) < lanesRef.count else { return nil }
+            let lane = lanesRef[Int(vcpu)]
+            lane.refreshDebugRegisters.store(true, ordering: .relaxed)
+            let (probe, dr) = lane.shared.withLock { ($0.probe, $0.debugRegisters) }
+            guard let probe else { return nil }
             var s = VCPUFrameStats(vcpu: vcpu, counters: (try? probe.stats()) ?? [:])
-            if let d = try? probe.debugRegisters() {
+            if let d = dr {
                 s.dr0 = d.dr0; s.dr1 = d.dr1; s.dr2 = d.dr2; s.dr3 = d.dr3; s.dr6 = d.dr6; s.dr7 = d.dr7
             }
             return s
         })
+        self.writer = writer
+        pipeline = RecordPipeline(writer: writer, vcpus: vcpus, capacity: options.queueCapacity)
     }
+
+    deinit { pipeline.finish() }  // a recorder dropped without finish(): stop its thread
 
     static func header(machine: Machine, imagePath: String, imageBytes: [UInt8], symbols: [GuestSymbol],
                        commandLine: [String], options: RecorderOptions) -> TraceHeader {
@@ -146,7 +180,9 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         }
         append(TraceRecord(kind: .event, vcpu: UInt16(vcpu), state: lanes[vcpu].lastState,
                            code: EventCode.vcpuStopped, note: "vcpu stopped after \(exits) exits"))
-        try? writer.flush(vcpu: UInt16(vcpu))
+        // The last frame's stats describe the vCPU as it stopped.
+        refreshDebugRegisters(lanes[vcpu])
+        pipeline.push(.flush, vcpu: vcpu)
     }
 
     public func exitHandled(_ exit: borrowing ObservedExit) {
@@ -155,10 +191,20 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         if lane.probe == nil {
             lane.probe = exit.probe
             lane.msrs = (try? exit.probe.msrs()).map(SaveAreaMSRs.init)
+            lane.msrsAnnounced = false
+            _ = try? exit.probe.stats()  // opens the stats file here, so the pipeline never issues a vCPU ioctl
+            lane.shared.withLock { $0.probe = exit.probe }
         }
+        if lane.refreshDebugRegisters.load(ordering: .relaxed) { refreshDebugRegisters(lane) }
         exitCount.add(1, ordering: .relaxed)
         let memory: ViewMemory
         if let m = lane.memory { memory = m } else { memory = ViewMemory(view: exit.memory); lane.memory = memory }
+        if fastPortIO, lane.openGroup == nil, !lane.hasHeldWrite, lane.pendingMSRWrites.isEmpty, !exit.msrRefused,
+           case let .io(port, size, direction, count, _) = exit.exit, count == 1, size <= 8,
+           let data = exit.ioData, data.count == Int(size), case .none = exit.stateAfter,
+           pushKnownPortIO(exit, lane: lane, memory: memory, port: port, size: size, isIn: direction == .in, data: data) {
+            return
+        }
         // Under single-step the held step is the instruction an exit comes from (when it is one):
         // it picks between decodings that all end at RIP (a store straddling into MMIO,
         // `mov [rbx+0xffc], rax`, whose last 6 bytes are `mov [rbx+0xffc], eax`).
@@ -178,6 +224,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             record.msrWrites = lane.pendingMSRWrites
             // The write takes effect with this exit's instruction: later states carry it.
             for w in lane.pendingMSRWrites { lane.msrs?.set(w.index, w.value) }
+            lane.msrsAnnounced = false
             lane.pendingMSRWrites.removeAll(keepingCapacity: true)
         }
         if lane.hasHeldWrite, var first = lane.heldWrite {
@@ -204,6 +251,42 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         lane.lastStepMnemonic = nil
     }
 
+    /// The fast path of a port I/O exit (issue 4: recording overhead): when the lane's locator
+    /// cache knows the instruction and its guest bytes (unchanged in guest memory, checked in
+    /// place), the vCPU thread pushes only the state and the access; the pipeline's thread builds
+    /// the record `build` would have built (ExitRecordBuilder.portIORecord). False: take the
+    /// ordinary path (a miss, an ambiguous or REP instruction, one that reads the TSS bitmap).
+    private func pushKnownPortIO(_ exit: borrowing ObservedExit, lane: Lane, memory: ViewMemory, port: UInt16, size: UInt8,
+                                 isIn: Bool, data: UnsafeRawBufferPointer) -> Bool {
+        memory.load(exit.state)
+        let l = isIn ? lane.locator.pending(state: exit.state, memory: memory)
+                     : lane.locator.committed(state: exit.state, access: .portOut(port: port, size: Int(size)), memory: memory)
+        let serial = lane.locator.lastHitSerial
+        guard serial != 0, l.candidates == 1, let inst = l.instruction, !inst.hasRep,
+              !ExitRecordBuilder.readsIOBitmap(inst, exit.state), let g = lane.locator.guestBytes(for: l) else { return false }
+        var slot = -1
+        for i in 0..<RecordPipeline.locatedSlots where lane.announced[i] == serial { slot = i; break }
+        if slot < 0 {
+            slot = lane.nextSlot
+            lane.nextSlot = (slot + 1) % RecordPipeline.locatedSlots
+            lane.announced[slot] = serial
+            pipeline.push(.located(slot: slot, l, g), vcpu: exit.vcpu)
+        }
+        if !lane.msrsAnnounced {
+            pipeline.push(.msrs(lane.msrs), vcpu: exit.vcpu)
+            lane.msrsAnnounced = true
+        }
+        var value: UInt64 = 0
+        for i in 0..<data.count { value |= UInt64(data[i]) << (8 * UInt64(i)) }
+        pipeline.push(.portIO(RecordPipeline.PortIOExit(state: exit.state, tscExit: exit.tscAtExit, tscEntry: exit.tscAtReentry,
+                                                       data: value, kvmExitReason: exit.exit.reason, port: port, size: size,
+                                                       isIn: isIn, slot: UInt8(slot))), vcpu: exit.vcpu)
+        lane.lastState = exit.state
+        lane.lastCPL = exit.state.cpl
+        lane.lastStepMnemonic = nil
+        return true
+    }
+
     /// Appends an exit or step record in its instruction group (or holds a step back); true
     /// when the record was a step, now held. `inout`: a record is about 1.2 KB, and copying it
     /// per exit showed in profiles.
@@ -211,7 +294,6 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         // Fragments of one instruction: continue the open group when this exit is on the same
         // instruction start (REP string iterations, the write half of a read-modify-write).
         if let open = lane.openGroup, open.start == record.instructionStart, record.kind == .exit {
-            record.group = open.group
             record.fragment = open.next
         } else {
             record.fragment = 0
@@ -236,10 +318,9 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             if lane.openGroup?.start != record.instructionStart { lane.openGroup = nil }
             return true
         }
-        let seq = append(record)
+        append(record)
         if record.kind == .exit && !record.lastFragment {
-            let group = record.fragment == 0 ? seq : record.group
-            lane.openGroup = (group, record.instructionStart, record.fragment + 1)
+            lane.openGroup = (record.instructionStart, record.fragment + 1)
         } else {
             lane.openGroup = nil
         }
@@ -374,14 +455,24 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
 
     // MARK: finishing
 
-    @discardableResult
-    private func append(_ r: TraceRecord) -> UInt64 {
-        (try? writer.append(r)) ?? 0
+    /// Into the vCPU's ring; the pipeline's thread encodes it (every record of a vCPU is
+    /// appended on that vCPU's thread, so each ring has one producer).
+    private func append(_ r: consuming TraceRecord) {
+        let vcpu = Int(r.vcpu)
+        pipeline.push(.record(r), vcpu: vcpu)
+    }
+
+    private func refreshDebugRegisters(_ lane: Lane) {
+        lane.refreshDebugRegisters.store(false, ordering: .relaxed)
+        guard let probe = lane.probe, let d = try? probe.debugRegisters() else { return }
+        lane.shared.withLock { $0.debugRegisters = d }
     }
 
     /// Writes the index and trailer; call once the run is over (also from Ctrl-C paths).
     public func finish() throws -> RecordingSummary {
-        let stats = try writer.finish()
+        pipeline.finish()
+        var stats = try writer.finish()
+        stats.producerStalls += pipeline.producerStalls
         return RecordingSummary(path: writer.path, records: stats.records, exits: exitCount.load(ordering: .relaxed),
                                 fileBytes: stats.fileBytes, frames: stats.frames, ambiguous: ambiguous.load(ordering: .relaxed),
                                 unlocated: unlocated.load(ordering: .relaxed), writerStalls: stats.producerStalls,

@@ -81,6 +81,7 @@ struct RecordCommand: ParsableCommand {
                     "file_bytes": recording.fileBytes, "frames": recording.frames,
                     "bytes_per_exit": recording.bytesPerExit, "ambiguous": recording.ambiguous,
                     "unlocated": recording.unlocated, "exit_status": summary.exitStatus, "stop": summary.stop.name,
+                    "writer_stalls": recording.writerStalls,
                 ]
                 let data = (try? JSONSerialization.data(withJSONObject: r, options: [.sortedKeys])) ?? Data()
                 FileHandle.standardError.write(Data((summary.json + "\n").utf8))
@@ -91,6 +92,7 @@ struct RecordCommand: ParsableCommand {
                 text += "\(recording.fileBytes) bytes, \(String(format: "%.2f", recording.bytesPerExit)) bytes/exit\n"
                 if recording.unlocated > 0 { text += "trace: \(recording.unlocated) committed exits whose instruction was not found\n" }
                 if recording.ambiguous > 0 { text += "trace: \(recording.ambiguous) exits with several candidate instructions (recorded as ambiguous)\n" }
+                if recording.writerStalls > 0 { text += "trace: vCPUs waited \(recording.writerStalls) times for the trace writer (a full queue)\n" }
                 FileHandle.standardError.write(Data(text.utf8))
             }
         }

@@ -1,4 +1,4 @@
-import Record
+@testable import Record
 import Trace
 import X86
 import XCTest
@@ -124,5 +124,37 @@ final class LocatorCacheTests: XCTestCase {
         let b = build()
         XCTAssertTrue(b.memory.contains { $0.role == .operandRead && $0.bytes.first == 0x11 },
                       "operand bytes are read at each exit, not taken from the cache: \(b.memory)")
+    }
+
+    /// The recorder's fast path (RecordPipeline): a port exit whose instruction the cache knows is
+    /// built on the pipeline's thread from the cache entry alone. That record must be the one
+    /// `build` makes for the same exit, and the entry's serial must change when its bytes could.
+    func testPipelinePortIORecordEqualsTheBuiltRecord() {
+        let m = pagedMachine(frame: 0x5000)
+        m.poke(0x5000, [0xEC])            // in al, dx
+        m.poke(0x6000, [0xE4, 0x61])      // in al, 0x61
+        let cache = LocatorCache()
+        _ = buildIn(m, cache: cache)      // a miss: located, guest bytes remembered
+        XCTAssertEqual(cache.lastHitSerial, 0, "a miss has no serial")
+        m.state.rax = 0x1234              // a later exit on the same instruction, other registers
+        let built = buildIn(m, cache: cache)
+        let serial = cache.lastHitSerial
+        XCTAssertNotEqual(serial, 0)
+
+        let l = cache.pending(state: m.state, memory: m)
+        XCTAssertEqual(cache.lastHitSerial, serial)
+        guard let g = cache.guestBytes(for: l) else { return XCTFail("a hit with guest bytes") }
+        let fast = ExitRecordBuilder.portIORecord(vcpu: 0, kvmExitReason: built.kvmExitReason, port: 0x3FD, size: 1, isIn: true,
+                                                  data: [0x60], state: m.state, located: l, guestBytes: g,
+                                                  tscExit: 0, tscEntry: 0, accesses: LocatorCache(capacity: 0))
+        XCTAssertEqual(fast, built)
+
+        // Remapped: the next hit (after one miss) is another entry, under another serial.
+        m.poke32(0x11000, 0x6000 | 0x7)
+        _ = buildIn(m, cache: cache)
+        let remapped = buildIn(m, cache: cache)
+        XCTAssertEqual(remapped.instructionBytes, [0xE4, 0x61])
+        XCTAssertNotEqual(cache.lastHitSerial, 0)
+        XCTAssertNotEqual(cache.lastHitSerial, serial)
     }
 }

@@ -1,0 +1,208 @@
+import Foundation
+import Synchronization
+import Trace
+import X86
+
+/// A bounded single-producer, single-consumer ring: one vCPU thread pushes, the pipeline's
+/// thread pops. Slots are plain memory (no Swift Array: no uniqueness or bounds check per item);
+/// each side keeps its own copy of the other's index and reloads it only when the ring looks
+/// full (producer) or empty (consumer), so the shared words are touched rarely.
+final class SPSCRing<Element>: @unchecked Sendable {
+    private let slots: UnsafeMutablePointer<Element>
+    private let mask: Int
+    // Written by the consumer; the padding keeps the two indices on separate cache lines.
+    private let head = Atomic<Int>(0)
+    private let pad: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+    // Written by the producer.
+    private let tail = Atomic<Int>(0)
+    // Producer-only and consumer-only copies.
+    private var producerTail = 0, producerSeenHead = 0
+    private var consumerHead = 0, consumerSeenTail = 0
+
+    /// Holds `capacity` elements, rounded up to a power of two.
+    init(capacity: Int) {
+        var c = 2
+        while c < capacity { c <<= 1 }
+        mask = c - 1
+        slots = .allocate(capacity: c)
+    }
+
+    deinit {
+        var h = head.load(ordering: .acquiring)
+        let t = tail.load(ordering: .acquiring)
+        while h != t { (slots + (h & mask)).deinitialize(count: 1); h += 1 }
+        slots.deallocate()
+    }
+
+    /// Producer side: whether a push would have to wait.
+    var isFull: Bool {
+        if producerTail - producerSeenHead <= mask { return false }
+        producerSeenHead = head.load(ordering: .acquiring)
+        return producerTail - producerSeenHead > mask
+    }
+
+    /// Producer side; the caller has checked `isFull`.
+    func push(_ e: consuming Element) {
+        (slots + (producerTail & mask)).initialize(to: e)
+        producerTail += 1
+        tail.store(producerTail, ordering: .releasing)
+    }
+
+    /// Consumer side: the oldest element, or nil when the ring is empty.
+    func pop() -> Element? {
+        if consumerHead == consumerSeenTail {
+            consumerSeenTail = tail.load(ordering: .acquiring)
+            if consumerHead == consumerSeenTail { return nil }
+        }
+        let e = (slots + (consumerHead & mask)).move()
+        consumerHead += 1
+        head.store(consumerHead, ordering: .releasing)
+        return e
+    }
+}
+
+/// Moves the encoding of records off the vCPU threads (issue 4: recording overhead). A vCPU
+/// thread only builds its records and pushes them into its own ring; one thread drains every ring
+/// into the `TraceWriter` (delta encoding, frames; the writer's own thread compresses). Memory
+/// is bounded by the rings' capacity; a vCPU whose ring is full waits (counted as a stall).
+final class RecordPipeline: @unchecked Sendable {
+    enum Item {
+        /// A record built on the vCPU thread (boxed: a ring slot is as large as its largest item,
+        /// and the common item, `portIO`, is half a record's size).
+        indirect case record(TraceRecord)
+        /// Close the vCPU's current frame (it stopped).
+        case flush
+        /// The vCPU's save-area MSRs from now on (its records' states carry them).
+        case msrs(SaveAreaMSRs?)
+        /// Slot `slot` of the vCPU's table of known instructions now holds this one.
+        case located(slot: Int, LocatedInstruction, [GuestBytes])
+        case portIO(PortIOExit)
+    }
+
+    /// A port I/O exit the vCPU thread located through its cache (`Recorder`'s fast path): the
+    /// record is built here from it and the instruction in `slot`, with no guest memory read.
+    struct PortIOExit {
+        var state: CPUState
+        var tscExit: UInt64
+        var tscEntry: UInt64
+        /// The accessed value, little-endian in the low `size` bytes.
+        var data: UInt64
+        var kvmExitReason: UInt32
+        var port: UInt16
+        var size: UInt8
+        var isIn: Bool
+        var slot: UInt8
+    }
+
+    /// How many known instructions a vCPU's table holds (`located` slots).
+    static let locatedSlots = 8
+
+    /// Consumer-side state of one vCPU.
+    private final class LaneMirror {
+        var openGroup: UInt64 = 0
+        var msrs: SaveAreaMSRs?
+        var located: [(LocatedInstruction, [GuestBytes])?] = Array(repeating: nil, count: RecordPipeline.locatedSlots)
+        /// Reused arrays for repeated device data (no allocation per record).
+        let accesses = LocatorCache(capacity: 0)
+        var lastData: [UInt8] = []
+        var lastValue: UInt64 = 0
+    }
+
+    let writer: TraceWriter
+    private let rings: [SPSCRing<Item>]
+    private let mirrors: [LaneMirror]
+    private let stopping = Atomic<Bool>(false)
+    private let stopped = DispatchSemaphore(value: 0)
+    private let stalls = Atomic<UInt64>(0)
+
+    init(writer: TraceWriter, vcpus: Int, capacity: Int) {
+        self.writer = writer
+        rings = (0..<max(1, vcpus)).map { _ in SPSCRing(capacity: capacity) }
+        mirrors = (0..<max(1, vcpus)).map { _ in LaneMirror() }
+        let thread = Thread { [self] in self.drainLoop() }
+        thread.name = "exitscope-records"
+        thread.start()
+    }
+
+    /// Times a vCPU thread found its ring full and waited.
+    var producerStalls: UInt64 { stalls.load(ordering: .relaxed) }
+
+    /// From vCPU `vcpu`'s thread only (one producer per ring).
+    func push(_ item: consuming Item, vcpu: Int) {
+        guard vcpu >= 0, vcpu < rings.count else { return }
+        let ring = rings[vcpu]
+        if ring.isFull {
+            stalls.add(1, ordering: .relaxed)
+            while ring.isFull { usleep(50) }
+        }
+        ring.push(item)
+    }
+
+    /// Drains what is left, stops the thread; call once, after every vCPU has stopped pushing.
+    func finish() {
+        if stopping.exchange(true, ordering: .sequentiallyConsistent) { return }
+        stopped.wait()
+    }
+
+    private func drainLoop() {
+        var idle: UInt32 = 20
+        while true {
+            let n = drainOnce()
+            if n > 0 { idle = 20; continue }
+            if stopping.load(ordering: .sequentiallyConsistent) {
+                // Everything pushed before `finish` is visible now.
+                while drainOnce() > 0 {}
+                stopped.signal()
+                return
+            }
+            // Nothing queued: sleep a little longer each time, up to 0.2 ms (a ring of hundreds
+            // of records takes longer than that to fill).
+            usleep(idle)
+            idle = min(idle * 2, 200)
+        }
+    }
+
+    private func drainOnce() -> Int {
+        var n = 0
+        for (v, ring) in rings.enumerated() {
+            let m = mirrors[v]
+            while let item = ring.pop() {
+                n += 1
+                switch item {
+                case let .record(r):
+                    append(r, mirror: m)
+                case let .portIO(e):
+                    guard Int(e.slot) < m.located.count, let (l, g) = m.located[Int(e.slot)] else { continue }
+                    if m.lastData.count != Int(e.size) || m.lastValue != e.data {
+                        m.lastData = (0..<Int(e.size)).map { UInt8(truncatingIfNeeded: e.data >> (8 * UInt64($0))) }
+                        m.lastValue = e.data
+                    }
+                    var r = ExitRecordBuilder.portIORecord(vcpu: v, kvmExitReason: e.kvmExitReason, port: e.port, size: e.size,
+                                                           isIn: e.isIn, data: m.lastData, state: e.state, located: l,
+                                                           guestBytes: g, tscExit: e.tscExit, tscEntry: e.tscEntry,
+                                                           accesses: m.accesses)
+                    m.msrs?.apply(to: &r.state)
+                    append(r, mirror: m)
+                case let .located(slot, l, g):
+                    if slot >= 0 && slot < m.located.count { m.located[slot] = (l, g) }
+                case let .msrs(x):
+                    m.msrs = x
+                case .flush:
+                    try? writer.flush(vcpu: UInt16(v))
+                }
+            }
+        }
+        return n
+    }
+
+    /// Later fragments of an instruction take the seq of the exit that opened its group as their
+    /// `group`: the vCPU thread cannot know it, the writer assigns seq numbers here.
+    private func append(_ record: consuming TraceRecord, mirror m: LaneMirror) {
+        var r = record
+        if r.fragment > 0 { r.group = m.openGroup }
+        // A refused record (a frame over the format's size limit) is dropped, as before.
+        if let seq = try? writer.append(r), r.kind == .exit && r.fragment == 0 && !r.lastFragment {
+            m.openGroup = seq
+        }
+    }
+}
