@@ -14,7 +14,7 @@ public struct RecorderOptions: Sendable {
     /// frames, this bounds recording's memory (about 1.3 KB per queued record).
     public var queueCapacity: Int
     public init(observer: ObserverOptions = ObserverOptions(), writer: TraceWriterSettings = TraceWriterSettings(),
-                queueCapacity: Int = 256) {
+                queueCapacity: Int = 1024) {
         self.observer = observer
         self.writer = writer
         self.queueCapacity = max(2, queueCapacity)
@@ -59,7 +59,10 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         let shared = Mutex<(probe: VCPUProbe?, debugRegisters: DebugRegisters?)>((nil, nil))
         /// Set when a frame closed: the vCPU thread reads the debug registers again at its next exit.
         let refreshDebugRegisters = Atomic<Bool>(true)
-        var lastState = CPUState()
+        var lastState = CPUState() { didSet { lastStateInPipeline = false } }
+        /// The last exit took the fast path, which does not copy its state here: the pipeline has
+        /// it (RecordPipeline.Item.recordInLastState).
+        var lastStateInPipeline = false
         var pendingMSRWrites: [MSRWrite] = []
         let locator = LocatorCache()
         /// The open instruction group: its start RIP and next fragment (its id, the seq of fragment
@@ -164,8 +167,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     public func marker(vcpu: Int, phase: UInt64) {
         guard vcpu < lanes.count else { return }
         let tsc = HostInfo.rdtsc()
-        append(TraceRecord(kind: .marker, vcpu: UInt16(vcpu), state: lanes[vcpu].lastState,
-                           tscExit: tsc, tscEntry: tsc, code: phase))
+        appendInLastState(TraceRecord(kind: .marker, vcpu: UInt16(vcpu), state: lanes[vcpu].lastState,
+                                      tscExit: tsc, tscEntry: tsc, code: phase), lane: lanes[vcpu])
     }
 
     public func vcpuStopped(vcpu: Int, exits: UInt64) {
@@ -178,8 +181,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             lanes[vcpu].heldStep = nil
             append(held)
         }
-        append(TraceRecord(kind: .event, vcpu: UInt16(vcpu), state: lanes[vcpu].lastState,
-                           code: EventCode.vcpuStopped, note: "vcpu stopped after \(exits) exits"))
+        appendInLastState(TraceRecord(kind: .event, vcpu: UInt16(vcpu), state: lanes[vcpu].lastState,
+                                      code: EventCode.vcpuStopped, note: "vcpu stopped after \(exits) exits"), lane: lanes[vcpu])
         // The last frame's stats describe the vCPU as it stopped.
         refreshDebugRegisters(lanes[vcpu])
         pipeline.push(.flush, vcpu: vcpu)
@@ -278,10 +281,9 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         }
         var value: UInt64 = 0
         for i in 0..<data.count { value |= UInt64(data[i]) << (8 * UInt64(i)) }
-        pipeline.push(.portIO(RecordPipeline.PortIOExit(state: exit.state, tscExit: exit.tscAtExit, tscEntry: exit.tscAtReentry,
-                                                       data: value, kvmExitReason: exit.exit.reason, port: port, size: size,
-                                                       isIn: isIn, slot: UInt8(slot))), vcpu: exit.vcpu)
-        lane.lastState = exit.state
+        pipeline.pushPortIO(vcpu: exit.vcpu, state: exit.state, tscExit: exit.tscAtExit, tscEntry: exit.tscAtReentry,
+                            data: value, kvmExitReason: exit.exit.reason, port: port, size: size, isIn: isIn, slot: UInt8(slot))
+        lane.lastStateInPipeline = true
         lane.lastCPL = exit.state.cpl
         lane.lastStepMnemonic = nil
         return true
@@ -460,6 +462,13 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     private func append(_ r: consuming TraceRecord) {
         let vcpu = Int(r.vcpu)
         pipeline.push(.record(r), vcpu: vcpu)
+    }
+
+    /// A record whose state is the vCPU's last state (a marker, the stop event): when the last
+    /// exit took the fast path, the pipeline puts that exit's state in.
+    private func appendInLastState(_ r: consuming TraceRecord, lane: Lane) {
+        let vcpu = Int(r.vcpu)
+        pipeline.push(lane.lastStateInPipeline ? .recordInLastState(r) : .record(r), vcpu: vcpu)
     }
 
     private func refreshDebugRegisters(_ lane: Lane) {
