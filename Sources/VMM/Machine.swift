@@ -514,17 +514,35 @@ public final class Machine: @unchecked Sendable {
 
             // A routed RDMSR/WRMSR completed with kvm_run.msr.error: the guest gets #GP(0).
             var msrRefused = false
+            // The EFER value whose LME/NX part waits until the WRMSR has completed (see below).
+            var deferredEFER: UInt64 = 0
+            var eferPending = false
             switch exit {
             case .rdmsr:
                 msrRefused = outcome.msrError
                 vcpu.completeMSR(data: outcome.msrData, error: outcome.msrError)
             case let .wrmsr(msrIndex, _, value):
                 if outcome.forwardMSR {
+                    // KVM restarts a WRMSR instead of completing it when EFER's LME or NX (the bits
+                    // that reset its MMU context) changed while the exit was pending: the guest
+                    // would execute it twice (seen: real-mode LME, two exits at one RIP). So those
+                    // bits are written once the instruction has completed; the rest now, which
+                    // also tells whether KVM takes the value.
+                    var now = value
+                    if msrIndex == MSRIndex.efer {
+                        let current = synced ? vcpu.syncedSregs.pointee.efer : (try? vcpu.getSregs())?.efer ?? value
+                        if (value ^ current) & Self.eferMMURoleBits != 0 {
+                            now = value & ~Self.eferMMURoleBits | current & Self.eferMMURoleBits
+                            deferredEFER = value
+                            eferPending = true
+                        }
+                    }
                     // Only a write KVM takes happened: a refused one (a non-canonical LSTAR)
                     // gives the guest #GP and leaves the MSR as it was.
-                    let accepted = (try? vcpu.setMSRs([(msrIndex, value)])) ?? 0
+                    let accepted = (try? vcpu.setMSRs([(msrIndex, now)])) ?? 0
                     if accepted == 1 { observer?.msrWritten(vcpu: index, index: msrIndex, value: value) }
                     msrRefused = accepted != 1
+                    if msrRefused { eferPending = false }
                     vcpu.completeMSR(data: value, error: msrRefused)
                 } else {
                     if !outcome.msrError { observer?.msrWritten(vcpu: index, index: msrIndex, value: value) }
@@ -552,13 +570,11 @@ public final class Machine: @unchecked Sendable {
                     : (try? vcpu.getVCPUEvents()).map { VCPUEvents(kvm: $0) }
                 var after: CPUState? = nil
                 if fidelityFull && resumes {
-                    // This KVM_RUN completes the pending instruction (it may write guest memory):
-                    // it too stays out of another vCPU's completion.
-                    if smp { control.enterGuest(r) }
-                    vcpu.immediateExit = true
-                    let err = vcpu.runRaw()
-                    if smp { r.inRun.store(false, ordering: .sequentiallyConsistent) }
-                    vcpu.immediateExit = control.stopRequested.load(ordering: .relaxed)
+                    let err = runToCompletion(r, control: control, smp: smp)
+                    if eferPending && (err == EINTR || err == 0) {
+                        eferPending = false
+                        applyDeferredEFER(r, value: deferredEFER, control: control)
+                    }
                     if err == EINTR {
                         after = synced ? vcpu.syncedState() : currentState(vcpu)
                     } else if err == 0 {
@@ -578,6 +594,17 @@ public final class Machine: @unchecked Sendable {
                                             msrRefused: msrRefused)
                 observer.exitHandled(observed)
                 if completed, let done = completion.first, done.resumes { observer.instructionCompleted(done) }
+            }
+
+            if eferPending {
+                // The WRMSR with a deferred EFER part completes here (fidelity full did it above).
+                let err = runToCompletion(r, control: control, smp: smp)
+                if err == EINTR || err == 0 {
+                    pending = err == 0
+                    applyDeferredEFER(r, value: deferredEFER, control: control)
+                } else {
+                    control.stop(.vmmError("vCPU \(index): \(KVMError.ioctl(name: "KVM_RUN", errno: Errno(err)))"))
+                }
             }
 
             // Under single-step on kvm_pvm a HLT gives a debug exit and the guest goes on: a
@@ -621,6 +648,34 @@ public final class Machine: @unchecked Sendable {
                 control.stop(.vmmError("vCPU \(index): \(s)"))
                 return
             }
+        }
+    }
+
+    /// EFER bits whose change resets KVM's MMU context (KVM_MMU_EFER_ROLE_BITS).
+    static let eferMMURoleBits = EFER.lme | EFER.nxe
+
+    /// Completes the pending instruction with a KVM_RUN that leaves before entering the guest
+    /// (immediate_exit): EINTR when it completed, 0 when completing it gave an exit of its own
+    /// (a debug exit under single-step, the write of a read-modify-write). It may write guest
+    /// memory, so it too stays out of another vCPU's completion.
+    func runToCompletion(_ r: Runner, control: Control, smp: Bool) -> Int32 {
+        if smp { control.enterGuest(r) }
+        r.vcpu.immediateExit = true
+        let err = r.vcpu.runRaw()
+        if smp { r.inRun.store(false, ordering: .sequentiallyConsistent) }
+        r.vcpu.immediateExit = control.stopRequested.load(ordering: .relaxed)
+        return err
+    }
+
+    /// Writes a routed EFER value once its WRMSR completed. KVM took the value with LME/NX as
+    /// they were, so a refusal now means KVM refuses those bits: the run stops and says so.
+    /// The synced sregs (read as the state after, or as the state at an exit the completion
+    /// gave) are KVM's from before the write: they are read again.
+    func applyDeferredEFER(_ r: Runner, value: UInt64, control: Control) {
+        if ((try? r.vcpu.setMSRs([(MSRIndex.efer, value)])) ?? 0) != 1 {
+            control.stop(.vmmError("vCPU \(r.index): KVM refused EFER \(hex(value)) (LME/NX) after the guest's WRMSR completed"))
+        } else if r.vcpu.syncSregsEnabled, let sregs = try? r.vcpu.getSregs() {
+            r.vcpu.syncedSregs.pointee = sregs
         }
     }
 

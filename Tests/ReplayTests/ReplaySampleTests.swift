@@ -91,6 +91,21 @@ final class ReplaySampleTests: XCTestCase {
         }
     }
 
+    /// smp's real-mode WRMSR of EFER.LME with the state after each exit (--fidelity full), with
+    /// and without single-step: one MSR exit per vCPU, whose state after is past the WRMSR with
+    /// LME set, as the emulator computes it (KVM used to restart that WRMSR: an after-state still
+    /// on it, and a second exit).
+    func testFullFidelitySMPRecordsTheEFERWriteOnceAndReplaysIt() throws {
+        for singleStep in [false, true] {
+            let (reader, path) = try record("smp", fidelity: "full", singleStep: singleStep)
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let (s, failing) = try replayAll(reader)
+            XCTAssertEqual(s.failures(allowing: []), 0, "single-step \(singleStep):\n" + describe(failing))
+            XCTAssertEqual(s.byReason["MSR"]?.values.reduce(0, +), 2, "single-step \(singleStep): one WRMSR exit per vCPU")
+            XCTAssertEqual(s.byReason["MSR"]?[.match], 2, "single-step \(singleStep)")
+        }
+    }
+
     func testSingleStepTracesReplayWithoutDivergence() throws {
         var lines: [String] = []
         for sample in ["protected-mode", "long-mode", "ring3", "adams-agesen", "completion", "user-syscall"] {

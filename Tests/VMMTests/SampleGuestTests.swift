@@ -136,6 +136,11 @@ final class SampleGuestTests: XCTestCase {
         XCTAssertTrue(r.lines.contains("smp: 2 cpus"), r.serial)
         XCTAssertEqual(r.summary.vcpus.count, 2)
         XCTAssertTrue(r.summary.vcpus.allSatisfy { $0.exits > 0 }, "every vCPU ran and printed")
+        // Each CPU's one WRMSR (EFER.LME, in real mode) exits once: KVM restarted it when the VMM
+        // wrote LME before the instruction completed, and the guest ran it twice.
+        for v in r.summary.vcpus {
+            XCTAssertEqual(v.exitsByReason["X86_WRMSR"], 1, "vCPU \(v.index): \(v.exitsByReason)")
+        }
     }
 
     func testSMPWithFourVCPUs() throws {
