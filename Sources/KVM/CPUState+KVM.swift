@@ -46,13 +46,32 @@ extension CPUState {
     /// Replaces the system part (segments, tables, control registers, EFER) from kvm_sregs.
     @inline(__always)
     public mutating func update(sregs s: kvm_sregs) {
-        es = Segment(kvm: s.es); cs = Segment(kvm: s.cs); ss = Segment(kvm: s.ss)
-        ds = Segment(kvm: s.ds); fs = Segment(kvm: s.fs); gs = Segment(kvm: s.gs)
-        ldtr = Segment(kvm: s.ldt); tr = Segment(kvm: s.tr)
-        gdtr = DescriptorTable(base: s.gdt.base, limit: s.gdt.limit)
-        idtr = DescriptorTable(base: s.idt.base, limit: s.idt.limit)
-        cr0 = s.cr0; cr2 = s.cr2; cr3 = s.cr3; cr4 = s.cr4; cr8 = s.cr8; efer = s.efer
+        withUnsafePointer(to: s) { update(sregs: $0) }
+    }
+
+    /// The same, read in place (the sync-regs area of kvm_run): no copy of the 312-byte struct.
+    @inline(__always)
+    public mutating func update(sregs p: UnsafePointer<kvm_sregs>) {
+        es = Segment(kvm: p.pointee.es); cs = Segment(kvm: p.pointee.cs); ss = Segment(kvm: p.pointee.ss)
+        ds = Segment(kvm: p.pointee.ds); fs = Segment(kvm: p.pointee.fs); gs = Segment(kvm: p.pointee.gs)
+        ldtr = Segment(kvm: p.pointee.ldt); tr = Segment(kvm: p.pointee.tr)
+        gdtr = DescriptorTable(base: p.pointee.gdt.base, limit: p.pointee.gdt.limit)
+        idtr = DescriptorTable(base: p.pointee.idt.base, limit: p.pointee.idt.limit)
+        cr0 = p.pointee.cr0; cr2 = p.pointee.cr2; cr3 = p.pointee.cr3; cr4 = p.pointee.cr4
+        cr8 = p.pointee.cr8; efer = p.pointee.efer
         if cr0 & CR0.pe == 0 { cpl = 0 } else if rflags & RFLAGS.vm != 0 { cpl = 3 } else { cpl = ss.dpl }
+    }
+
+    /// Registers and the system part from kvm_regs and kvm_sregs, read in place; the fields they
+    /// do not hold (MSRs, XCR0, debug registers) keep their values.
+    @inline(__always)
+    public mutating func update(regs r: UnsafePointer<kvm_regs>, sregs s: UnsafePointer<kvm_sregs>) {
+        rax = r.pointee.rax; rcx = r.pointee.rcx; rdx = r.pointee.rdx; rbx = r.pointee.rbx
+        rsp = r.pointee.rsp; rbp = r.pointee.rbp; rsi = r.pointee.rsi; rdi = r.pointee.rdi
+        r8 = r.pointee.r8; r9 = r.pointee.r9; r10 = r.pointee.r10; r11 = r.pointee.r11
+        r12 = r.pointee.r12; r13 = r.pointee.r13; r14 = r.pointee.r14; r15 = r.pointee.r15
+        rip = r.pointee.rip; rflags = r.pointee.rflags
+        update(sregs: s)
     }
 
     public var kvmRegs: kvm_regs {

@@ -118,6 +118,12 @@ public final class VCPU: @unchecked Sendable {
         CPUState(regs: syncedRegs.pointee, sregs: syncedSregs.pointee)
     }
 
+    /// The synced registers into `state` in place (the exit path: no temporary copies). Fields
+    /// sync regs do not carry keep their values, so `state` should hold nothing else.
+    public func loadSyncedState(into state: inout CPUState) {
+        state.update(regs: syncedRegs, sregs: syncedSregs)
+    }
+
     // MARK: state get/set
 
     /// One KVM_GET_* ioctl that fills a struct, and one KVM_SET_* that passes one.

@@ -56,16 +56,24 @@ final class SPSCRing<Element>: @unchecked Sendable {
         tail.store(producerTail, ordering: .releasing)
     }
 
-    /// Consumer side: the oldest element, or nil when the ring is empty.
-    func pop() -> Element? {
+    /// Producer side: the slot the next push fills, for a side buffer of `capacity` entries
+    /// that the caller fills before pushing (published with the element).
+    var nextSlot: Int { producerTail & mask }
+    var capacity: Int { mask + 1 }
+
+    /// Consumer side: hands the oldest element and its slot to `body` (the slot's side-buffer
+    /// entry stays the consumer's until `body` returns); false when the ring is empty.
+    @inline(__always)
+    func consume(_ body: (consuming Element, _ slot: Int) -> Void) -> Bool {
         if consumerHead == consumerSeenTail {
             consumerSeenTail = tail.load(ordering: .acquiring)
-            if consumerHead == consumerSeenTail { return nil }
+            if consumerHead == consumerSeenTail { return false }
         }
-        let e = (slots + (consumerHead & mask)).move()
+        let i = consumerHead & mask
+        body((slots + i).move(), i)
         consumerHead += 1
         head.store(consumerHead, ordering: .releasing)
-        return e
+        return true
     }
 }
 
@@ -86,14 +94,14 @@ final class RecordPipeline: @unchecked Sendable {
         /// The vCPU's save-area MSRs from now on (its records' states carry them).
         case msrs(SaveAreaMSRs?)
         /// Slot `slot` of the vCPU's table of known instructions now holds this one.
-        case located(slot: Int, LocatedInstruction, [GuestBytes])
+        indirect case located(slot: Int, LocatedInstruction, [GuestBytes])
         case portIO(PortIOExit)
     }
 
     /// A port I/O exit the vCPU thread located through its cache (`Recorder`'s fast path): the
-    /// record is built here from it and the instruction in `slot`, with no guest memory read.
+    /// record is built here from it, its state (in the ring's side buffer of states: one plain
+    /// copy, and a small ring item) and the instruction in `slot`, with no guest memory read.
     struct PortIOExit {
-        var state: CPUState
         var tscExit: UInt64
         var tscEntry: UInt64
         /// The accessed value, little-endian in the low `size` bytes.
@@ -123,6 +131,8 @@ final class RecordPipeline: @unchecked Sendable {
 
     let writer: TraceWriter
     private let rings: [SPSCRing<Item>]
+    /// Per ring, the states of its `portIO` items, by slot.
+    private let states: [UnsafeMutablePointer<CPUState>]
     private let mirrors: [LaneMirror]
     private let stopping = Atomic<Bool>(false)
     private let stopped = DispatchSemaphore(value: 0)
@@ -138,11 +148,20 @@ final class RecordPipeline: @unchecked Sendable {
     init(writer: TraceWriter, vcpus: Int, capacity: Int) {
         self.writer = writer
         rings = (0..<max(1, vcpus)).map { _ in SPSCRing(capacity: capacity) }
+        states = rings.map { r in
+            let p = UnsafeMutablePointer<CPUState>.allocate(capacity: r.capacity)
+            p.initialize(repeating: CPUState(), count: r.capacity)
+            return p
+        }
         wakeAt = max(1, capacity / 4)
         mirrors = (0..<max(1, vcpus)).map { _ in LaneMirror() }
         let thread = Thread { [self] in self.drainLoop() }
         thread.name = "exitscope-records"
         thread.start()
+    }
+
+    deinit {
+        for (p, r) in zip(states, rings) { p.deinitialize(count: r.capacity); p.deallocate() }
     }
 
     /// Times a vCPU thread found its ring full and waited.
@@ -152,19 +171,29 @@ final class RecordPipeline: @unchecked Sendable {
     func push(_ item: consuming Item, vcpu: Int) {
         guard vcpu >= 0, vcpu < rings.count else { return }
         let ring = rings[vcpu]
+        waitForRoom(ring)
+        ring.push(item)
+        if ring.holds(atLeast: wakeAt) { wakeConsumer() }
+    }
+
+    @inline(__always)
+    private func waitForRoom(_ ring: SPSCRing<Item>) {
         if ring.isFull {
             stalls.add(1, ordering: .relaxed)
             while ring.isFull { wakeConsumer(); usleep(50) }
         }
-        ring.push(item)
-        if ring.holds(atLeast: wakeAt) { wakeConsumer() }
     }
 
     /// A `portIO` item, built in its ring slot (the state is copied once, from the caller's).
     func pushPortIO(vcpu: Int, state: borrowing CPUState, tscExit: UInt64, tscEntry: UInt64, data: UInt64,
                     kvmExitReason: UInt32, port: UInt16, size: UInt8, isIn: Bool, slot: UInt8) {
-        push(.portIO(PortIOExit(state: copy state, tscExit: tscExit, tscEntry: tscEntry, data: data, kvmExitReason: kvmExitReason,
-                                port: port, size: size, isIn: isIn, slot: slot)), vcpu: vcpu)
+        guard vcpu >= 0, vcpu < rings.count else { return }
+        let ring = rings[vcpu]
+        waitForRoom(ring)
+        states[vcpu][ring.nextSlot] = copy state
+        ring.push(.portIO(PortIOExit(tscExit: tscExit, tscEntry: tscEntry, data: data, kvmExitReason: kvmExitReason,
+                                     port: port, size: size, isIn: isIn, slot: slot)))
+        if ring.holds(atLeast: wakeAt) { wakeConsumer() }
     }
 
     private func wakeConsumer() {
@@ -199,7 +228,8 @@ final class RecordPipeline: @unchecked Sendable {
         var n = 0
         for (v, ring) in rings.enumerated() {
             let m = mirrors[v]
-            while let item = ring.pop() {
+            let stateSlots = states[v]
+            while ring.consume({ item, slot in
                 n += 1
                 switch item {
                 case let .record(r):
@@ -208,17 +238,17 @@ final class RecordPipeline: @unchecked Sendable {
                     r.state = m.lastPortIOState
                     append(r, mirror: m)
                 case let .portIO(e):
-                    guard Int(e.slot) < m.located.count, let (l, g) = m.located[Int(e.slot)] else { continue }
+                    guard Int(e.slot) < m.located.count, let (l, g) = m.located[Int(e.slot)] else { return }
                     if m.lastData.count != Int(e.size) || m.lastValue != e.data {
                         m.lastData = (0..<Int(e.size)).map { UInt8(truncatingIfNeeded: e.data >> (8 * UInt64($0))) }
                         m.lastValue = e.data
                     }
                     var r = ExitRecordBuilder.portIORecord(vcpu: v, kvmExitReason: e.kvmExitReason, port: e.port, size: e.size,
-                                                           isIn: e.isIn, data: m.lastData, state: e.state, located: l,
+                                                           isIn: e.isIn, data: m.lastData, state: stateSlots[slot], located: l,
                                                            guestBytes: g, tscExit: e.tscExit, tscEntry: e.tscEntry,
                                                            accesses: m.accesses)
                     m.msrs?.apply(to: &r.state)
-                    m.lastPortIOState = e.state
+                    m.lastPortIOState = stateSlots[slot]
                     append(r, mirror: m)
                 case let .located(slot, l, g):
                     if slot >= 0 && slot < m.located.count { m.located[slot] = (l, g) }
@@ -227,7 +257,7 @@ final class RecordPipeline: @unchecked Sendable {
                 case .flush:
                     try? writer.flush(vcpu: UInt16(v))
                 }
-            }
+            }) {}
         }
         return n
     }

@@ -90,8 +90,68 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         var nextSlot = 0
         /// Whether the pipeline has `msrs` as they are now.
         var msrsAnnounced = false
+        /// The last fast-path exit, to take the next one like it without the locator cache.
+        var repeatExit = RepeatPortIO()
         init() { announced.initialize(repeating: 0, count: RecordPipeline.locatedSlots) }
-        deinit { announced.deallocate() }
+        deinit { announced.deallocate(); repeatExit.release() }
+    }
+
+    /// A port exit the fast path took, and what makes another exit the same case: the same
+    /// paging registers and RIP (the cache's key), the same access (and DX, which `out dx` names),
+    /// and the guest bytes of its instruction (its bytes and page-table entries) unchanged in
+    /// guest memory. A loop exits this way again and again; checking this costs a few compares
+    /// and one memcmp per guest-bytes item, where the locator cache copies its entries around.
+    struct RepeatPortIO {
+        var valid = false
+        var rip: UInt64 = 0, csBase: UInt64 = 0, cr3: UInt64 = 0, cr0: UInt64 = 0, cr4: UInt64 = 0, efer: UInt64 = 0
+        var mode: UInt8 = 0, isIn = false, size: UInt8 = 0, port: UInt16 = 0, dx: UInt16 = 0
+        var slot = 0
+        /// The guest bytes to compare, flat: per item a UInt64 GPA, a UInt64 length, the bytes.
+        var check: UnsafeMutableRawPointer? = nil
+        var checkItems = 0
+        var checkCapacity = 0
+
+        func matches(_ s: CPUState, isIn: Bool, port: UInt16, size: UInt8, view: GuestMemoryView) -> Bool {
+            guard valid, s.rip == rip, s.cr3 == cr3, s.cs.base == csBase, s.cr0 == cr0, s.cr4 == cr4, s.efer == efer,
+                  self.isIn == isIn, self.port == port, self.size == size, UInt16(truncatingIfNeeded: s.rdx) == dx,
+                  LocatorCache.modeTag(s) == mode, var p = check.map(UnsafeRawPointer.init) else { return false }
+            // As readsIOBitmap: at CPL > IOPL (or in virtual-8086 mode) the access reads the TSS
+            // bitmap, guest bytes the fast path does not carry.
+            if mode == 1 { return false }
+            let iopl = (s.rflags >> 12) & 3
+            if mode != 0 && UInt64(s.cpl) > iopl { return false }
+            for _ in 0..<checkItems {
+                let gpa = p.loadUnaligned(as: UInt64.self)
+                let n = Int(p.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+                if !view.equals(gpa, p + 16, count: n) { return false }
+                p += 16 + n
+            }
+            return true
+        }
+
+        mutating func set(_ s: CPUState, isIn: Bool, port: UInt16, size: UInt8, slot: Int, guestBytes: [GuestBytes]) {
+            let need = guestBytes.reduce(0) { $0 + 16 + $1.bytes.count }
+            if need > checkCapacity {
+                check?.deallocate()
+                check = .allocate(byteCount: need, alignment: 8)
+                checkCapacity = need
+            }
+            var p = check!
+            for g in guestBytes {
+                p.storeBytes(of: g.gpa, as: UInt64.self)
+                p.storeBytes(of: UInt64(g.bytes.count), toByteOffset: 8, as: UInt64.self)
+                g.bytes.withUnsafeBytes { b in if b.count > 0 { (p + 16).copyMemory(from: b.baseAddress!, byteCount: b.count) } }
+                p += 16 + g.bytes.count
+            }
+            checkItems = guestBytes.count
+            rip = s.rip; csBase = s.cs.base; cr3 = s.cr3; cr0 = s.cr0; cr4 = s.cr4; efer = s.efer
+            mode = LocatorCache.modeTag(s)
+            self.isIn = isIn; self.port = port; self.size = size; dx = UInt16(truncatingIfNeeded: s.rdx)
+            self.slot = slot
+            valid = true
+        }
+
+        func release() { check?.deallocate() }
     }
 
     /// Creates the trace file at `path` with a header describing `machine`, `image` and the host.
@@ -204,7 +264,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         if let m = lane.memory { memory = m } else { memory = ViewMemory(view: exit.memory); lane.memory = memory }
         if fastPortIO, lane.openGroup == nil, !lane.hasHeldWrite, lane.pendingMSRWrites.isEmpty, !exit.msrRefused,
            case let .io(port, size, direction, count, _) = exit.exit, count == 1, size <= 8,
-           let data = exit.ioData, data.count == Int(size), case .none = exit.stateAfter,
+           let data = exit.ioData, data.count == Int(size), !exit.hasStateAfter,
            pushKnownPortIO(exit, lane: lane, memory: memory, port: port, size: size, isIn: direction == .in, data: data) {
             return
         }
@@ -249,7 +309,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             return
         }
         // Assigned in place (no `let after` binding): each extra copy of a state is 520 bytes per exit.
-        if case .some = exit.stateAfter { lane.lastState = exit.stateAfter! } else { lane.lastState = exit.state }
+        if exit.hasStateAfter, let after = exit.stateAfter { lane.lastState = after } else { lane.lastState = exit.state }
         lane.lastCPL = record.state.cpl
         lane.lastStepMnemonic = nil
     }
@@ -261,6 +321,10 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     /// ordinary path (a miss, an ambiguous or REP instruction, one that reads the TSS bitmap).
     private func pushKnownPortIO(_ exit: borrowing ObservedExit, lane: Lane, memory: ViewMemory, port: UInt16, size: UInt8,
                                  isIn: Bool, data: UnsafeRawBufferPointer) -> Bool {
+        if lane.repeatExit.matches(exit.state, isIn: isIn, port: port, size: size, view: exit.memory) {
+            pushPortIO(exit, lane: lane, slot: lane.repeatExit.slot, port: port, size: size, isIn: isIn, data: data)
+            return true
+        }
         memory.load(exit.state)
         let l = isIn ? lane.locator.pending(state: exit.state, memory: memory)
                      : lane.locator.committed(state: exit.state, access: .portOut(port: port, size: Int(size)), memory: memory)
@@ -275,6 +339,13 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             lane.announced[slot] = serial
             pipeline.push(.located(slot: slot, l, g), vcpu: exit.vcpu)
         }
+        lane.repeatExit.set(exit.state, isIn: isIn, port: port, size: size, slot: slot, guestBytes: g)
+        pushPortIO(exit, lane: lane, slot: slot, port: port, size: size, isIn: isIn, data: data)
+        return true
+    }
+
+    private func pushPortIO(_ exit: borrowing ObservedExit, lane: Lane, slot: Int, port: UInt16, size: UInt8, isIn: Bool,
+                            data: UnsafeRawBufferPointer) {
         if !lane.msrsAnnounced {
             pipeline.push(.msrs(lane.msrs), vcpu: exit.vcpu)
             lane.msrsAnnounced = true
@@ -286,7 +357,6 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         lane.lastStateInPipeline = true
         lane.lastCPL = exit.state.cpl
         lane.lastStepMnemonic = nil
-        return true
     }
 
     /// Appends an exit or step record in its instruction group (or holds a step back); true

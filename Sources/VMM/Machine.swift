@@ -418,8 +418,14 @@ public final class Machine: @unchecked Sendable {
         // Exit counts by KVM_EXIT_* number (63 = anything larger), in plain memory.
         let counts = UnsafeMutablePointer<UInt64>.allocate(capacity: 64)
         counts.initialize(repeating: 0, count: 64)
+        // The observer's states at an exit and after it (fidelity full), lent by pointer: an
+        // ObservedExit that held them by value was copied (1.3 KB) at every exit.
+        let states = UnsafeMutablePointer<CPUState>.allocate(capacity: 2)
+        states.initialize(repeating: CPUState(), count: 2)
         var exits: UInt64 = 0
         defer {
+            states.deinitialize(count: 2)
+            states.deallocate()
             r.counts = Array(UnsafeBufferPointer(start: counts, count: 64))
             counts.deallocate()
             r.exits = exits
@@ -564,11 +570,11 @@ public final class Machine: @unchecked Sendable {
             }
 
             if let observer {
-                let state = synced ? vcpu.syncedState() : currentState(vcpu)
+                if synced { vcpu.loadSyncedState(into: &states[0]) } else { states[0] = currentState(vcpu) }
                 let events: VCPUEvents? = !options.events ? nil
                     : vcpu.syncEventsEnabled ? VCPUEvents(kvm: vcpu.syncedEvents.pointee)
                     : (try? vcpu.getVCPUEvents()).map { VCPUEvents(kvm: $0) }
-                var after: CPUState? = nil
+                var haveAfter = false
                 if fidelityFull && resumes {
                     let err = runToCompletion(r, control: control, smp: smp)
                     if eferPending && (err == EINTR || err == 0) {
@@ -576,7 +582,8 @@ public final class Machine: @unchecked Sendable {
                         applyDeferredEFER(r, value: deferredEFER, control: control)
                     }
                     if err == EINTR {
-                        after = synced ? vcpu.syncedState() : currentState(vcpu)
+                        if synced { vcpu.loadSyncedState(into: &states[1]) } else { states[1] = currentState(vcpu) }
+                        haveAfter = true
                     } else if err == 0 {
                         pending = true
                     } else {
@@ -588,10 +595,10 @@ public final class Machine: @unchecked Sendable {
                    let p = data.bytes(at: off, length: Int(size) * Int(count)) {
                     io = UnsafeRawBufferPointer(start: p, count: Int(size) * Int(count))
                 }
-                let observed = ObservedExit(vcpu: index, sequence: exits - 1, exit: exit, state: state,
+                let observed = ObservedExit(vcpu: index, sequence: exits - 1, exit: exit, statePointer: UnsafePointer(states),
+                                            stateAfterPointer: haveAfter ? UnsafePointer(states + 1) : nil,
                                             tscAtExit: tscExit, tscAtReentry: ckvm_rdtsc(), access: outcome.access,
-                                            ioData: io, stateAfter: after, events: events, memory: view, probe: probe,
-                                            msrRefused: msrRefused)
+                                            ioData: io, events: events, memory: view, probe: probe, msrRefused: msrRefused)
                 observer.exitHandled(observed)
                 if completed, let done = completion.first, done.resumes { observer.instructionCompleted(done) }
             }

@@ -94,6 +94,11 @@ public struct GuestMemoryView: @unchecked Sendable, PhysicalMemoryReader {
         guard let p = memory.host(gpa, length: UInt64(bytes.count)) else { return false }
         return bytes.withUnsafeBytes { b in b.count == 0 || memcmp(p, b.baseAddress!, b.count) == 0 }
     }
+    /// The same, for `count` bytes at `bytes` (no array: for checks made on every exit).
+    public func equals(_ gpa: UInt64, _ bytes: UnsafeRawPointer, count: Int) -> Bool {
+        guard let p = memory.host(gpa, length: UInt64(count)) else { return false }
+        return count == 0 || memcmp(p, bytes, count) == 0
+    }
     public func readPhysical64(_ gpa: UInt64) -> UInt64? { memory.readPhysical64(gpa) }
     public func readPhysical32(_ gpa: UInt64) -> UInt32? { memory.readPhysical32(gpa) }
     /// GVA→GPA with the page tables of `state`, listing every entry walked.
@@ -127,15 +132,18 @@ public final class VCPUProbe: @unchecked Sendable {
 }
 
 /// One exit as the observer sees it. Valid only during `exitHandled`; the pointers into the
-/// kvm_run page must not be kept.
+/// kvm_run page and to the states must not be kept.
 public struct ObservedExit {
     public let vcpu: Int
     /// This vCPU's exit number (0, 1, 2, ...).
     public let sequence: UInt64
     public let exit: VMExit
+    /// The VMM's copies of the states, lent for the callback (`state`, `stateAfter`).
+    let statePointer: UnsafePointer<CPUState>
+    let stateAfterPointer: UnsafePointer<CPUState>?
     /// The state as KVM showed it at the exit (for OUT and MMIO writes on this host: after the
-    /// instruction; for IN and MMIO reads: on it).
-    public let state: CPUState
+    /// instruction; for IN and MMIO reads: on it). Read in place: `exit.state.rip` copies nothing.
+    public var state: CPUState { _read { yield statePointer.pointee } }
     /// Host TSC right after KVM_RUN returned, and just before this callback (the VMM's
     /// handling time is the difference; re-entry follows the callback).
     public let tscAtExit: UInt64
@@ -146,7 +154,8 @@ public struct ObservedExit {
     public let ioData: UnsafeRawBufferPointer?
     /// Fidelity `.full`: the state after the instruction completed (nil when the completing
     /// KVM_RUN itself produced another exit, which then follows as the next exit).
-    public let stateAfter: CPUState?
+    public var stateAfter: CPUState? { stateAfterPointer?.pointee }
+    public var hasStateAfter: Bool { stateAfterPointer != nil }
     /// With `ObserverOptions(events: true)`: pending/injected events at the exit.
     public let events: VCPUEvents?
     public let memory: GuestMemoryView

@@ -1,0 +1,71 @@
+@testable import Record
+import Trace
+import VMM
+import X86
+import XCTest
+
+/// The recorder's shortcut for a port exit like the last one (Recorder.RepeatPortIO): it may only
+/// apply when the locator cache would have given the same record, so each way of differing must
+/// send the exit back to the cache.
+final class RepeatPortIOTests: XCTestCase {
+    func machine() throws -> (GuestMemoryView, GuestMemory) {
+        let ram = try GuestMemory(size: 1 << 20)
+        XCTAssertTrue(ram.write(0x1000, [0xEE]))  // out dx, al
+        return (GuestMemoryView(ram), ram)
+    }
+
+    func committedOut(_ mode: CPUMode = .protected32) -> CPUState {
+        var s = CPUState.flat(mode)
+        s.rip = 0x1001  // committed: past the OUT
+        s.rdx = 0x3F8
+        return s
+    }
+
+    func remembered(_ s: CPUState) -> Recorder.RepeatPortIO {
+        var r = Recorder.RepeatPortIO()
+        r.set(s, isIn: false, port: 0x3F8, size: 1, slot: 3,
+              guestBytes: [GuestBytes(role: .instruction, gpa: 0x1000, bytes: [0xEE])])
+        return r
+    }
+
+    func testTheSameExitRepeats() throws {
+        let (view, _) = try machine()
+        let s = committedOut()
+        let r = remembered(s)
+        defer { r.release() }
+        var next = s
+        next.rax = 0x41  // other registers may change
+        XCTAssertTrue(r.matches(next, isIn: false, port: 0x3F8, size: 1, view: view))
+        XCTAssertEqual(r.slot, 3)
+    }
+
+    func testChangedBytesAnotherPortOrDXDoNotRepeat() throws {
+        let (view, ram) = try machine()
+        let s = committedOut()
+        let r = remembered(s)
+        defer { r.release() }
+        XCTAssertFalse(r.matches(s, isIn: false, port: 0x3F9, size: 1, view: view), "another port")
+        XCTAssertFalse(r.matches(s, isIn: true, port: 0x3F8, size: 1, view: view), "IN, not OUT")
+        var dx = s
+        dx.rdx = 0x3F9
+        XCTAssertFalse(r.matches(dx, isIn: false, port: 0x3F8, size: 1, view: view), "another DX")
+        var paging = s
+        paging.cr3 = 0x5000
+        XCTAssertFalse(r.matches(paging, isIn: false, port: 0x3F8, size: 1, view: view), "other paging registers")
+        XCTAssertTrue(ram.write(0x1000, [0xEC]))  // the guest rewrote its instruction
+        XCTAssertFalse(r.matches(s, isIn: false, port: 0x3F8, size: 1, view: view), "rewritten instruction")
+    }
+
+    /// At CPL 3 with IOPL 0 the OUT consults the TSS I/O bitmap: guest bytes the shortcut does
+    /// not carry, so such an exit takes the ordinary path (ring3 recorded otherwise differed).
+    func testAnAccessThroughTheIOPermissionBitmapDoesNotRepeat() throws {
+        let (view, _) = try machine()
+        var user = committedOut()
+        user.cpl = 3
+        let r = remembered(user)
+        defer { r.release() }
+        XCTAssertFalse(r.matches(user, isIn: false, port: 0x3F8, size: 1, view: view))
+        user.rflags |= 3 << 12  // IOPL 3: no bitmap
+        XCTAssertTrue(r.matches(user, isIn: false, port: 0x3F8, size: 1, view: view))
+    }
+}
