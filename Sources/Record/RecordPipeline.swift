@@ -87,7 +87,7 @@ final class RecordPipeline: @unchecked Sendable {
         /// and the common item, `portIO`, is half a record's size).
         indirect case record(TraceRecord)
         /// A record to get the state of the vCPU's last `portIO` exit (the vCPU thread did not
-        /// copy it).
+        /// copy it), with the save-area MSRs like every state.
         indirect case recordInLastState(TraceRecord)
         /// Close the vCPU's current frame (it stopped).
         case flush
@@ -236,6 +236,7 @@ final class RecordPipeline: @unchecked Sendable {
                     append(r, mirror: m)
                 case var .recordInLastState(r):
                     r.state = m.lastPortIOState
+                    m.msrs?.apply(to: &r.state)
                     append(r, mirror: m)
                 case let .portIO(e):
                     guard Int(e.slot) < m.located.count, let (l, g) = m.located[Int(e.slot)] else { return }

@@ -253,12 +253,16 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         let lane = lanes[exit.vcpu]
         if lane.probe == nil {
             lane.probe = exit.probe
-            lane.msrs = (try? exit.probe.msrs()).map(SaveAreaMSRs.init)
+            var m = SaveAreaMSRs((try? exit.probe.msrs()) ?? [:])
+            m.xcr0 = (try? exit.probe.xcr0()) ?? nil
+            lane.msrs = m
             lane.msrsAnnounced = false
             _ = try? exit.probe.stats()  // opens the stats file here, so the pipeline never issues a vCPU ioctl
             lane.shared.withLock { $0.probe = exit.probe }
         }
         if lane.refreshDebugRegisters.load(ordering: .relaxed) { refreshDebugRegisters(lane) }
+        // A stepped XSETBV has run: its new XCR0 goes into the states from now on.
+        if lane.lastStepMnemonic == .xsetbv { refreshXCR0(lane) }
         exitCount.add(1, ordering: .relaxed)
         let memory: ViewMemory
         if let m = lane.memory { memory = m } else { memory = ViewMemory(view: exit.memory); lane.memory = memory }
@@ -537,14 +541,29 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     /// A record whose state is the vCPU's last state (a marker, the stop event): when the last
     /// exit took the fast path, the pipeline puts that exit's state in.
     private func appendInLastState(_ r: consuming TraceRecord, lane: Lane) {
+        var r = r
         let vcpu = Int(r.vcpu)
-        pipeline.push(lane.lastStateInPipeline ? .recordInLastState(r) : .record(r), vcpu: vcpu)
+        if lane.lastStateInPipeline {
+            pipeline.push(.recordInLastState(r), vcpu: vcpu)
+        } else {
+            lane.msrs?.apply(to: &r.state)  // like every exit's state: with the save-area MSRs and XCR0
+            pipeline.push(.record(r), vcpu: vcpu)
+        }
     }
 
+    /// Once per frame (and as the vCPU stops): the debug registers for the frame's stats, and
+    /// XCR0, which sync regs do not carry and XSETBV changes without an exit on kvm_pvm.
     private func refreshDebugRegisters(_ lane: Lane) {
         lane.refreshDebugRegisters.store(false, ordering: .relaxed)
+        refreshXCR0(lane)
         guard let probe = lane.probe, let d = try? probe.debugRegisters() else { return }
         lane.shared.withLock { $0.debugRegisters = d }
+    }
+
+    private func refreshXCR0(_ lane: Lane) {
+        guard let probe = lane.probe, let x = try? probe.xcr0(), lane.msrs != nil, lane.msrs?.xcr0 != x else { return }
+        lane.msrs?.xcr0 = x
+        lane.msrsAnnounced = false
     }
 
     /// Writes the index and trailer; call once the run is over (also from Ctrl-C paths).
@@ -561,8 +580,11 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
 
 /// The save-area MSRs a lane puts into every state, in plain stored properties (a dictionary
 /// lookup per MSR per exit showed in profiles); nil = not known (KVM_GET_MSRS left it out).
+/// XCR0 rides along: like the MSRs it is not in sync regs, and is read by ioctl (KVM_GET_XCRS)
+/// at the first exit, once per frame and after a stepped XSETBV.
 struct SaveAreaMSRs {
     var star, lstar, cstar, sfmask, kernelGSBase, sysenterCS, sysenterESP, sysenterEIP, pat: UInt64?
+    var xcr0: UInt64?
 
     init(_ m: [UInt32: UInt64]) {
         star = m[MSRIndex.star]; lstar = m[MSRIndex.lstar]; cstar = m[MSRIndex.cstar]
@@ -598,6 +620,7 @@ struct SaveAreaMSRs {
         if let v = sysenterESP { s.sysenterESP = v }
         if let v = sysenterEIP { s.sysenterEIP = v }
         if let v = pat { s.pat = v }
+        if let v = xcr0 { s.xcr0 = v }
     }
 }
 

@@ -410,7 +410,10 @@ public final class Machine: @unchecked Sendable {
         var observedRIP: UInt64? = nil  // where the vCPU stood at its last observed exit
         defer { if holding { token?.release(r) } }
         if let observer {
-            observer.vcpuStarted(vcpu: index, state: bootStates[index] ?? currentState(vcpu))
+            var boot = bootStates[index] ?? currentState(vcpu)
+            // XCR0 as KVM holds it (reset: x87 only), not the state model's default.
+            if let x = try? vcpu.getXCRs().first(where: { $0.index == 0 }) { boot.xcr0 = x.value }
+            observer.vcpuStarted(vcpu: index, state: boot)
         }
         var pending = false  // an exit the completing KVM_RUN (fidelity full) already returned
         // The instruction the last single-step debug exit stood on (see the stepped-HLT rule below).
@@ -726,6 +729,7 @@ public final class Machine: @unchecked Sendable {
                 var state = CPUState(regs: regs, sregs: sregs)
                 let saveArea = MSRIndex.saveArea.filter { $0 != MSRIndex.efer }
                 if let m = try? vcpu.getMSRs(saveArea) { Completer.apply(msrs: m, to: &state) }
+                if let x = try? vcpu.getXCRs().first(where: { $0.index == 0 }) { state.xcr0 = x.value }
                 // SSE instructions compute from the guest's XMM registers and MXCSR.
                 var fpu = try vcpu.getFPU()
                 let xmm = withUnsafeBytes(of: fpu.xmm) { raw in (0..<32).map { raw.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self) } }

@@ -125,6 +125,10 @@ public final class VCPUProbe: @unchecked Sendable {
     public func debugRegisters() throws(KVMError) -> DebugRegisters { try vcpu.getDebugRegs() }
     /// The in-kernel local APIC's register page (KVM_GET_LAPIC), for reads that never exit.
     public func lapicRegisters() throws(KVMError) -> [UInt8] { try vcpu.getLAPIC() }
+    /// XCR0 (KVM_GET_XCRS), nil when KVM does not report it.
+    public func xcr0() throws(KVMError) -> UInt64? {
+        try vcpu.getXCRs().first { $0.index == 0 }?.value
+    }
     /// The save-area MSRs (KVM_GET_MSRS) for a keyframe.
     public func msrs(_ indices: [UInt32] = MSRIndex.saveArea) throws(KVMError) -> [UInt32: UInt64] {
         try vcpu.getMSRs(indices)

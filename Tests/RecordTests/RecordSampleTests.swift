@@ -46,6 +46,19 @@ final class RecordSampleTests: XCTestCase {
         XCTAssertEqual(leaf1.ecx & (1 << 28), 0, "AVX is in the noavx profile's table")
     }
 
+    /// XCR0 is not in sync regs: the recorder reads it from KVM (KVM_GET_XCRS), so every state,
+    /// events and markers included, says what the vCPU has: the reset value, x87 only, for a
+    /// guest that never runs XSETBV (it was the state model's default, 7, before).
+    func testEveryStateCarriesXCR0AsKVMHoldsIt() throws {
+        let (reader, _, _) = try record("long-mode")
+        var kinds = Set<RecordKind>()
+        try reader.forEachRecord { r in
+            XCTAssertEqual(r.state.xcr0, 1, "seq \(r.seq) (\(r.kind))")
+            kinds.insert(r.kind)
+        }
+        XCTAssertTrue(kinds.isSuperset(of: [.exit, .event]))
+    }
+
     func testHelloRealTraceHoldsEveryExitWithItsInstruction() throws {
         let (reader, summary, recording) = try record("hello-real")
         XCTAssertEqual(summary.exitStatus, 0)
