@@ -14,11 +14,15 @@ public struct ReplayOptions: Sendable {
     public var exitSeq: UInt64?
     /// Which verdicts `each` gets; the summary counts all of them either way.
     public var delivery: VerdictDelivery
-    public init(jobs: Int = 1, vcpu: UInt16? = nil, exitSeq: UInt64? = nil, delivery: VerdictDelivery = .all) {
+    /// A deliberately wrong emulator result, for tests of replay itself (nil: none).
+    public var injectedFault: InjectedFault?
+    public init(jobs: Int = 1, vcpu: UInt16? = nil, exitSeq: UInt64? = nil, delivery: VerdictDelivery = .all,
+                injectedFault: InjectedFault? = nil) {
         self.jobs = jobs
         self.vcpu = vcpu
         self.exitSeq = exitSeq
         self.delivery = delivery
+        self.injectedFault = injectedFault
     }
 }
 
@@ -102,7 +106,7 @@ public enum ReplayRun {
         }
         let delivery: VerdictDelivery = target == nil ? options.delivery : .all
         let total = frames.reduce(UInt64(0)) { $0 + UInt64(reader.frames[$1].recordCount) }
-        var merge = FrameMerge(header: reader.header, delivery: delivery, target: target)
+        var merge = FrameMerge(header: reader.header, delivery: delivery, target: target, injectedFault: options.injectedFault)
         var done: UInt64 = 0
         func merged(_ k: Int, _ result: FrameResult) throws {
             let f = reader.frames[frames[k]]
@@ -114,6 +118,7 @@ public enum ReplayRun {
         if jobs == 1 || frames.count < 2 {
             let replayer = Replayer(header: reader.header)
             replayer.delivery = delivery
+            replayer.injectedFault = options.injectedFault
             for k in frames.indices {
                 try merged(k, try replayer.replayFrame(try reader.frameDecoder(frames[k])))
             }
@@ -127,6 +132,7 @@ public enum ReplayRun {
             for _ in 0..<workers {
                 let replayer = Replayer(header: reader.header)
                 replayer.delivery = delivery
+                replayer.injectedFault = options.injectedFault
                 finished.enter()
                 let thread = Thread {
                     while let k = pipe.take() {
@@ -219,9 +225,10 @@ struct FrameMerge {
     /// memory stays bounded by the settings, not by the guest.
     static let maxCarriedRecords = 1 << 16
 
-    init(header: TraceHeader, delivery: VerdictDelivery, target: TraceRecord?) {
+    init(header: TraceHeader, delivery: VerdictDelivery, target: TraceRecord?, injectedFault: InjectedFault? = nil) {
         replayer = Replayer(header: header)
         replayer.delivery = .all
+        replayer.injectedFault = injectedFault
         self.delivery = delivery
         self.target = target
     }

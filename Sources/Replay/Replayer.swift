@@ -232,6 +232,21 @@ final class DecodeMemo {
     }
 }
 
+/// A wrong emulator result on purpose: the test double of replay's own checks. After the
+/// executor runs an instruction with this mnemonic, general-purpose register `register`
+/// (0 = RAX ... 15 = R15, the ModRM order) is XORed with `xor`; replay must then report a
+/// divergence naming that register.
+public struct InjectedFault: Sendable, Equatable {
+    public var mnemonic: String
+    public var register: Int
+    public var xor: UInt64
+    public init(mnemonic: String, register: Int, xor: UInt64) {
+        self.mnemonic = mnemonic
+        self.register = register
+        self.xor = xor
+    }
+}
+
 /// Feeds records through the emulator and compares (DESIGN.md, "When KVM shows an exit").
 /// One replayer per thread (never shared while replaying): it owns an executor and the memory
 /// it serves from the trace.
@@ -253,6 +268,8 @@ public final class Replayer: @unchecked Sendable {
     var knownMSRs: [UInt32: UInt64] = [:]
     /// Which verdicts the frame's result lists one by one; the others it counts.
     var delivery: VerdictDelivery = .all
+    /// Nil except in tests of replay itself (`InjectedFault`).
+    var injectedFault: InjectedFault?
     let memo = DecodeMemo()
     // Scratch reused per record.
     private var recPorts: [PortAccess] = []
@@ -740,6 +757,11 @@ public final class Replayer: @unchecked Sendable {
         if cpu.accessLog.count == 1 { cpu.accessLog.removeLast() } else { cpu.accessLog.removeAll(keepingCapacity: true) }
         lastUnansweredMSR = false
         let result = cpu.step()
+        if let f = injectedFault, f.mnemonic == inst.mnemonic.name, (0..<16).contains(f.register) {
+            var s = cpu.state
+            s.setGPR(f.register, s.gpr(f.register) ^ f.xor)
+            cpu.load(s, keepingCaches: true)
+        }
         if refused {
             judgeRefusal(&v, result: result, before: before, inst: inst, recorded: recorded)
             return false

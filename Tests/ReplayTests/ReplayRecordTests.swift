@@ -87,6 +87,35 @@ final class ReplayRecordTests: XCTestCase {
         XCTAssertEqual(s.failures(allowing: [.divergence]), 0)
     }
 
+    /// The test double: an emulator that gets an instruction wrong on purpose. Replay of
+    /// records that match with the real executor must then diverge, naming the register and
+    /// giving the recorded and the emulated value.
+    func testADeliberatelyWrongEmulatorResultIsCaughtNamingTheRegister() throws {
+        let fault = InjectedFault(mnemonic: "in", register: 0, xor: 0x100)  // RAX
+        let (s, v) = try replay(options: ReplayOptions(injectedFault: fault)) { w in
+            try w.append(pendingIn(answer: 0x60, afterAL: 0x60))
+        }
+        XCTAssertEqual(v[0].kind, .divergence, v[0].summaryLine)
+        XCTAssertEqual(v[0].differences.map(\.field), ["rax"])
+        XCTAssertEqual(v[0].differences.first?.recorded, "0x1260")
+        XCTAssertEqual(v[0].differences.first?.emulated, "0x1360")
+        XCTAssertEqual(s.failures(allowing: []), 1)
+
+        // RCX after a committed OUT, and with two jobs: the same catch.
+        let rcx = InjectedFault(mnemonic: "out", register: 1, xor: 1)
+        let (_, out) = try replay("out", options: ReplayOptions(jobs: 2, injectedFault: rcx)) { w in
+            try w.append(committedOut(value: 0x41, recordedData: 0x41))
+        }
+        XCTAssertEqual(out[0].kind, .divergence, out[0].summaryLine)
+        XCTAssertEqual(out[0].differences.map(\.field), ["rcx"])
+
+        // Another mnemonic: nothing injected, the record matches.
+        let (_, clean) = try replay("clean", options: ReplayOptions(injectedFault: InjectedFault(mnemonic: "nop", register: 0, xor: 1))) { w in
+            try w.append(pendingIn(answer: 0x60, afterAL: 0x60))
+        }
+        XCTAssertEqual(clean[0].kind, .match, clean[0].summaryLine)
+    }
+
     // MARK: committed OUT
 
     func committedOut(value: UInt8, recordedData: UInt8) -> TraceRecord {
