@@ -320,28 +320,29 @@ final class CompletionTests: XCTestCase {
         XCTAssertEqual(obs.seen.first?.after.rip, 0x100000 + 0x49, "at the handler")
     }
 
+    /// Per vCPU, 200 times: add 1 to the 16-byte counter at 0x2000 with a LOCK CMPXCHG16B retry
+    /// loop (each CMPXCHG16B an emulation failure the VMM completes on kvm_pvm), then `cli; hlt`.
+    /// Flat long64 code at 0x100000 (also LockstepTests).
+    static let lockedCounterLoop: [UInt8] = [
+        0xBF, 0x00, 0x20, 0x00, 0x00,        // mov edi,0x2000
+        0x41, 0xB8, 0xC8, 0x00, 0x00, 0x00,  // mov r8d,200
+        0x48, 0x8B, 0x07,                    // again: mov rax,[rdi]
+        0x48, 0x8B, 0x57, 0x08,              // mov rdx,[rdi+8]
+        0x48, 0x8D, 0x58, 0x01,              // lea rbx,[rax+1]
+        0x48, 0x89, 0xD1,                    // mov rcx,rdx
+        0xF0, 0x48, 0x0F, 0xC7, 0x0F,        // lock cmpxchg16b [rdi]
+        0x75, 0xEC,                          // jnz again
+        0x41, 0xFF, 0xC8,                    // dec r8d
+        0x75, 0xE7,                          // jnz again
+        0xFA, 0xF4,                          // cli; hlt
+    ]
+
     /// Two vCPUs each add 1 to a shared 16-byte counter 200 times with LOCK CMPXCHG16B retry
     /// loops, every one completed by the VMM: the total must be exactly 400 (other vCPUs are
     /// held out of the guest during a completion, so the RMW is atomic).
     func testLockedCompletionsStayAtomicAcrossVCPUs() throws {
         try requirePVM()
-        // Per vCPU: ecx? no: r8d = 200 iterations.
-        //  again: mov rax,[0x2000]; mov rdx,[0x2008]; lea rbx,[rax+1]; mov rcx,rdx;
-        //         lock cmpxchg16b [0x2000 via rdi]; jnz again; dec r8d; jnz again
-        //  then the last vCPU to finish... each vCPU: cli; hlt (irqchip none: run ends when both halt).
-        let code: [UInt8] = [
-            0xBF, 0x00, 0x20, 0x00, 0x00,        // mov edi,0x2000
-            0x41, 0xB8, 0xC8, 0x00, 0x00, 0x00,  // mov r8d,200
-            0x48, 0x8B, 0x07,                    // again: mov rax,[rdi]
-            0x48, 0x8B, 0x57, 0x08,              // mov rdx,[rdi+8]
-            0x48, 0x8D, 0x58, 0x01,              // lea rbx,[rax+1]
-            0x48, 0x89, 0xD1,                    // mov rcx,rdx
-            0xF0, 0x48, 0x0F, 0xC7, 0x0F,        // lock cmpxchg16b [rdi]
-            0x75, 0xEC,                          // jnz again
-            0x41, 0xFF, 0xC8,                    // dec r8d
-            0x75, 0xE7,                          // jnz again
-            0xFA, 0xF4,                          // cli; hlt
-        ]
+        let code = Self.lockedCounterLoop
         guard KVMSystem.isAvailable else { throw XCTSkip("/dev/kvm is not available on this host") }
         let config = MachineConfig(mode: .long64, vcpus: 2, memoryMiB: 4)
         let m = try Machine(config: config, image: .flat(code, at: 0x100000), serial: SerialOutput(fd: -1))

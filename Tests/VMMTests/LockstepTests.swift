@@ -70,19 +70,7 @@ final class LockstepTests: XCTestCase {
         guard KVMSystem.backendModule() == "kvm_pvm" else {
             throw XCTSkip("KVM's emulator fails on CMPXCHG16B only on kvm_pvm (CPL0 emulated); this host runs \(KVMSystem.backendModule())")
         }
-        let code: [UInt8] = [
-            0xBF, 0x00, 0x20, 0x00, 0x00,        // mov edi,0x2000
-            0x41, 0xB8, 0xC8, 0x00, 0x00, 0x00,  // mov r8d,200
-            0x48, 0x8B, 0x07,                    // again: mov rax,[rdi]
-            0x48, 0x8B, 0x57, 0x08,              // mov rdx,[rdi+8]
-            0x48, 0x8D, 0x58, 0x01,              // lea rbx,[rax+1]
-            0x48, 0x89, 0xD1,                    // mov rcx,rdx
-            0xF0, 0x48, 0x0F, 0xC7, 0x0F,        // lock cmpxchg16b [rdi]
-            0x75, 0xEC,                          // jnz again
-            0x41, 0xFF, 0xC8,                    // dec r8d
-            0x75, 0xE7,                          // jnz again
-            0xFA, 0xF4,                          // cli; hlt
-        ]
+        let code = CompletionTests.lockedCounterLoop
         for fidelity in [Fidelity.exit, .full] {
             let config = MachineConfig(mode: .long64, vcpus: 2, memoryMiB: 4)
             let m = try Machine(config: config, image: .flat(code, at: 0x100000), serial: SerialOutput(fd: -1))
