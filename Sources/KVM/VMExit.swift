@@ -158,6 +158,9 @@ public enum VMExit: Equatable, Sendable {
     }
 
     /// The KVM_EXIT_* number this exit came from.
+    /// KVM_EXIT_IO's number, for code that knows the exit is `.io` (no switch, no copy).
+    public static let ioReason = UInt32(KVM_EXIT_IO)
+
     public var reason: UInt32 {
         switch self {
         case .io: return UInt32(KVM_EXIT_IO)

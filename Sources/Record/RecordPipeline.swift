@@ -185,12 +185,12 @@ final class RecordPipeline: @unchecked Sendable {
     }
 
     /// A `portIO` item, built in its ring slot (the state is copied once, from the caller's).
-    func pushPortIO(vcpu: Int, state: borrowing CPUState, tscExit: UInt64, tscEntry: UInt64, data: UInt64,
+    func pushPortIO(vcpu: Int, state: UnsafePointer<CPUState>, tscExit: UInt64, tscEntry: UInt64, data: UInt64,
                     kvmExitReason: UInt32, port: UInt16, size: UInt8, isIn: Bool, slot: UInt8) {
         guard vcpu >= 0, vcpu < rings.count else { return }
         let ring = rings[vcpu]
         waitForRoom(ring)
-        states[vcpu][ring.nextSlot] = copy state
+        (states[vcpu] + ring.nextSlot).update(from: state, count: 1)
         ring.push(.portIO(PortIOExit(tscExit: tscExit, tscEntry: tscEntry, data: data, kvmExitReason: kvmExitReason,
                                      port: port, size: size, isIn: isIn, slot: slot)))
         if ring.holds(atLeast: wakeAt) { wakeConsumer() }

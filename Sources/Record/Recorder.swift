@@ -111,15 +111,16 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         var checkItems = 0
         var checkCapacity = 0
 
-        func matches(_ s: CPUState, isIn: Bool, port: UInt16, size: UInt8, view: GuestMemoryView) -> Bool {
-            guard valid, s.rip == rip, s.cr3 == cr3, s.cs.base == csBase, s.cr0 == cr0, s.cr4 == cr4, s.efer == efer,
-                  self.isIn == isIn, self.port == port, self.size == size, UInt16(truncatingIfNeeded: s.rdx) == dx,
-                  LocatorCache.modeTag(s) == mode, var p = check.map(UnsafeRawPointer.init) else { return false }
-            // As readsIOBitmap: at CPL > IOPL (or in virtual-8086 mode) the access reads the TSS
-            // bitmap, guest bytes the fast path does not carry.
-            if mode == 1 { return false }
-            let iopl = (s.rflags >> 12) & 3
-            if mode != 0 && UInt64(s.cpl) > iopl { return false }
+        /// Through a pointer: the state is read field by field, never copied (520 bytes).
+        func matches(_ sp: UnsafePointer<CPUState>, isIn: Bool, port: UInt16, size: UInt8, view: GuestMemoryView) -> Bool {
+            guard valid, sp.pointee.rip == rip, sp.pointee.cr3 == cr3, sp.pointee.cs.base == csBase, sp.pointee.cr0 == cr0,
+                  sp.pointee.cr4 == cr4, sp.pointee.efer == efer, self.isIn == isIn, self.port == port, self.size == size,
+                  UInt16(truncatingIfNeeded: sp.pointee.rdx) == dx, var p = check.map(UnsafeRawPointer.init) else { return false }
+            // The mode (the key's tag) and, as readsIOBitmap: at CPL > IOPL (or in virtual-8086
+            // mode) the access reads the TSS bitmap, guest bytes the fast path does not carry.
+            let cpl = sp.pointee.cpl, rflags = sp.pointee.rflags
+            if LocatorCache.modeTag(sp.pointee) != mode || mode == 1 { return false }
+            if mode != 0 && UInt64(cpl) > (rflags >> 12) & 3 { return false }
             for _ in 0..<checkItems {
                 let gpa = p.loadUnaligned(as: UInt64.self)
                 let n = Int(p.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
@@ -325,7 +326,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     /// ordinary path (a miss, an ambiguous or REP instruction, one that reads the TSS bitmap).
     private func pushKnownPortIO(_ exit: borrowing ObservedExit, lane: Lane, memory: ViewMemory, port: UInt16, size: UInt8,
                                  isIn: Bool, data: UnsafeRawBufferPointer) -> Bool {
-        if lane.repeatExit.matches(exit.state, isIn: isIn, port: port, size: size, view: exit.memory) {
+        if lane.repeatExit.matches(exit.statePointer, isIn: isIn, port: port, size: size, view: exit.memory) {
             pushPortIO(exit, lane: lane, slot: lane.repeatExit.slot, port: port, size: size, isIn: isIn, data: data)
             return true
         }
@@ -356,10 +357,10 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         }
         var value: UInt64 = 0
         for i in 0..<data.count { value |= UInt64(data[i]) << (8 * UInt64(i)) }
-        pipeline.pushPortIO(vcpu: exit.vcpu, state: exit.state, tscExit: exit.tscAtExit, tscEntry: exit.tscAtReentry,
-                            data: value, kvmExitReason: exit.exit.reason, port: port, size: size, isIn: isIn, slot: UInt8(slot))
+        pipeline.pushPortIO(vcpu: exit.vcpu, state: exit.statePointer, tscExit: exit.tscAtExit, tscEntry: exit.tscAtReentry,
+                            data: value, kvmExitReason: VMExit.ioReason, port: port, size: size, isIn: isIn, slot: UInt8(slot))
         lane.lastStateInPipeline = true
-        lane.lastCPL = exit.state.cpl
+        lane.lastCPL = exit.statePointer.pointee.cpl
         lane.lastStepMnemonic = nil
     }
 

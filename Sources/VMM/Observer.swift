@@ -142,8 +142,10 @@ public struct ObservedExit {
     /// This vCPU's exit number (0, 1, 2, ...).
     public let sequence: UInt64
     public let exit: VMExit
-    /// The VMM's copies of the states, lent for the callback (`state`, `stateAfter`).
-    let statePointer: UnsafePointer<CPUState>
+    /// The VMM's copies of the states, lent for the callback (`state`, `stateAfter`): valid
+    /// only until it returns. The pointer lets a hot observer read fields and copy the state
+    /// once, where Swift may copy a value read through an accessor to pass it on.
+    public let statePointer: UnsafePointer<CPUState>
     let stateAfterPointer: UnsafePointer<CPUState>?
     /// The state as KVM showed it at the exit (for OUT and MMIO writes on this host: after the
     /// instruction; for IN and MMIO reads: on it). Read in place: `exit.state.rip` copies nothing.

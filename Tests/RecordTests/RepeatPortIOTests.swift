@@ -28,6 +28,10 @@ final class RepeatPortIOTests: XCTestCase {
         return r
     }
 
+    func matches(_ r: Recorder.RepeatPortIO, _ s: CPUState, isIn: Bool, port: UInt16, size: UInt8, view: GuestMemoryView) -> Bool {
+        withUnsafePointer(to: s) { r.matches($0, isIn: isIn, port: port, size: size, view: view) }
+    }
+
     func testTheSameExitRepeats() throws {
         let (view, _) = try machine()
         let s = committedOut()
@@ -35,7 +39,7 @@ final class RepeatPortIOTests: XCTestCase {
         defer { r.release() }
         var next = s
         next.rax = 0x41  // other registers may change
-        XCTAssertTrue(r.matches(next, isIn: false, port: 0x3F8, size: 1, view: view))
+        XCTAssertTrue(matches(r, next, isIn: false, port: 0x3F8, size: 1, view: view))
         XCTAssertEqual(r.slot, 3)
     }
 
@@ -44,16 +48,16 @@ final class RepeatPortIOTests: XCTestCase {
         let s = committedOut()
         let r = remembered(s)
         defer { r.release() }
-        XCTAssertFalse(r.matches(s, isIn: false, port: 0x3F9, size: 1, view: view), "another port")
-        XCTAssertFalse(r.matches(s, isIn: true, port: 0x3F8, size: 1, view: view), "IN, not OUT")
+        XCTAssertFalse(matches(r, s, isIn: false, port: 0x3F9, size: 1, view: view), "another port")
+        XCTAssertFalse(matches(r, s, isIn: true, port: 0x3F8, size: 1, view: view), "IN, not OUT")
         var dx = s
         dx.rdx = 0x3F9
-        XCTAssertFalse(r.matches(dx, isIn: false, port: 0x3F8, size: 1, view: view), "another DX")
+        XCTAssertFalse(matches(r, dx, isIn: false, port: 0x3F8, size: 1, view: view), "another DX")
         var paging = s
         paging.cr3 = 0x5000
-        XCTAssertFalse(r.matches(paging, isIn: false, port: 0x3F8, size: 1, view: view), "other paging registers")
+        XCTAssertFalse(matches(r, paging, isIn: false, port: 0x3F8, size: 1, view: view), "other paging registers")
         XCTAssertTrue(ram.write(0x1000, [0xEC]))  // the guest rewrote its instruction
-        XCTAssertFalse(r.matches(s, isIn: false, port: 0x3F8, size: 1, view: view), "rewritten instruction")
+        XCTAssertFalse(matches(r, s, isIn: false, port: 0x3F8, size: 1, view: view), "rewritten instruction")
     }
 
     /// At CPL 3 with IOPL 0 the OUT consults the TSS I/O bitmap: guest bytes the shortcut does
@@ -64,8 +68,8 @@ final class RepeatPortIOTests: XCTestCase {
         user.cpl = 3
         let r = remembered(user)
         defer { r.release() }
-        XCTAssertFalse(r.matches(user, isIn: false, port: 0x3F8, size: 1, view: view))
+        XCTAssertFalse(matches(r, user, isIn: false, port: 0x3F8, size: 1, view: view))
         user.rflags |= 3 << 12  // IOPL 3: no bitmap
-        XCTAssertTrue(r.matches(user, isIn: false, port: 0x3F8, size: 1, view: view))
+        XCTAssertTrue(matches(r, user, isIn: false, port: 0x3F8, size: 1, view: view))
     }
 }
