@@ -297,6 +297,13 @@ public final class FrameDecoder {
     /// A one-element list per blob, made once: most records need one blob (a stepped
     /// instruction's bytes), so a record's list is shared instead of built per record.
     private var singleBlobLists: [[GuestBytes]] = []
+    /// The same for a record's list of blob indices.
+    private var singleIndexLists: [[Int]] = []
+    /// Instruction byte strings and one-access lists decoded lately, by content (a few slots,
+    /// chosen by a hash): a single-step trace alternates between a few instructions and their
+    /// accesses, and an array found here is shared instead of allocated and freed per record.
+    private var recentBytes = [[UInt8]](repeating: [], count: 8)
+    private var recentAccesses = [[DeviceAccess]](repeating: [], count: 8)
     private var decoded: UInt32 = 0
     /// The frame's per-vCPU stats, complete once `next()` has returned nil.
     public private(set) var stats: [VCPUFrameStats] = []
@@ -358,6 +365,7 @@ public final class FrameDecoder {
                 guard itemEnd >= c.pos else { throw c.corrupt("guest-bytes item shorter than its fields") }
                 blobs.append(GuestBytes(role: role, gpa: gpa, bytes: try c.bytes(itemEnd - c.pos)))
                 singleBlobLists.append([blobs[blobs.count - 1]])
+                singleIndexLists.append([blobs.count - 1])
             case TraceFormat.tagRecord:
                 guard haveKeyframe else { throw c.corrupt("record before the frame's keyframe") }
                 guard decoded < info.recordCount else { throw c.corrupt("more records than the frame header's \(info.recordCount)") }
@@ -385,6 +393,54 @@ public final class FrameDecoder {
         guard a.count == b.count else { return false }
         if a.isEmpty { return true }
         return a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in pa.baseAddress == pb.baseAddress } }
+    }
+
+    /// The next `n` bytes (an instruction's), shared with an earlier record's when equal.
+    @inline(__always) private func recentBytes(_ c: inout ByteCursor, _ n: Int) throws -> [UInt8] {
+        guard n >= 0, n <= c.remaining else { return try c.bytes(n) }  // throws its message
+        let p = c.base + c.pos
+        var h = n
+        for k in 0..<n { h = h &* 31 &+ Int(p.load(fromByteOffset: k, as: UInt8.self)) }
+        let slot = h & 7
+        let same = recentBytes[slot].withUnsafeBufferPointer { b -> Bool in
+            guard b.count == n else { return false }
+            for k in 0..<n where b[k] != p.load(fromByteOffset: k, as: UInt8.self) { return false }
+            return true
+        }
+        if same {
+            c.pos += n
+            return recentBytes[slot]
+        }
+        let b = try c.bytes(n)
+        recentBytes[slot] = b
+        return b
+    }
+
+    /// One access with `len` data bytes next: the list shared with an earlier record's when equal.
+    @inline(__always) private func recentAccess(_ c: inout ByteCursor, space: DeviceAccess.Space, isWrite: Bool, address: UInt64,
+                                                size: UInt8, count: UInt32, len: Int) throws -> [DeviceAccess] {
+        guard len >= 0, len <= c.remaining else {
+            return [DeviceAccess(space: space, address: address, size: size, isWrite: isWrite, count: count, data: try c.bytes(len))]
+        }
+        let p = c.base + c.pos
+        let slot = Int(truncatingIfNeeded: (address ^ address >> 3 ^ UInt64(len) &* 5) & 7)
+        let same = recentAccesses[slot].withUnsafeBufferPointer { list -> Bool in
+            guard list.count == 1 else { return false }
+            let a = list[0]
+            guard a.space == space, a.isWrite == isWrite, a.address == address, a.size == size, a.count == count else { return false }
+            return a.data.withUnsafeBufferPointer { b -> Bool in
+                guard b.count == len else { return false }
+                for k in 0..<len where b[k] != p.load(fromByteOffset: k, as: UInt8.self) { return false }
+                return true
+            }
+        }
+        if same {
+            c.pos += len
+            return recentAccesses[slot]
+        }
+        let list = [DeviceAccess(space: space, address: address, size: size, isWrite: isWrite, count: count, data: try c.bytes(len))]
+        recentAccesses[slot] = list
+        return list
     }
 
     /// Whether `memory` is the listed blobs (a loop keeps the same list: usually the very same
@@ -447,7 +503,7 @@ public final class FrameDecoder {
         r.instructionStart = mask & RecordField.instructionStart != 0 ? try c.varint() : ref.instructionStart
         if mask & RecordField.instructionBytes != 0 {
             let n = try c.count(max: 15, "instruction length")
-            ref.instructionBytes = try c.bytes(n)
+            ref.instructionBytes = try recentBytes(&c, n)
         }
         if !sameStorage(r.instructionBytes, ref.instructionBytes) { r.instructionBytes = ref.instructionBytes }
         r.candidates = mask & RecordField.candidates != 0 ? try c.u8() : ref.candidates
@@ -472,7 +528,7 @@ public final class FrameDecoder {
         if mask & RecordField.accesses != 0 {
             let n = try c.count(max: c.remaining, "access count")
             var list: [DeviceAccess] = []
-            list.reserveCapacity(n)
+            if n > 1 { list.reserveCapacity(n) }
             for _ in 0..<n {
                 let spaceRaw = try c.u8()
                 guard let space = DeviceAccess.Space(rawValue: spaceRaw) else { throw c.corrupt("unknown access space \(spaceRaw)") }
@@ -482,22 +538,34 @@ public final class FrameDecoder {
                 let count = try c.varint()
                 guard count <= UInt64(UInt32.max) else { throw c.corrupt("access count \(count) exceeds 32 bits") }
                 let len = try c.count(max: c.remaining, "access data length")
-                list.append(DeviceAccess(space: space, address: address, size: size, isWrite: flags & 1 != 0,
-                                         count: UInt32(count), data: try c.bytes(len)))
+                if n == 1 {
+                    list = try recentAccess(&c, space: space, isWrite: flags & 1 != 0, address: address, size: size,
+                                            count: UInt32(count), len: len)
+                } else {
+                    list.append(DeviceAccess(space: space, address: address, size: size, isWrite: flags & 1 != 0,
+                                             count: UInt32(count), data: try c.bytes(len)))
+                }
             }
-            r.accesses = list
+            if !sameStorage(r.accesses, list) { r.accesses = list }
         }
         if mask & (RecordField.accesses | RecordField.accessData) != 0 { ref.accesses = r.accesses }
         if mask & RecordField.memory != 0 {
             let n = try c.count(max: c.remaining, "guest-bytes count")
-            var list: [Int] = []
-            list.reserveCapacity(n)
-            for _ in 0..<n {
+            if n == 1 {
+                // One blob, the common case: its list made once (no array per record).
                 let i = try c.varint()
                 guard i < UInt64(blobs.count) else { throw c.corrupt("guest-bytes index \(i) but only \(blobs.count) stored so far") }
-                list.append(Int(i))
+                if !sameStorage(ref.memory, singleIndexLists[Int(i)]) { ref.memory = singleIndexLists[Int(i)] }
+            } else {
+                var list: [Int] = []
+                list.reserveCapacity(n)
+                for _ in 0..<n {
+                    let i = try c.varint()
+                    guard i < UInt64(blobs.count) else { throw c.corrupt("guest-bytes index \(i) but only \(blobs.count) stored so far") }
+                    list.append(Int(i))
+                }
+                ref.memory = list
             }
-            ref.memory = list
         }
         if ref.memory.isEmpty {
             if !r.memory.isEmpty { r.memory = [] }
