@@ -81,10 +81,11 @@ struct VerdictCounts: Sendable {
     /// cpu, kvm-emulator, vmm.
     var byReference: (UInt64, UInt64, UInt64) = (0, 0, 0)
     var forms: Set<InstructionForm> = []
-    // Per-record lookups served without hashing: the last reason and mnemonic, recently seen forms.
+    // Per-record lookups served without hashing: the last reason, recent mnemonics and forms.
     private var lastReason = -1
-    private var lastMnemonic: UInt16 = 0
-    private var lastMnemonicCount: UInt64 = 0
+    /// Counts by mnemonic not yet in `byMnemonic`, in a few slots chosen by the mnemonic's low
+    /// bits: a loop alternates between a few mnemonics, each counted without hashing.
+    private var mnemonicSlots = [(mnemonic: UInt16, count: UInt64)](repeating: (0, 0), count: 16)
     private var seenForms = [InstructionForm?](repeating: nil, count: 64)
 
     var isEmpty: Bool { verdicts == 0 }
@@ -117,12 +118,13 @@ struct VerdictCounts: Sendable {
         }
         if kind == .match || kind == .divergence || kind == .self, let d = decoded {
             let m = d.instruction.mnemonic.rawValue
-            if m == lastMnemonic && lastMnemonicCount > 0 {
-                lastMnemonicCount += 1
+            let ms = Int(truncatingIfNeeded: m & 15)
+            if mnemonicSlots[ms].mnemonic == m {
+                mnemonicSlots[ms].count += 1
             } else {
-                flushMnemonic()
-                lastMnemonic = m
-                lastMnemonicCount = 1
+                let old = mnemonicSlots[ms]
+                if old.count > 0 { byMnemonic[old.mnemonic, default: 0] += old.count }
+                mnemonicSlots[ms] = (m, 1)
             }
             let f = d.form
             let slot = Int(truncatingIfNeeded: (UInt64(f.mnemonic) &* 0x9E37_79B9 ^ f.operands &* 31 ^ UInt64(f.rep)) & 63)
@@ -134,8 +136,10 @@ struct VerdictCounts: Sendable {
     }
 
     private mutating func flushMnemonic() {
-        if lastMnemonicCount > 0 { byMnemonic[lastMnemonic, default: 0] += lastMnemonicCount }
-        lastMnemonicCount = 0
+        for k in 0..<mnemonicSlots.count where mnemonicSlots[k].count > 0 {
+            byMnemonic[mnemonicSlots[k].mnemonic, default: 0] += mnemonicSlots[k].count
+            mnemonicSlots[k].count = 0
+        }
     }
 
     /// Adds these counts to `summary` (reason and mnemonic names made here, once per frame).
@@ -543,7 +547,9 @@ public final class Replayer: @unchecked Sendable {
     }
 
     private func finishSteps(_ first: borrowing TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes], next: borrowing TraceRecord) {
-        emit(replayStep(first, count: count, isRep: isRep, laterMemory: mem, next: next))
+        // Into the scratch verdict, like a single-record exit: a matching step is only counted.
+        replayStep(into: &scratch, first, count: count, isRep: isRep, laterMemory: mem, next: next)
+        emitScratch()
     }
 
     private func finishStepsAtFrameEnd(_ r: borrowing TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes]) {
@@ -553,8 +559,9 @@ public final class Replayer: @unchecked Sendable {
             emit(v)
             return
         }
-        var before = CPUState()
-        guard executeStep(&v, r, inst: d.instruction, laterMemory: mem, before: &before) else {
+        var before = r.state
+        Reconstruction.applyMSRs(knownMSRs, to: &before)
+        guard executeStep(&v, r, inst: d.instruction, laterMemory: mem, before: before) else {
             emit(v)
             return
         }
@@ -1042,29 +1049,33 @@ public final class Replayer: @unchecked Sendable {
     /// whose later steps brought `laterMemory`): its after-state is the next record of the vCPU,
     /// `next`. An instruction that exits to the VMM gets no step after it: it is checked as its
     /// exit record, not twice.
-    func replayStep(_ r: borrowing TraceRecord, count: Int, isRep: Bool, laterMemory: [GuestBytes], next: borrowing TraceRecord) -> Verdict {
-        var v = simple(r, .match, records: count)
+    func replayStep(into v: inout Verdict, _ r: borrowing TraceRecord, count: Int, isRep: Bool, laterMemory: [GuestBytes],
+                    next: borrowing TraceRecord) {
+        // The one copy of the step's state, with the save-area MSRs known so far: the state it
+        // runs from. A `let`: a `var` would be copied again for every call that borrows it.
+        // (Those MSRs are none of the fields `setSimple` reads: RIP, CPL, mode.)
+        let before = knownMSRs.isEmpty ? r.state : Self.withKnownMSRs(r.state, knownMSRs)
+        setSimple(&v, r, state: before, .match, records: count)
         guard let d = v.decoded else {
             v.kind = r.instructionBytes.isEmpty ? .unlocated : .unsupported
-            return v
+            return
         }
         if next.kind == .exit, next.instructionStart == r.instructionStart,
            (next.visibility == .pending && next.stateAfter == nil) || isRep {
             v.kind = .notReplayable
             v.note = "the stepped instruction exited: checked as its exit"
-            return v
+            return
         }
-        var before = CPUState()
         stepFollowedByEvent = next.kind == .event
         defer { stepFollowedByEvent = false }
-        guard executeStep(&v, r, inst: d.instruction, laterMemory: laterMemory, before: &before) else { return v }
+        guard executeStep(&v, r, inst: d.instruction, laterMemory: laterMemory, before: before) else { return }
         let emulated = cpu.state
         if lastDelivered && next.kind == .step && next.state.rip != emulated.rip {
             // kvm_pvm runs the handler's first instruction without a single-step trap (as after
             // IRET): the next step is one instruction into the handler, not its entry.
             v.kind = .notReplayable
             v.note += "; the next step is past the handler's entry \(Hex.string(emulated.rip)): kvm_pvm ran its first instruction without a single-step trap"
-            return v
+            return
         }
         StepCheck.close(&v, emulated: emulated, flagMask: Reconstruction.undefinedFlags(d.instruction, before: before),
                         start: r.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs, nextRecord: next, memo: memo)
@@ -1074,27 +1085,32 @@ public final class Replayer: @unchecked Sendable {
             v.kind = .notReplayable
             v.note = "CPUID leaf \(Hex.string(before.rax & 0xFFFF_FFFF)) subleaf \(Hex.string(before.rcx & 0xFFFF_FFFF)): the guest saw the host's values, not the trace header's table (kvm_pvm does not apply KVM_SET_CPUID2)"
             v.reproduction = nil
-            return v
+            return
         }
         if v.kind == .divergence { v.reproduction = reproduction(before) }
-        return v
     }
 
-    /// Runs a step from its recorded state (`before` gets the state it ran from). True when it
+    static func withKnownMSRs(_ s: CPUState, _ known: [UInt32: UInt64]) -> CPUState {
+        var c = s
+        Reconstruction.applyMSRs(known, to: &c)
+        return c
+    }
+
+    /// Runs a step from `before` (its recorded state with the known save-area MSRs). True when it
     /// completed, to be compared with the next record's state; else `v` is final.
     func executeStep(_ v: inout Verdict, _ r: borrowing TraceRecord, inst: Instruction, laterMemory: [GuestBytes],
-                     before: inout CPUState) -> Bool {
+                     before: borrowing CPUState) -> Bool {
         for m in r.memory { memory.load(m.gpa, m.bytes) }
         for m in laterMemory { memory.load(m.gpa, m.bytes) }
-        before = r.state
-        Reconstruction.applyMSRs(knownMSRs, to: &before)
         // A stepped instruction that faults (DIV by zero) traps next at its handler: the exception
         // goes through the IDT as on the CPU, and the handler's state is what the next step shows.
         cpu.deliverExceptions = !stepFollowedByEvent
         lastDelivered = false
-        execute(&v, before: before, inst: inst, recorded: [], exitCode: .none, exitInfo1: 0, nextRIP: 0, after: nil,
-                compareDevice: false)
+        // No device side, next RIP or after-state to compare here (`execute` without them).
+        let completed = run(&v, before: before, inst: inst, recorded: [], exitCode: .none, exitInfo1: 0, hasAfter: false,
+                            compareDevice: false)
         cpu.deliverExceptions = false
+        if completed { conclude(&v, before: before) }
         if deviceAnswerMissing {
             // It needed a device: it exited, and its exit record holds the device side.
             v.kind = .notReplayable
@@ -1119,19 +1135,28 @@ public final class Replayer: @unchecked Sendable {
 public enum StepCheck {
     /// For an exit record: the state before its instruction (as shown when pending, rebuilt when committed).
     static func exitStateBefore(_ r: borrowing TraceRecord, memo: DecodeMemo? = nil) -> CPUState? {
-        guard r.kind == .exit else { return nil }
-        if r.visibility == .pending { return r.state }
-        guard r.visibility == .committed, r.candidates == 1, r.fragment == 0 else { return nil }
+        var s = CPUState()
+        return exitStateBefore(r, memo: memo, into: &s) ? s : nil
+    }
+
+    /// `exitStateBefore` into `s` (one copy of the record's state); false when there is none.
+    static func exitStateBefore(_ r: borrowing TraceRecord, memo: DecodeMemo?, into s: inout CPUState) -> Bool {
+        guard r.kind == .exit else { return false }
+        if r.visibility == .pending {
+            s = r.state
+            return true
+        }
+        guard r.visibility == .committed, r.candidates == 1, r.fragment == 0 else { return false }
+        s = r.state
         let inst: Instruction
         if let memo {
-            guard let d = memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(r.state.mode)) else { return nil }
+            guard let d = memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(s.mode)) else { return false }
             inst = d.instruction
         } else {
-            guard case .success(let i) = decode(bytes: r.instructionBytes, mode: DecoderMode(r.state.mode)) else { return nil }
+            guard case .success(let i) = decode(bytes: r.instructionBytes, mode: DecoderMode(s.mode)) else { return false }
             inst = i
         }
-        if case .success(let before) = Reconstruction.before(r, inst) { return before }
-        return nil
+        return Reconstruction.rebuild(&s, from: r, inst) == nil
     }
 
     /// With the next record of the vCPU as the merge keeps it (from the next frame).
@@ -1149,15 +1174,64 @@ public enum StepCheck {
         return v
     }
 
-    /// With the next record itself (in the same frame).
-    static func close(_ v: inout Verdict, emulated: CPUState, flagMask: UInt64, start: UInt64, isRep: Bool, msrs: [UInt32: UInt64],
-                      nextRecord next: borrowing TraceRecord, memo: DecodeMemo?) {
-        // Its state before its instruction, only when the comparison needs it.
-        let needsBefore = next.kind == .exit && !(next.instructionStart == start && next.visibility != .none)
-        close(&v, emulated: emulated, flagMask: flagMask, start: start, isRep: isRep, msrs: msrs,
-              kind: next.kind, visibility: next.visibility, instructionStart: next.instructionStart,
-              lastFragment: next.lastFragment, state: next.state, stateAfter: next.stateAfter,
-              stateBefore: needsBefore ? exitStateBefore(next, memo: memo) : nil)
+    /// With the next record itself (in the same frame). The same rules as the general `close`
+    /// below, read from the borrowed record: only the state that shows the result is looked at,
+    /// and copied only when it must be adjusted (save-area MSRs) or rebuilt (a committed exit).
+    static func close(_ v: inout Verdict, emulated: borrowing CPUState, flagMask: UInt64, start: UInt64, isRep: Bool,
+                      msrs: [UInt32: UInt64], nextRecord next: borrowing TraceRecord, memo: DecodeMemo?) {
+        let kind = next.kind
+        if isRep && kind == .step && next.instructionStart == start && next.state.rip == start {
+            v.kind = .incomplete
+            v.note = "REP iterations continue in the next frame"
+            v.reproduction = nil
+            return
+        }
+        switch kind {
+        case .step:
+            compareAfter(&v, recorded: next.state, emulated: emulated, flagMask: flagMask, msrs: msrs)
+            return
+        case .exit:
+            if next.instructionStart == start && next.visibility == .committed {
+                // The stepped instruction exited: its committed record shows the state after it.
+                if next.lastFragment {
+                    compareAfter(&v, recorded: next.state, emulated: emulated, flagMask: flagMask, msrs: msrs)
+                    return
+                }
+            } else if next.instructionStart == start && next.visibility == .pending {
+                if let after = next.stateAfter {
+                    compareAfter(&v, recorded: after, emulated: emulated, flagMask: flagMask, msrs: msrs)
+                    return
+                }
+            } else {
+                // The state before the next (exiting) instruction, whose own step is not recorded.
+                if let before = exitStateBefore(next, memo: memo) {
+                    compareAfter(&v, recorded: before, emulated: emulated, flagMask: flagMask, msrs: msrs)
+                    return
+                }
+            }
+        default:
+            break
+        }
+        v.kind = .notReplayable
+        v.note = kind == .exit ? "the stepped instruction exited: checked as its exit" : "next record is a \(kind.name): no state after the step"
+        v.reproduction = nil
+    }
+
+    /// The comparison that ends `close`: `recorded` with the known save-area MSRs applied.
+    private static func compareAfter(_ v: inout Verdict, recorded: borrowing CPUState, emulated: borrowing CPUState,
+                                     flagMask: UInt64, msrs: [UInt32: UInt64]) {
+        if msrs.isEmpty {
+            StateComparison.compare(recorded: recorded, emulated: emulated, flagMask: flagMask, into: &v.differences)
+        } else {
+            var after = copy recorded
+            Reconstruction.applyMSRs(msrs, to: &after)
+            StateComparison.compare(recorded: after, emulated: emulated, flagMask: flagMask, into: &v.differences)
+        }
+        if v.differences.isEmpty {
+            if v.hasReproduction { v.reproduction = nil }
+        } else {
+            v.kind = .divergence
+        }
     }
 
     /// Compares the step's emulated state with what the next record shows after it.
