@@ -199,6 +199,8 @@ public final class Machine: @unchecked Sendable {
         var counts = [UInt64](repeating: 0, count: 64)
         var exits: UInt64 = 0
         var halted = false
+        /// XCR0 from KVM_GET_XCRS at the vCPU's start, with an observer (for completions' states).
+        var xcr0: UInt64? = nil
         /// Completions by mnemonic (rare: a dictionary is fine).
         var completions: [String: UInt64] = [:]
         /// True while this thread may be inside KVM_RUN (kept only with several vCPUs): a
@@ -412,7 +414,7 @@ public final class Machine: @unchecked Sendable {
         if let observer {
             var boot = bootStates[index] ?? currentState(vcpu)
             // XCR0 as KVM holds it (reset: x87 only), not the state model's default.
-            if let x = try? vcpu.getXCRs().first(where: { $0.index == 0 }) { boot.xcr0 = x.value }
+            if let x = try? vcpu.getXCRs().first(where: { $0.index == 0 }) { boot.xcr0 = x.value; r.xcr0 = x.value }
             observer.vcpuStarted(vcpu: index, state: boot)
         }
         var pending = false  // an exit the completing KVM_RUN (fidelity full) already returned
@@ -729,7 +731,9 @@ public final class Machine: @unchecked Sendable {
                 var state = CPUState(regs: regs, sregs: sregs)
                 let saveArea = MSRIndex.saveArea.filter { $0 != MSRIndex.efer }
                 if let m = try? vcpu.getMSRs(saveArea) { Completer.apply(msrs: m, to: &state) }
-                if let x = try? vcpu.getXCRs().first(where: { $0.index == 0 }) { state.xcr0 = x.value }
+                // XCR0 as read at the vCPU's start (no ioctl per completion: these guests never
+                // run XSETBV, and the recorder re-reads it once per frame for exits).
+                if let x = r.xcr0 { state.xcr0 = x }
                 // SSE instructions compute from the guest's XMM registers and MXCSR.
                 var fpu = try vcpu.getFPU()
                 let xmm = withUnsafeBytes(of: fpu.xmm) { raw in (0..<32).map { raw.loadUnaligned(fromByteOffset: 8 * $0, as: UInt64.self) } }
