@@ -241,7 +241,7 @@ final class RecordPipeline: @unchecked Sendable {
                 case let .portIO(e):
                     guard Int(e.slot) < m.located.count, let (l, g) = m.located[Int(e.slot)] else { return }
                     if m.lastData.count != Int(e.size) || m.lastValue != e.data {
-                        m.lastData = (0..<Int(e.size)).map { UInt8(truncatingIfNeeded: e.data >> (8 * UInt64($0))) }
+                        m.lastData = ExitRecordBuilder.littleEndian(e.data, Int(e.size))
                         m.lastValue = e.data
                     }
                     var r = ExitRecordBuilder.portIORecord(vcpu: v, kvmExitReason: e.kvmExitReason, port: e.port, size: e.size,

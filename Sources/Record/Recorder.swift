@@ -73,7 +73,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         var lastStepMnemonic: Mnemonic?
         /// The save-area MSRs (KVM_GET_MSRS once, then every routed WRMSR), put into each state:
         /// sync regs do not carry them.
-        var msrs: SaveAreaMSRs?
+        var msrs: SaveAreaMSRs? { didSet { msrsAnnounced = false } }
         /// The last step record, written once the next record shows it was not an exit.
         var heldStep: TraceRecord? { didSet { if case .some = heldStep { hasHeldStep = true } else { hasHeldStep = false } } }
         /// Whether heldStep/heldWrite hold a record: `lane.heldStep != nil` copied the whole
@@ -257,7 +257,6 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             var m = SaveAreaMSRs((try? exit.probe.msrs()) ?? [:])
             m.xcr0 = (try? exit.probe.xcr0()) ?? nil
             lane.msrs = m
-            lane.msrsAnnounced = false
             _ = try? exit.probe.stats()  // opens the stats file here, so the pipeline never issues a vCPU ioctl
             lane.shared.withLock { $0.probe = exit.probe }
         }
@@ -292,7 +291,6 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             record.msrWrites = lane.pendingMSRWrites
             // The write takes effect with this exit's instruction: later states carry it.
             for w in lane.pendingMSRWrites { lane.msrs?.set(w.index, w.value) }
-            lane.msrsAnnounced = false
             lane.pendingMSRWrites.removeAll(keepingCapacity: true)
         }
         if lane.hasHeldWrite, var first = lane.heldWrite {
@@ -564,7 +562,6 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     private func refreshXCR0(_ lane: Lane) {
         guard let probe = lane.probe, let x = try? probe.xcr0(), lane.msrs != nil, lane.msrs?.xcr0 != x else { return }
         lane.msrs?.xcr0 = x
-        lane.msrsAnnounced = false
     }
 
     /// Writes the index and trailer; call once the run is over (also from Ctrl-C paths).
