@@ -59,7 +59,13 @@ extension CPUState {
         idtr = DescriptorTable(base: p.pointee.idt.base, limit: p.pointee.idt.limit)
         cr0 = p.pointee.cr0; cr2 = p.pointee.cr2; cr3 = p.pointee.cr3; cr4 = p.pointee.cr4
         cr8 = p.pointee.cr8; efer = p.pointee.efer
-        if cr0 & CR0.pe == 0 { cpl = 0 } else if rflags & RFLAGS.vm != 0 { cpl = 3 } else { cpl = ss.dpl }
+        cpl = CPUState.cpl(cr0: cr0, rflags: rflags, ssDPL: ss.dpl)
+    }
+
+    /// The VMCB's CPL as KVM's registers give it: 0 in real mode, 3 in virtual-8086 mode, else SS.DPL.
+    @inline(__always)
+    static func cpl(cr0: UInt64, rflags: UInt64, ssDPL: UInt8) -> UInt8 {
+        if cr0 & CR0.pe == 0 { return 0 } else if rflags & RFLAGS.vm != 0 { return 3 } else { return ssDPL }
     }
 
     /// Registers and the system part from kvm_regs and kvm_sregs, read in place; the fields they
@@ -94,4 +100,61 @@ extension CPUState {
         s.cr0 = cr0; s.cr2 = cr2; s.cr3 = cr3; s.cr4 = cr4; s.cr8 = cr8; s.efer = efer
         return s
     }
+}
+
+/// The registers KVM_CAP_SYNC_REGS leaves in kvm_run at an exit (kvm_regs and kvm_sregs), in
+/// KVM's layout. A recorder copies them (456 bytes) on the vCPU thread and builds the CPUState
+/// on another thread: the conversion (eight segments' attribute bits and the rest, ~400
+/// instructions) was the largest part of recording's work per exit on the vCPU thread.
+public struct SyncedRegisters: Sendable {
+    public var regs: kvm_regs
+    public var sregs: kvm_sregs
+    public init() { regs = kvm_regs(); sregs = kvm_sregs() }
+
+    /// The state they describe: what `VCPU.syncedState()` gives for them.
+    @inline(__always)
+    public var state: CPUState { CPUState(regs: regs, sregs: sregs) }
+
+    /// The registers at `p` into `state` in place, without copying them first (fields sync regs
+    /// do not carry keep their values, as with `VCPU.loadSyncedState`).
+    @inline(__always)
+    public static func load(_ p: UnsafePointer<SyncedRegisters>, into state: inout CPUState) {
+        guard let r = p.pointer(to: \.regs), let s = p.pointer(to: \.sregs) else { state = p.pointee.state; return }
+        state.update(regs: r, sregs: s)
+    }
+}
+
+/// The synced registers in place in the vCPU's kvm_run page: valid until its next KVM_RUN.
+/// The fields a recorder compares per exit are read here without building a state.
+public struct SyncedRegistersView {
+    public let regs: UnsafePointer<kvm_regs>
+    public let sregs: UnsafePointer<kvm_sregs>
+    public init(regs: UnsafePointer<kvm_regs>, sregs: UnsafePointer<kvm_sregs>) { self.regs = regs; self.sregs = sregs }
+
+    @inline(__always) public var rip: UInt64 { regs.pointee.rip }
+    @inline(__always) public var rdx: UInt64 { regs.pointee.rdx }
+    @inline(__always) public var rflags: UInt64 { regs.pointee.rflags }
+    @inline(__always) public var cr0: UInt64 { sregs.pointee.cr0 }
+    @inline(__always) public var cr3: UInt64 { sregs.pointee.cr3 }
+    @inline(__always) public var cr4: UInt64 { sregs.pointee.cr4 }
+    @inline(__always) public var efer: UInt64 { sregs.pointee.efer }
+    @inline(__always) public var csBase: UInt64 { sregs.pointee.cs.base }
+    /// As `CPUState.cpl` after `update(sregs:)`.
+    @inline(__always) public var cpl: UInt8 { CPUState.cpl(cr0: cr0, rflags: rflags, ssDPL: sregs.pointee.ss.dpl & 3) }
+    /// As `CPUState.mode` of the state these registers give.
+    @inline(__always) public var mode: CPUMode {
+        CPUState.mode(cr0: cr0, efer: efer, rflags: rflags, csLong: sregs.pointee.cs.l & 1 != 0,
+                      csDefaultBig: sregs.pointee.cs.db & 1 != 0)
+    }
+
+    /// Copies them out (two plain copies, no conversion).
+    @inline(__always)
+    public func copy(to p: UnsafeMutablePointer<SyncedRegisters>) {
+        p.pointee.regs = regs.pointee
+        p.pointee.sregs = sregs.pointee
+    }
+
+    /// The state they describe, into `state` in place (fields sync regs do not carry keep theirs).
+    @inline(__always)
+    public func load(into state: inout CPUState) { state.update(regs: regs, sregs: sregs) }
 }

@@ -50,6 +50,10 @@ public final class VCPU: @unchecked Sendable {
     @inline(__always)
     public var exit: VMExit { VMExit(run: runPointer) }
 
+    /// The last exit's KVM_EXIT_IO fields, nil for other exits (no `VMExit` built).
+    @inline(__always)
+    public var ioExit: IOExitInfo? { IOExitInfo(run: runPointer) }
+
     /// kvm_run.immediate_exit: when set, KVM_RUN returns EINTR at once (and before entering
     /// the guest). Safe to set from another thread before signalling this one.
     public var immediateExit: Bool {
@@ -117,6 +121,10 @@ public final class VCPU: @unchecked Sendable {
     public func syncedState() -> CPUState {
         CPUState(regs: syncedRegs.pointee, sregs: syncedSregs.pointee)
     }
+
+    /// The synced registers in place (valid until the next KVM_RUN).
+    @inline(__always)
+    public var syncedRegisters: SyncedRegistersView { SyncedRegistersView(regs: syncedRegs, sregs: syncedSregs) }
 
     /// The synced registers into `state` in place (the exit path: no temporary copies). Fields
     /// sync regs do not carry keep their values, so `state` should hold nothing else.

@@ -78,6 +78,26 @@ public struct SystemEventInfo: Equatable, Sendable {
     }
 }
 
+/// KVM_EXIT_IO's fields, read from kvm_run without building a `VMExit`: matching a case of that
+/// enum copies all of it (137 bytes) first, which an observer's per-exit path notices.
+public struct IOExitInfo: Sendable, Equatable {
+    public var port: UInt16
+    public var size: UInt8
+    public var direction: IODirection
+    public var count: UInt32
+    /// Where the data is, from the start of kvm_run.
+    public var dataOffset: UInt64
+
+    /// The I/O exit described by a kvm_run page, or nil when the exit is another kind.
+    @inline(__always)
+    public init?(run r: UnsafePointer<kvm_run>) {
+        guard Int32(ckvm_run_exit_reason(r)) == KVM_EXIT_IO else { return nil }
+        port = ckvm_run_io_port(r); size = ckvm_run_io_size(r)
+        direction = ckvm_run_io_direction(r) == 0 ? .in : .out
+        count = ckvm_run_io_count(r); dataOffset = ckvm_run_io_data_offset(r)
+    }
+}
+
 /// One VM exit, decoded from the kvm_run page: every x86 exit reason KVM can return, and
 /// `unknown` with its number for the rest.
 public enum VMExit: Equatable, Sendable {

@@ -360,8 +360,11 @@ public final class LocatorCache {
 
     /// A switch, not `CPUMode.allCases.firstIndex`: `allCases` builds an array, on every exit.
     @inline(__always)
-    static func modeTag(_ s: CPUState) -> UInt8 {
-        switch s.mode {
+    static func modeTag(_ s: CPUState) -> UInt8 { modeTag(s.mode) }
+
+    @inline(__always)
+    static func modeTag(_ mode: CPUMode) -> UInt8 {
+        switch mode {
         case .real: return 0
         case .virtual8086: return 1
         case .protected16: return 2

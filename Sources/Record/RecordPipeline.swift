@@ -1,4 +1,5 @@
 import Foundation
+import KVM
 import Synchronization
 import Trace
 import X86
@@ -91,8 +92,9 @@ final class RecordPipeline: @unchecked Sendable {
         indirect case recordInLastState(TraceRecord)
         /// Close the vCPU's current frame (it stopped).
         case flush
-        /// The vCPU's save-area MSRs from now on (its records' states carry them).
-        case msrs(SaveAreaMSRs?)
+        /// The vCPU's save-area MSRs from now on (its records' states carry them). Boxed: unboxed,
+        /// its 150 bytes made every item (and each push's copy) that large.
+        indirect case msrs(SaveAreaMSRs?)
         /// Slot `slot` of the vCPU's table of known instructions now holds this one.
         indirect case located(slot: Int, LocatedInstruction, [GuestBytes])
         case portIO(PortIOExit)
@@ -129,81 +131,100 @@ final class RecordPipeline: @unchecked Sendable {
         var lastPortIOState = CPUState()
     }
 
+    /// The vCPU thread's end of its ring (one producer per ring). A lane holds its own, so an exit
+    /// pushes without looking the ring up (no array access, no reference counting per exit).
+    final class Producer: @unchecked Sendable {
+        let ring: SPSCRing<Item>
+        /// The registers of the ring's `portIO` items, by slot (KVM's layout: the consumer builds
+        /// the state).
+        let states: UnsafeMutablePointer<SyncedRegisters>
+        let doorbell: Doorbell
+        /// A push that leaves this many items waiting wakes the consumer.
+        let wakeAt: Int
+
+        init(capacity: Int, doorbell: Doorbell) {
+            ring = SPSCRing(capacity: capacity)
+            states = .allocate(capacity: ring.capacity)
+            states.initialize(repeating: SyncedRegisters(), count: ring.capacity)
+            self.doorbell = doorbell
+            wakeAt = max(1, capacity / 4)
+        }
+
+        deinit { states.deinitialize(count: ring.capacity); states.deallocate() }
+
+        /// From the vCPU's thread only.
+        func push(_ item: consuming Item) {
+            waitForRoom()
+            ring.push(item)
+            if ring.holds(atLeast: wakeAt) { doorbell.wakeConsumer() }
+        }
+
+        /// A `portIO` item, built in its ring slot (KVM's registers are copied once, from kvm_run).
+        @inline(__always)
+        func pushPortIO(registers: SyncedRegistersView, tscExit: UInt64, tscEntry: UInt64, data: UInt64,
+                        kvmExitReason: UInt32, port: UInt16, size: UInt8, isIn: Bool, slot: UInt8) {
+            waitForRoom()
+            registers.copy(to: states + ring.nextSlot)
+            ring.push(.portIO(PortIOExit(tscExit: tscExit, tscEntry: tscEntry, data: data, kvmExitReason: kvmExitReason,
+                                         port: port, size: size, isIn: isIn, slot: slot)))
+            if ring.holds(atLeast: wakeAt) { doorbell.wakeConsumer() }
+        }
+
+        @inline(__always)
+        private func waitForRoom() {
+            if ring.isFull {
+                doorbell.stalls.add(1, ordering: .relaxed)
+                while ring.isFull { doorbell.wakeConsumer(); usleep(50) }
+            }
+        }
+    }
+
+    /// The consumer sleeps on `wake` while the rings are nearly empty; a producer whose ring
+    /// reaches its `wakeAt` wakes it. Waking and sleeping are system calls, and in a nested VM each
+    /// costs tens of µs (measured: polling every 20-200 µs spent more time in nanosleep than in
+    /// encoding), so they happen once per `wakeAt` records, not per record.
+    final class Doorbell: @unchecked Sendable {
+        let wake = DispatchSemaphore(value: 0)
+        let sleeping = Atomic<Bool>(false)
+        /// Times a vCPU thread found its ring full and waited.
+        let stalls = Atomic<UInt64>(0)
+
+        func wakeConsumer() {
+            if sleeping.load(ordering: .relaxed), sleeping.exchange(false, ordering: .acquiringAndReleasing) { wake.signal() }
+        }
+    }
+
     let writer: TraceWriter
-    private let rings: [SPSCRing<Item>]
-    /// Per ring, the states of its `portIO` items, by slot.
-    private let states: [UnsafeMutablePointer<CPUState>]
+    /// One per vCPU, by index.
+    let producers: [Producer]
     private let mirrors: [LaneMirror]
     private let stopping = Atomic<Bool>(false)
     private let stopped = DispatchSemaphore(value: 0)
-    private let stalls = Atomic<UInt64>(0)
-    /// The consumer sleeps on `wake` while the rings are nearly empty; a producer whose ring
-    /// reaches `wakeAt` wakes it. Waking and sleeping are system calls, and in a nested VM each
-    /// costs tens of µs (measured: polling every 20-200 µs spent more time in nanosleep than in
-    /// encoding), so they happen once per `wakeAt` records, not per record.
-    private let wake = DispatchSemaphore(value: 0)
-    private let sleeping = Atomic<Bool>(false)
-    private let wakeAt: Int
+    private let doorbell = Doorbell()
 
     init(writer: TraceWriter, vcpus: Int, capacity: Int) {
         self.writer = writer
-        rings = (0..<max(1, vcpus)).map { _ in SPSCRing(capacity: capacity) }
-        states = rings.map { r in
-            let p = UnsafeMutablePointer<CPUState>.allocate(capacity: r.capacity)
-            p.initialize(repeating: CPUState(), count: r.capacity)
-            return p
-        }
-        wakeAt = max(1, capacity / 4)
+        let doorbell = self.doorbell
+        producers = (0..<max(1, vcpus)).map { _ in Producer(capacity: capacity, doorbell: doorbell) }
         mirrors = (0..<max(1, vcpus)).map { _ in LaneMirror() }
         let thread = Thread { [self] in self.drainLoop() }
         thread.name = "exitscope-records"
         thread.start()
     }
 
-    deinit {
-        for (p, r) in zip(states, rings) { p.deinitialize(count: r.capacity); p.deallocate() }
-    }
-
     /// Times a vCPU thread found its ring full and waited.
-    var producerStalls: UInt64 { stalls.load(ordering: .relaxed) }
+    var producerStalls: UInt64 { doorbell.stalls.load(ordering: .relaxed) }
 
     /// From vCPU `vcpu`'s thread only (one producer per ring).
     func push(_ item: consuming Item, vcpu: Int) {
-        guard vcpu >= 0, vcpu < rings.count else { return }
-        let ring = rings[vcpu]
-        waitForRoom(ring)
-        ring.push(item)
-        if ring.holds(atLeast: wakeAt) { wakeConsumer() }
-    }
-
-    @inline(__always)
-    private func waitForRoom(_ ring: SPSCRing<Item>) {
-        if ring.isFull {
-            stalls.add(1, ordering: .relaxed)
-            while ring.isFull { wakeConsumer(); usleep(50) }
-        }
-    }
-
-    /// A `portIO` item, built in its ring slot (the state is copied once, from the caller's).
-    func pushPortIO(vcpu: Int, state: UnsafePointer<CPUState>, tscExit: UInt64, tscEntry: UInt64, data: UInt64,
-                    kvmExitReason: UInt32, port: UInt16, size: UInt8, isIn: Bool, slot: UInt8) {
-        guard vcpu >= 0, vcpu < rings.count else { return }
-        let ring = rings[vcpu]
-        waitForRoom(ring)
-        (states[vcpu] + ring.nextSlot).update(from: state, count: 1)
-        ring.push(.portIO(PortIOExit(tscExit: tscExit, tscEntry: tscEntry, data: data, kvmExitReason: kvmExitReason,
-                                     port: port, size: size, isIn: isIn, slot: slot)))
-        if ring.holds(atLeast: wakeAt) { wakeConsumer() }
-    }
-
-    private func wakeConsumer() {
-        if sleeping.load(ordering: .relaxed), sleeping.exchange(false, ordering: .acquiringAndReleasing) { wake.signal() }
+        guard vcpu >= 0, vcpu < producers.count else { return }
+        producers[vcpu].push(item)
     }
 
     /// Drains what is left, stops the thread; call once, after every vCPU has stopped pushing.
     func finish() {
         if stopping.exchange(true, ordering: .sequentiallyConsistent) { return }
-        wake.signal()
+        doorbell.wake.signal()
         stopped.wait()
     }
 
@@ -218,17 +239,18 @@ final class RecordPipeline: @unchecked Sendable {
             }
             // Nothing queued: sleep until a producer's ring fills a quarter, or 5 ms (the last
             // records of a quiet guest still reach the writer; a stop signals at once).
-            sleeping.store(true, ordering: .sequentiallyConsistent)
-            _ = wake.wait(timeout: .now() + .milliseconds(5))
-            sleeping.store(false, ordering: .relaxed)
+            doorbell.sleeping.store(true, ordering: .sequentiallyConsistent)
+            _ = doorbell.wake.wait(timeout: .now() + .milliseconds(5))
+            doorbell.sleeping.store(false, ordering: .relaxed)
         }
     }
 
     private func drainOnce() -> Int {
         var n = 0
-        for (v, ring) in rings.enumerated() {
+        for (v, producer) in producers.enumerated() {
             let m = mirrors[v]
-            let stateSlots = states[v]
+            let ring = producer.ring
+            let stateSlots = producer.states
             while ring.consume({ item, slot in
                 n += 1
                 switch item {
@@ -244,12 +266,14 @@ final class RecordPipeline: @unchecked Sendable {
                         m.lastData = ExitRecordBuilder.littleEndian(e.data, Int(e.size))
                         m.lastValue = e.data
                     }
+                    // The state the VMM would have lent (its loadSyncedState into a state that holds
+                    // nothing else, as lastPortIOState: only portIO items write it).
+                    SyncedRegisters.load(stateSlots + slot, into: &m.lastPortIOState)
                     var r = ExitRecordBuilder.portIORecord(vcpu: v, kvmExitReason: e.kvmExitReason, port: e.port, size: e.size,
-                                                           isIn: e.isIn, data: m.lastData, state: stateSlots[slot], located: l,
+                                                           isIn: e.isIn, data: m.lastData, state: m.lastPortIOState, located: l,
                                                            guestBytes: g, tscExit: e.tscExit, tscEntry: e.tscEntry,
                                                            accesses: m.accesses)
                     m.msrs?.apply(to: &r.state)
-                    m.lastPortIOState = stateSlots[slot]
                     append(r, mirror: m)
                 case let .located(slot, l, g):
                     if slot >= 0 && slot < m.located.count { m.located[slot] = (l, g) }

@@ -42,6 +42,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     public let writer: TraceWriter
     public let options: RecorderOptions
     private let lanes: [Lane]
+    /// The same lanes unretained (`lanes` keeps them): borrowed on the fast path without reference counting.
+    private let laneReferences: [Unmanaged<Lane>]
     private let pipeline: RecordPipeline
     /// Whether port I/O exits may take the fast path (`pushKnownPortIO`): not under single-step
     /// (steps are held and ordered around exits) nor with --fidelity full (a state after).
@@ -49,7 +51,6 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     // Statistics for the summary, bumped by every vCPU thread.
     private let ambiguous = Atomic<UInt64>(0)
     private let unlocated = Atomic<UInt64>(0)
-    private let exitCount = Atomic<UInt64>(0)
     private let completionCount = Atomic<UInt64>(0)
 
     /// Per-vCPU recording state, used only on that vCPU's thread.
@@ -82,8 +83,13 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         private(set) var hasHeldWrite = false
         /// An ambiguous MMIO write, written once the next exit shows which instruction it was.
         var heldWrite: TraceRecord? { didSet { if case .some = heldWrite { hasHeldWrite = true } else { hasHeldWrite = false } } }
-        /// Guest memory with this vCPU's paging registers, reused at every exit.
-        var memory: ViewMemory?
+        /// Guest memory with this vCPU's paging registers, reused at every exit (a `let`: reading it
+        /// costs no reference counting).
+        let memory: ViewMemory
+        /// This vCPU's end of its ring to the pipeline.
+        let producer: RecordPipeline.Producer
+        /// Exits seen (summed for the summary once the vCPUs stopped: no shared counter per exit).
+        var exits: UInt64 = 0
         /// The locator-cache serials the pipeline knows, by slot (RecordPipeline.Item.located);
         /// plain memory, searched on every fast-path exit.
         let announced = UnsafeMutablePointer<UInt64>.allocate(capacity: RecordPipeline.locatedSlots)
@@ -92,7 +98,40 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         var msrsAnnounced = false
         /// The last fast-path exit, to take the next one like it without the locator cache.
         var repeatExit = RepeatPortIO()
-        init() { announced.initialize(repeating: 0, count: RecordPipeline.locatedSlots) }
+        /// The whole per-exit work of a port exit like the lane's last fast-path one (RepeatPortIO),
+        /// when nothing else is due at this exit: no first exit, debug registers to read, open group,
+        /// held write, pending MSR write or MSRs to announce. False: the ordinary order of
+        /// `exitHandled` follows.
+        @inline(__always)
+        func pushRepeatedPortIO(_ registers: SyncedRegistersView, port: UInt16, size: UInt8, isIn: Bool,
+                                data: UnsafeRawBufferPointer, tscExit: UInt64, tscEntry: UInt64) -> Bool {
+            guard msrsAnnounced, probe != nil, !refreshDebugRegisters.load(ordering: .relaxed), lastStepMnemonic != .xsetbv,
+                  openGroup == nil, !hasHeldWrite, pendingMSRWrites.isEmpty,
+                  repeatExit.matches(registers, isIn: isIn, port: port, size: size, view: memory.view) else { return false }
+            exits &+= 1
+            pushPortIO(registers, slot: repeatExit.slot, port: port, size: size, isIn: isIn, data: data,
+                       tscExit: tscExit, tscEntry: tscEntry)
+            return true
+        }
+
+        /// The registers go into the ring as KVM left them (one copy); the pipeline builds the state.
+        @inline(__always)
+        func pushPortIO(_ registers: SyncedRegistersView, slot: Int, port: UInt16, size: UInt8, isIn: Bool,
+                        data: UnsafeRawBufferPointer, tscExit: UInt64, tscEntry: UInt64) {
+            var value: UInt64 = 0
+            for i in 0..<data.count { value |= UInt64(data[i]) << (8 * UInt64(i)) }
+            producer.pushPortIO(registers: registers, tscExit: tscExit, tscEntry: tscEntry, data: value,
+                                kvmExitReason: VMExit.ioReason, port: port, size: size, isIn: isIn, slot: UInt8(slot))
+            lastStateInPipeline = true
+            lastCPL = registers.cpl
+            lastStepMnemonic = nil
+        }
+
+        init(memory: ViewMemory, producer: RecordPipeline.Producer) {
+            self.memory = memory
+            self.producer = producer
+            announced.initialize(repeating: 0, count: RecordPipeline.locatedSlots)
+        }
         deinit { announced.deallocate(); repeatExit.release() }
     }
 
@@ -111,16 +150,16 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         var checkItems = 0
         var checkCapacity = 0
 
-        /// Through a pointer: the state is read field by field, never copied (520 bytes).
-        func matches(_ sp: UnsafePointer<CPUState>, isIn: Bool, port: UInt16, size: UInt8, view: GuestMemoryView) -> Bool {
-            guard valid, sp.pointee.rip == rip, sp.pointee.cr3 == cr3, sp.pointee.cs.base == csBase, sp.pointee.cr0 == cr0,
-                  sp.pointee.cr4 == cr4, sp.pointee.efer == efer, self.isIn == isIn, self.port == port, self.size == size,
-                  UInt16(truncatingIfNeeded: sp.pointee.rdx) == dx, var p = check.map(UnsafeRawPointer.init) else { return false }
+        /// On KVM's registers in place: no state is built or copied.
+        func matches(_ r: SyncedRegistersView, isIn: Bool, port: UInt16, size: UInt8, view: GuestMemoryView) -> Bool {
+            guard valid, r.rip == rip, r.cr3 == cr3, r.csBase == csBase, r.cr0 == cr0,
+                  r.cr4 == cr4, r.efer == efer, self.isIn == isIn, self.port == port, self.size == size,
+                  UInt16(truncatingIfNeeded: r.rdx) == dx, var p = check.map(UnsafeRawPointer.init) else { return false }
             // The mode (the key's tag) and, as readsIOBitmap: at CPL > IOPL (or in virtual-8086
             // mode) the access reads the TSS bitmap, guest bytes the fast path does not carry.
-            let cpl = sp.pointee.cpl, rflags = sp.pointee.rflags
-            if LocatorCache.modeTag(sp.pointee) != mode || mode == 1 { return false }
-            if mode != 0 && UInt64(cpl) > (rflags >> 12) & 3 { return false }
+            let rflags = r.rflags
+            if LocatorCache.modeTag(r.mode) != mode || mode == 1 { return false }
+            if mode != 0 && UInt64(r.cpl) > (rflags >> 12) & 3 { return false }
             for _ in 0..<checkItems {
                 let gpa = p.loadUnaligned(as: UInt64.self)
                 let n = Int(p.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
@@ -161,17 +200,18 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         self.options = options
         fastPortIO = !options.observer.singleStep && options.observer.fidelity == .exit
         let vcpus = machine.config.vcpus
-        lanes = (0..<vcpus).map { _ in Lane() }
         let header = Recorder.header(machine: machine, imagePath: imagePath, imageBytes: imageBytes,
                                      symbols: symbols, commandLine: commandLine, options: options)
-        let lanesRef = lanes
+        // The lanes need the pipeline, which needs the writer, whose frame-stats callback reads the lanes.
+        let lanesRef = LaneTable()
         let writer = try TraceWriter(path: path, header: header, settings: options.writer, frameStats: { vcpu in
             // Called when a frame closes, on the pipeline's thread: KVM's counters come from the
             // stats file (a read, no vCPU ioctl), the debug registers from the lane's copy, which
             // its vCPU thread refreshes at its next exit (KVM_GET_DEBUGREGS would wait for the
             // vCPU to leave KVM_RUN).
-            guard Int(vcpu) < lanesRef.count else { return nil }
-            let lane = lanesRef[Int(vcpu)]
+            let lanes = lanesRef.lanes
+            guard Int(vcpu) < lanes.count else { return nil }
+            let lane = lanes[Int(vcpu)]
             lane.refreshDebugRegisters.store(true, ordering: .relaxed)
             let (probe, dr) = lane.shared.withLock { ($0.probe, $0.debugRegisters) }
             guard let probe else { return nil }
@@ -182,7 +222,17 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             return s
         })
         self.writer = writer
-        pipeline = RecordPipeline(writer: writer, vcpus: vcpus, capacity: options.queueCapacity)
+        let pipeline = RecordPipeline(writer: writer, vcpus: vcpus, capacity: options.queueCapacity)
+        self.pipeline = pipeline
+        let view = GuestMemoryView(machine.memory)
+        lanes = (0..<vcpus).map { Lane(memory: ViewMemory(view: view), producer: pipeline.producers[$0]) }
+        laneReferences = lanes.map { Unmanaged.passUnretained($0) }
+        lanesRef.lanes = lanes
+    }
+
+    /// The lanes, for the writer's frame-stats callback (set once, before the run).
+    final class LaneTable: @unchecked Sendable {
+        var lanes: [Lane] = []
     }
 
     deinit { pipeline.finish() }  // a recorder dropped without finish(): stop its thread
@@ -250,26 +300,38 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     }
 
     public func exitHandled(_ exit: borrowing ObservedExit) {
-        guard exit.vcpu < lanes.count else { return }
+        guard exit.vcpu >= 0, exit.vcpu < lanes.count else { return }
+        // A loop's port exit like its last one: done with the lane borrowed from `laneReferences`
+        // (no reference counting), from the exit's trivial fields.
+        if fastPortIO, let io = exit.io, io.count == 1, io.size <= 8,
+           let data = exit.ioData, data.count == Int(io.size), !exit.hasStateAfter, !exit.msrRefused,
+           let registers = exit.registers {
+            let tscExit = exit.tscAtExit, tscEntry = exit.tscAtReentry
+            if laneReferences[exit.vcpu]._withUnsafeGuaranteedRef({
+                $0.pushRepeatedPortIO(registers, port: io.port, size: io.size, isIn: io.direction == .in, data: data,
+                                      tscExit: tscExit, tscEntry: tscEntry)
+            }) { return }
+        }
         let lane = lanes[exit.vcpu]
         if lane.probe == nil {
-            lane.probe = exit.probe
-            var m = SaveAreaMSRs((try? exit.probe.msrs()) ?? [:])
-            m.xcr0 = (try? exit.probe.xcr0()) ?? nil
+            let probe = exit.probe
+            lane.probe = probe
+            var m = SaveAreaMSRs((try? probe.msrs()) ?? [:])
+            m.xcr0 = (try? probe.xcr0()) ?? nil
             lane.msrs = m
-            _ = try? exit.probe.stats()  // opens the stats file here, so the pipeline never issues a vCPU ioctl
-            lane.shared.withLock { $0.probe = exit.probe }
+            _ = try? probe.stats()  // opens the stats file here, so the pipeline never issues a vCPU ioctl
+            lane.shared.withLock { $0.probe = probe }
         }
         if lane.refreshDebugRegisters.load(ordering: .relaxed) { refreshDebugRegisters(lane) }
         // A stepped XSETBV has run: its new XCR0 goes into the states from now on.
         if lane.lastStepMnemonic == .xsetbv { refreshXCR0(lane) }
-        exitCount.add(1, ordering: .relaxed)
-        let memory: ViewMemory
-        if let m = lane.memory { memory = m } else { memory = ViewMemory(view: exit.memory); lane.memory = memory }
+        lane.exits &+= 1
+        let memory = lane.memory
         if fastPortIO, lane.openGroup == nil, !lane.hasHeldWrite, lane.pendingMSRWrites.isEmpty, !exit.msrRefused,
-           case let .io(port, size, direction, count, _) = exit.exit, count == 1, size <= 8,
-           let data = exit.ioData, data.count == Int(size), !exit.hasStateAfter,
-           pushKnownPortIO(exit, lane: lane, memory: memory, port: port, size: size, isIn: direction == .in, data: data) {
+           let io = exit.io, io.count == 1, io.size <= 8,
+           let data = exit.ioData, data.count == Int(io.size), !exit.hasStateAfter, let registers = exit.registers,
+           pushKnownPortIO(exit, registers: registers, lane: lane, memory: memory, port: io.port, size: io.size,
+                           isIn: io.direction == .in, data: data) {
             return
         }
         // Under single-step the held step is the instruction an exit comes from (when it is one):
@@ -322,10 +384,10 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     /// place), the vCPU thread pushes only the state and the access; the pipeline's thread builds
     /// the record `build` would have built (ExitRecordBuilder.portIORecord). False: take the
     /// ordinary path (a miss, an ambiguous or REP instruction, one that reads the TSS bitmap).
-    private func pushKnownPortIO(_ exit: borrowing ObservedExit, lane: Lane, memory: ViewMemory, port: UInt16, size: UInt8,
-                                 isIn: Bool, data: UnsafeRawBufferPointer) -> Bool {
-        if lane.repeatExit.matches(exit.statePointer, isIn: isIn, port: port, size: size, view: exit.memory) {
-            pushPortIO(exit, lane: lane, slot: lane.repeatExit.slot, port: port, size: size, isIn: isIn, data: data)
+    private func pushKnownPortIO(_ exit: borrowing ObservedExit, registers: SyncedRegistersView, lane: Lane, memory: ViewMemory,
+                                 port: UInt16, size: UInt8, isIn: Bool, data: UnsafeRawBufferPointer) -> Bool {
+        if lane.repeatExit.matches(registers, isIn: isIn, port: port, size: size, view: memory.view) {
+            pushPortIO(exit, registers: registers, lane: lane, slot: lane.repeatExit.slot, port: port, size: size, isIn: isIn, data: data)
             return true
         }
         memory.load(exit.state)
@@ -343,23 +405,19 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             pipeline.push(.located(slot: slot, l, g), vcpu: exit.vcpu)
         }
         lane.repeatExit.set(exit.state, isIn: isIn, port: port, size: size, slot: slot, guestBytes: g)
-        pushPortIO(exit, lane: lane, slot: slot, port: port, size: size, isIn: isIn, data: data)
+        pushPortIO(exit, registers: registers, lane: lane, slot: slot, port: port, size: size, isIn: isIn, data: data)
         return true
     }
 
-    private func pushPortIO(_ exit: borrowing ObservedExit, lane: Lane, slot: Int, port: UInt16, size: UInt8, isIn: Bool,
-                            data: UnsafeRawBufferPointer) {
+    /// The registers go into the ring as KVM left them (one copy); the pipeline builds the state.
+    private func pushPortIO(_ exit: borrowing ObservedExit, registers: SyncedRegistersView, lane: Lane, slot: Int, port: UInt16,
+                            size: UInt8, isIn: Bool, data: UnsafeRawBufferPointer) {
         if !lane.msrsAnnounced {
             pipeline.push(.msrs(lane.msrs), vcpu: exit.vcpu)
             lane.msrsAnnounced = true
         }
-        var value: UInt64 = 0
-        for i in 0..<data.count { value |= UInt64(data[i]) << (8 * UInt64(i)) }
-        pipeline.pushPortIO(vcpu: exit.vcpu, state: exit.statePointer, tscExit: exit.tscAtExit, tscEntry: exit.tscAtReentry,
-                            data: value, kvmExitReason: VMExit.ioReason, port: port, size: size, isIn: isIn, slot: UInt8(slot))
-        lane.lastStateInPipeline = true
-        lane.lastCPL = exit.statePointer.pointee.cpl
-        lane.lastStepMnemonic = nil
+        lane.pushPortIO(registers, slot: slot, port: port, size: size, isIn: isIn, data: data,
+                        tscExit: exit.tscAtExit, tscEntry: exit.tscAtReentry)
     }
 
     /// Appends an exit or step record in its instruction group (or holds a step back); true
@@ -457,8 +515,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
     /// bytes: they are taken from KVM_GET_LAPIC at the step (before the instruction runs) and
     /// recorded as operand reads at their GPA.
     private func addLocalAPICReads(_ record: inout TraceRecord, lane: Lane, probe: VCPUProbe) {
-        guard let memory = lane.memory,
-              case .success(let inst) = decode(bytes: record.instructionBytes, mode: DecoderMode(record.state.mode)),
+        let memory = lane.memory
+        guard case .success(let inst) = decode(bytes: record.instructionBytes, mode: DecoderMode(record.state.mode)),
               inst.mnemonic != .lea, inst.mnemonic != .nop else { return }
         for i in 0..<Int(inst.operandCount) {
             guard case .memory(let m) = inst.operand(i), m.size > 0, m.size <= 16,
@@ -486,7 +544,8 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
             return i.mnemonic == .jmp || i.mnemonic == .call ? [target] : [held.nextRIP, target]
         case .ret:
             // A near RET without an immediate takes the return RIP from [RSP].
-            guard long, i.operandCount == 0, let memory = lane.memory else { return nil }
+            let memory = lane.memory
+            guard long, i.operandCount == 0 else { return nil }
             memory.load(held.state)
             guard let b = memory.readLinear(held.state.rsp, count: 8) else { return nil }
             return [b.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }]
@@ -569,7 +628,7 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         pipeline.finish()
         var stats = try writer.finish()
         stats.producerStalls += pipeline.producerStalls
-        return RecordingSummary(path: writer.path, records: stats.records, exits: exitCount.load(ordering: .relaxed),
+        return RecordingSummary(path: writer.path, records: stats.records, exits: lanes.reduce(0) { $0 + $1.exits },
                                 fileBytes: stats.fileBytes, frames: stats.frames, ambiguous: ambiguous.load(ordering: .relaxed),
                                 unlocated: unlocated.load(ordering: .relaxed), writerStalls: stats.producerStalls,
                                 completions: completionCount.load(ordering: .relaxed))

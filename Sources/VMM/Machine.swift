@@ -398,7 +398,6 @@ public final class Machine: @unchecked Sendable {
                                 mmioData: vcpu.mmioData)
         let maxExits = limits.maxExits ?? 0
         let handler = self.handler  // a local copy: no retain/release of its references per exit
-        let view = GuestMemoryView(memory)
         let probe = VCPUProbe(vcpu)
         let fidelityFull = observer != nil && options.fidelity == .full
         let synced = vcpu.syncRegsEnabled && vcpu.syncSregsEnabled
@@ -427,10 +426,17 @@ public final class Machine: @unchecked Sendable {
         // ObservedExit that held them by value was copied (1.3 KB) at every exit.
         let states = UnsafeMutablePointer<CPUState>.allocate(capacity: 2)
         states.initialize(repeating: CPUState(), count: 2)
+        // Whether states[0] holds the current exit's state: with sync regs it is built from them
+        // only when the observer asks (ObservedExit.statePointer), except with fidelity full,
+        // whose completing KVM_RUN replaces them before the observer runs.
+        let stateLoaded = UnsafeMutablePointer<Bool>.allocate(capacity: 1)
+        stateLoaded.initialize(to: false)
+        let lazyState = synced && !fidelityFull
         var exits: UInt64 = 0
         defer {
             states.deinitialize(count: 2)
             states.deallocate()
+            stateLoaded.deallocate()
             r.counts = Array(UnsafeBufferPointer(start: counts, count: 64))
             counts.deallocate()
             r.exits = exits
@@ -494,6 +500,8 @@ public final class Machine: @unchecked Sendable {
             }
             pending = false
             let exit = vcpu.exit
+            // For the observer, read before a completing KVM_RUN (fidelity full) can replace it.
+            let ioExit = observer != nil ? vcpu.ioExit : nil
             let reason = Int(min(exit.reason, 63))
             counts[reason] &+= 1
             exits &+= 1
@@ -574,8 +582,14 @@ public final class Machine: @unchecked Sendable {
                 observer?.marker(vcpu: index, phase: m)
             }
 
-            if let observer {
-                if synced { vcpu.loadSyncedState(into: &states[0]) } else { states[0] = currentState(vcpu) }
+            // `observer != nil` and `observer?.`: binding it with `if let` retained it at every exit.
+            if observer != nil {
+                if lazyState {
+                    stateLoaded.pointee = false
+                } else {
+                    if synced { vcpu.loadSyncedState(into: &states[0]) } else { states[0] = currentState(vcpu) }
+                    stateLoaded.pointee = true
+                }
                 let events: VCPUEvents? = !options.events ? nil
                     : vcpu.syncEventsEnabled ? VCPUEvents(kvm: vcpu.syncedEvents.pointee)
                     : (try? vcpu.getVCPUEvents()).map { VCPUEvents(kvm: $0) }
@@ -596,16 +610,17 @@ public final class Machine: @unchecked Sendable {
                     }
                 }
                 var io: UnsafeRawBufferPointer? = nil
-                if case let .io(_, size, _, count, off) = exit,
-                   let p = data.bytes(at: off, length: Int(size) * Int(count)) {
-                    io = UnsafeRawBufferPointer(start: p, count: Int(size) * Int(count))
+                if let e = ioExit, let p = data.bytes(at: e.dataOffset, length: Int(e.size) * Int(e.count)) {
+                    io = UnsafeRawBufferPointer(start: p, count: Int(e.size) * Int(e.count))
                 }
-                let observed = ObservedExit(vcpu: index, sequence: exits - 1, exit: exit, statePointer: UnsafePointer(states),
-                                            stateAfterPointer: haveAfter ? UnsafePointer(states + 1) : nil,
+                let observed = ObservedExit(vcpu: index, sequence: exits - 1, exit: exit, io: ioExit, stateStorage: states,
+                                            stateLoaded: stateLoaded, stateAfterPointer: haveAfter ? UnsafePointer(states + 1) : nil,
+                                            registers: lazyState ? vcpu.syncedRegisters : nil,
                                             tscAtExit: tscExit, tscAtReentry: ckvm_rdtsc(), access: outcome.access,
-                                            ioData: io, events: events, memory: view, probe: probe, msrRefused: msrRefused)
-                observer.exitHandled(observed)
-                if completed, let done = completion.first, done.resumes { observer.instructionCompleted(done) }
+                                            ioData: io, events: events, guestMemory: .passUnretained(memory),
+                                            probeReference: .passUnretained(probe), msrRefused: msrRefused)
+                observer?.exitHandled(observed)
+                if completed, let done = completion.first, done.resumes { observer?.instructionCompleted(done) }
             }
 
             if eferPending {

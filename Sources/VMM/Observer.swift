@@ -142,11 +142,27 @@ public struct ObservedExit {
     /// This vCPU's exit number (0, 1, 2, ...).
     public let sequence: UInt64
     public let exit: VMExit
-    /// The VMM's copies of the states, lent for the callback (`state`, `stateAfter`): valid
-    /// only until it returns. The pointer lets a hot observer read fields and copy the state
-    /// once, where Swift may copy a value read through an accessor to pass it on.
-    public let statePointer: UnsafePointer<CPUState>
+    /// `exit`'s KVM_EXIT_IO fields when it is one (matching `exit` copies the whole enum).
+    public let io: IOExitInfo?
+    /// The VMM's copy of the state, lent for the callback: built from `registers` at the first
+    /// use of `state`/`statePointer` (an observer that copies the registers never pays for it).
+    let stateStorage: UnsafeMutablePointer<CPUState>
+    /// Whether `stateStorage` holds this exit's state yet (one flag per vCPU loop, reset per exit).
+    let stateLoaded: UnsafeMutablePointer<Bool>
     let stateAfterPointer: UnsafePointer<CPUState>?
+    /// The state at the exit as KVM's synced registers, in place in the kvm_run page; nil when
+    /// sync regs are off or the page already shows a later state (`--fidelity full`).
+    public let registers: SyncedRegistersView?
+    /// The state, lent for the callback (valid only until it returns). The pointer lets a hot
+    /// observer read fields and copy the state once, where Swift may copy a value read through
+    /// an accessor to pass it on.
+    public var statePointer: UnsafePointer<CPUState> {
+        if !stateLoaded.pointee {
+            registers?.load(into: &stateStorage.pointee)
+            stateLoaded.pointee = true
+        }
+        return UnsafePointer(stateStorage)
+    }
     /// The state as KVM showed it at the exit (for OUT and MMIO writes on this host: after the
     /// instruction; for IN and MMIO reads: on it). Read in place: `exit.state.rip` copies nothing.
     public var state: CPUState { _read { yield statePointer.pointee } }
@@ -164,8 +180,12 @@ public struct ObservedExit {
     public var hasStateAfter: Bool { stateAfterPointer != nil }
     /// With `ObserverOptions(events: true)`: pending/injected events at the exit.
     public let events: VCPUEvents?
-    public let memory: GuestMemoryView
-    public let probe: VCPUProbe
+    /// Guest memory and the probe are lent like the states, unretained, so building and dropping
+    /// the exit costs no reference counting (the VMM's loop holds both for the whole run).
+    let guestMemory: Unmanaged<GuestMemory>
+    let probeReference: Unmanaged<VCPUProbe>
+    public var memory: GuestMemoryView { GuestMemoryView(guestMemory.takeUnretainedValue()) }
+    public var probe: VCPUProbe { probeReference.takeUnretainedValue() }
     /// A routed RDMSR/WRMSR the VMM refused (KVM_SET_MSRS refused the value, or no device owns
     /// the MSR): it completed the instruction with #GP(0), so nothing was read or written.
     public var msrRefused: Bool = false

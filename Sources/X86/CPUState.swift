@@ -111,11 +111,17 @@ public struct CPUState: Equatable, Hashable, Sendable {
 
     /// Inlinable: replay asks it per record, and a call would copy the whole state.
     @inlinable public var mode: CPUMode {
+        CPUState.mode(cr0: cr0, efer: efer, rflags: rflags, csLong: cs.long, csDefaultBig: cs.defaultBig)
+    }
+
+    /// The mode from the registers that decide it, for callers that hold them without a whole
+    /// state (a recorder reading KVM's registers in place).
+    @inlinable public static func mode(cr0: UInt64, efer: UInt64, rflags: UInt64, csLong: Bool, csDefaultBig: Bool) -> CPUMode {
         if cr0 & CR0.pe == 0 { return .real }
-        if efer & EFER.lma != 0 && cs.long { return .long64 }
+        if efer & EFER.lma != 0 && csLong { return .long64 }
         if rflags & RFLAGS.vm != 0 { return .virtual8086 }
-        if efer & EFER.lma != 0 { return cs.defaultBig ? .compat32 : .compat16 }
-        return cs.defaultBig ? .protected32 : .protected16
+        if efer & EFER.lma != 0 { return csDefaultBig ? .compat32 : .compat16 }
+        return csDefaultBig ? .protected32 : .protected16
     }
 
     /// A flat state for `mode`, as ExitScope's loaders and `exec` inputs use it: paging off

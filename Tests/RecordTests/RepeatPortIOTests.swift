@@ -1,4 +1,5 @@
 @testable import Record
+import KVM
 import Trace
 import VMM
 import X86
@@ -28,8 +29,16 @@ final class RepeatPortIOTests: XCTestCase {
         return r
     }
 
+    /// The check reads KVM's registers in place (as sync regs leave them in kvm_run).
     func matches(_ r: Recorder.RepeatPortIO, _ s: CPUState, isIn: Bool, port: UInt16, size: UInt8, view: GuestMemoryView) -> Bool {
-        withUnsafePointer(to: s) { r.matches($0, isIn: isIn, port: port, size: size, view: view) }
+        var k = SyncedRegisters()
+        k.regs = s.kvmRegs
+        k.sregs = s.kvmSregs()
+        return withUnsafePointer(to: k.regs) { regs in
+            withUnsafePointer(to: k.sregs) { sregs in
+                r.matches(SyncedRegistersView(regs: regs, sregs: sregs), isIn: isIn, port: port, size: size, view: view)
+            }
+        }
     }
 
     func testTheSameExitRepeats() throws {
@@ -65,11 +74,37 @@ final class RepeatPortIOTests: XCTestCase {
     func testAnAccessThroughTheIOPermissionBitmapDoesNotRepeat() throws {
         let (view, _) = try machine()
         var user = committedOut()
-        user.cpl = 3
+        user.cpl = 3  // KVM's CPL is SS.DPL outside real and virtual-8086 mode
+        user.ss.attributes |= 3 << 5
         let r = remembered(user)
         defer { r.release() }
         XCTAssertFalse(matches(r, user, isIn: false, port: 0x3F8, size: 1, view: view))
         user.rflags |= 3 << 12  // IOPL 3: no bitmap
         XCTAssertTrue(matches(r, user, isIn: false, port: 0x3F8, size: 1, view: view))
+    }
+
+    /// The check's mode and CPL come from KVM's registers, the record's from the state built from
+    /// them: they must agree in every mode, or a loop would repeat under a wrong key.
+    func testModeAndCPLFromKVMsRegistersAgreeWithTheState() {
+        let modes: [CPUMode] = [.real, .virtual8086, .protected16, .protected32, .compat16, .compat32, .long64]
+        for mode in modes {
+            for dpl: UInt16 in [0, 3] {
+                var s = CPUState.flat(mode)
+                s.ss.attributes = s.ss.attributes & ~(3 << 5) | dpl << 5
+                var k = SyncedRegisters()
+                k.regs = s.kvmRegs
+                k.sregs = s.kvmSregs()
+                let state = k.state
+                let (viewMode, viewCPL) = withUnsafePointer(to: k.regs) { regs in
+                    withUnsafePointer(to: k.sregs) { sregs in
+                        let v = SyncedRegistersView(regs: regs, sregs: sregs)
+                        return (v.mode, v.cpl)
+                    }
+                }
+                XCTAssertEqual(viewMode, state.mode, "\(mode), SS.DPL \(dpl)")
+                XCTAssertEqual(viewMode, mode, "\(mode), SS.DPL \(dpl)")
+                XCTAssertEqual(viewCPL, state.cpl, "\(mode), SS.DPL \(dpl)")
+            }
+        }
     }
 }
