@@ -129,6 +129,38 @@ struct ByteCursor {
     }
 
     @inline(__always) mutating func varint() throws -> UInt64 {
+        // Most varints of a record are one byte (field masks, small fields).
+        if pos < end {
+            let b = base.load(fromByteOffset: pos, as: UInt8.self)
+            if b < 0x80 {
+                pos += 1
+                return UInt64(b)
+            }
+            // Two to eight bytes with eight readable: decoded from one word, no loop per byte.
+            if end - pos >= 8 {
+                let w = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: pos, as: UInt64.self))
+                let stops = ~w & 0x8080_8080_8080_8080
+                if stops != 0 {
+                    let bits = stops.trailingZeroBitCount + 1  // through the last byte's high bit
+                    pos += bits >> 3
+                    return Self.packVarint(w & (bits == 64 ? ~0 : (1 << UInt64(bits)) &- 1))
+                }
+            }
+        }
+        return try varintSlow()
+    }
+
+    /// The seven-bit groups of a varint's bytes (at most eight, little-endian in `x`, high bits
+    /// included) packed together: pairs, then quartets, then the two halves.
+    @inline(__always) static func packVarint(_ x: UInt64) -> UInt64 {
+        var x = x & 0x7F7F_7F7F_7F7F_7F7F
+        x = (x & 0x007F_007F_007F_007F) | ((x & 0x7F00_7F00_7F00_7F00) >> 1)
+        x = (x & 0x0000_3FFF_0000_3FFF) | ((x & 0x3FFF_0000_3FFF_0000) >> 2)
+        return (x & 0x0000_0000_0FFF_FFFF) | ((x & 0x0FFF_FFFF_0000_0000) >> 4)
+    }
+
+    /// Byte by byte: near the end of the bytes, nine- and ten-byte varints, and every error.
+    @inline(never) mutating func varintSlow() throws -> UInt64 {
         var result: UInt64 = 0
         var shift: UInt64 = 0
         while true {

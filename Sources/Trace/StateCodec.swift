@@ -78,7 +78,7 @@ enum StateCodec {
         s.r8 = p[8]; s.r9 = p[9]; s.r10 = p[10]; s.r11 = p[11]
         s.r12 = p[12]; s.r13 = p[13]; s.r14 = p[14]; s.r15 = p[15]
         s.rip = p[16]; s.rflags = p[17]
-        func seg(_ i: Int) -> Segment {
+        @inline(__always) func seg(_ i: Int) -> Segment {
             Segment(selector: UInt16(truncatingIfNeeded: p[i]), base: p[i + 1],
                     limit: UInt32(truncatingIfNeeded: p[i + 2]), attributes: UInt16(truncatingIfNeeded: p[i + 3]))
         }
@@ -117,6 +117,8 @@ enum StateCodec {
     }
 
     /// Reads a delta and applies it to `old`, writing the result to `new` (which may be `old`).
+    /// The field layout (`fieldStart`, `slotWidth`) is spelled out here instead of read from the
+    /// tables: this runs for nearly every record.
     @inline(__always)
     static func decode(_ c: inout ByteCursor, old: UnsafePointer<UInt64>, into new: UnsafeMutablePointer<UInt64>) throws {
         let mask = try c.varint()
@@ -127,15 +129,38 @@ enum StateCodec {
         while m != 0 {
             let f = m.trailingZeroBitCount
             m &= m - 1
-            for i in fieldStart[f]..<fieldStart[f + 1] {
+            if f < 18 {
+                // GPRs, RIP, RFLAGS: one 64-bit slot each, slot = field.
+                new[f] = undelta(try c.varint(), new[f])
+            } else if f < 26 {
+                // A segment register: selector (16 bits), base, limit (32), attributes (16).
+                let i = 18 + (f - 18) * 4
+                new[i] = try slot(&c, f, width: 16, undelta(try c.varint(), new[i]))
+                new[i + 1] = undelta(try c.varint(), new[i + 1])
+                new[i + 2] = try slot(&c, f, width: 32, undelta(try c.varint(), new[i + 2]))
+                new[i + 3] = try slot(&c, f, width: 16, undelta(try c.varint(), new[i + 3]))
+            } else if f < 28 {
+                // GDTR, IDTR: base, limit (16).
+                let i = 50 + (f - 26) * 2
+                new[i] = undelta(try c.varint(), new[i])
+                new[i + 1] = try slot(&c, f, width: 16, undelta(try c.varint(), new[i + 1]))
+            } else {
+                // One slot each from CR0 on; CPL (field 34) is 8 bits.
+                let i = f + 26
                 let v = undelta(try c.varint(), new[i])
-                let w = slotWidth[i]
-                if w < 64 && v >> UInt64(w) != 0 {
-                    throw c.corrupt("\(fieldNames[f]) value 0x\(String(v, radix: 16)) does not fit \(w) bits")
-                }
-                new[i] = v
+                new[i] = f == 34 ? try slot(&c, f, width: 8, v) : v
             }
         }
+    }
+
+    /// `v` when it fits `width` bits, else the error naming field `f`.
+    @inline(__always) private static func slot(_ c: inout ByteCursor, _ f: Int, width: UInt64, _ v: UInt64) throws -> UInt64 {
+        guard v >> width == 0 else { throw widthError(c, f, v, width) }
+        return v
+    }
+
+    @inline(never) private static func widthError(_ c: ByteCursor, _ f: Int, _ v: UInt64, _ w: UInt64) -> TraceError {
+        c.corrupt("\(fieldNames[f]) value 0x\(String(v, radix: 16)) does not fit \(w) bits")
     }
 }
 
