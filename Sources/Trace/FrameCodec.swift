@@ -297,13 +297,21 @@ public final class FrameDecoder {
     /// A one-element list per blob, made once: most records need one blob (a stepped
     /// instruction's bytes), so a record's list is shared instead of built per record.
     private var singleBlobLists: [[GuestBytes]] = []
-    /// The same for a record's list of blob indices.
-    private var singleIndexLists: [[Int]] = []
     /// Instruction byte strings and one-access lists decoded lately, by content (a few slots,
     /// chosen by a hash): a single-step trace alternates between a few instructions and their
     /// accesses, and an array found here is shared instead of allocated and freed per record.
     private var recentBytes = [[UInt8]](repeating: [], count: 8)
     private var recentAccesses = [[DeviceAccess]](repeating: [], count: 8)
+    // The reference's arrays, held as indices where possible (`ref`'s own arrays are not used
+    // here): a record stores each array once, in itself, instead of in itself and in `ref`.
+    /// The reference's instruction bytes: their slot in `recentBytes` (-1: none).
+    private var refBytesSlot = -1
+    /// The reference's accesses: their slot in `recentAccesses`, or -1 for `refAccessList`.
+    private var refAccessSlot = -1
+    private var refAccessList: [DeviceAccess] = []
+    /// The reference's guest bytes: one blob's index, or -1 for the list `refMemoryList`.
+    private var refSingleBlob = -1
+    private var refMemoryList: [Int] = []
     private var decoded: UInt32 = 0
     /// The frame's per-vCPU stats, complete once `next()` has returned nil.
     public private(set) var stats: [VCPUFrameStats] = []
@@ -365,7 +373,6 @@ public final class FrameDecoder {
                 guard itemEnd >= c.pos else { throw c.corrupt("guest-bytes item shorter than its fields") }
                 blobs.append(GuestBytes(role: role, gpa: gpa, bytes: try c.bytes(itemEnd - c.pos)))
                 singleBlobLists.append([blobs[blobs.count - 1]])
-                singleIndexLists.append([blobs.count - 1])
             case TraceFormat.tagRecord:
                 guard haveKeyframe else { throw c.corrupt("record before the frame's keyframe") }
                 guard decoded < info.recordCount else { throw c.corrupt("more records than the frame header's \(info.recordCount)") }
@@ -395,9 +402,10 @@ public final class FrameDecoder {
         return a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in pa.baseAddress == pb.baseAddress } }
     }
 
-    /// The next `n` bytes (an instruction's), shared with an earlier record's when equal.
-    @inline(__always) private func recentBytes(_ c: inout ByteCursor, _ n: Int) throws -> [UInt8] {
-        guard n >= 0, n <= c.remaining else { return try c.bytes(n) }  // throws its message
+    /// The next `n` bytes (an instruction's), shared with an earlier record's when equal: the slot
+    /// of `recentBytes` that holds them.
+    @inline(__always) private func recentBytes(_ c: inout ByteCursor, _ n: Int) throws -> Int {
+        guard n >= 0, n <= c.remaining else { _ = try c.bytes(n); return -1 }  // throws its message
         let p = c.base + c.pos
         var h = n
         for k in 0..<n { h = h &* 31 &+ Int(p.load(fromByteOffset: k, as: UInt8.self)) }
@@ -409,19 +417,17 @@ public final class FrameDecoder {
         }
         if same {
             c.pos += n
-            return recentBytes[slot]
+            return slot
         }
-        let b = try c.bytes(n)
-        recentBytes[slot] = b
-        return b
+        recentBytes[slot] = try c.bytes(n)
+        return slot
     }
 
-    /// One access with `len` data bytes next: the list shared with an earlier record's when equal.
+    /// One access with `len` data bytes next: the list shared with an earlier record's when equal;
+    /// the slot of `recentAccesses` that holds it.
     @inline(__always) private func recentAccess(_ c: inout ByteCursor, space: DeviceAccess.Space, isWrite: Bool, address: UInt64,
-                                                size: UInt8, count: UInt32, len: Int) throws -> [DeviceAccess] {
-        guard len >= 0, len <= c.remaining else {
-            return [DeviceAccess(space: space, address: address, size: size, isWrite: isWrite, count: count, data: try c.bytes(len))]
-        }
+                                                size: UInt8, count: UInt32, len: Int) throws -> Int {
+        guard len >= 0, len <= c.remaining else { _ = try c.bytes(len); return -1 }  // throws its message
         let p = c.base + c.pos
         let slot = Int(truncatingIfNeeded: (address ^ address >> 3 ^ UInt64(len) &* 5) & 7)
         let same = recentAccesses[slot].withUnsafeBufferPointer { list -> Bool in
@@ -436,11 +442,10 @@ public final class FrameDecoder {
         }
         if same {
             c.pos += len
-            return recentAccesses[slot]
+            return slot
         }
-        let list = [DeviceAccess(space: space, address: address, size: size, isWrite: isWrite, count: count, data: try c.bytes(len))]
-        recentAccesses[slot] = list
-        return list
+        recentAccesses[slot] = [DeviceAccess(space: space, address: address, size: size, isWrite: isWrite, count: count, data: try c.bytes(len))]
+        return slot
     }
 
     /// Whether `memory` is the listed blobs (a loop keeps the same list: usually the very same
@@ -480,10 +485,11 @@ public final class FrameDecoder {
         if mask & RecordField.state != 0 { try StateCodec.decode(&c, old: refState.p, into: refState.p) }
         StateCodec.unflatten(refState.p, into: &r.state)
         if mask & RecordField.accessData != 0 {
-            r.accesses = ref.accesses
-            for i in r.accesses.indices { r.accesses[i].data = try c.bytes(r.accesses[i].data.count) }
-        } else if !sameStorage(r.accesses, ref.accesses) {
-            r.accesses = ref.accesses
+            // The reference's accesses with new data (same shape).
+            var list = refAccessSlot >= 0 ? recentAccesses[refAccessSlot] : refAccessList
+            for i in list.indices { list[i].data = try c.bytes(list[i].data.count) }
+            refAccessSlot = -1
+            refAccessList = list
         }
         r.seq = mask & RecordField.seq != 0 ? undelta(try c.varint(), ref.seq &+ 1) : ref.seq &+ 1
         r.vcpuSeq = mask & RecordField.vcpuSeq != 0 ? undelta(try c.varint(), ref.vcpuSeq &+ 1) : ref.vcpuSeq &+ 1
@@ -503,9 +509,13 @@ public final class FrameDecoder {
         r.instructionStart = mask & RecordField.instructionStart != 0 ? try c.varint() : ref.instructionStart
         if mask & RecordField.instructionBytes != 0 {
             let n = try c.count(max: 15, "instruction length")
-            ref.instructionBytes = try recentBytes(&c, n)
+            refBytesSlot = try recentBytes(&c, n)
         }
-        if !sameStorage(r.instructionBytes, ref.instructionBytes) { r.instructionBytes = ref.instructionBytes }
+        if refBytesSlot < 0 {
+            if !r.instructionBytes.isEmpty { r.instructionBytes = [] }
+        } else if !sameStorage(r.instructionBytes, recentBytes[refBytesSlot]) {
+            r.instructionBytes = recentBytes[refBytesSlot]
+        }
         r.candidates = mask & RecordField.candidates != 0 ? try c.u8() : ref.candidates
         var vis = ref.visibility
         if mask & RecordField.visibility != 0 { vis = try c.u8() }
@@ -529,6 +539,7 @@ public final class FrameDecoder {
             let n = try c.count(max: c.remaining, "access count")
             var list: [DeviceAccess] = []
             if n > 1 { list.reserveCapacity(n) }
+            var slot = -1
             for _ in 0..<n {
                 let spaceRaw = try c.u8()
                 guard let space = DeviceAccess.Space(rawValue: spaceRaw) else { throw c.corrupt("unknown access space \(spaceRaw)") }
@@ -539,23 +550,28 @@ public final class FrameDecoder {
                 guard count <= UInt64(UInt32.max) else { throw c.corrupt("access count \(count) exceeds 32 bits") }
                 let len = try c.count(max: c.remaining, "access data length")
                 if n == 1 {
-                    list = try recentAccess(&c, space: space, isWrite: flags & 1 != 0, address: address, size: size,
+                    slot = try recentAccess(&c, space: space, isWrite: flags & 1 != 0, address: address, size: size,
                                             count: UInt32(count), len: len)
                 } else {
                     list.append(DeviceAccess(space: space, address: address, size: size, isWrite: flags & 1 != 0,
                                              count: UInt32(count), data: try c.bytes(len)))
                 }
             }
-            if !sameStorage(r.accesses, list) { r.accesses = list }
+            refAccessSlot = slot
+            if slot < 0 { refAccessList = list } else if !refAccessList.isEmpty { refAccessList = [] }
         }
-        if mask & (RecordField.accesses | RecordField.accessData) != 0 { ref.accesses = r.accesses }
+        if refAccessSlot >= 0 {
+            if !sameStorage(r.accesses, recentAccesses[refAccessSlot]) { r.accesses = recentAccesses[refAccessSlot] }
+        } else if !sameStorage(r.accesses, refAccessList) {
+            r.accesses = refAccessList
+        }
         if mask & RecordField.memory != 0 {
             let n = try c.count(max: c.remaining, "guest-bytes count")
             if n == 1 {
                 // One blob, the common case: its list made once (no array per record).
                 let i = try c.varint()
                 guard i < UInt64(blobs.count) else { throw c.corrupt("guest-bytes index \(i) but only \(blobs.count) stored so far") }
-                if !sameStorage(ref.memory, singleIndexLists[Int(i)]) { ref.memory = singleIndexLists[Int(i)] }
+                refSingleBlob = Int(i)
             } else {
                 var list: [Int] = []
                 list.reserveCapacity(n)
@@ -564,14 +580,17 @@ public final class FrameDecoder {
                     guard i < UInt64(blobs.count) else { throw c.corrupt("guest-bytes index \(i) but only \(blobs.count) stored so far") }
                     list.append(Int(i))
                 }
-                ref.memory = list
+                refSingleBlob = -1
+                refMemoryList = list
             }
         }
-        if ref.memory.isEmpty {
+        if refSingleBlob >= 0 {
+            if !sameStorage(r.memory, singleBlobLists[refSingleBlob]) { r.memory = singleBlobLists[refSingleBlob] }
+        } else if refMemoryList.isEmpty {
             if !r.memory.isEmpty { r.memory = [] }
-        } else if !holdsBlobs(r.memory, ref.memory) {
+        } else if !holdsBlobs(r.memory, refMemoryList) {
             // Rebuilt only when it differs from what `r` already holds (a loop keeps it).
-            r.memory = ref.memory.count == 1 ? singleBlobLists[ref.memory[0]] : ref.memory.map { blobs[$0] }
+            r.memory = refMemoryList.map { blobs[$0] }
         }
         if !r.msrWrites.isEmpty { r.msrWrites.removeAll(keepingCapacity: true) }
         if mask & RecordField.msrWrites != 0 {
