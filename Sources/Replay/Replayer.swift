@@ -75,14 +75,20 @@ struct VerdictCounts: Sendable {
     var verdicts: UInt64 = 0
     var records: UInt64 = 0
     var byKind = [UInt64](repeating: 0, count: VerdictKind.allCases.count)
-    /// (record kind, SVM exit code) → counts by kind.
-    var reasons: [(kind: RecordKind, code: SVMExitCode, byKind: [UInt64])] = []
+    /// The (record kind, SVM exit code) pairs counted, in the order first seen; their counts by
+    /// verdict kind are `reasonCounts[i * kindCount + kind]` (one flat array: no nested array to
+    /// check for uniqueness per record).
+    var reasons: [(kind: RecordKind, code: SVMExitCode)] = []
+    var reasonCounts: [UInt64] = []
+    static let kindCount = VerdictKind.allCases.count
     var byMnemonic: [UInt16: UInt64] = [:]
     /// cpu, kvm-emulator, vmm.
     var byReference: (UInt64, UInt64, UInt64) = (0, 0, 0)
     var forms: Set<InstructionForm> = []
     // Per-record lookups served without hashing: the last reason, recent mnemonics and forms.
-    private var lastReason = -1
+    /// Index into `reasons` by a hash of the pair, -1 when empty: a step trace alternates between
+    /// two reasons (STEP and an exit), each found without a search.
+    private var reasonSlots = [Int](repeating: -1, count: 16)
     /// Counts by mnemonic not yet in `byMnemonic`, in a few slots chosen by the mnemonic's low
     /// bits: a loop alternates between a few mnemonics, each counted without hashing.
     private var mnemonicSlots = [(mnemonic: UInt16, count: UInt64)](repeating: (0, 0), count: 16)
@@ -101,20 +107,21 @@ struct VerdictCounts: Sendable {
         records += UInt64(n)
         let k = kind.index
         byKind[k] += 1
-        if lastReason < 0 || reasons[lastReason].kind != recordKind || reasons[lastReason].code != exitCode {
-            if let i = reasons.firstIndex(where: { $0.kind == recordKind && $0.code == exitCode }) {
-                lastReason = i
-            } else {
-                reasons.append((recordKind, exitCode, [UInt64](repeating: 0, count: VerdictKind.allCases.count)))
-                lastReason = reasons.count - 1
-            }
+        let h = Int(truncatingIfNeeded: (exitCode.rawValue ^ exitCode.rawValue >> 4 ^ UInt64(recordKind.rawValue) &* 5) & 15)
+        var i = reasonSlots[h]
+        if i < 0 || reasons[i].kind != recordKind || reasons[i].code != exitCode {
+            i = reasonIndex(recordKind, exitCode)
+            reasonSlots[h] = i
         }
-        reasons[lastReason].byKind[k] += 1
-        switch reference {
-        case "": break
-        case "kvm-emulator": byReference.1 += 1
-        case "cpu": byReference.0 += 1
-        default: byReference.2 += 1
+        reasonCounts[i &* Self.kindCount &+ k] += 1
+        // `==` rather than a `switch` on the string, which copied it per record.
+        if reference.isEmpty {
+        } else if reference == "kvm-emulator" {
+            byReference.1 += 1
+        } else if reference == "cpu" {
+            byReference.0 += 1
+        } else {
+            byReference.2 += 1
         }
         if kind == .match || kind == .divergence || kind == .self, let d = decoded {
             let m = d.instruction.mnemonic.rawValue
@@ -135,6 +142,14 @@ struct VerdictCounts: Sendable {
         }
     }
 
+    /// The index of a reason in `reasons`, added when new.
+    @inline(never) private mutating func reasonIndex(_ recordKind: RecordKind, _ exitCode: SVMExitCode) -> Int {
+        if let i = reasons.firstIndex(where: { $0.kind == recordKind && $0.code == exitCode }) { return i }
+        reasons.append((recordKind, exitCode))
+        reasonCounts.append(contentsOf: repeatElement(0, count: Self.kindCount))
+        return reasons.count - 1
+    }
+
     private mutating func flushMnemonic() {
         for k in 0..<mnemonicSlots.count where mnemonicSlots[k].count > 0 {
             byMnemonic[mnemonicSlots[k].mnemonic, default: 0] += mnemonicSlots[k].count
@@ -150,9 +165,12 @@ struct VerdictCounts: Sendable {
         summary.records += records
         let kinds = VerdictKind.allCases
         for (k, n) in byKind.enumerated() where n > 0 { summary.byKind[kinds[k], default: 0] += n }
-        for (recordKind, code, counts) in reasons {
+        for (i, (recordKind, code)) in reasons.enumerated() {
             let reason = recordKind == .exit ? code.name : recordKind.name.uppercased()
-            for (k, n) in counts.enumerated() where n > 0 { summary.byReason[reason, default: [:]][kinds[k], default: 0] += n }
+            for k in 0..<Self.kindCount {
+                let n = reasonCounts[i * Self.kindCount + k]
+                if n > 0 { summary.byReason[reason, default: [:]][kinds[k], default: 0] += n }
+            }
         }
         for (m, n) in byMnemonic { summary.byMnemonic[Mnemonic(rawValue: m)?.name ?? "?", default: 0] += n }
         if byReference.0 > 0 { summary.byReference["cpu", default: 0] += byReference.0 }
@@ -358,7 +376,10 @@ public final class Replayer: @unchecked Sendable {
         }
         while true {
             // A record that starts a step run stays in its slot (held); the other slot reads on.
-            if curIs0 ? replay(s0, held: s1) : replay(s1, held: s0) { curIs0.toggle() }
+            // The held slot is passed only while a run is pending: each slot passed costs a copy here.
+            let started = pendingSteps > 0 ? (curIs0 ? replay(s0, held: s1) : replay(s1, held: s0))
+                : (curIs0 ? replay(s0) : replay(s1))
+            if started { curIs0.toggle() }
             guard try curIs0 ? decoder.next(into: &s0) : decoder.next(into: &s1) else { break }
         }
         if pendingSteps > 0 {
@@ -392,7 +413,13 @@ public final class Replayer: @unchecked Sendable {
             pendingSteps = 0
             finishSteps(held, count: count, isRep: pendingStepsAreRep, memory: pendingStepMemory, next: r)
             pendingStepMemory.removeAll(keepingCapacity: true)
-        } else if let b = pendingGroup {
+        }
+        return replay(r)
+    }
+
+    /// One record of a frame with no step run pending; true when it starts one.
+    private func replay(_ r: borrowing TraceRecord) -> Bool {
+        if let b = pendingGroup {
             if r.kind == .exit && r.group == b.g.first.seq && r.fragment == b.g.nextFragment {
                 b.g.count += 1
                 b.g.nextFragment += 1
