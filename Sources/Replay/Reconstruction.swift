@@ -166,6 +166,13 @@ enum Reconstruction {
 
 /// Field-by-field comparison of two states in the one schema, masking undefined flags.
 enum StateComparison {
+    /// `compare` with the executor's state, built only when it differs from `recorded`.
+    @inline(__always)
+    static func compare(recorded a: borrowing CPUState, executor: X86Executor, flagMask: UInt64, into d: inout [FieldDifference]) {
+        if executor.stateMatches(a, flagMask: flagMask) { return }
+        compare(recorded: a, emulated: executor.state, flagMask: flagMask, into: &d)
+    }
+
     static func compare(recorded a: CPUState, emulated b: CPUState, flagMask: UInt64, into d: inout [FieldDifference]) {
         if a == b { return }
         for i in 0..<16 where a.gpr(i) != b.gpr(i) {

@@ -698,25 +698,25 @@ public final class Replayer: @unchecked Sendable {
                   refused: first.exitCode == .msr && last.accessRefused) else {
             return
         }
-        let emulated = cpu.state
-        compareNextRIP(&v, recorded: last.nextRIP, emulated: emulated.rip, inst: inst)
+        compareNextRIP(&v, recorded: last.nextRIP, emulated: cpu.instructionPointer, inst: inst)
         // The state after: committed exits show it; pending ones only with --fidelity full.
-        // Compared in place unless it needs adjusting (no copy of a state per record).
+        // Compared in place unless it needs adjusting (no copy of a state per record), and with
+        // the executor's registers: its whole state is built only when they differ.
         let mask = Reconstruction.undefinedFlags(inst, before: before)
         let isRep = inst.hasRep || inst.hasRepne
         if last.visibility == .committed {
             if (isRep && last.state.rip == first.instructionStart) || !knownMSRs.isEmpty {
                 var after = last.state
                 adjustAfter(&after, isRep: isRep, start: first.instructionStart, nextRIP: last.nextRIP)
-                StateComparison.compare(recorded: after, emulated: emulated, flagMask: mask, into: &v.differences)
+                StateComparison.compare(recorded: after, executor: cpu, flagMask: mask, into: &v.differences)
             } else if lastIsFirst {
-                StateComparison.compare(recorded: recordedState, emulated: emulated, flagMask: mask, into: &v.differences)
+                StateComparison.compare(recorded: recordedState, executor: cpu, flagMask: mask, into: &v.differences)
             } else {
-                StateComparison.compare(recorded: last.state, emulated: emulated, flagMask: mask, into: &v.differences)
+                StateComparison.compare(recorded: last.state, executor: cpu, flagMask: mask, into: &v.differences)
             }
         } else if last.stateAfter != nil, var after = last.stateAfter {
             adjustAfter(&after, isRep: isRep, start: first.instructionStart, nextRIP: last.nextRIP)
-            StateComparison.compare(recorded: after, emulated: emulated, flagMask: mask, into: &v.differences)
+            StateComparison.compare(recorded: after, executor: cpu, flagMask: mask, into: &v.differences)
         }
         conclude(&v, before: before)
     }
@@ -1096,15 +1096,14 @@ public final class Replayer: @unchecked Sendable {
         stepFollowedByEvent = next.kind == .event
         defer { stepFollowedByEvent = false }
         guard executeStep(&v, r, inst: d.instruction, laterMemory: laterMemory, before: before) else { return }
-        let emulated = cpu.state
-        if lastDelivered && next.kind == .step && next.state.rip != emulated.rip {
+        if lastDelivered && next.kind == .step && next.state.rip != cpu.instructionPointer {
             // kvm_pvm runs the handler's first instruction without a single-step trap (as after
             // IRET): the next step is one instruction into the handler, not its entry.
             v.kind = .notReplayable
-            v.note += "; the next step is past the handler's entry \(Hex.string(emulated.rip)): kvm_pvm ran its first instruction without a single-step trap"
+            v.note += "; the next step is past the handler's entry \(Hex.string(cpu.instructionPointer)): kvm_pvm ran its first instruction without a single-step trap"
             return
         }
-        StepCheck.close(&v, emulated: emulated, flagMask: Reconstruction.undefinedFlags(d.instruction, before: before),
+        StepCheck.close(&v, executor: cpu, flagMask: Reconstruction.undefinedFlags(d.instruction, before: before),
                         start: r.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs, nextRecord: next, memo: memo)
         if v.kind == .divergence && kvmEmulatesCPL0 && d.instruction.mnemonic == .cpuid
             && v.differences.allSatisfy({ ["rax", "rbx", "rcx", "rdx"].contains($0.field) }) {
@@ -1168,13 +1167,16 @@ public enum StepCheck {
 
     /// `exitStateBefore` into `s` (one copy of the record's state); false when there is none.
     static func exitStateBefore(_ r: borrowing TraceRecord, memo: DecodeMemo?, into s: inout CPUState) -> Bool {
-        guard r.kind == .exit else { return false }
-        if r.visibility == .pending {
-            s = r.state
-            return true
-        }
-        guard r.visibility == .committed, r.candidates == 1, r.fragment == 0 else { return false }
+        guard r.kind == .exit, r.visibility == .pending || r.visibility == .committed else { return false }
         s = r.state
+        return rebuildBefore(r, memo: memo, state: &s)
+    }
+
+    /// `exitStateBefore` with `s` already holding `r.state`: rebuilt in place.
+    static func rebuildBefore(_ r: borrowing TraceRecord, memo: DecodeMemo?, state s: inout CPUState) -> Bool {
+        guard r.kind == .exit else { return false }
+        if r.visibility == .pending { return true }
+        guard r.visibility == .committed, r.candidates == 1, r.fragment == 0 else { return false }
         let inst: Instruction
         if let memo {
             guard let d = memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(s.mode)) else { return false }
@@ -1204,7 +1206,8 @@ public enum StepCheck {
     /// With the next record itself (in the same frame). The same rules as the general `close`
     /// below, read from the borrowed record: only the state that shows the result is looked at,
     /// and copied only when it must be adjusted (save-area MSRs) or rebuilt (a committed exit).
-    static func close(_ v: inout Verdict, emulated: borrowing CPUState, flagMask: UInt64, start: UInt64, isRep: Bool,
+    /// `executor` holds the step's result (its state is built only if it differs).
+    static func close(_ v: inout Verdict, executor emulated: X86Executor, flagMask: UInt64, start: UInt64, isRep: Bool,
                       msrs: [UInt32: UInt64], nextRecord next: borrowing TraceRecord, memo: DecodeMemo?) {
         let kind = next.kind
         if isRep && kind == .step && next.instructionStart == start && next.state.rip == start {
@@ -1231,7 +1234,9 @@ public enum StepCheck {
                 }
             } else {
                 // The state before the next (exiting) instruction, whose own step is not recorded.
-                if let before = exitStateBefore(next, memo: memo) {
+                // Into a local state: an optional result was one more copy of a whole state.
+                var before = next.state
+                if rebuildBefore(next, memo: memo, state: &before) {
                     compareAfter(&v, recorded: before, emulated: emulated, flagMask: flagMask, msrs: msrs)
                     return
                 }
@@ -1245,14 +1250,14 @@ public enum StepCheck {
     }
 
     /// The comparison that ends `close`: `recorded` with the known save-area MSRs applied.
-    private static func compareAfter(_ v: inout Verdict, recorded: borrowing CPUState, emulated: borrowing CPUState,
+    private static func compareAfter(_ v: inout Verdict, recorded: borrowing CPUState, emulated: X86Executor,
                                      flagMask: UInt64, msrs: [UInt32: UInt64]) {
         if msrs.isEmpty {
-            StateComparison.compare(recorded: recorded, emulated: emulated, flagMask: flagMask, into: &v.differences)
+            StateComparison.compare(recorded: recorded, executor: emulated, flagMask: flagMask, into: &v.differences)
         } else {
             var after = copy recorded
             Reconstruction.applyMSRs(msrs, to: &after)
-            StateComparison.compare(recorded: after, emulated: emulated, flagMask: flagMask, into: &v.differences)
+            StateComparison.compare(recorded: after, executor: emulated, flagMask: flagMask, into: &v.differences)
         }
         if v.differences.isEmpty {
             if v.hasReproduction { v.reproduction = nil }

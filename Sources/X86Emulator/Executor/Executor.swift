@@ -117,6 +117,28 @@ public final class X86Executor {
         set { load(newValue, keepingCaches: false) }
     }
 
+    /// Whether `state` would equal `s` in every field outside RFLAGS bits `flagMask`, without
+    /// building it (replay compares after each instruction and nearly always finds them equal).
+    /// Segment registers and descriptor tables are compared whole.
+    public func stateMatches(_ s: CPUState, flagMask: UInt64) -> Bool {
+        guard gpr[0] == s.rax, gpr[1] == s.rcx, gpr[2] == s.rdx, gpr[3] == s.rbx,
+              gpr[4] == s.rsp, gpr[5] == s.rbp, gpr[6] == s.rsi, gpr[7] == s.rdi,
+              gpr[8] == s.r8, gpr[9] == s.r9, gpr[10] == s.r10, gpr[11] == s.r11,
+              gpr[12] == s.r12, gpr[13] == s.r13, gpr[14] == s.r14, gpr[15] == s.r15,
+              rip == s.rip, rflags & ~flagMask == s.rflags & ~flagMask,
+              seg[0] == s.es, seg[1] == s.cs, seg[2] == s.ss, seg[3] == s.ds, seg[4] == s.fs, seg[5] == s.gs
+        else { return false }
+        return sys.ldtr == s.ldtr && sys.tr == s.tr && sys.gdtr == s.gdtr && sys.idtr == s.idtr
+            && sys.cr0 == s.cr0 && sys.cr2 == s.cr2 && sys.cr3 == s.cr3 && sys.cr4 == s.cr4 && sys.cr8 == s.cr8
+            && sys.efer == s.efer && sys.cpl == s.cpl && sys.dr6 == s.dr6 && sys.dr7 == s.dr7
+            && sys.star == s.star && sys.lstar == s.lstar && sys.cstar == s.cstar && sys.sfmask == s.sfmask
+            && sys.kernelGSBase == s.kernelGSBase && sys.sysenterCS == s.sysenterCS && sys.sysenterESP == s.sysenterESP
+            && sys.sysenterEIP == s.sysenterEIP && sys.pat == s.pat && sys.xcr0 == s.xcr0
+    }
+
+    /// RIP (`state.rip` without building the state).
+    public var instructionPointer: UInt64 { rip }
+
     /// Sets the state. With `keepingCaches`, decoded instructions and cached translations survive
     /// when CR0, CR3, CR4 and EFER are unchanged: for a caller that sets a new state per
     /// instruction and knows guest memory did not change behind the executor's back since the
