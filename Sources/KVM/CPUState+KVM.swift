@@ -63,8 +63,8 @@ extension CPUState {
     }
 
     /// The VMCB's CPL as KVM's registers give it: 0 in real mode, 3 in virtual-8086 mode, else SS.DPL.
-    @inline(__always)
-    static func cpl(cr0: UInt64, rflags: UInt64, ssDPL: UInt8) -> UInt8 {
+    @inlinable
+    public static func cpl(cr0: UInt64, rflags: UInt64, ssDPL: UInt8) -> UInt8 {
         if cr0 & CR0.pe == 0 { return 0 } else if rflags & RFLAGS.vm != 0 { return 3 } else { return ssDPL }
     }
 
@@ -129,26 +129,27 @@ public struct SyncedRegisters: Sendable {
 public struct SyncedRegistersView {
     public let regs: UnsafePointer<kvm_regs>
     public let sregs: UnsafePointer<kvm_sregs>
+    @inlinable
     public init(regs: UnsafePointer<kvm_regs>, sregs: UnsafePointer<kvm_sregs>) { self.regs = regs; self.sregs = sregs }
 
-    @inline(__always) public var rip: UInt64 { regs.pointee.rip }
-    @inline(__always) public var rdx: UInt64 { regs.pointee.rdx }
-    @inline(__always) public var rflags: UInt64 { regs.pointee.rflags }
-    @inline(__always) public var cr0: UInt64 { sregs.pointee.cr0 }
-    @inline(__always) public var cr3: UInt64 { sregs.pointee.cr3 }
-    @inline(__always) public var cr4: UInt64 { sregs.pointee.cr4 }
-    @inline(__always) public var efer: UInt64 { sregs.pointee.efer }
-    @inline(__always) public var csBase: UInt64 { sregs.pointee.cs.base }
+    @inlinable public var rip: UInt64 { regs.pointee.rip }
+    @inlinable public var rdx: UInt64 { regs.pointee.rdx }
+    @inlinable public var rflags: UInt64 { regs.pointee.rflags }
+    @inlinable public var cr0: UInt64 { sregs.pointee.cr0 }
+    @inlinable public var cr3: UInt64 { sregs.pointee.cr3 }
+    @inlinable public var cr4: UInt64 { sregs.pointee.cr4 }
+    @inlinable public var efer: UInt64 { sregs.pointee.efer }
+    @inlinable public var csBase: UInt64 { sregs.pointee.cs.base }
     /// As `CPUState.cpl` after `update(sregs:)`.
-    @inline(__always) public var cpl: UInt8 { CPUState.cpl(cr0: cr0, rflags: rflags, ssDPL: sregs.pointee.ss.dpl & 3) }
+    @inlinable public var cpl: UInt8 { CPUState.cpl(cr0: cr0, rflags: rflags, ssDPL: sregs.pointee.ss.dpl & 3) }
     /// As `CPUState.mode` of the state these registers give.
-    @inline(__always) public var mode: CPUMode {
+    @inlinable public var mode: CPUMode {
         CPUState.mode(cr0: cr0, efer: efer, rflags: rflags, csLong: sregs.pointee.cs.l & 1 != 0,
                       csDefaultBig: sregs.pointee.cs.db & 1 != 0)
     }
 
     /// Copies them out (two plain copies, no conversion).
-    @inline(__always)
+    @inlinable
     public func copy(to p: UnsafeMutablePointer<SyncedRegisters>) {
         p.pointee.regs = regs.pointee
         p.pointee.sregs = sregs.pointee

@@ -51,7 +51,7 @@ public final class VCPU: @unchecked Sendable {
     public var exit: VMExit { VMExit(run: runPointer) }
 
     /// The last exit's KVM_EXIT_IO fields, nil for other exits (no `VMExit` built).
-    @inline(__always)
+    @inlinable
     public var ioExit: IOExitInfo? { IOExitInfo(run: runPointer) }
 
     /// kvm_run.immediate_exit: when set, KVM_RUN returns EINTR at once (and before entering

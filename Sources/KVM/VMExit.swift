@@ -89,7 +89,7 @@ public struct IOExitInfo: Sendable, Equatable {
     public var dataOffset: UInt64
 
     /// The I/O exit described by a kvm_run page, or nil when the exit is another kind.
-    @inline(__always)
+    @inlinable
     public init?(run r: UnsafePointer<kvm_run>) {
         guard Int32(ckvm_run_exit_reason(r)) == KVM_EXIT_IO else { return nil }
         port = ckvm_run_io_port(r); size = ckvm_run_io_size(r)

@@ -115,6 +115,10 @@ final class RecordPipeline: @unchecked Sendable {
         var slot: UInt8
     }
 
+    /// How long the consumer sleeps when the rings are empty: at this host's ~8 µs per exit a ring
+    /// of 1024 holds ~8 ms of exits, so a 2 ms period drains it at about a quarter full.
+    static let period = DispatchTimeInterval.milliseconds(2)
+
     /// How many known instructions a vCPU's table holds (`located` slots).
     static let locatedSlots = 8
 
@@ -129,6 +133,17 @@ final class RecordPipeline: @unchecked Sendable {
         var lastValue: UInt64 = 0
         /// The state of the last `portIO` exit, as the vCPU saw it (no MSRs applied).
         var lastPortIOState = CPUState()
+        /// The last `portIO` record and what it was built from: the next item with the same key
+        /// gives the same record but for its state and TSCs (the fast path takes no REP
+        /// instruction and only located ones, so nothing else in it depends on the state), so it
+        /// is reused instead of built, copied and destroyed again.
+        var portIORecord: TraceRecord?
+        var portIOKey = PortIOKey()
+    }
+
+    /// What a `portIO` record holds besides its state and TSCs: the slot's instruction and the access.
+    struct PortIOKey: Equatable {
+        var slot: UInt8 = 0, port: UInt16 = 0, size: UInt8 = 0, isIn = false, data: UInt64 = 0, kvmExitReason: UInt32 = 0
     }
 
     /// The vCPU thread's end of its ring (one producer per ring). A lane holds its own, so an exit
@@ -139,7 +154,8 @@ final class RecordPipeline: @unchecked Sendable {
         /// the state).
         let states: UnsafeMutablePointer<SyncedRegisters>
         let doorbell: Doorbell
-        /// A push that leaves this many items waiting wakes the consumer.
+        /// A push that leaves this many items waiting wakes the consumer (three quarters of the ring:
+        /// normally the consumer's own period drains it first, so the vCPU thread makes no system call).
         let wakeAt: Int
 
         init(capacity: Int, doorbell: Doorbell) {
@@ -147,7 +163,7 @@ final class RecordPipeline: @unchecked Sendable {
             states = .allocate(capacity: ring.capacity)
             states.initialize(repeating: SyncedRegisters(), count: ring.capacity)
             self.doorbell = doorbell
-            wakeAt = max(1, capacity / 4)
+            wakeAt = max(1, capacity * 3 / 4)
         }
 
         deinit { states.deinitialize(count: ring.capacity); states.deallocate() }
@@ -179,10 +195,12 @@ final class RecordPipeline: @unchecked Sendable {
         }
     }
 
-    /// The consumer sleeps on `wake` while the rings are nearly empty; a producer whose ring
-    /// reaches its `wakeAt` wakes it. Waking and sleeping are system calls, and in a nested VM each
-    /// costs tens of µs (measured: polling every 20-200 µs spent more time in nanosleep than in
-    /// encoding), so they happen once per `wakeAt` records, not per record.
+    /// The consumer drains the rings every `RecordPipeline.period` and sleeps between; a producer
+    /// whose ring reaches its `wakeAt` (three quarters) wakes it early. Waking and sleeping are
+    /// system calls, and in a nested VM each costs tens of µs (measured: polling every 20-200 µs
+    /// spent more time in nanosleep than in encoding; a FUTEX_WAKE per 256 records cost the vCPU
+    /// thread ~600 system calls per 200,000 exits), so the consumer's timer paces it and a vCPU
+    /// wakes it only when its ring would otherwise fill (an exit rate the period does not keep up with).
     final class Doorbell: @unchecked Sendable {
         let wake = DispatchSemaphore(value: 0)
         let sleeping = Atomic<Bool>(false)
@@ -237,10 +255,10 @@ final class RecordPipeline: @unchecked Sendable {
                 stopped.signal()
                 return
             }
-            // Nothing queued: sleep until a producer's ring fills a quarter, or 5 ms (the last
+            // Nothing queued: sleep one period, or until a producer's ring is three quarters full (the last
             // records of a quiet guest still reach the writer; a stop signals at once).
             doorbell.sleeping.store(true, ordering: .sequentiallyConsistent)
-            _ = doorbell.wake.wait(timeout: .now() + .milliseconds(5))
+            _ = doorbell.wake.wait(timeout: .now() + Self.period)
             doorbell.sleeping.store(false, ordering: .relaxed)
         }
     }
@@ -261,22 +279,36 @@ final class RecordPipeline: @unchecked Sendable {
                     m.msrs?.apply(to: &r.state)
                     append(r, mirror: m)
                 case let .portIO(e):
-                    guard Int(e.slot) < m.located.count, let (l, g) = m.located[Int(e.slot)] else { return }
-                    if m.lastData.count != Int(e.size) || m.lastValue != e.data {
-                        m.lastData = ExitRecordBuilder.littleEndian(e.data, Int(e.size))
-                        m.lastValue = e.data
-                    }
+                    guard Int(e.slot) < m.located.count else { return }
                     // The state the VMM would have lent (its loadSyncedState into a state that holds
                     // nothing else, as lastPortIOState: only portIO items write it).
                     SyncedRegisters.load(stateSlots + slot, into: &m.lastPortIOState)
-                    var r = ExitRecordBuilder.portIORecord(vcpu: v, kvmExitReason: e.kvmExitReason, port: e.port, size: e.size,
+                    let key = PortIOKey(slot: e.slot, port: e.port, size: e.size, isIn: e.isIn, data: e.data,
+                                        kvmExitReason: e.kvmExitReason)
+                    var r: TraceRecord
+                    if key == m.portIOKey, let reused = m.portIORecord.take() {
+                        r = reused
+                        r.state = m.lastPortIOState
+                        r.tscExit = e.tscExit
+                        r.tscEntry = e.tscEntry
+                    } else {
+                        guard let (l, g) = m.located[Int(e.slot)] else { return }
+                        if m.lastData.count != Int(e.size) || m.lastValue != e.data {
+                            m.lastData = ExitRecordBuilder.littleEndian(e.data, Int(e.size))
+                            m.lastValue = e.data
+                        }
+                        r = ExitRecordBuilder.portIORecord(vcpu: v, kvmExitReason: e.kvmExitReason, port: e.port, size: e.size,
                                                            isIn: e.isIn, data: m.lastData, state: m.lastPortIOState, located: l,
                                                            guestBytes: g, tscExit: e.tscExit, tscEntry: e.tscEntry,
                                                            accesses: m.accesses)
+                        m.portIOKey = key
+                    }
                     m.msrs?.apply(to: &r.state)
                     append(r, mirror: m)
+                    m.portIORecord = consume r
                 case let .located(slot, l, g):
                     if slot >= 0 && slot < m.located.count { m.located[slot] = (l, g) }
+                    m.portIORecord = nil  // its slot may be this one
                 case let .msrs(x):
                     m.msrs = x
                 case .flush:
@@ -289,12 +321,16 @@ final class RecordPipeline: @unchecked Sendable {
 
     /// Later fragments of an instruction take the seq of the exit that opened its group as their
     /// `group`: the vCPU thread cannot know it, the writer assigns seq numbers here.
-    private func append(_ record: consuming TraceRecord, mirror m: LaneMirror) {
-        var r = record
-        if r.fragment > 0 { r.group = m.openGroup }
+    private func append(_ r: borrowing TraceRecord, mirror m: LaneMirror) {
+        let seq: UInt64?
         // A refused record (a frame over the format's size limit) is dropped, as before.
-        if let seq = try? writer.append(r), r.kind == .exit && r.fragment == 0 && !r.lastFragment {
-            m.openGroup = seq
+        if r.fragment > 0 {
+            var later = copy r
+            later.group = m.openGroup
+            seq = try? writer.append(later)
+        } else {
+            seq = try? writer.append(r)
         }
+        if let seq, r.kind == .exit && r.fragment == 0 && !r.lastFragment { m.openGroup = seq }
     }
 }
