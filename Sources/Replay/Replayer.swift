@@ -654,24 +654,23 @@ public final class Replayer: @unchecked Sendable {
     /// `lastIsFirst`: `first` and `last` are one record (its state, already copied, is compared).
     func replayExit(into v: inout Verdict, first: borrowing TraceRecord, last: borrowing TraceRecord, count: Int,
                     accesses recorded: [DeviceAccess], memory groupMemory: [GuestBytes]?, lastIsFirst: Bool = false) {
-        // Copied once; immutable values are passed on borrowed without further copies (a `var`
-        // is copied for every call that borrows it).
-        let recordedState = first.state
+        // `first.state` is passed on in place (a projection of a borrowed parameter is not
+        // copied; a local `var` is, for every call that borrows it).
         switch first.exitCode {
         case .ioio, .npf, .msr, .hlt, .vmmcall: break
         default:
-            setSimple(&v, first, state: recordedState, .notReplayable, records: count)
+            setSimple(&v, first, state: first.state, .notReplayable, records: count)
             return
         }
         if first.candidates > 1 {
-            setSimple(&v, first, state: recordedState, .ambiguous, records: count, note: "\(first.candidates) instructions end at RIP and perform the access")
+            setSimple(&v, first, state: first.state, .ambiguous, records: count, note: "\(first.candidates) instructions end at RIP and perform the access")
             return
         }
         if first.instructionBytes.isEmpty || first.candidates == 0 {
-            setSimple(&v, first, state: recordedState, .unlocated, records: count, note: "the recorder found no instruction performing the access")
+            setSimple(&v, first, state: first.state, .unlocated, records: count, note: "the recorder found no instruction performing the access")
             return
         }
-        setSimple(&v, first, state: recordedState, .match, records: count)
+        setSimple(&v, first, state: first.state, .match, records: count)
         guard let d = v.decoded else {
             v.kind = .unsupported
             v.note = "the bytes do not decode"
@@ -685,7 +684,7 @@ public final class Replayer: @unchecked Sendable {
         }
 
         // The state before the instruction.
-        var rebuilt = recordedState
+        var rebuilt = first.state
         if first.visibility == .committed, let why = Reconstruction.rebuild(&rebuilt, from: first, inst) {
             v.kind = .unreconstructable
             v.note = why.message
@@ -710,7 +709,7 @@ public final class Replayer: @unchecked Sendable {
                 adjustAfter(&after, isRep: isRep, start: first.instructionStart, nextRIP: last.nextRIP)
                 StateComparison.compare(recorded: after, executor: cpu, flagMask: mask, into: &v.differences)
             } else if lastIsFirst {
-                StateComparison.compare(recorded: recordedState, executor: cpu, flagMask: mask, into: &v.differences)
+                StateComparison.compare(recorded: first.state, executor: cpu, flagMask: mask, into: &v.differences)
             } else {
                 StateComparison.compare(recorded: last.state, executor: cpu, flagMask: mask, into: &v.differences)
             }
@@ -1179,7 +1178,9 @@ public enum StepCheck {
         guard r.visibility == .committed, r.candidates == 1, r.fragment == 0 else { return false }
         let inst: Instruction
         if let memo {
-            guard let d = memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(s.mode)) else { return false }
+            // The mode from its registers: `s.mode` copied the whole state.
+            let mode = CPUState.mode(cr0: s.cr0, efer: s.efer, rflags: s.rflags, csLong: s.cs.long, csDefaultBig: s.cs.defaultBig)
+            guard let d = memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(mode)) else { return false }
             inst = d.instruction
         } else {
             guard case .success(let i) = decode(bytes: r.instructionBytes, mode: DecoderMode(s.mode)) else { return false }
