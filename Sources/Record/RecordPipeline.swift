@@ -133,12 +133,24 @@ final class RecordPipeline: @unchecked Sendable {
         var lastValue: UInt64 = 0
         /// The state of the last `portIO` exit, as the vCPU saw it (no MSRs applied).
         var lastPortIOState = CPUState()
-        /// The last `portIO` record and what it was built from: the next item with the same key
-        /// gives the same record but for its state and TSCs (the fast path takes no REP
-        /// instruction and only located ones, so nothing else in it depends on the state), so it
-        /// is reused instead of built, copied and destroyed again.
-        var portIORecord: TraceRecord?
+        /// The last `portIO` record (when `portIOValid`) and what it was built from: the next item
+        /// with the same key gives the same record but for its state and TSCs (the fast path takes
+        /// no REP instruction and only located ones, so nothing else in it depends on the state),
+        /// so it is updated in place instead of built, copied and destroyed again. In plain memory:
+        /// a record held in an optional property was moved in and out (two 1.2 KB copies) per use.
+        let portIORecord: UnsafeMutablePointer<TraceRecord>
+        var portIOValid = false
         var portIOKey = PortIOKey()
+
+        init() {
+            portIORecord = .allocate(capacity: 1)
+            portIORecord.initialize(to: TraceRecord(kind: .exit))
+        }
+
+        deinit {
+            portIORecord.deinitialize(count: 1)
+            portIORecord.deallocate()
+        }
     }
 
     /// What a `portIO` record holds besides its state and TSCs: the slot's instruction and the access.
@@ -285,30 +297,29 @@ final class RecordPipeline: @unchecked Sendable {
                     SyncedRegisters.load(stateSlots + slot, into: &m.lastPortIOState)
                     let key = PortIOKey(slot: e.slot, port: e.port, size: e.size, isIn: e.isIn, data: e.data,
                                         kvmExitReason: e.kvmExitReason)
-                    var r: TraceRecord
-                    if key == m.portIOKey, let reused = m.portIORecord.take() {
-                        r = reused
-                        r.state = m.lastPortIOState
-                        r.tscExit = e.tscExit
-                        r.tscEntry = e.tscEntry
-                    } else {
+                    let r = m.portIORecord
+                    if !m.portIOValid || key != m.portIOKey {
                         guard let (l, g) = m.located[Int(e.slot)] else { return }
                         if m.lastData.count != Int(e.size) || m.lastValue != e.data {
                             m.lastData = ExitRecordBuilder.littleEndian(e.data, Int(e.size))
                             m.lastValue = e.data
                         }
-                        r = ExitRecordBuilder.portIORecord(vcpu: v, kvmExitReason: e.kvmExitReason, port: e.port, size: e.size,
-                                                           isIn: e.isIn, data: m.lastData, state: m.lastPortIOState, located: l,
-                                                           guestBytes: g, tscExit: e.tscExit, tscEntry: e.tscEntry,
-                                                           accesses: m.accesses)
+                        r.pointee = ExitRecordBuilder.portIORecord(vcpu: v, kvmExitReason: e.kvmExitReason, port: e.port,
+                                                                   size: e.size, isIn: e.isIn, data: m.lastData,
+                                                                   state: m.lastPortIOState, located: l, guestBytes: g,
+                                                                   tscExit: e.tscExit, tscEntry: e.tscEntry,
+                                                                   accesses: m.accesses)
                         m.portIOKey = key
+                        m.portIOValid = true
                     }
-                    m.msrs?.apply(to: &r.state)
-                    append(r, mirror: m)
-                    m.portIORecord = consume r
+                    r.pointee.state = m.lastPortIOState
+                    r.pointee.tscExit = e.tscExit
+                    r.pointee.tscEntry = e.tscEntry
+                    m.msrs?.apply(to: &r.pointee.state)
+                    append(r.pointee, mirror: m)
                 case let .located(slot, l, g):
                     if slot >= 0 && slot < m.located.count { m.located[slot] = (l, g) }
-                    m.portIORecord = nil  // its slot may be this one
+                    m.portIOValid = false  // its slot may be this one
                 case let .msrs(x):
                     m.msrs = x
                 case .flush:
