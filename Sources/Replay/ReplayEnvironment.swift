@@ -47,6 +47,8 @@ final class ReplayMemory: GuestMemory {
         for (_, p) in pages { p.clear(); spare.append(p) }
         pages.removeAll(keepingCapacity: true)
         lastPage = nil
+        lastData = nil
+        lastValid = nil
     }
 
     /// Starts an instruction group: the recorded device side it must reproduce.
@@ -79,16 +81,21 @@ final class ReplayMemory: GuestMemory {
         var a = gpa
         var k = 0
         while k < bytes.count {
-            let page = self.page(a & ~0xFFF)
+            // The last page through its raw pointers (kept alive by `pages`): no reference
+            // counting of the page per record.
+            let base = a & ~0xFFF
+            if !(base == lastBase && lastData != nil) { _ = page(base) }
+            guard let data = lastData, let valid = lastValid else { return }
             let off = Int(a & 0xFFF)
             let n = min(bytes.count - k, 4096 - off)
             for j in 0..<n {
                 let b = bytes[k + j]
-                if page.isValid(off + j) {
-                    if page.data[off + j] != b { changed = true; page.data[off + j] = b }
+                let o = off + j
+                if valid[o >> 6] & (1 << UInt64(o & 63)) != 0 {
+                    if data[o] != b { changed = true; data[o] = b }
                 } else {
-                    page.data[off + j] = b
-                    page.setValid(off + j)
+                    data[o] = b
+                    valid[o >> 6] |= 1 << UInt64(o & 63)
                 }
             }
             k += n
@@ -98,23 +105,31 @@ final class ReplayMemory: GuestMemory {
 
     private func page(_ base: UInt64) -> Page {
         if base == lastBase, let p = lastPage { return p }
-        if let p = pages[base] { lastBase = base; lastPage = p; return p }
+        if let p = pages[base] { setLast(base, p); return p }
         let p = spare.popLast() ?? Page()
         pages[base] = p
-        lastBase = base
-        lastPage = p
+        setLast(base, p)
         return p
     }
 
-    /// The page looked up last (a record's bytes and its instruction's accesses mostly share one).
+    /// The page looked up last (a record's bytes and its instruction's accesses mostly share one),
+    /// also as raw pointers for the paths run per record.
     private var lastBase: UInt64 = 0
     private var lastPage: Page?
+    private var lastData: UnsafeMutablePointer<UInt8>?
+    private var lastValid: UnsafeMutablePointer<UInt64>?
+
+    @inline(__always) private func setLast(_ base: UInt64, _ p: Page) {
+        lastBase = base
+        lastPage = p
+        lastData = p.data
+        lastValid = p.valid
+    }
 
     @inline(__always) private func existingPage(_ base: UInt64) -> Page? {
         if base == lastBase, let p = lastPage { return p }
         guard let p = pages[base] else { return nil }
-        lastBase = base
-        lastPage = p
+        setLast(base, p)
         return p
     }
 
@@ -183,11 +198,15 @@ final class ReplayMemory: GuestMemory {
         var k = 0
         while k < count {
             let a = gpa &+ UInt64(k)
-            guard let p = existingPage(a & ~0xFFF) else { return .unbacked(a) }
+            let base = a & ~0xFFF
+            if !(base == lastBase && lastData != nil) {
+                guard existingPage(base) != nil else { return .unbacked(a) }
+            }
+            guard let data = lastData, let valid = lastValid else { return .unbacked(a) }
             let off = Int(a & 0xFFF)
             let n = min(count - k, 4096 - off)
-            for j in 0..<n where !p.isValid(off + j) { return .unbacked(a &+ UInt64(j)) }
-            (buffer + k).copyMemory(from: p.data + off, byteCount: n)
+            for j in 0..<n where valid[(off + j) >> 6] & (1 << UInt64((off + j) & 63)) == 0 { return .unbacked(a &+ UInt64(j)) }
+            (buffer + k).copyMemory(from: data + off, byteCount: n)
             k += n
         }
         return .ok
