@@ -16,6 +16,7 @@ public enum CPUIDProfile: String, Sendable, Codable, CaseIterable {
             switch e.function {
             case 1: e.ebx = (e.ebx & 0x00FF_FFFF) | (apicID << 24)
             case 0xB, 0x1F: e.edx = apicID
+            case KVMParavirt.featuresLeaf: e.eax &= ~KVMParavirt.hiddenFeatures
             default: break
             }
             guard self == .noavx else { return e }
@@ -39,4 +40,16 @@ public enum CPUIDProfile: String, Sendable, Codable, CaseIterable {
             return e
         }
     }
+}
+
+/// KVM's paravirtual CPUID leaf (KVM_CPUID_FEATURES) and what ExitScope keeps from guests.
+public enum KVMParavirt {
+    public static let featuresLeaf: UInt32 = 0x4000_0001
+    /// KVM_FEATURE_PV_TLB_FLUSH (bit 9). With it a guest skips the TLB-shootdown IPI to a vCPU
+    /// KVM marked preempted and leaves the flush to KVM at that vCPU's next entry. This VMM
+    /// keeps vCPUs out of the guest often (completions hold the others out), and on kvm_pvm
+    /// that deferred flush left a stale translation: a Linux process read zeros for memory
+    /// it had just written on the other vCPU (Samples/README.md). Without the feature the
+    /// guest sends the IPI and flushes itself.
+    public static let hiddenFeatures: UInt32 = 1 << 9
 }

@@ -226,6 +226,30 @@ final class MachineTests: XCTestCase {
         }
     }
 
+    /// KVM_FEATURE_PV_TLB_FLUSH (leaf 0x40000001 EAX bit 9) is hidden in every profile, and the
+    /// guest sees it hidden (KVM answers its own leaves from the table, also on kvm_pvm): with it a
+    /// Linux guest left TLB flushes of preempted vCPUs to KVM and read stale memory here.
+    func testParavirtTLBFlushIsHiddenFromTheGuest() throws {
+        try requireKVM()
+        let sys = try KVMSystem()
+        let supported = try sys.supportedCPUID()
+        // mov eax,0x40000001; cpuid; shr eax,9; and al,1; mov dx,0x501; out dx,al
+        let code: [UInt8] = [0x66, 0xB8, 0x01, 0x00, 0x00, 0x40, 0x0F, 0xA2, 0x66, 0xC1, 0xE8, 0x09, 0x24, 0x01,
+                             0xBA, 0x01, 0x05, 0xEE]
+        for profile in CPUIDProfile.allCases {
+            let table = profile.apply(supported, apicID: 0)
+            let leaf = try XCTUnwrap(table.first { $0.function == KVMParavirt.featuresLeaf }, "KVM offers its paravirtual leaf")
+            XCTAssertEqual(leaf.eax & (1 << 9), 0, "\(profile)")
+            // Nothing else in the leaf changes (steal time, PV EOI, ... stay as KVM offers them).
+            let offered = try XCTUnwrap(supported.first { $0.function == KVMParavirt.featuresLeaf })
+            XCTAssertEqual(leaf.eax | (offered.eax & (1 << 9)), offered.eax, "\(profile)")
+            var config = MachineConfig(mode: .real, memoryMiB: 1)
+            config.cpuid = profile
+            let m = try Machine(config: config, image: .flat(code, at: 0x1000), serial: SerialOutput(fd: -1), system: sys)
+            XCTAssertEqual(m.run(limits: RunLimits(timeout: 20)).stop, .exitPort(value: 0), "\(profile): the guest sees PV_TLB_FLUSH")
+        }
+    }
+
     final class Recorder: ExitObserver, @unchecked Sendable {
         struct Seen { var exit: VMExit; var rip: UInt64; var after: UInt64?; var afterRAX: UInt64?; var access: BusAccess?
                       var io: [UInt8]; var tscOrdered: Bool; var events: VCPUEvents?; var bytesAtRIP: [UInt8]
