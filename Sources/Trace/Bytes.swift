@@ -139,6 +139,16 @@ struct ByteCursor {
             // Two to eight bytes with eight readable: decoded from one word, no loop per byte.
             if end - pos >= 8 {
                 let w = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: pos, as: UInt64.self))
+                if w & 0x8000 == 0 {
+                    // Two bytes (a delta, a port, a short RIP): the second's 7 bits above the first's.
+                    pos += 2
+                    return (w & 0x7F) | ((w >> 1) & 0x3F80)
+                }
+                if w & 0x80_0000 == 0 {
+                    // Three bytes (record field masks, TSC deltas).
+                    pos += 3
+                    return (w & 0x7F) | ((w >> 1) & 0x3F80) | ((w >> 2) & 0x1F_C000)
+                }
                 let stops = ~w & 0x8080_8080_8080_8080
                 if stops != 0 {
                     let bits = stops.trailingZeroBitCount + 1  // through the last byte's high bit
