@@ -228,23 +228,35 @@ final class DecodeMemo {
         var mode: DecoderMode = .bits16
         var used = false
         var decoded: DecodedInstruction?
+        /// The byte array last looked up here: the trace decoder shares one array per distinct
+        /// instruction, so the same storage (kept alive by this reference) means the same bytes.
+        var bytes: [UInt8] = []
     }
     private var entries = [Entry](repeating: Entry(), count: 256)
 
     func decode(_ bytes: [UInt8], start: UInt64, mode: DecoderMode) -> DecodedInstruction? {
         guard bytes.count <= 15 else { return Self.decodeNow(bytes, mode: mode) }
+        let i = Int(truncatingIfNeeded: (start ^ start >> 8) & 255)
+        if entries[i].used && entries[i].start == start && entries[i].mode == mode
+            && Replayer.sameStorage(entries[i].bytes, bytes) && !bytes.isEmpty {
+            return entries[i].decoded
+        }
+        return decodePacked(bytes, start: start, mode: mode, slot: i)
+    }
+
+    private func decodePacked(_ bytes: [UInt8], start: UInt64, mode: DecoderMode, slot i: Int) -> DecodedInstruction? {
         var lo: UInt64 = 0, hi = UInt64(bytes.count) << 56
         bytes.withUnsafeBufferPointer { b in
             for k in 0..<b.count {
                 if k < 8 { lo |= UInt64(b[k]) << (8 * UInt64(k)) } else { hi |= UInt64(b[k]) << (8 * UInt64(k - 8)) }
             }
         }
-        let i = Int(truncatingIfNeeded: (start ^ start >> 8) & 255)
         if entries[i].used && entries[i].start == start && entries[i].lo == lo && entries[i].hi == hi && entries[i].mode == mode {
+            entries[i].bytes = bytes
             return entries[i].decoded
         }
         let d = Self.decodeNow(bytes, mode: mode)
-        entries[i] = Entry(start: start, lo: lo, hi: hi, mode: mode, used: true, decoded: d)
+        entries[i] = Entry(start: start, lo: lo, hi: hi, mode: mode, used: true, decoded: d, bytes: bytes)
         return d
     }
 
