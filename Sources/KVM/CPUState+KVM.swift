@@ -120,7 +120,7 @@ public struct SyncedRegisters: Sendable {
     @inline(__always)
     public static func load(_ p: UnsafePointer<SyncedRegisters>, into state: inout CPUState) {
         guard let r = p.pointer(to: \.regs), let s = p.pointer(to: \.sregs) else { state = p.pointee.state; return }
-        state.update(regs: r, sregs: s)
+        SyncedRegistersView(regs: r, sregs: s).load(into: &state)
     }
 }
 

@@ -129,7 +129,7 @@ public final class VCPU: @unchecked Sendable {
     /// The synced registers into `state` in place (the exit path: no temporary copies). Fields
     /// sync regs do not carry keep their values, so `state` should hold nothing else.
     public func loadSyncedState(into state: inout CPUState) {
-        state.update(regs: syncedRegs, sregs: syncedSregs)
+        syncedRegisters.load(into: &state)
     }
 
     // MARK: state get/set
