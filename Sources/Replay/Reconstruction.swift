@@ -20,7 +20,17 @@ enum Reconstruction {
 
     /// `before` in place: `s` holds the record's state and becomes the state before.
     static func rebuild(_ s: inout CPUState, from r: borrowing TraceRecord, _ inst: Instruction) -> ReconstructionFailure? {
-        s.rip = r.instructionStart
+        rebuild(&s, instructionStart: r.instructionStart, accesses: r.accesses, inst)
+    }
+
+    /// `rebuild` from a record read in place.
+    static func rebuild(_ s: inout CPUState, from r: RecordPointer, _ inst: Instruction) -> ReconstructionFailure? {
+        rebuild(&s, instructionStart: r.pointee.instructionStart, accesses: r.pointee.accesses, inst)
+    }
+
+    /// `rebuild` from the two fields of the record it reads.
+    static func rebuild(_ s: inout CPUState, instructionStart: UInt64, accesses: [DeviceAccess], _ inst: Instruction) -> ReconstructionFailure? {
+        s.rip = instructionStart
         // RFLAGS: an instruction that writes status flags without reading them leaves the
         // after-flags as good a before-value as any (the written ones are recomputed and compared;
         // the others it preserved). Flag readers among memory-destination forms are refused.
@@ -37,7 +47,7 @@ enum Reconstruction {
             return nil
         case .xchg:
             // XCHG mem, reg: the register held what was written to memory.
-            guard let w = r.accesses.first(where: { $0.isWrite }) else {
+            guard let w = accesses.first(where: { $0.isWrite }) else {
                 return ReconstructionFailure(message: "xchg without a recorded write")
             }
             var reg: Register?
@@ -52,7 +62,7 @@ enum Reconstruction {
             let stackWidth = s.mode == .long64 ? 64 : (s.ss.defaultBig ? 32 : 16)
             if inst.mnemonic == .enter {
                 guard case .immediate(let level, _) = inst.operand(1), level & 0x1F == 0,
-                      let w = r.accesses.first(where: { $0.isWrite }), UInt64(w.size) == width else {
+                      let w = accesses.first(where: { $0.isWrite }), UInt64(w.size) == width else {
                     return ReconstructionFailure(message: "committed enter: only nesting level 0 with its whole store in one recorded access")
                 }
                 s.rsp = wrap(s.rbp, width, stackWidth)
@@ -65,7 +75,7 @@ enum Reconstruction {
             s.rsp = wrap(s.rsp, width, stackWidth)
             return nil
         case .outs, .stos, .movs:
-            let items = UInt64(max(1, r.accesses.first?.count ?? 1))
+            let items = UInt64(max(1, accesses.first?.count ?? 1))
             let size = UInt64(stringElementSize(inst))
             let delta = size &* items
             let down = s.rflags & RFLAGS.df != 0
@@ -146,6 +156,11 @@ enum Reconstruction {
 
     /// The RFLAGS bits the instruction leaves undefined (UNDEFINED_FLAGS.md), for its inputs.
     static func undefinedFlags(_ inst: Instruction, before: CPUState) -> UInt64 {
+        withUnsafePointer(to: before) { undefinedFlags(inst, at: $0) }
+    }
+
+    /// `undefinedFlags` with the state before read in place.
+    static func undefinedFlags(_ inst: Instruction, at before: StatePointer) -> UInt64 {
         let bits = Int(inst.operandSize)
         switch inst.mnemonic {
         case .shl, .sal, .shr, .sar, .rol, .ror, .rcl, .rcr, .shld, .shrd:
@@ -153,7 +168,7 @@ enum Reconstruction {
             var count: UInt64 = 1
             switch inst.operand(countOperand) {
             case .immediate(let v, _): count = UInt64(bitPattern: v)
-            case .register(let r): count = before.gpr(Int(r.number)) & 0xFF
+            case .register(let r): count = before.pointee.gpr(Int(r.number)) & 0xFF
             default: break
             }
             let masked = count & (bits == 64 ? 0x3F : 0x1F)
@@ -171,6 +186,13 @@ enum StateComparison {
     static func compare(recorded a: borrowing CPUState, executor: X86Executor, flagMask: UInt64, into d: inout [FieldDifference]) {
         if executor.stateMatches(a, flagMask: flagMask) { return }
         compare(recorded: a, emulated: executor.state, flagMask: flagMask, into: &d)
+    }
+
+    /// `compare` with the recorded state read in place.
+    @inline(__always)
+    static func compare(recorded a: StatePointer, executor: X86Executor, flagMask: UInt64, into d: inout [FieldDifference]) {
+        if executor.stateMatches(at: a, flagMask: flagMask) { return }
+        compare(recorded: a.pointee, emulated: executor.state, flagMask: flagMask, into: &d)
     }
 
     static func compare(recorded a: CPUState, emulated b: CPUState, flagMask: UInt64, into d: inout [FieldDifference]) {

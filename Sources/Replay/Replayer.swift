@@ -2,6 +2,43 @@ import Trace
 import X86
 import X86Emulator
 
+/// A record read in place. Replay's hot path passes records and states by pointer: a large
+/// struct passed by value from memory is copied whole (1.2 KB a record, 600 bytes a state) at
+/// each call that may write memory, which nearly every call here does.
+typealias RecordPointer = UnsafePointer<TraceRecord>
+/// A state read in place (see `RecordPointer`).
+typealias StatePointer = UnsafePointer<CPUState>
+
+/// Where a record's fields read in place lie, found once per user (static constants would be
+/// checked for initialization at every use).
+struct TraceRecordLayout {
+    let stateOffset = MemoryLayout<TraceRecord>.offset(of: \TraceRecord.state)!
+    let instructionBytesOffset = MemoryLayout<TraceRecord>.offset(of: \TraceRecord.instructionBytes)!
+
+    /// The record's `state`, in place.
+    @inline(__always) func state(_ r: RecordPointer) -> StatePointer {
+        (UnsafeRawPointer(r) + stateOffset).assumingMemoryBound(to: CPUState.self)
+    }
+
+    /// The identity of the record's `instructionBytes` storage, read without retaining it (see
+    /// `ArrayIdentity`).
+    @inline(__always) func instructionBytesIdentity(_ r: RecordPointer) -> UInt {
+        (UnsafeRawPointer(r) + instructionBytesOffset).load(as: UInt.self)
+    }
+}
+
+/// An array's storage reference as a number: equal for two arrays that share one storage (so
+/// hold the same elements). Reading a record's array through a pointer to compare it retained
+/// and released it; its one word is read instead. (An array is one reference on this platform:
+/// `MemoryLayout<[UInt8]>.size` is a word, checked where the replayer starts.)
+enum ArrayIdentity {
+    @inline(__always) static func of<T>(_ a: borrowing [T]) -> UInt {
+        withUnsafePointer(to: a) { UnsafeRawPointer($0).load(as: UInt.self) }
+    }
+    /// The identity of empty arrays (they share one storage).
+    @inline(__always) static var empty: UInt { of([UInt8]()) }
+}
+
 /// A stepped instruction whose after-state is in the next record of its vCPU, which lies in the
 /// next frame: the frame's replay leaves it open and the merge closes it (`StepCheck.close`).
 public struct OpenStep: Sendable {
@@ -231,8 +268,23 @@ final class DecodeMemo {
         /// The byte array last looked up here: the trace decoder shares one array per distinct
         /// instruction, so the same storage (kept alive by this reference) means the same bytes.
         var bytes: [UInt8] = []
+        /// `bytes`' storage identity (set with it).
+        var identity: UInt = ArrayIdentity.empty
     }
     private var entries = [Entry](repeating: Entry(), count: 256)
+
+    /// `decode` of a record's instruction bytes, read in place: a hit compares the storage's
+    /// identity and touches no reference count.
+    /// `identity`: the identity of `r`'s instruction bytes.
+    func decode(_ r: RecordPointer, identity: UInt, mode: DecoderMode) -> DecodedInstruction? {
+        let start = r.pointee.instructionStart
+        let i = Int(truncatingIfNeeded: (start ^ start >> 8) & 255)
+        if entries[i].used && entries[i].start == start && entries[i].mode == mode
+            && entries[i].identity == identity && !r.pointee.instructionBytes.isEmpty {
+            return entries[i].decoded
+        }
+        return decode(r.pointee.instructionBytes, start: start, mode: mode)
+    }
 
     func decode(_ bytes: [UInt8], start: UInt64, mode: DecoderMode) -> DecodedInstruction? {
         guard bytes.count <= 15 else { return Self.decodeNow(bytes, mode: mode) }
@@ -253,10 +305,12 @@ final class DecodeMemo {
         }
         if entries[i].used && entries[i].start == start && entries[i].lo == lo && entries[i].hi == hi && entries[i].mode == mode {
             entries[i].bytes = bytes
+            entries[i].identity = ArrayIdentity.of(bytes)
             return entries[i].decoded
         }
         let d = Self.decodeNow(bytes, mode: mode)
-        entries[i] = Entry(start: start, lo: lo, hi: hi, mode: mode, used: true, decoded: d, bytes: bytes)
+        entries[i] = Entry(start: start, lo: lo, hi: hi, mode: mode, used: true, decoded: d, bytes: bytes,
+                           identity: ArrayIdentity.of(bytes))
         return d
     }
 
@@ -311,8 +365,22 @@ public final class Replayer: @unchecked Sendable {
     private var emuMSR: [(index: UInt32, isWrite: Bool, value: UInt64)] = []
     private var mmioScratch: [DeviceAccess] = []
     private var out = FrameResult(vcpu: 0)
+    /// The two records `replayFrame` reads into (the current one and a held step), in place.
+    private let slots: UnsafeMutablePointer<TraceRecord>
+    /// The state before a step with the known save-area MSRs applied (when there are any).
+    private let stepBefore: UnsafeMutablePointer<CPUState>
+    /// The state before an exit's instruction (rebuilt for a committed exit, MSRs applied).
+    private let exitBefore: UnsafeMutablePointer<CPUState>
+    private let layout = TraceRecordLayout()
 
     public init(header: TraceHeader) {
+        precondition(MemoryLayout<[UInt8]>.size == MemoryLayout<UInt>.size, "ArrayIdentity needs an array to be one reference")
+        slots = .allocate(capacity: 2)
+        slots.initialize(repeating: TraceRecord(kind: .exit), count: 2)
+        stepBefore = .allocate(capacity: 1)
+        stepBefore.initialize(to: CPUState())
+        exitBefore = .allocate(capacity: 1)
+        exitBefore.initialize(to: CPUState())
         self.header = header
         cpuid = HeaderCPUID(header.cpuid)
         cpu = X86Executor(state: CPUState(), memory: memory, ports: ports, cpuid: header.cpuid.isEmpty ? nil : cpuid,
@@ -320,6 +388,15 @@ public final class Replayer: @unchecked Sendable {
         kvmEmulatesCPL0 = header.kvmBackend == "kvm_pvm"
         memory.deviceRanges = header.memory.filter { $0.name != "ram" && $0.size > 0 }
             .map { ($0.gpa, $0.gpa &+ $0.size) }
+    }
+
+    deinit {
+        slots.deinitialize(count: 2)
+        slots.deallocate()
+        stepBefore.deinitialize(count: 1)
+        stepBefore.deallocate()
+        exitBefore.deinitialize(count: 1)
+        exitBefore.deallocate()
     }
 
     func reference(_ s: CPUState) -> String {
@@ -340,14 +417,17 @@ public final class Replayer: @unchecked Sendable {
 
     /// The verdict of the record being replayed, reused from record to record: a verdict that is
     /// only counted is neither copied nor destroyed.
-    private var scratch = Verdict(seq: 0, vcpu: 0, kind: .match, recordKind: .exit, exitCode: .none)
+    /// One for exits and one for steps: a single-step trace alternates between the two, and
+    /// each keeps its instruction's bytes and decoding from one record to the next of its kind.
+    private var scratchExit = Verdict(seq: 0, vcpu: 0, kind: .match, recordKind: .exit, exitCode: .none)
+    private var scratchStep = Verdict(seq: 0, vcpu: 0, kind: .match, recordKind: .exit, exitCode: .none)
 
-    @inline(__always) private func emitScratch() {
-        if delivery == .all || scratch.kind.isFailure {
-            out.verdicts.append(scratch)
+    @inline(__always) private func emitScratch(_ v: inout Verdict) {
+        if delivery == .all || v.kind.isFailure {
+            out.verdicts.append(v)
         } else {
-            out.counts.add(kind: scratch.kind, records: scratch.records, recordKind: scratch.recordKind, exitCode: scratch.exitCode,
-                           reference: scratch.reference, decoded: scratch.decoded)
+            out.counts.add(kind: v.kind, records: v.records, recordKind: v.recordKind, exitCode: v.exitCode,
+                           reference: v.reference, decoded: v.decoded)
         }
     }
 
@@ -369,8 +449,8 @@ public final class Replayer: @unchecked Sendable {
     }
 
     /// Replays the records of one frame (one vCPU, in order; the frame decodes alone), reading
-    /// them one at a time from `decoder` into two local slots: the current record and the held
-    /// first step of a pending run. Records are passed borrowed, never copied whole.
+    /// them one at a time from `decoder` into two slots: the current record and the held first
+    /// step of a pending run. Records are passed by pointer, never copied whole.
     func replayFrame(_ decoder: FrameDecoder) throws -> FrameResult {
         memory.reset()
         knownMSRs.removeAll(keepingCapacity: true)
@@ -379,28 +459,26 @@ public final class Replayer: @unchecked Sendable {
         pendingStepMemory.removeAll(keepingCapacity: true)
         pendingGroup = nil
         if delivery == .all { out.verdicts.reserveCapacity(Int(decoder.info.recordCount)) }
-        var s0 = TraceRecord(kind: .exit), s1 = TraceRecord(kind: .exit)
+        let s0 = slots, s1 = slots + 1
+        // Fresh slots per frame, as the decoder expects of a record it has not filled before.
+        s0.pointee = TraceRecord(kind: .exit)
+        s1.pointee = TraceRecord(kind: .exit)
         var curIs0 = true
-        guard try decoder.next(into: &s0) else { return takeResult() }
-        out.head = RecordHead(s0)
-        if s0.kind == .exit && s0.fragment != 0 {
-            guard try readContinuation(decoder, &s0) else { return takeResult() }
+        guard try decoder.next(into: &s0.pointee) else { return takeResult() }
+        out.head = RecordHead(s0.pointee)
+        if s0.pointee.kind == .exit && s0.pointee.fragment != 0 {
+            guard try readContinuation(decoder, &s0.pointee) else { return takeResult() }
         }
         while true {
             // A record that starts a step run stays in its slot (held); the other slot reads on.
-            // The held slot is passed only while a run is pending: each slot passed costs a copy here.
-            let started = pendingSteps > 0 ? (curIs0 ? replay(s0, held: s1) : replay(s1, held: s0))
-                : (curIs0 ? replay(s0) : replay(s1))
+            let started = pendingSteps > 0 ? (curIs0 ? replay(RecordPointer(s0), held: RecordPointer(s1)) : replay(RecordPointer(s1), held: RecordPointer(s0)))
+                : replay(RecordPointer(curIs0 ? s0 : s1))
             if started { curIs0.toggle() }
-            guard try curIs0 ? decoder.next(into: &s0) : decoder.next(into: &s1) else { break }
+            guard try decoder.next(into: &(curIs0 ? s0 : s1).pointee) else { break }
         }
         if pendingSteps > 0 {
             let mem = pendingStepMemory
-            if curIs0 {
-                finishStepsAtFrameEnd(s1, count: pendingSteps, isRep: pendingStepsAreRep, memory: mem)
-            } else {
-                finishStepsAtFrameEnd(s0, count: pendingSteps, isRep: pendingStepsAreRep, memory: mem)
-            }
+            finishStepsAtFrameEnd((curIs0 ? s1 : s0).pointee, count: pendingSteps, isRep: pendingStepsAreRep, memory: mem)
             pendingSteps = 0
         }
         if let b = pendingGroup {
@@ -411,13 +489,13 @@ public final class Replayer: @unchecked Sendable {
     }
 
     /// One record of a frame; true when it starts a step run (its slot becomes the held one).
-    private func replay(_ r: borrowing TraceRecord, held: borrowing TraceRecord) -> Bool {
+    private func replay(_ r: RecordPointer, held: RecordPointer) -> Bool {
         if pendingSteps > 0 {
-            if pendingStepsAreRep && r.kind == .step && r.instructionStart == held.instructionStart
-                && r.instructionBytes == held.instructionBytes {
+            if pendingStepsAreRep && r.pointee.kind == .step && r.pointee.instructionStart == held.pointee.instructionStart
+                && r.pointee.instructionBytes == held.pointee.instructionBytes {
                 // Single-step traps after each iteration of a REP string instruction: the steps
                 // that stay on one instruction are its iterations, replayed as one instruction.
-                pendingStepMemory.append(contentsOf: r.memory)
+                pendingStepMemory.append(contentsOf: r.pointee.memory)
                 pendingSteps += 1
                 return false
             }
@@ -430,17 +508,17 @@ public final class Replayer: @unchecked Sendable {
     }
 
     /// One record of a frame with no step run pending; true when it starts one.
-    private func replay(_ r: borrowing TraceRecord) -> Bool {
+    private func replay(_ r: RecordPointer) -> Bool {
         if let b = pendingGroup {
-            if r.kind == .exit && r.group == b.g.first.seq && r.fragment == b.g.nextFragment {
+            if r.pointee.kind == .exit && r.pointee.group == b.g.first.seq && r.pointee.fragment == b.g.nextFragment {
                 b.g.count += 1
                 b.g.nextFragment += 1
-                b.g.accesses.append(contentsOf: r.accesses)
-                b.g.memory.append(contentsOf: r.memory)
-                if r.exitCode == .msr { Self.collectMSRWrites(r, into: &b.g.msrUpdates) }
-                if r.lastFragment {
+                b.g.accesses.append(contentsOf: r.pointee.accesses)
+                b.g.memory.append(contentsOf: r.pointee.memory)
+                if r.pointee.exitCode == .msr { Self.collectMSRWrites(r.pointee, into: &b.g.msrUpdates) }
+                if r.pointee.lastFragment {
                     pendingGroup = nil
-                    finishGroup(b.g, last: r)
+                    finishGroup(b.g, last: r.pointee)
                 }
                 return false
             }
@@ -448,30 +526,30 @@ public final class Replayer: @unchecked Sendable {
             emit(replayInterrupted(b.g))
             for (i, v) in b.g.msrUpdates { knownMSRs[i] = v }
         }
-        if !r.msrWrites.isEmpty {
-            for w in r.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
+        if !r.pointee.msrWrites.isEmpty {
+            for w in r.pointee.msrWrites where Reconstruction.saveAreaMSRs.contains(w.index) { knownMSRs[w.index] = w.value }
         }
-        switch r.kind {
+        switch r.pointee.kind {
         case .exit:
-            if r.fragment != 0 {
-                emit(simple(r, .incomplete, note: "fragment \(r.fragment) of an instruction group that starts in an earlier frame"))
+            if r.pointee.fragment != 0 {
+                emit(simple(r.pointee, .incomplete, note: "fragment \(r.pointee.fragment) of an instruction group that starts in an earlier frame"))
                 applyMSRWrites(r)
-            } else if r.lastFragment {
+            } else if r.pointee.lastFragment {
                 // The common record: replayed into the scratch verdict, which a match only counts.
-                replayExit(into: &scratch, first: r, last: r, count: 1, accesses: r.accesses, memory: nil, lastIsFirst: true)
-                emitScratch()
+                replayExit(into: &scratchExit, first: r, last: r, count: 1, accesses: r.pointee.accesses, memory: nil, lastIsFirst: true)
+                emitScratch(&scratchExit)
                 applyMSRWrites(r)
             } else {
-                startGroup(r)
+                startGroup(r.pointee)
             }
         case .completion:
-            emit(replayCompletion(r))
+            emit(replayCompletion(r.pointee))
         case .step:
             pendingSteps = 1
             pendingStepsAreRep = isRepString(r)
             return true
         case .event, .gap, .marker:
-            emit(simple(r, .notReplayable))
+            emit(simple(r.pointee, .notReplayable))
         }
         return false
     }
@@ -518,6 +596,11 @@ public final class Replayer: @unchecked Sendable {
         for a in r.accesses where a.space == .msr && a.isWrite && Reconstruction.saveAreaMSRs.contains(UInt32(truncatingIfNeeded: a.address)) {
             out.append((UInt32(truncatingIfNeeded: a.address), a.value))
         }
+    }
+
+    func applyMSRWrites(_ r: RecordPointer) {
+        guard r.pointee.exitCode == .msr else { return }
+        applyMSRWrites(r.pointee)
     }
 
     func applyMSRWrites(_ r: TraceRecord) {
@@ -585,10 +668,10 @@ public final class Replayer: @unchecked Sendable {
         for (i, v) in g.msrUpdates { knownMSRs[i] = v }
     }
 
-    private func finishSteps(_ first: borrowing TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes], next: borrowing TraceRecord) {
+    private func finishSteps(_ first: RecordPointer, count: Int, isRep: Bool, memory mem: [GuestBytes], next: RecordPointer) {
         // Into the scratch verdict, like a single-record exit: a matching step is only counted.
-        replayStep(into: &scratch, first, count: count, isRep: isRep, laterMemory: mem, next: next)
-        emitScratch()
+        replayStep(into: &scratchStep, first, count: count, isRep: isRep, laterMemory: mem, next: next)
+        emitScratch(&scratchStep)
     }
 
     private func finishStepsAtFrameEnd(_ r: borrowing TraceRecord, count: Int, isRep: Bool, memory mem: [GuestBytes]) {
@@ -600,7 +683,11 @@ public final class Replayer: @unchecked Sendable {
         }
         var before = r.state
         Reconstruction.applyMSRs(knownMSRs, to: &before)
-        guard executeStep(&v, r, inst: d.instruction, laterMemory: mem, before: before) else {
+        var rec = copy r
+        let completed = withUnsafePointer(to: &rec) { rp in
+            withUnsafePointer(to: &before) { executeStep(&v, rp, inst: d.instruction, laterMemory: mem, before: $0) }
+        }
+        guard completed else {
             emit(v)
             return
         }
@@ -627,27 +714,36 @@ public final class Replayer: @unchecked Sendable {
     func replayExit(first: borrowing TraceRecord, last: borrowing TraceRecord, count: Int, accesses recorded: [DeviceAccess],
                     memory groupMemory: [GuestBytes]?) -> Verdict {
         var v = Verdict(seq: 0, vcpu: 0, kind: .match, recordKind: .exit, exitCode: .none)
-        replayExit(into: &v, first: first, last: last, count: count, accesses: recorded, memory: groupMemory)
+        var f = copy first, l = copy last
+        withUnsafePointer(to: &f) { fp in
+            withUnsafePointer(to: &l) { lp in
+                replayExit(into: &v, first: fp, last: lp, count: count, accesses: recorded, memory: groupMemory)
+            }
+        }
         return v
     }
 
     /// `simple` in place: `v` becomes what `simple(r, kind, records:, note:)` returns, reusing its
     /// storage (the replayer's scratch verdict is made once per record this way, never copied).
-    /// `state` is `r.state`, already copied by the caller (reading it through `r` copies it whole).
-    func setSimple(_ v: inout Verdict, _ r: borrowing TraceRecord, state: borrowing CPUState, _ kind: VerdictKind,
+    /// `state` is `r`'s state or the copy of it the caller runs from (its RIP, CPL and mode are read).
+    func setSimple(_ v: inout Verdict, _ r: RecordPointer, state: StatePointer, _ kind: VerdictKind,
                    records: Int = 1, note: String = "") {
-        v.seq = r.seq
-        v.vcpu = r.vcpu
+        v.seq = r.pointee.seq
+        v.vcpu = r.pointee.vcpu
         v.kind = kind
-        v.recordKind = r.kind
-        v.exitCode = r.exitCode
+        v.recordKind = r.pointee.kind
+        v.exitCode = r.pointee.exitCode
         v.records = records
-        v.rip = r.instructionStart != 0 || !r.instructionBytes.isEmpty ? r.instructionStart : state.rip
-        if !Self.sameStorage(v.bytes, r.instructionBytes) { v.bytes = r.instructionBytes }
+        // The bytes' storage identity, not the array: reading it through `r` retained it.
+        let bytesIdentity = layout.instructionBytesIdentity(r)
+        let noBytes = bytesIdentity == ArrayIdentity.empty || r.pointee.instructionBytes.isEmpty
+        v.rip = r.pointee.instructionStart != 0 || !noBytes ? r.pointee.instructionStart : state.pointee.rip
+        if ArrayIdentity.of(v.bytes) != bytesIdentity { v.bytes = r.pointee.instructionBytes }
         if !(v.note.isEmpty && note.isEmpty) { v.note = note }
-        v.reference = kind != .notReplayable ? reference(cpl: state.cpl) : ""
-        let d = r.instructionBytes.isEmpty ? nil
-            : memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(state.mode))
+        v.reference = kind != .notReplayable ? reference(cpl: state.pointee.cpl) : ""
+        let mode = CPUState.mode(cr0: state.pointee.cr0, efer: state.pointee.efer, rflags: state.pointee.rflags,
+                                 csLong: state.pointee.cs.long, csDefaultBig: state.pointee.cs.defaultBig)
+        let d = noBytes ? nil : memo.decode(r, identity: bytesIdentity, mode: DecoderMode(mode))
         if v.decoded !== d { v.decoded = d }
         if !v.differences.isEmpty { v.differences.removeAll(keepingCapacity: true) }
         v.address = nil
@@ -663,26 +759,25 @@ public final class Replayer: @unchecked Sendable {
     }
 
     /// `replayExit` into `v` (every field overwritten).
-    /// `lastIsFirst`: `first` and `last` are one record (its state, already copied, is compared).
-    func replayExit(into v: inout Verdict, first: borrowing TraceRecord, last: borrowing TraceRecord, count: Int,
+    /// `lastIsFirst`: `first` and `last` are one record.
+    func replayExit(into v: inout Verdict, first: RecordPointer, last: RecordPointer, count: Int,
                     accesses recorded: [DeviceAccess], memory groupMemory: [GuestBytes]?, lastIsFirst: Bool = false) {
-        // `first.state` is passed on in place (a projection of a borrowed parameter is not
-        // copied; a local `var` is, for every call that borrows it).
-        switch first.exitCode {
+        let firstState = layout.state(first)
+        switch first.pointee.exitCode {
         case .ioio, .npf, .msr, .hlt, .vmmcall: break
         default:
-            setSimple(&v, first, state: first.state, .notReplayable, records: count)
+            setSimple(&v, first, state: firstState, .notReplayable, records: count)
             return
         }
-        if first.candidates > 1 {
-            setSimple(&v, first, state: first.state, .ambiguous, records: count, note: "\(first.candidates) instructions end at RIP and perform the access")
+        if first.pointee.candidates > 1 {
+            setSimple(&v, first, state: firstState, .ambiguous, records: count, note: "\(first.pointee.candidates) instructions end at RIP and perform the access")
             return
         }
-        if first.instructionBytes.isEmpty || first.candidates == 0 {
-            setSimple(&v, first, state: first.state, .unlocated, records: count, note: "the recorder found no instruction performing the access")
+        if first.pointee.instructionBytes.isEmpty || first.pointee.candidates == 0 {
+            setSimple(&v, first, state: firstState, .unlocated, records: count, note: "the recorder found no instruction performing the access")
             return
         }
-        setSimple(&v, first, state: first.state, .match, records: count)
+        setSimple(&v, first, state: firstState, .match, records: count)
         guard let d = v.decoded else {
             v.kind = .unsupported
             v.note = "the bytes do not decode"
@@ -692,41 +787,45 @@ public final class Replayer: @unchecked Sendable {
         if let groupMemory {
             for m in groupMemory { memory.load(m.gpa, m.bytes) }
         } else {
-            for m in first.memory { memory.load(m.gpa, m.bytes) }
+            for m in first.pointee.memory { memory.load(m.gpa, m.bytes) }
         }
 
-        // The state before the instruction.
-        var rebuilt = first.state
-        if first.visibility == .committed, let why = Reconstruction.rebuild(&rebuilt, from: first, inst) {
-            v.kind = .unreconstructable
-            v.note = why.message
-            return
-        }
-        Reconstruction.applyMSRs(knownMSRs, to: &rebuilt)
-        let before = rebuilt
-        guard run(&v, before: before, inst: inst, recorded: recorded, exitCode: first.exitCode, exitInfo1: first.exitInfo1,
-                  hasAfter: last.visibility == .committed || last.stateAfter != nil,
-                  refused: first.exitCode == .msr && last.accessRefused) else {
-            return
-        }
-        compareNextRIP(&v, recorded: last.nextRIP, emulated: cpu.instructionPointer, inst: inst)
-        // The state after: committed exits show it; pending ones only with --fidelity full.
-        // Compared in place unless it needs adjusting (no copy of a state per record), and with
-        // the executor's registers: its whole state is built only when they differ.
-        let mask = Reconstruction.undefinedFlags(inst, before: before)
-        let isRep = inst.hasRep || inst.hasRepne
-        if last.visibility == .committed {
-            if (isRep && last.state.rip == first.instructionStart) || !knownMSRs.isEmpty {
-                var after = last.state
-                adjustAfter(&after, isRep: isRep, start: first.instructionStart, nextRIP: last.nextRIP)
-                StateComparison.compare(recorded: after, executor: cpu, flagMask: mask, into: &v.differences)
-            } else if lastIsFirst {
-                StateComparison.compare(recorded: first.state, executor: cpu, flagMask: mask, into: &v.differences)
-            } else {
-                StateComparison.compare(recorded: last.state, executor: cpu, flagMask: mask, into: &v.differences)
+        // The state before the instruction: the record's own when it is pending and no MSRs are
+        // known, else rebuilt in the replayer's buffer.
+        let before: StatePointer
+        if first.pointee.visibility != .committed && knownMSRs.isEmpty {
+            before = firstState
+        } else {
+            exitBefore.pointee = firstState.pointee
+            if first.pointee.visibility == .committed, let why = Reconstruction.rebuild(&exitBefore.pointee, from: first, inst) {
+                v.kind = .unreconstructable
+                v.note = why.message
+                return
             }
-        } else if last.stateAfter != nil, var after = last.stateAfter {
-            adjustAfter(&after, isRep: isRep, start: first.instructionStart, nextRIP: last.nextRIP)
+            Reconstruction.applyMSRs(knownMSRs, to: &exitBefore.pointee)
+            before = StatePointer(exitBefore)
+        }
+        guard run(&v, before: before, inst: inst, recorded: recorded, exitCode: first.pointee.exitCode, exitInfo1: first.pointee.exitInfo1,
+                  hasAfter: last.pointee.visibility == .committed || last.pointee.stateAfter != nil,
+                  refused: first.pointee.exitCode == .msr && last.pointee.accessRefused) else {
+            return
+        }
+        compareNextRIP(&v, recorded: last.pointee.nextRIP, emulated: cpu.instructionPointer, inst: inst)
+        // The state after: committed exits show it; pending ones only with --fidelity full.
+        // Compared in place unless it needs adjusting, and with the executor's registers: its
+        // whole state is built only when they differ.
+        let mask = Reconstruction.undefinedFlags(inst, at: before)
+        let isRep = inst.hasRep || inst.hasRepne
+        if last.pointee.visibility == .committed {
+            if (isRep && last.pointee.state.rip == first.pointee.instructionStart) || !knownMSRs.isEmpty {
+                var after = last.pointee.state
+                adjustAfter(&after, isRep: isRep, start: first.pointee.instructionStart, nextRIP: last.pointee.nextRIP)
+                StateComparison.compare(recorded: after, executor: cpu, flagMask: mask, into: &v.differences)
+            } else {
+                StateComparison.compare(recorded: layout.state(last), executor: cpu, flagMask: mask, into: &v.differences)
+            }
+        } else if last.pointee.stateAfter != nil, var after = last.pointee.stateAfter {
+            adjustAfter(&after, isRep: isRep, start: first.pointee.instructionStart, nextRIP: last.pointee.nextRIP)
             StateComparison.compare(recorded: after, executor: cpu, flagMask: mask, into: &v.differences)
         }
         conclude(&v, before: before)
@@ -759,6 +858,16 @@ public final class Replayer: @unchecked Sendable {
         }
     }
 
+    /// `conclude` with the state before read in place.
+    @inline(__always) func conclude(_ v: inout Verdict, before: StatePointer) {
+        if !v.differences.isEmpty { concludeDivergence(&v, before: before) }
+    }
+
+    @inline(never) func concludeDivergence(_ v: inout Verdict, before: StatePointer) {
+        v.kind = .divergence
+        v.reproduction = reproduction(before.pointee)
+    }
+
     /// Instructions whose next RIP is not the sequential one when they complete.
     static func transfersControl(_ inst: Instruction) -> Bool {
         switch inst.mnemonic {
@@ -774,8 +883,11 @@ public final class Replayer: @unchecked Sendable {
     /// Runs `inst` from `before` against the recorded device side and fills in the verdict.
     func execute(_ v: inout Verdict, before: CPUState, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode,
                  exitInfo1: UInt64, nextRIP: UInt64, after: CPUState?, compareDevice: Bool = true) {
-        guard run(&v, before: before, inst: inst, recorded: recorded, exitCode: exitCode, exitInfo1: exitInfo1,
-                  hasAfter: after != nil, compareDevice: compareDevice) else { return }
+        let completed = withUnsafePointer(to: before) {
+            run(&v, before: $0, inst: inst, recorded: recorded, exitCode: exitCode, exitInfo1: exitInfo1,
+                hasAfter: after != nil, compareDevice: compareDevice)
+        }
+        guard completed else { return }
         let emulated = cpu.state
         compareNextRIP(&v, recorded: nextRIP, emulated: emulated.rip, inst: inst)
         if let after {
@@ -789,13 +901,14 @@ public final class Replayer: @unchecked Sendable {
     /// when the verdict is final already (the instruction did not complete).
     /// `hasAfter`: the trace holds the state after the instruction.
     /// `refused`: the record says the VMM refused its MSR access and the guest got #GP(0).
-    func run(_ v: inout Verdict, before: CPUState, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode,
+    /// `before` is read in place (the record's state or a replayer buffer), never copied.
+    func run(_ v: inout Verdict, before: StatePointer, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode,
              exitInfo1: UInt64, hasAfter: Bool, compareDevice: Bool = true, refused: Bool = false) -> Bool {
         ports.begin(recorded)
         msrs.begin(recorded, refused: refused)
         memory.beginGroup(recorded)
         // Caches survive from record to record unless memory changed under them.
-        cpu.load(before, keepingCaches: !memory.changed)
+        cpu.load(from: before, keepingCaches: !memory.changed)
         memory.changed = false
         // One event (a port access) is the common log: removeLast is cheaper than removeAll's
         // generic range replacement; both keep the capacity.
@@ -808,7 +921,7 @@ public final class Replayer: @unchecked Sendable {
             cpu.load(s, keepingCaches: true)
         }
         if refused {
-            judgeRefusal(&v, result: result, before: before, inst: inst, recorded: recorded)
+            judgeRefusal(&v, result: result, before: before.pointee, inst: inst, recorded: recorded)
             return false
         }
         switch result {
@@ -838,12 +951,12 @@ public final class Replayer: @unchecked Sendable {
             }
             v.kind = .divergence
             v.differences.append(FieldDifference("exception", recorded: "none", emulated: e.description))
-            v.reproduction = reproduction(before)
+            v.reproduction = reproduction(before.pointee)
             return false
         case .tripleFault:
             v.kind = .divergence
             v.differences.append(FieldDifference("exception", recorded: "none", emulated: "triple fault"))
-            v.reproduction = reproduction(before)
+            v.reproduction = reproduction(before.pointee)
             return false
         case .unsupported(let b):
             v.kind = .unsupported
@@ -855,7 +968,7 @@ public final class Replayer: @unchecked Sendable {
                 v.kind = .divergence
                 v.differences.append(FieldDifference("mmio", recorded: describe(memory.recordedMMIO),
                                                      emulated: "read \(Hex.string(d.address)) size \(d.size)"))
-                v.reproduction = reproduction(before)
+                v.reproduction = reproduction(before.pointee)
             } else {
                 v.kind = .unrecorded
                 v.address = a
@@ -868,7 +981,7 @@ public final class Replayer: @unchecked Sendable {
                 v.kind = .divergence
                 v.differences.append(FieldDifference("port", recorded: describe(recorded.filter { $0.space == .port }),
                                                      emulated: "in \(Hex.string(m.port)) size \(m.size)"))
-                v.reproduction = reproduction(before)
+                v.reproduction = reproduction(before.pointee)
             } else {
                 v.kind = .unrecorded
                 v.note = "unrecorded answer: \(q)"
@@ -1076,6 +1189,11 @@ public final class Replayer: @unchecked Sendable {
         return w
     }
 
+    func isRepString(_ r: RecordPointer) -> Bool {
+        guard r.pointee.instructionBytes.contains(where: { $0 == 0xF3 || $0 == 0xF2 }) else { return false }
+        return isRepString(r.pointee)
+    }
+
     func isRepString(_ r: TraceRecord) -> Bool {
         guard let b = r.instructionBytes.first(where: { $0 != 0x66 && $0 != 0x67 && !(0x26...0x3E).contains($0) && $0 != 0x64 && $0 != 0x65 }),
               b == 0xF3 || b == 0xF2 else { return false }
@@ -1087,44 +1205,52 @@ public final class Replayer: @unchecked Sendable {
     /// whose later steps brought `laterMemory`): its after-state is the next record of the vCPU,
     /// `next`. An instruction that exits to the VMM gets no step after it: it is checked as its
     /// exit record, not twice.
-    func replayStep(into v: inout Verdict, _ r: borrowing TraceRecord, count: Int, isRep: Bool, laterMemory: [GuestBytes],
-                    next: borrowing TraceRecord) {
-        // The one copy of the step's state, with the save-area MSRs known so far: the state it
-        // runs from. A `let`: a `var` would be copied again for every call that borrows it.
-        // (Those MSRs are none of the fields `setSimple` reads: RIP, CPL, mode.)
-        let before = knownMSRs.isEmpty ? r.state : Self.withKnownMSRs(r.state, knownMSRs)
+    func replayStep(into v: inout Verdict, _ r: RecordPointer, count: Int, isRep: Bool, laterMemory: [GuestBytes],
+                    next: RecordPointer) {
+        // The state the step runs from: its recorded state, or with the save-area MSRs known so
+        // far a copy of it in the replayer's buffer. (Those MSRs are none of the fields
+        // `setSimple` reads: RIP, CPL, mode.)
+        let before: StatePointer
+        if knownMSRs.isEmpty {
+            before = layout.state(r)
+        } else {
+            stepBefore.pointee = r.pointee.state
+            Reconstruction.applyMSRs(knownMSRs, to: &stepBefore.pointee)
+            before = StatePointer(stepBefore)
+        }
         setSimple(&v, r, state: before, .match, records: count)
         guard let d = v.decoded else {
-            v.kind = r.instructionBytes.isEmpty ? .unlocated : .unsupported
+            v.kind = r.pointee.instructionBytes.isEmpty ? .unlocated : .unsupported
             return
         }
-        if next.kind == .exit, next.instructionStart == r.instructionStart,
-           (next.visibility == .pending && next.stateAfter == nil) || isRep {
+        if next.pointee.kind == .exit, next.pointee.instructionStart == r.pointee.instructionStart,
+           (next.pointee.visibility == .pending && next.pointee.stateAfter == nil) || isRep {
             v.kind = .notReplayable
             v.note = "the stepped instruction exited: checked as its exit"
             return
         }
-        stepFollowedByEvent = next.kind == .event
+        stepFollowedByEvent = next.pointee.kind == .event
         defer { stepFollowedByEvent = false }
         guard executeStep(&v, r, inst: d.instruction, laterMemory: laterMemory, before: before) else { return }
-        if lastDelivered && next.kind == .step && next.state.rip != cpu.instructionPointer {
+        if lastDelivered && next.pointee.kind == .step && next.pointee.state.rip != cpu.instructionPointer {
             // kvm_pvm runs the handler's first instruction without a single-step trap (as after
             // IRET): the next step is one instruction into the handler, not its entry.
             v.kind = .notReplayable
             v.note += "; the next step is past the handler's entry \(Hex.string(cpu.instructionPointer)): kvm_pvm ran its first instruction without a single-step trap"
             return
         }
-        StepCheck.close(&v, executor: cpu, flagMask: Reconstruction.undefinedFlags(d.instruction, before: before),
-                        start: r.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs, nextRecord: next, memo: memo)
+        StepCheck.close(&v, executor: cpu, flagMask: Reconstruction.undefinedFlags(d.instruction, at: before),
+                        start: r.pointee.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs, nextRecord: next,
+                        nextState: layout.state(next), memo: memo)
         if v.kind == .divergence && kvmEmulatesCPL0 && d.instruction.mnemonic == .cpuid
             && v.differences.allSatisfy({ ["rax", "rbx", "rcx", "rdx"].contains($0.field) }) {
             // Not an emulator fault: the guest saw the host's CPUID (see VerdictKind.notReplayable).
             v.kind = .notReplayable
-            v.note = "CPUID leaf \(Hex.string(before.rax & 0xFFFF_FFFF)) subleaf \(Hex.string(before.rcx & 0xFFFF_FFFF)): the guest saw the host's values, not the trace header's table (kvm_pvm does not apply KVM_SET_CPUID2)"
+            v.note = "CPUID leaf \(Hex.string(before.pointee.rax & 0xFFFF_FFFF)) subleaf \(Hex.string(before.pointee.rcx & 0xFFFF_FFFF)): the guest saw the host's values, not the trace header's table (kvm_pvm does not apply KVM_SET_CPUID2)"
             v.reproduction = nil
             return
         }
-        if v.kind == .divergence { v.reproduction = reproduction(before) }
+        if v.kind == .divergence { v.reproduction = reproduction(before.pointee) }
     }
 
     static func withKnownMSRs(_ s: CPUState, _ known: [UInt32: UInt64]) -> CPUState {
@@ -1135,9 +1261,9 @@ public final class Replayer: @unchecked Sendable {
 
     /// Runs a step from `before` (its recorded state with the known save-area MSRs). True when it
     /// completed, to be compared with the next record's state; else `v` is final.
-    func executeStep(_ v: inout Verdict, _ r: borrowing TraceRecord, inst: Instruction, laterMemory: [GuestBytes],
-                     before: borrowing CPUState) -> Bool {
-        for m in r.memory { memory.load(m.gpa, m.bytes) }
+    func executeStep(_ v: inout Verdict, _ r: RecordPointer, inst: Instruction, laterMemory: [GuestBytes],
+                     before: StatePointer) -> Bool {
+        for m in r.pointee.memory { memory.load(m.gpa, m.bytes) }
         for m in laterMemory { memory.load(m.gpa, m.bytes) }
         // A stepped instruction that faults (DIV by zero) traps next at its handler: the exception
         // goes through the IDT as on the CPU, and the handler's state is what the next step shows.
@@ -1155,7 +1281,7 @@ public final class Replayer: @unchecked Sendable {
             v.differences = []
             v.address = nil
             v.reproduction = nil
-            v.bytes = r.instructionBytes
+            v.bytes = r.pointee.instructionBytes
             return false
         }
         return v.kind == .match
@@ -1180,22 +1306,23 @@ public enum StepCheck {
     static func exitStateBefore(_ r: borrowing TraceRecord, memo: DecodeMemo?, into s: inout CPUState) -> Bool {
         guard r.kind == .exit, r.visibility == .pending || r.visibility == .committed else { return false }
         s = r.state
-        return rebuildBefore(r, memo: memo, state: &s)
+        var rec = copy r
+        return withUnsafePointer(to: &rec) { rebuildBefore($0, memo: memo, state: &s) }
     }
 
-    /// `exitStateBefore` with `s` already holding `r.state`: rebuilt in place.
-    static func rebuildBefore(_ r: borrowing TraceRecord, memo: DecodeMemo?, state s: inout CPUState) -> Bool {
-        guard r.kind == .exit else { return false }
-        if r.visibility == .pending { return true }
-        guard r.visibility == .committed, r.candidates == 1, r.fragment == 0 else { return false }
+    /// `exitStateBefore` with `s` already holding `r`'s state: rebuilt in place.
+    static func rebuildBefore(_ r: RecordPointer, memo: DecodeMemo?, state s: inout CPUState) -> Bool {
+        guard r.pointee.kind == .exit else { return false }
+        if r.pointee.visibility == .pending { return true }
+        guard r.pointee.visibility == .committed, r.pointee.candidates == 1, r.pointee.fragment == 0 else { return false }
         let inst: Instruction
         if let memo {
             // The mode from its registers: `s.mode` copied the whole state.
             let mode = CPUState.mode(cr0: s.cr0, efer: s.efer, rflags: s.rflags, csLong: s.cs.long, csDefaultBig: s.cs.defaultBig)
-            guard let d = memo.decode(r.instructionBytes, start: r.instructionStart, mode: DecoderMode(mode)) else { return false }
+            guard let d = memo.decode(r.pointee.instructionBytes, start: r.pointee.instructionStart, mode: DecoderMode(mode)) else { return false }
             inst = d.instruction
         } else {
-            guard case .success(let i) = decode(bytes: r.instructionBytes, mode: DecoderMode(s.mode)) else { return false }
+            guard case .success(let i) = decode(bytes: r.pointee.instructionBytes, mode: DecoderMode(s.mode)) else { return false }
             inst = i
         }
         return Reconstruction.rebuild(&s, from: r, inst) == nil
@@ -1221,9 +1348,9 @@ public enum StepCheck {
     /// and copied only when it must be adjusted (save-area MSRs) or rebuilt (a committed exit).
     /// `executor` holds the step's result (its state is built only if it differs).
     static func close(_ v: inout Verdict, executor emulated: X86Executor, flagMask: UInt64, start: UInt64, isRep: Bool,
-                      msrs: [UInt32: UInt64], nextRecord next: borrowing TraceRecord, memo: DecodeMemo?) {
-        let kind = next.kind
-        if isRep && kind == .step && next.instructionStart == start && next.state.rip == start {
+                      msrs: [UInt32: UInt64], nextRecord next: RecordPointer, nextState: StatePointer, memo: DecodeMemo?) {
+        let kind = next.pointee.kind
+        if isRep && kind == .step && next.pointee.instructionStart == start && next.pointee.state.rip == start {
             v.kind = .incomplete
             v.note = "REP iterations continue in the next frame"
             v.reproduction = nil
@@ -1231,26 +1358,30 @@ public enum StepCheck {
         }
         switch kind {
         case .step:
-            compareAfter(&v, recorded: next.state, emulated: emulated, flagMask: flagMask, msrs: msrs)
+            compareAfter(&v, recorded: nextState, emulated: emulated, flagMask: flagMask, msrs: msrs)
             return
         case .exit:
-            if next.instructionStart == start && next.visibility == .committed {
+            if next.pointee.instructionStart == start && next.pointee.visibility == .committed {
                 // The stepped instruction exited: its committed record shows the state after it.
-                if next.lastFragment {
-                    compareAfter(&v, recorded: next.state, emulated: emulated, flagMask: flagMask, msrs: msrs)
+                if next.pointee.lastFragment {
+                    compareAfter(&v, recorded: nextState, emulated: emulated, flagMask: flagMask, msrs: msrs)
                     return
                 }
-            } else if next.instructionStart == start && next.visibility == .pending {
-                if let after = next.stateAfter {
-                    compareAfter(&v, recorded: after, emulated: emulated, flagMask: flagMask, msrs: msrs)
+            } else if next.pointee.instructionStart == start && next.pointee.visibility == .pending {
+                if let after = next.pointee.stateAfter {
+                    withUnsafePointer(to: after) { compareAfter(&v, recorded: $0, emulated: emulated, flagMask: flagMask, msrs: msrs) }
                     return
                 }
+            } else if next.pointee.visibility == .pending {
+                // The state before the next (exiting) instruction, whose own step is not
+                // recorded: a pending exit shows it as it is.
+                compareAfter(&v, recorded: nextState, emulated: emulated, flagMask: flagMask, msrs: msrs)
+                return
             } else {
-                // The state before the next (exiting) instruction, whose own step is not recorded.
-                // Into a local state: an optional result was one more copy of a whole state.
-                var before = next.state
+                // Rebuilt from a committed exit, into a local state.
+                var before = next.pointee.state
                 if rebuildBefore(next, memo: memo, state: &before) {
-                    compareAfter(&v, recorded: before, emulated: emulated, flagMask: flagMask, msrs: msrs)
+                    withUnsafePointer(to: &before) { compareAfter(&v, recorded: $0, emulated: emulated, flagMask: flagMask, msrs: msrs) }
                     return
                 }
             }
@@ -1263,12 +1394,12 @@ public enum StepCheck {
     }
 
     /// The comparison that ends `close`: `recorded` with the known save-area MSRs applied.
-    private static func compareAfter(_ v: inout Verdict, recorded: borrowing CPUState, emulated: X86Executor,
+    private static func compareAfter(_ v: inout Verdict, recorded: StatePointer, emulated: X86Executor,
                                      flagMask: UInt64, msrs: [UInt32: UInt64]) {
         if msrs.isEmpty {
             StateComparison.compare(recorded: recorded, executor: emulated, flagMask: flagMask, into: &v.differences)
         } else {
-            var after = copy recorded
+            var after = recorded.pointee
             Reconstruction.applyMSRs(msrs, to: &after)
             StateComparison.compare(recorded: after, executor: emulated, flagMask: flagMask, into: &v.differences)
         }

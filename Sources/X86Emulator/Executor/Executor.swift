@@ -90,6 +90,8 @@ public final class X86Executor {
         vreg.initialize(repeating: 0, count: 64)
         tlb = TLB()
         cache = DecodeCache()
+        // `load(from:)` copies the state as plain bytes.
+        precondition(_isPOD(CPUState.self), "CPUState must stay plain data")
         self.state = state
         if let c = cpuid, let f = Features.from(c) { features = f }
     }
@@ -121,19 +123,27 @@ public final class X86Executor {
     /// building it (replay compares after each instruction and nearly always finds them equal).
     /// Segment registers and descriptor tables are compared whole.
     public func stateMatches(_ s: CPUState, flagMask: UInt64) -> Bool {
-        guard gpr[0] == s.rax, gpr[1] == s.rcx, gpr[2] == s.rdx, gpr[3] == s.rbx,
-              gpr[4] == s.rsp, gpr[5] == s.rbp, gpr[6] == s.rsi, gpr[7] == s.rdi,
-              gpr[8] == s.r8, gpr[9] == s.r9, gpr[10] == s.r10, gpr[11] == s.r11,
-              gpr[12] == s.r12, gpr[13] == s.r13, gpr[14] == s.r14, gpr[15] == s.r15,
-              rip == s.rip, rflags & ~flagMask == s.rflags & ~flagMask,
-              seg[0] == s.es, seg[1] == s.cs, seg[2] == s.ss, seg[3] == s.ds, seg[4] == s.fs, seg[5] == s.gs
+        withUnsafePointer(to: s) { stateMatches(at: $0, flagMask: flagMask) }
+    }
+
+    /// `stateMatches` with the state read in place (replay's states live in its record slots: a
+    /// state passed by value from there was copied, 600 bytes, per record).
+    public func stateMatches(at p: UnsafePointer<CPUState>, flagMask: UInt64) -> Bool {
+        guard gpr[0] == p.pointee.rax, gpr[1] == p.pointee.rcx, gpr[2] == p.pointee.rdx, gpr[3] == p.pointee.rbx,
+              gpr[4] == p.pointee.rsp, gpr[5] == p.pointee.rbp, gpr[6] == p.pointee.rsi, gpr[7] == p.pointee.rdi,
+              gpr[8] == p.pointee.r8, gpr[9] == p.pointee.r9, gpr[10] == p.pointee.r10, gpr[11] == p.pointee.r11,
+              gpr[12] == p.pointee.r12, gpr[13] == p.pointee.r13, gpr[14] == p.pointee.r14, gpr[15] == p.pointee.r15,
+              rip == p.pointee.rip, rflags & ~flagMask == p.pointee.rflags & ~flagMask,
+              seg[0] == p.pointee.es, seg[1] == p.pointee.cs, seg[2] == p.pointee.ss, seg[3] == p.pointee.ds,
+              seg[4] == p.pointee.fs, seg[5] == p.pointee.gs
         else { return false }
-        return sys.ldtr == s.ldtr && sys.tr == s.tr && sys.gdtr == s.gdtr && sys.idtr == s.idtr
-            && sys.cr0 == s.cr0 && sys.cr2 == s.cr2 && sys.cr3 == s.cr3 && sys.cr4 == s.cr4 && sys.cr8 == s.cr8
-            && sys.efer == s.efer && sys.cpl == s.cpl && sys.dr6 == s.dr6 && sys.dr7 == s.dr7
-            && sys.star == s.star && sys.lstar == s.lstar && sys.cstar == s.cstar && sys.sfmask == s.sfmask
-            && sys.kernelGSBase == s.kernelGSBase && sys.sysenterCS == s.sysenterCS && sys.sysenterESP == s.sysenterESP
-            && sys.sysenterEIP == s.sysenterEIP && sys.pat == s.pat && sys.xcr0 == s.xcr0
+        return sys.ldtr == p.pointee.ldtr && sys.tr == p.pointee.tr && sys.gdtr == p.pointee.gdtr && sys.idtr == p.pointee.idtr
+            && sys.cr0 == p.pointee.cr0 && sys.cr2 == p.pointee.cr2 && sys.cr3 == p.pointee.cr3 && sys.cr4 == p.pointee.cr4
+            && sys.cr8 == p.pointee.cr8 && sys.efer == p.pointee.efer && sys.cpl == p.pointee.cpl && sys.dr6 == p.pointee.dr6
+            && sys.dr7 == p.pointee.dr7 && sys.star == p.pointee.star && sys.lstar == p.pointee.lstar && sys.cstar == p.pointee.cstar
+            && sys.sfmask == p.pointee.sfmask && sys.kernelGSBase == p.pointee.kernelGSBase && sys.sysenterCS == p.pointee.sysenterCS
+            && sys.sysenterESP == p.pointee.sysenterESP && sys.sysenterEIP == p.pointee.sysenterEIP && sys.pat == p.pointee.pat
+            && sys.xcr0 == p.pointee.xcr0
     }
 
     /// RIP (`state.rip` without building the state).
@@ -144,17 +154,23 @@ public final class X86Executor {
     /// instruction and knows guest memory did not change behind the executor's back since the
     /// last flush (replay). Setting `state` always flushes.
     public func load(_ s: CPUState, keepingCaches: Bool) {
-        let samePaging = sys.cr0 == s.cr0 && sys.cr3 == s.cr3 && sys.cr4 == s.cr4 && sys.efer == s.efer
-        sys = s
+        withUnsafePointer(to: s) { load(from: $0, keepingCaches: keepingCaches) }
+    }
+
+    /// `load` with the state read in place (no copy of it on the way in).
+    public func load(from p: UnsafePointer<CPUState>, keepingCaches: Bool) {
+        let samePaging = sys.cr0 == p.pointee.cr0 && sys.cr3 == p.pointee.cr3 && sys.cr4 == p.pointee.cr4 && sys.efer == p.pointee.efer
+        // One copy of the plain-data state into `sys` (an assignment made two: via a temporary).
+        withUnsafeMutablePointer(to: &sys) { UnsafeMutableRawPointer($0).copyMemory(from: p, byteCount: MemoryLayout<CPUState>.size) }
         singleStepPending = false
-        gpr[0] = s.rax; gpr[1] = s.rcx; gpr[2] = s.rdx; gpr[3] = s.rbx
-        gpr[4] = s.rsp; gpr[5] = s.rbp; gpr[6] = s.rsi; gpr[7] = s.rdi
-        gpr[8] = s.r8; gpr[9] = s.r9; gpr[10] = s.r10; gpr[11] = s.r11
-        gpr[12] = s.r12; gpr[13] = s.r13; gpr[14] = s.r14; gpr[15] = s.r15
-        rip = s.rip
-        rflags = s.rflags
-        seg[0] = s.es; seg[1] = s.cs; seg[2] = s.ss
-        seg[3] = s.ds; seg[4] = s.fs; seg[5] = s.gs
+        gpr[0] = sys.rax; gpr[1] = sys.rcx; gpr[2] = sys.rdx; gpr[3] = sys.rbx
+        gpr[4] = sys.rsp; gpr[5] = sys.rbp; gpr[6] = sys.rsi; gpr[7] = sys.rdi
+        gpr[8] = sys.r8; gpr[9] = sys.r9; gpr[10] = sys.r10; gpr[11] = sys.r11
+        gpr[12] = sys.r12; gpr[13] = sys.r13; gpr[14] = sys.r14; gpr[15] = sys.r15
+        rip = sys.rip
+        rflags = sys.rflags
+        seg[0] = sys.es; seg[1] = sys.cs; seg[2] = sys.ss
+        seg[3] = sys.ds; seg[4] = sys.fs; seg[5] = sys.gs
         updateMode()
         fetchValid = false
         if !(keepingCaches && samePaging) {
