@@ -20,17 +20,14 @@ enum Reconstruction {
 
     /// `before` in place: `s` holds the record's state and becomes the state before.
     static func rebuild(_ s: inout CPUState, from r: borrowing TraceRecord, _ inst: Instruction) -> ReconstructionFailure? {
-        rebuild(&s, instructionStart: r.instructionStart, accesses: r.accesses, inst)
+        var rec = copy r
+        return withUnsafePointer(to: &rec) { rebuild(&s, from: $0, inst) }
     }
 
-    /// `rebuild` from a record read in place.
+    /// `rebuild` from a record read in place (its accesses are read only by the forms that need
+    /// them: reading the array through the pointer retains it).
     static func rebuild(_ s: inout CPUState, from r: RecordPointer, _ inst: Instruction) -> ReconstructionFailure? {
-        rebuild(&s, instructionStart: r.pointee.instructionStart, accesses: r.pointee.accesses, inst)
-    }
-
-    /// `rebuild` from the two fields of the record it reads.
-    static func rebuild(_ s: inout CPUState, instructionStart: UInt64, accesses: [DeviceAccess], _ inst: Instruction) -> ReconstructionFailure? {
-        s.rip = instructionStart
+        s.rip = r.pointee.instructionStart
         // RFLAGS: an instruction that writes status flags without reading them leaves the
         // after-flags as good a before-value as any (the written ones are recomputed and compared;
         // the others it preserved). Flag readers among memory-destination forms are refused.
@@ -47,7 +44,7 @@ enum Reconstruction {
             return nil
         case .xchg:
             // XCHG mem, reg: the register held what was written to memory.
-            guard let w = accesses.first(where: { $0.isWrite }) else {
+            guard let w = r.pointee.accesses.first(where: { $0.isWrite }) else {
                 return ReconstructionFailure(message: "xchg without a recorded write")
             }
             var reg: Register?
@@ -62,7 +59,7 @@ enum Reconstruction {
             let stackWidth = s.mode == .long64 ? 64 : (s.ss.defaultBig ? 32 : 16)
             if inst.mnemonic == .enter {
                 guard case .immediate(let level, _) = inst.operand(1), level & 0x1F == 0,
-                      let w = accesses.first(where: { $0.isWrite }), UInt64(w.size) == width else {
+                      let w = r.pointee.accesses.first(where: { $0.isWrite }), UInt64(w.size) == width else {
                     return ReconstructionFailure(message: "committed enter: only nesting level 0 with its whole store in one recorded access")
                 }
                 s.rsp = wrap(s.rbp, width, stackWidth)
@@ -75,7 +72,7 @@ enum Reconstruction {
             s.rsp = wrap(s.rsp, width, stackWidth)
             return nil
         case .outs, .stos, .movs:
-            let items = UInt64(max(1, accesses.first?.count ?? 1))
+            let items = UInt64(max(1, r.pointee.accesses.first?.count ?? 1))
             let size = UInt64(stringElementSize(inst))
             let delta = size &* items
             let down = s.rflags & RFLAGS.df != 0

@@ -40,10 +40,15 @@ final class ReplayMemory: GuestMemory {
     /// behind its back: a new frame, a recorded byte replacing another value, or a RAM write.
     /// Newly stored bytes do not count: nothing cached came from a byte that was not there.
     var changed = true
+    /// Advances whenever a stored byte changes or is dropped (a RAM write, a recorded byte
+    /// replacing another value, a new frame); bytes newly stored do not advance it. Bytes stored
+    /// at one generation are all still there while it lasts.
+    private(set) var generation: UInt64 = 1
 
     /// Drops every byte (a new frame starts: its records decode alone).
     func reset() {
         changed = true
+        generation &+= 1
         for (_, p) in pages { p.clear(); spare.append(p) }
         pages.removeAll(keepingCapacity: true)
         lastPage = nil
@@ -92,7 +97,7 @@ final class ReplayMemory: GuestMemory {
                 let b = bytes[k + j]
                 let o = off + j
                 if valid[o >> 6] & (1 << UInt64(o & 63)) != 0 {
-                    if data[o] != b { changed = true; data[o] = b }
+                    if data[o] != b { changed = true; generation &+= 1; data[o] = b }
                 } else {
                     data[o] = b
                     valid[o >> 6] |= 1 << UInt64(o & 63)
@@ -229,6 +234,7 @@ final class ReplayMemory: GuestMemory {
         }
         // RAM the emulator writes becomes known to later records of the frame.
         changed = true
+        generation &+= 1
         for k in 0..<count {
             let a = gpa &+ UInt64(k)
             let p = page(a & ~0xFFF)

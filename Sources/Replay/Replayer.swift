@@ -14,6 +14,7 @@ typealias StatePointer = UnsafePointer<CPUState>
 struct TraceRecordLayout {
     let stateOffset = MemoryLayout<TraceRecord>.offset(of: \TraceRecord.state)!
     let instructionBytesOffset = MemoryLayout<TraceRecord>.offset(of: \TraceRecord.instructionBytes)!
+    let memoryOffset = MemoryLayout<TraceRecord>.offset(of: \TraceRecord.memory)!
 
     /// The record's `state`, in place.
     @inline(__always) func state(_ r: RecordPointer) -> StatePointer {
@@ -24,6 +25,11 @@ struct TraceRecordLayout {
     /// `ArrayIdentity`).
     @inline(__always) func instructionBytesIdentity(_ r: RecordPointer) -> UInt {
         (UnsafeRawPointer(r) + instructionBytesOffset).load(as: UInt.self)
+    }
+
+    /// The identity of the record's guest-bytes list.
+    @inline(__always) func memoryIdentity(_ r: RecordPointer) -> UInt {
+        (UnsafeRawPointer(r) + memoryOffset).load(as: UInt.self)
     }
 }
 
@@ -130,6 +136,29 @@ struct VerdictCounts: Sendable {
     /// bits: a loop alternates between a few mnemonics, each counted without hashing.
     private var mnemonicSlots = [(mnemonic: UInt16, count: UInt64)](repeating: (0, 0), count: 16)
     private var seenForms = [InstructionForm?](repeating: nil, count: 64)
+    /// The last two kinds of verdict counted, with how many of each are not tallied yet: a loop
+    /// repeats a few instructions, so most records only add one to a run here (no arrays touched).
+    private var run0 = Run(), run1 = Run()
+    /// Which run was added to last (the other is replaced by a new kind).
+    private var lastRun = 0
+
+    /// Verdicts that count alike: the fields `add` reads.
+    private struct Run {
+        var kind: VerdictKind = .match
+        var records = 0
+        var recordKind: RecordKind = .exit
+        var exitCode: SVMExitCode = .none
+        var reference = ""
+        var decoded: DecodedInstruction?
+        /// Verdicts in the run not yet tallied (0: the run is empty).
+        var count: UInt64 = 0
+
+        @inline(__always) func holds(_ kind: VerdictKind, _ records: Int, _ recordKind: RecordKind, _ exitCode: SVMExitCode,
+                                     _ reference: String, _ decoded: DecodedInstruction?) -> Bool {
+            count > 0 && self.decoded === decoded && self.kind == kind && self.records == records
+                && self.recordKind == recordKind && self.exitCode == exitCode && self.reference == reference
+        }
+    }
 
     var isEmpty: Bool { verdicts == 0 }
 
@@ -142,33 +171,75 @@ struct VerdictCounts: Sendable {
                       decoded: DecodedInstruction?) {
         verdicts += 1
         records += UInt64(n)
+        if run0.holds(kind, n, recordKind, exitCode, reference, decoded) {
+            run0.count += 1
+            lastRun = 0
+        } else if run1.holds(kind, n, recordKind, exitCode, reference, decoded) {
+            run1.count += 1
+            lastRun = 1
+        } else {
+            newRun(kind: kind, records: n, recordKind: recordKind, exitCode: exitCode, reference: reference, decoded: decoded)
+        }
+    }
+
+    /// Tallies the run used less recently and starts a new one in its place.
+    @inline(never) private mutating func newRun(kind: VerdictKind, records n: Int, recordKind: RecordKind, exitCode: SVMExitCode,
+                                                reference: String, decoded: DecodedInstruction?) {
+        let run = Run(kind: kind, records: n, recordKind: recordKind, exitCode: exitCode, reference: reference, decoded: decoded, count: 1)
+        if lastRun == 0 {
+            tally(run1)
+            run1 = run
+            lastRun = 1
+        } else {
+            tally(run0)
+            run0 = run
+            lastRun = 0
+        }
+    }
+
+    /// Tallies both runs (before the counts are read).
+    private mutating func flushRuns() {
+        tally(run0)
+        tally(run1)
+        run0 = Run()
+        run1 = Run()
+    }
+
+    private mutating func tally(_ r: Run) {
+        guard r.count > 0 else { return }
+        tally(kind: r.kind, recordKind: r.recordKind, exitCode: r.exitCode, reference: r.reference, decoded: r.decoded, times: r.count)
+    }
+
+    /// Adds `times` verdicts alike to the counts by kind, reason, reference, mnemonic and form.
+    private mutating func tally(kind: VerdictKind, recordKind: RecordKind, exitCode: SVMExitCode, reference: String,
+                                decoded: DecodedInstruction?, times: UInt64) {
         let k = kind.index
-        byKind[k] += 1
+        byKind[k] += times
         let h = Int(truncatingIfNeeded: (exitCode.rawValue ^ exitCode.rawValue >> 4 ^ UInt64(recordKind.rawValue) &* 5) & 15)
         var i = reasonSlots[h]
         if i < 0 || reasons[i].kind != recordKind || reasons[i].code != exitCode {
             i = reasonIndex(recordKind, exitCode)
             reasonSlots[h] = i
         }
-        reasonCounts[i &* Self.kindCount &+ k] += 1
+        reasonCounts[i &* Self.kindCount &+ k] += times
         // `==` rather than a `switch` on the string, which copied it per record.
         if reference.isEmpty {
         } else if reference == "kvm-emulator" {
-            byReference.1 += 1
+            byReference.1 += times
         } else if reference == "cpu" {
-            byReference.0 += 1
+            byReference.0 += times
         } else {
-            byReference.2 += 1
+            byReference.2 += times
         }
         if kind == .match || kind == .divergence || kind == .self, let d = decoded {
             let m = d.instruction.mnemonic.rawValue
             let ms = Int(truncatingIfNeeded: m & 15)
             if mnemonicSlots[ms].mnemonic == m {
-                mnemonicSlots[ms].count += 1
+                mnemonicSlots[ms].count += times
             } else {
                 let old = mnemonicSlots[ms]
                 if old.count > 0 { byMnemonic[old.mnemonic, default: 0] += old.count }
-                mnemonicSlots[ms] = (m, 1)
+                mnemonicSlots[ms] = (m, times)
             }
             let f = d.form
             let slot = Int(truncatingIfNeeded: (UInt64(f.mnemonic) &* 0x9E37_79B9 ^ f.operands &* 31 ^ UInt64(f.rep)) & 63)
@@ -196,6 +267,7 @@ struct VerdictCounts: Sendable {
 
     /// Adds these counts to `summary` (reason and mnemonic names made here, once per frame).
     mutating func merge(into summary: inout ReplaySummary) {
+        flushRuns()
         flushMnemonic()
         guard verdicts > 0 else { return }
         summary.verdicts += verdicts
@@ -272,6 +344,7 @@ final class DecodeMemo {
         var identity: UInt = ArrayIdentity.empty
     }
     private var entries = [Entry](repeating: Entry(), count: 256)
+    let layout = TraceRecordLayout()
 
     /// `decode` of a record's instruction bytes, read in place: a hit compares the storage's
     /// identity and touches no reference count.
@@ -365,18 +438,23 @@ public final class Replayer: @unchecked Sendable {
     private var emuMSR: [(index: UInt32, isWrite: Bool, value: UInt64)] = []
     private var mmioScratch: [DeviceAccess] = []
     private var out = FrameResult(vcpu: 0)
-    /// The two records `replayFrame` reads into (the current one and a held step), in place.
+    /// The records `replayFrame` reads into, in place: the current one, a held step, and the
+    /// one before the current (see `replayFrame`).
     private let slots: UnsafeMutablePointer<TraceRecord>
+    private static let slotCount = 3
     /// The state before a step with the known save-area MSRs applied (when there are any).
     private let stepBefore: UnsafeMutablePointer<CPUState>
     /// The state before an exit's instruction (rebuilt for a committed exit, MSRs applied).
     private let exitBefore: UnsafeMutablePointer<CPUState>
     private let layout = TraceRecordLayout()
+    /// The guest-bytes lists stored last (see `loadGuestBytes`).
+    private var loadedLists: ((identity: UInt, generation: UInt64, list: [GuestBytes]),
+                              (identity: UInt, generation: UInt64, list: [GuestBytes])) = ((0, 0, []), (0, 0, []))
 
     public init(header: TraceHeader) {
         precondition(MemoryLayout<[UInt8]>.size == MemoryLayout<UInt>.size, "ArrayIdentity needs an array to be one reference")
-        slots = .allocate(capacity: 2)
-        slots.initialize(repeating: TraceRecord(kind: .exit), count: 2)
+        slots = .allocate(capacity: Self.slotCount)
+        slots.initialize(repeating: TraceRecord(kind: .exit), count: Self.slotCount)
         stepBefore = .allocate(capacity: 1)
         stepBefore.initialize(to: CPUState())
         exitBefore = .allocate(capacity: 1)
@@ -391,7 +469,7 @@ public final class Replayer: @unchecked Sendable {
     }
 
     deinit {
-        slots.deinitialize(count: 2)
+        slots.deinitialize(count: Self.slotCount)
         slots.deallocate()
         stepBefore.deinitialize(count: 1)
         stepBefore.deallocate()
@@ -449,8 +527,12 @@ public final class Replayer: @unchecked Sendable {
     }
 
     /// Replays the records of one frame (one vCPU, in order; the frame decodes alone), reading
-    /// them one at a time from `decoder` into two slots: the current record and the held first
-    /// step of a pending run. Records are passed by pointer, never copied whole.
+    /// them one at a time from `decoder` into three slots, passed by pointer (never copied whole):
+    /// the current record, the held first step of a pending run, and the free one. The next
+    /// record goes where the record two before it was when that slot is free: a loop's records
+    /// repeat their kinds (a single-step trace alternates steps and exits), and the decoder keeps
+    /// a slot's instruction bytes, access list and guest-bytes list when the new record shares
+    /// them, instead of swapping arrays (a retain and a release each) in every record.
     func replayFrame(_ decoder: FrameDecoder) throws -> FrameResult {
         memory.reset()
         knownMSRs.removeAll(keepingCapacity: true)
@@ -459,26 +541,41 @@ public final class Replayer: @unchecked Sendable {
         pendingStepMemory.removeAll(keepingCapacity: true)
         pendingGroup = nil
         if delivery == .all { out.verdicts.reserveCapacity(Int(decoder.info.recordCount)) }
-        let s0 = slots, s1 = slots + 1
         // Fresh slots per frame, as the decoder expects of a record it has not filled before.
-        s0.pointee = TraceRecord(kind: .exit)
-        s1.pointee = TraceRecord(kind: .exit)
-        var curIs0 = true
-        guard try decoder.next(into: &s0.pointee) else { return takeResult() }
-        out.head = RecordHead(s0.pointee)
-        if s0.pointee.kind == .exit && s0.pointee.fragment != 0 {
-            guard try readContinuation(decoder, &s0.pointee) else { return takeResult() }
+        for k in 0..<Self.slotCount { slots[k] = TraceRecord(kind: .exit) }
+        // Slot indices: the current record, the record before it, the held step (-1: none).
+        var cur = 0, prev = 0, held = -1
+        guard try decoder.next(into: &slots[cur]) else { return takeResult() }
+        out.head = RecordHead(slots[cur])
+        if slots[cur].kind == .exit && slots[cur].fragment != 0 {
+            guard try readContinuation(decoder, &slots[cur]) else { return takeResult() }
         }
         while true {
-            // A record that starts a step run stays in its slot (held); the other slot reads on.
-            let started = pendingSteps > 0 ? (curIs0 ? replay(RecordPointer(s0), held: RecordPointer(s1)) : replay(RecordPointer(s1), held: RecordPointer(s0)))
-                : replay(RecordPointer(curIs0 ? s0 : s1))
-            if started { curIs0.toggle() }
-            guard try decoder.next(into: &(curIs0 ? s0 : s1).pointee) else { break }
+            let current = RecordPointer(slots + cur)
+            if pendingSteps > 0 {
+                if replay(current, held: RecordPointer(slots + held)) {
+                    held = cur  // a new run starts here
+                } else if pendingSteps == 0 {
+                    held = -1
+                }
+            } else if replay(current) {
+                held = cur
+            }
+            let next: Int
+            if prev != held && prev != cur {
+                next = prev
+            } else if held >= 0 && held != cur {
+                next = Self.slotCount - cur - held  // the third slot (indices 0, 1, 2)
+            } else {
+                next = cur == Self.slotCount - 1 ? 0 : cur + 1
+            }
+            prev = cur
+            cur = next
+            guard try decoder.next(into: &slots[cur]) else { break }
         }
         if pendingSteps > 0 {
             let mem = pendingStepMemory
-            finishStepsAtFrameEnd((curIs0 ? s1 : s0).pointee, count: pendingSteps, isRep: pendingStepsAreRep, memory: mem)
+            finishStepsAtFrameEnd(slots[held], count: pendingSteps, isRep: pendingStepsAreRep, memory: mem)
             pendingSteps = 0
         }
         if let b = pendingGroup {
@@ -750,6 +847,13 @@ public final class Replayer: @unchecked Sendable {
         if v.hasReproduction { v.reproduction = nil }
     }
 
+    /// Whether the record holds a state after its instruction (`!= nil` on the optional state
+    /// compared whole states: CPUState is Equatable).
+    @inline(__always) static func hasStateAfter(_ r: RecordPointer) -> Bool {
+        if case .some = r.pointee.stateAfter { return true }
+        return false
+    }
+
     /// Whether two arrays share one storage (or are both empty): the assignment is then skipped
     /// (it would only retain one and release the other, once per record).
     @inline(__always) static func sameStorage<T>(_ a: [T], _ b: [T]) -> Bool {
@@ -787,7 +891,7 @@ public final class Replayer: @unchecked Sendable {
         if let groupMemory {
             for m in groupMemory { memory.load(m.gpa, m.bytes) }
         } else {
-            for m in first.pointee.memory { memory.load(m.gpa, m.bytes) }
+            loadGuestBytes(first)
         }
 
         // The state before the instruction: the record's own when it is pending and no MSRs are
@@ -806,7 +910,7 @@ public final class Replayer: @unchecked Sendable {
             before = StatePointer(exitBefore)
         }
         guard run(&v, before: before, inst: inst, recorded: recorded, exitCode: first.pointee.exitCode, exitInfo1: first.pointee.exitInfo1,
-                  hasAfter: last.pointee.visibility == .committed || last.pointee.stateAfter != nil,
+                  hasAfter: last.pointee.visibility == .committed || Self.hasStateAfter(last),
                   refused: first.pointee.exitCode == .msr && last.pointee.accessRefused) else {
             return
         }
@@ -824,7 +928,7 @@ public final class Replayer: @unchecked Sendable {
             } else {
                 StateComparison.compare(recorded: layout.state(last), executor: cpu, flagMask: mask, into: &v.differences)
             }
-        } else if last.pointee.stateAfter != nil, var after = last.pointee.stateAfter {
+        } else if Self.hasStateAfter(last), var after = last.pointee.stateAfter {
             adjustAfter(&after, isRep: isRep, start: first.pointee.instructionStart, nextRIP: last.pointee.nextRIP)
             StateComparison.compare(recorded: after, executor: cpu, flagMask: mask, into: &v.differences)
         }
@@ -1224,7 +1328,7 @@ public final class Replayer: @unchecked Sendable {
             return
         }
         if next.pointee.kind == .exit, next.pointee.instructionStart == r.pointee.instructionStart,
-           (next.pointee.visibility == .pending && next.pointee.stateAfter == nil) || isRep {
+           (next.pointee.visibility == .pending && !Self.hasStateAfter(next)) || isRep {
             v.kind = .notReplayable
             v.note = "the stepped instruction exited: checked as its exit"
             return
@@ -1263,7 +1367,7 @@ public final class Replayer: @unchecked Sendable {
     /// completed, to be compared with the next record's state; else `v` is final.
     func executeStep(_ v: inout Verdict, _ r: RecordPointer, inst: Instruction, laterMemory: [GuestBytes],
                      before: StatePointer) -> Bool {
-        for m in r.pointee.memory { memory.load(m.gpa, m.bytes) }
+        loadGuestBytes(r)
         for m in laterMemory { memory.load(m.gpa, m.bytes) }
         // A stepped instruction that faults (DIV by zero) traps next at its handler: the exception
         // goes through the IDT as on the CPU, and the handler's state is what the next step shows.
@@ -1285,6 +1389,23 @@ public final class Replayer: @unchecked Sendable {
             return false
         }
         return v.kind == .match
+    }
+
+    /// Stores the record's guest bytes in replay memory, unless the same list (the same storage:
+    /// a loop's records share it) was stored since memory last changed, so it is all there.
+    func loadGuestBytes(_ r: RecordPointer) {
+        let identity = layout.memoryIdentity(r)
+        let generation = memory.generation
+        if loadedLists.0.identity == identity && loadedLists.0.generation == generation
+            || loadedLists.1.identity == identity && loadedLists.1.generation == generation {
+            return
+        }
+        let list = r.pointee.memory
+        for m in list { memory.load(m.gpa, m.bytes) }
+        // Kept (so its storage cannot be reused by another list while it is remembered), with
+        // the generation after storing it.
+        loadedLists.1 = loadedLists.0
+        loadedLists.0 = (identity, memory.generation, list)
     }
 
     /// The last execution stopped because a port, MMIO or MSR answer was not in the record.
@@ -1319,7 +1440,7 @@ public enum StepCheck {
         if let memo {
             // The mode from its registers: `s.mode` copied the whole state.
             let mode = CPUState.mode(cr0: s.cr0, efer: s.efer, rflags: s.rflags, csLong: s.cs.long, csDefaultBig: s.cs.defaultBig)
-            guard let d = memo.decode(r.pointee.instructionBytes, start: r.pointee.instructionStart, mode: DecoderMode(mode)) else { return false }
+            guard let d = memo.decode(r, identity: memo.layout.instructionBytesIdentity(r), mode: DecoderMode(mode)) else { return false }
             inst = d.instruction
         } else {
             guard case .success(let i) = decode(bytes: r.pointee.instructionBytes, mode: DecoderMode(s.mode)) else { return false }
