@@ -446,6 +446,11 @@ public final class Replayer: @unchecked Sendable {
     private let stepBefore: UnsafeMutablePointer<CPUState>
     /// The state before an exit's instruction (rebuilt for a committed exit, MSRs applied).
     private let exitBefore: UnsafeMutablePointer<CPUState>
+    /// The committed exit whose rebuilt before-state (no MSRs applied) `exitBefore` holds: the
+    /// check of the step before an exit rebuilds it, and the exit's own replay then uses it.
+    /// (Its slot and sequence number; nil: none.)
+    private var exitBeforeHolds: UnsafeRawPointer?
+    private var exitBeforeSeq: UInt64 = 0
     private let layout = TraceRecordLayout()
     /// The guest-bytes lists stored last (see `loadGuestBytes`).
     private var loadedLists: ((identity: UInt, generation: UInt64, list: [GuestBytes]),
@@ -895,16 +900,21 @@ public final class Replayer: @unchecked Sendable {
         }
 
         // The state before the instruction: the record's own when it is pending and no MSRs are
-        // known, else rebuilt in the replayer's buffer.
+        // known, else rebuilt in the replayer's buffer (where the check of the step before it
+        // may have rebuilt it already).
+        let rebuilt = exitBeforeHolds == UnsafeRawPointer(first) && exitBeforeSeq == first.pointee.seq
+        exitBeforeHolds = nil
         let before: StatePointer
         if first.pointee.visibility != .committed && knownMSRs.isEmpty {
             before = firstState
         } else {
-            exitBefore.pointee = firstState.pointee
-            if first.pointee.visibility == .committed, let why = Reconstruction.rebuild(&exitBefore.pointee, from: first, inst) {
-                v.kind = .unreconstructable
-                v.note = why.message
-                return
+            if !(rebuilt && first.pointee.visibility == .committed) {
+                exitBefore.pointee = firstState.pointee
+                if first.pointee.visibility == .committed, let why = Reconstruction.rebuild(&exitBefore.pointee, from: first, inst) {
+                    v.kind = .unreconstructable
+                    v.note = why.message
+                    return
+                }
             }
             Reconstruction.applyMSRs(knownMSRs, to: &exitBefore.pointee)
             before = StatePointer(exitBefore)
@@ -1335,7 +1345,8 @@ public final class Replayer: @unchecked Sendable {
         }
         stepFollowedByEvent = next.pointee.kind == .event
         defer { stepFollowedByEvent = false }
-        guard executeStep(&v, r, inst: d.instruction, laterMemory: laterMemory, before: before) else { return }
+        let inst = d.instruction  // one copy out of the shared decoding, used by each call below
+        guard executeStep(&v, r, inst: inst, laterMemory: laterMemory, before: before) else { return }
         if lastDelivered && next.pointee.kind == .step && next.pointee.state.rip != cpu.instructionPointer {
             // kvm_pvm runs the handler's first instruction without a single-step trap (as after
             // IRET): the next step is one instruction into the handler, not its entry.
@@ -1343,10 +1354,14 @@ public final class Replayer: @unchecked Sendable {
             v.note += "; the next step is past the handler's entry \(Hex.string(cpu.instructionPointer)): kvm_pvm ran its first instruction without a single-step trap"
             return
         }
-        StepCheck.close(&v, executor: cpu, flagMask: Reconstruction.undefinedFlags(d.instruction, at: before),
-                        start: r.pointee.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs, nextRecord: next,
-                        nextState: layout.state(next), memo: memo)
-        if v.kind == .divergence && kvmEmulatesCPL0 && d.instruction.mnemonic == .cpuid
+        let rebuiltNext = StepCheck.close(&v, executor: cpu, flagMask: Reconstruction.undefinedFlags(inst, at: before),
+                                          start: r.pointee.instructionStart, isRep: count > 1 || isRep, msrs: knownMSRs,
+                                          nextRecord: next, nextState: layout.state(next), memo: memo, rebuildInto: exitBefore)
+        if rebuiltNext {
+            exitBeforeHolds = UnsafeRawPointer(next)
+            exitBeforeSeq = next.pointee.seq
+        }
+        if v.kind == .divergence && kvmEmulatesCPL0 && inst.mnemonic == .cpuid
             && v.differences.allSatisfy({ ["rax", "rbx", "rcx", "rdx"].contains($0.field) }) {
             // Not an emulator fault: the guest saw the host's CPUID (see VerdictKind.notReplayable).
             v.kind = .notReplayable
@@ -1468,42 +1483,46 @@ public enum StepCheck {
     /// below, read from the borrowed record: only the state that shows the result is looked at,
     /// and copied only when it must be adjusted (save-area MSRs) or rebuilt (a committed exit).
     /// `executor` holds the step's result (its state is built only if it differs).
+    /// `rebuildInto`: where the state before a next committed exit is rebuilt; true when it then
+    /// holds that state (MSRs not applied).
+    @discardableResult
     static func close(_ v: inout Verdict, executor emulated: X86Executor, flagMask: UInt64, start: UInt64, isRep: Bool,
-                      msrs: [UInt32: UInt64], nextRecord next: RecordPointer, nextState: StatePointer, memo: DecodeMemo?) {
+                      msrs: [UInt32: UInt64], nextRecord next: RecordPointer, nextState: StatePointer, memo: DecodeMemo?,
+                      rebuildInto rebuilt: UnsafeMutablePointer<CPUState>) -> Bool {
         let kind = next.pointee.kind
         if isRep && kind == .step && next.pointee.instructionStart == start && next.pointee.state.rip == start {
             v.kind = .incomplete
             v.note = "REP iterations continue in the next frame"
             v.reproduction = nil
-            return
+            return false
         }
         switch kind {
         case .step:
             compareAfter(&v, recorded: nextState, emulated: emulated, flagMask: flagMask, msrs: msrs)
-            return
+            return false
         case .exit:
             if next.pointee.instructionStart == start && next.pointee.visibility == .committed {
                 // The stepped instruction exited: its committed record shows the state after it.
                 if next.pointee.lastFragment {
                     compareAfter(&v, recorded: nextState, emulated: emulated, flagMask: flagMask, msrs: msrs)
-                    return
+                    return false
                 }
             } else if next.pointee.instructionStart == start && next.pointee.visibility == .pending {
                 if let after = next.pointee.stateAfter {
                     withUnsafePointer(to: after) { compareAfter(&v, recorded: $0, emulated: emulated, flagMask: flagMask, msrs: msrs) }
-                    return
+                    return false
                 }
             } else if next.pointee.visibility == .pending {
                 // The state before the next (exiting) instruction, whose own step is not
                 // recorded: a pending exit shows it as it is.
                 compareAfter(&v, recorded: nextState, emulated: emulated, flagMask: flagMask, msrs: msrs)
-                return
+                return false
             } else {
-                // Rebuilt from a committed exit, into a local state.
-                var before = next.pointee.state
-                if rebuildBefore(next, memo: memo, state: &before) {
-                    withUnsafePointer(to: &before) { compareAfter(&v, recorded: $0, emulated: emulated, flagMask: flagMask, msrs: msrs) }
-                    return
+                // Rebuilt from a committed exit, into `rebuilt` (the exit's replay uses it too).
+                rebuilt.pointee = next.pointee.state
+                if rebuildBefore(next, memo: memo, state: &rebuilt.pointee) {
+                    compareAfter(&v, recorded: rebuilt, emulated: emulated, flagMask: flagMask, msrs: msrs)
+                    return true
                 }
             }
         default:
@@ -1512,6 +1531,7 @@ public enum StepCheck {
         v.kind = .notReplayable
         v.note = kind == .exit ? "the stepped instruction exited: checked as its exit" : "next record is a \(kind.name): no state after the step"
         v.reproduction = nil
+        return false
     }
 
     /// The comparison that ends `close`: `recorded` with the known save-area MSRs applied.
