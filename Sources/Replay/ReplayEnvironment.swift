@@ -254,10 +254,12 @@ final class ReplayPorts: IOPorts {
     private(set) var mismatch: (port: UInt16, size: Int)?
 
     func begin(_ accesses: [DeviceAccess]) {
-        items.removeAll(keepingCapacity: true)
+        // Each reset only when needed, and the accesses looked at in place: this runs per record.
+        if !items.isEmpty { items.removeAll(keepingCapacity: true) }
         next = 0
-        mismatch = nil
-        for i in accesses.indices where accesses[i].space == .port && !accesses[i].isWrite {
+        if case .some = mismatch { mismatch = nil }
+        for i in accesses.indices {
+            guard accesses[i].space == .port && !accesses[i].isWrite else { continue }
             let a = accesses[i]
             let size = Int(a.size)
             guard size > 0 else { continue }
@@ -296,8 +298,9 @@ final class ReplayMSRs: MSRBus {
     private var refusedIndex: UInt32?
     func begin(_ accesses: [DeviceAccess], refused: Bool = false) {
         if !answers.isEmpty { answers.removeAll(keepingCapacity: true) }
-        refusedIndex = nil
-        for i in accesses.indices where accesses[i].space == .msr {
+        if case .some = refusedIndex { refusedIndex = nil }
+        for i in accesses.indices {
+            guard accesses[i].space == .msr else { continue }
             let a = accesses[i]
             if refused { refusedIndex = UInt32(truncatingIfNeeded: a.address) } else if !a.isWrite { answers[UInt32(truncatingIfNeeded: a.address)] = a.value }
         }

@@ -842,7 +842,9 @@ public final class Replayer: @unchecked Sendable {
         v.rip = r.pointee.instructionStart != 0 || !noBytes ? r.pointee.instructionStart : state.pointee.rip
         if ArrayIdentity.of(v.bytes) != bytesIdentity { v.bytes = r.pointee.instructionBytes }
         if !(v.note.isEmpty && note.isEmpty) { v.note = note }
-        v.reference = kind != .notReplayable ? reference(cpl: state.pointee.cpl) : ""
+        // Compared first: assigning the same short string still releases the old one.
+        let ref = kind != .notReplayable ? reference(cpl: state.pointee.cpl) : ""
+        if v.reference != ref { v.reference = ref }
         let mode = CPUState.mode(cr0: state.pointee.cr0, efer: state.pointee.efer, rflags: state.pointee.rflags,
                                  csLong: state.pointee.cs.long, csDefaultBig: state.pointee.cs.defaultBig)
         let d = noBytes ? nil : memo.decode(r, identity: bytesIdentity, mode: DecoderMode(mode))

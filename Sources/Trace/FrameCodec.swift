@@ -313,6 +313,10 @@ public final class FrameDecoder {
     private var refSingleBlob = -1
     private var refMemoryList: [Int] = []
     private var decoded: UInt32 = 0
+    /// Record tails decoded lately (`RecordTailMemo`).
+    private var tailMemo = RecordTailMemo()
+    /// Records whose tail came from the memo (for tests).
+    private(set) var tailMemoHits = 0
     /// The frame's per-vCPU stats, complete once `next()` has returned nil.
     public private(set) var stats: [VCPUFrameStats] = []
 
@@ -325,7 +329,10 @@ public final class FrameDecoder {
         ref = RecordReference(firstSeq: info.firstSeq, firstVcpuSeq: info.firstVcpuSeq)
     }
 
-    deinit { raw.deallocate() }
+    deinit {
+        raw.deallocate()
+        tailMemo.deallocate()
+    }
 
     /// The tags of the frame's items in order (for tests and `show --frames`-style debugging).
     func itemTags() -> [UInt8] {
@@ -461,6 +468,135 @@ public final class FrameDecoder {
         return true
     }
 
+    /// The reference's tail as the memo compares it.
+    @inline(__always) private func referenceTail() -> RecordTail {
+        RecordTail(kind: ref.kind, visibility: ref.visibility, candidates: ref.candidates, kvmExitReason: ref.kvmExitReason,
+                   exitCode: ref.exitCode, exitInfo1: ref.exitInfo1, exitInfo2: ref.exitInfo2, exitIntInfo: ref.exitIntInfo,
+                   nextRIP: ref.nextRIP, instructionStart: ref.instructionStart, code: ref.code,
+                   bytesSlot: refBytesSlot, accessSlot: refAccessSlot, singleBlob: refSingleBlob)
+    }
+
+    /// The identity of the storage of array `i` of `list` (its one reference), read without
+    /// retaining it.
+    @inline(__always) private static func identity<T>(_ list: UnsafeBufferPointer<[T]>, _ i: Int) -> UInt {
+        guard let b = list.baseAddress, i >= 0, i < list.count else { return 0 }
+        return UnsafeRawPointer(b + i).load(as: UInt.self)
+    }
+
+    /// The identity of an array's storage, as `identity(_:_:)` reads it.
+    @inline(__always) private static func identity<T>(of a: borrowing [T]) -> UInt {
+        withUnsafePointer(to: a) { UnsafeRawPointer($0).load(as: UInt.self) }
+    }
+
+    /// The reference tail a missed lookup saw, for `rememberTail`.
+    private var lookedUpBefore = RecordTail()
+
+    /// Looks the tail at `p` up in the memo (out of line: most records of a trace whose tails
+    /// have few fields never come here). Returns the entry slot (-1: not to be remembered) and
+    /// sets `hit` when `r`'s tail fields were set from it.
+    @inline(__always) private func lookUpTail(mask: UInt64, _ p: UnsafeRawPointer, length n: Int, hit: inout Bool,
+                                           into r: inout TraceRecord) -> Int {
+        let slot = RecordTailMemo.slot(mask: mask, p, length: n)
+        guard slot >= 0, ref.note.isEmpty, refAccessSlot >= 0 || refAccessList.isEmpty,
+              refSingleBlob >= 0 || refMemoryList.isEmpty else { return -1 }
+        let before = referenceTail()
+        if tailMemo.matches(slot, mask: mask, p, length: n, before: before) {
+            hit = applyTail(slot, mask: mask, into: &r)
+        }
+        if !hit { lookedUpBefore = before }
+        return slot
+    }
+
+    /// Sets `r`'s tail fields from memo entry `i` and the decoder's slots as its decode would;
+    /// false (nothing changed) when a slot no longer holds the array the entry found there.
+    private func applyTail(_ i: Int, mask: UInt64, into r: inout TraceRecord) -> Bool {
+        let e = tailMemo.entries + i
+        // The recent-value slots must hold what the decode would leave there: the entry's array
+        // (the same storage, or equal contents), or, where the tail itself carries the value and
+        // another value took its slot since, the decode would put it back (the entry's array is
+        // those contents).
+        let b = e.pointee.after.bytesSlot
+        if b >= 0 {
+            let have = recentBytes.withUnsafeBufferPointer { Self.identity($0, b) }
+            if have != Self.identity(of: e.pointee.bytes) && recentBytes[b] != e.pointee.bytes {
+                guard mask & RecordField.instructionBytes != 0 else { return false }
+                recentBytes[b] = e.pointee.bytes
+            }
+        }
+        let a = e.pointee.after.accessSlot
+        if a >= 0 {
+            let have = recentAccesses.withUnsafeBufferPointer { Self.identity($0, a) }
+            if have != Self.identity(of: e.pointee.accesses) && recentAccesses[a] != e.pointee.accesses {
+                guard mask & RecordField.accesses != 0 else { return false }
+                recentAccesses[a] = e.pointee.accesses
+            }
+        }
+        r.kind = e.pointee.kind
+        r.kvmExitReason = UInt32(truncatingIfNeeded: e.pointee.after.kvmExitReason)
+        r.exitCode = SVMExitCode(e.pointee.after.exitCode)
+        r.exitInfo1 = e.pointee.after.exitInfo1
+        r.exitInfo2 = e.pointee.after.exitInfo2
+        r.exitIntInfo = e.pointee.after.exitIntInfo
+        r.nextRIP = e.pointee.after.nextRIP
+        r.instructionStart = e.pointee.after.instructionStart
+        refBytesSlot = e.pointee.after.bytesSlot
+        if refBytesSlot < 0 {
+            if !r.instructionBytes.isEmpty { r.instructionBytes = [] }
+        } else if !sameStorage(r.instructionBytes, recentBytes[refBytesSlot]) {
+            r.instructionBytes = recentBytes[refBytesSlot]
+        }
+        r.candidates = e.pointee.after.candidates
+        r.visibility = e.pointee.visibility
+        r.group = e.pointee.hasGroup ? r.seq &- e.pointee.groupDelta : r.seq
+        r.fragment = e.pointee.fragment
+        r.lastFragment = mask & RecordField.notLast == 0
+        if case .some = r.stateAfter { r.stateAfter = nil }
+        refAccessSlot = e.pointee.after.accessSlot
+        if refAccessSlot < 0 && !refAccessList.isEmpty { refAccessList = [] }
+        if refAccessSlot >= 0 {
+            if !sameStorage(r.accesses, recentAccesses[refAccessSlot]) { r.accesses = recentAccesses[refAccessSlot] }
+        } else if !sameStorage(r.accesses, refAccessList) {
+            r.accesses = refAccessList
+        }
+        refSingleBlob = e.pointee.after.singleBlob
+        if refSingleBlob < 0 && !refMemoryList.isEmpty { refMemoryList = [] }
+        if refSingleBlob >= 0 {
+            if !sameStorage(r.memory, singleBlobLists[refSingleBlob]) { r.memory = singleBlobLists[refSingleBlob] }
+        } else if !r.memory.isEmpty {
+            r.memory = []
+        }
+        if !r.msrWrites.isEmpty { r.msrWrites.removeAll(keepingCapacity: true) }
+        r.code = e.pointee.after.code
+        if !(r.note.isEmpty && ref.note.isEmpty) { r.note = ref.note }
+        r.accessRefused = mask & RecordField.accessRefused != 0
+        return true
+    }
+
+    /// Remembers the tail just decoded into `r` (when its lists are all in the decoder's slots).
+    @inline(never) private func rememberTail(_ i: Int, mask: UInt64, _ p: UnsafeRawPointer, length n: Int,
+                                             _ r: borrowing TraceRecord) {
+        guard refAccessSlot >= 0 || refAccessList.isEmpty, refSingleBlob >= 0 || refMemoryList.isEmpty,
+              r.note.isEmpty else { return }
+        var e = RecordTailMemo.Entry()
+        e.used = true
+        e.mask = mask
+        e.length = n
+        e.before = lookedUpBefore
+        e.after = RecordTail(kind: r.kind.rawValue, visibility: r.visibility.rawValue, candidates: r.candidates,
+                             kvmExitReason: UInt64(r.kvmExitReason), exitCode: r.exitCode.rawValue, exitInfo1: r.exitInfo1,
+                             exitInfo2: r.exitInfo2, exitIntInfo: r.exitIntInfo, nextRIP: r.nextRIP,
+                             instructionStart: r.instructionStart, code: r.code,
+                             bytesSlot: refBytesSlot, accessSlot: refAccessSlot, singleBlob: refSingleBlob)
+        e.kind = r.kind
+        e.visibility = r.visibility
+        e.hasGroup = mask & RecordField.group != 0
+        e.groupDelta = r.seq &- r.group
+        e.fragment = r.fragment
+        if refBytesSlot >= 0 { e.bytes = recentBytes[refBytesSlot] }
+        if refAccessSlot >= 0 { e.accesses = recentAccesses[refAccessSlot] }
+        tailMemo.store(i, e, p)
+    }
+
     private func decodeStats(_ c: inout ByteCursor) throws -> VCPUFrameStats {
         let vcpu = try c.varint()
         guard vcpu <= UInt64(UInt16.max) else { throw c.corrupt("stats vCPU \(vcpu) out of range") }
@@ -494,118 +630,136 @@ public final class FrameDecoder {
         r.seq = mask & RecordField.seq != 0 ? undelta(try c.varint(), ref.seq &+ 1) : ref.seq &+ 1
         r.vcpuSeq = mask & RecordField.vcpuSeq != 0 ? undelta(try c.varint(), ref.vcpuSeq &+ 1) : ref.vcpuSeq &+ 1
         var kind = ref.kind
-        if mask & RecordField.kind != 0 { kind = try c.u8() }
-        guard let k = RecordKind(rawValue: kind) else { throw c.corrupt("unknown record kind \(kind)") }
-        r.kind = k
         var kvm = ref.kvmExitReason
-        if mask & RecordField.kvmExitReason != 0 { kvm = try c.varint() }
-        guard kvm <= UInt64(UInt32.max) else { throw c.corrupt("KVM exit reason \(kvm) exceeds 32 bits") }
-        r.kvmExitReason = UInt32(kvm)
-        r.exitCode = SVMExitCode(mask & RecordField.exitCode != 0 ? try c.varint() : ref.exitCode)
-        r.exitInfo1 = mask & RecordField.exitInfo1 != 0 ? try c.varint() : ref.exitInfo1
-        r.exitInfo2 = mask & RecordField.exitInfo2 != 0 ? try c.varint() : ref.exitInfo2
-        r.exitIntInfo = mask & RecordField.exitIntInfo != 0 ? try c.varint() : ref.exitIntInfo
-        r.nextRIP = mask & RecordField.nextRIP != 0 ? try c.varint() : ref.nextRIP
-        r.instructionStart = mask & RecordField.instructionStart != 0 ? try c.varint() : ref.instructionStart
-        if mask & RecordField.instructionBytes != 0 {
-            let n = try c.count(max: 15, "instruction length")
-            refBytesSlot = try recentBytes(&c, n)
-        }
-        if refBytesSlot < 0 {
-            if !r.instructionBytes.isEmpty { r.instructionBytes = [] }
-        } else if !sameStorage(r.instructionBytes, recentBytes[refBytesSlot]) {
-            r.instructionBytes = recentBytes[refBytesSlot]
-        }
-        r.candidates = mask & RecordField.candidates != 0 ? try c.u8() : ref.candidates
         var vis = ref.visibility
-        if mask & RecordField.visibility != 0 { vis = try c.u8() }
-        guard let v = Visibility(rawValue: vis) else { throw c.corrupt("unknown visibility \(vis)") }
-        r.visibility = v
-        r.group = mask & RecordField.group != 0 ? r.seq &- (try c.varint()) : r.seq
-        r.fragment = 0
-        if mask & RecordField.fragment != 0 {
-            let f = try c.varint()
-            guard f <= UInt64(UInt32.max) else { throw c.corrupt("fragment \(f) exceeds 32 bits") }
-            r.fragment = UInt32(f)
+        // The tail (fields from `kind` on): from the memo when this encoding was decoded before
+        // against the same reference tail, else read field by field (and remembered).
+        let tailStart = c.pos
+        var memoSlot = -1
+        var hit = false
+        if RecordTailMemo.worthTrying(mask) {
+            memoSlot = lookUpTail(mask: mask, c.base + tailStart, length: end - tailStart, hit: &hit, into: &r)
         }
-        r.lastFragment = mask & RecordField.notLast == 0
-        if mask & RecordField.stateAfter != 0 {
-            try StateCodec.decode(&c, old: refState.p, into: scratch.p)
-            r.stateAfter = scratch.state
-        } else if case .some = r.stateAfter {
-            r.stateAfter = nil  // only when set: storing nil clears the whole optional state
-        }
-        if mask & RecordField.accesses != 0 {
-            let n = try c.count(max: c.remaining, "access count")
-            var list: [DeviceAccess] = []
-            if n > 1 { list.reserveCapacity(n) }
-            var slot = -1
-            for _ in 0..<n {
-                let spaceRaw = try c.u8()
-                guard let space = DeviceAccess.Space(rawValue: spaceRaw) else { throw c.corrupt("unknown access space \(spaceRaw)") }
-                let flags = try c.u8()
-                let address = try c.varint()
-                let size = try c.u8()
-                let count = try c.varint()
-                guard count <= UInt64(UInt32.max) else { throw c.corrupt("access count \(count) exceeds 32 bits") }
-                let len = try c.count(max: c.remaining, "access data length")
-                if n == 1 {
-                    slot = try recentAccess(&c, space: space, isWrite: flags & 1 != 0, address: address, size: size,
-                                            count: UInt32(count), len: len)
-                } else {
-                    list.append(DeviceAccess(space: space, address: address, size: size, isWrite: flags & 1 != 0,
-                                             count: UInt32(count), data: try c.bytes(len)))
-                }
+        if hit {
+            tailMemoHits &+= 1
+            let t = tailMemo.entries + memoSlot
+            kind = t.pointee.after.kind
+            kvm = t.pointee.after.kvmExitReason
+            vis = t.pointee.after.visibility
+            c.pos = end
+        } else {
+            if mask & RecordField.kind != 0 { kind = try c.u8() }
+            guard let k = RecordKind(rawValue: kind) else { throw c.corrupt("unknown record kind \(kind)") }
+            r.kind = k
+            if mask & RecordField.kvmExitReason != 0 { kvm = try c.varint() }
+            guard kvm <= UInt64(UInt32.max) else { throw c.corrupt("KVM exit reason \(kvm) exceeds 32 bits") }
+            r.kvmExitReason = UInt32(kvm)
+            r.exitCode = SVMExitCode(mask & RecordField.exitCode != 0 ? try c.varint() : ref.exitCode)
+            r.exitInfo1 = mask & RecordField.exitInfo1 != 0 ? try c.varint() : ref.exitInfo1
+            r.exitInfo2 = mask & RecordField.exitInfo2 != 0 ? try c.varint() : ref.exitInfo2
+            r.exitIntInfo = mask & RecordField.exitIntInfo != 0 ? try c.varint() : ref.exitIntInfo
+            r.nextRIP = mask & RecordField.nextRIP != 0 ? try c.varint() : ref.nextRIP
+            r.instructionStart = mask & RecordField.instructionStart != 0 ? try c.varint() : ref.instructionStart
+            if mask & RecordField.instructionBytes != 0 {
+                let n = try c.count(max: 15, "instruction length")
+                refBytesSlot = try recentBytes(&c, n)
             }
-            refAccessSlot = slot
-            if slot < 0 { refAccessList = list } else if !refAccessList.isEmpty { refAccessList = [] }
-        }
-        if refAccessSlot >= 0 {
-            if !sameStorage(r.accesses, recentAccesses[refAccessSlot]) { r.accesses = recentAccesses[refAccessSlot] }
-        } else if !sameStorage(r.accesses, refAccessList) {
-            r.accesses = refAccessList
-        }
-        if mask & RecordField.memory != 0 {
-            let n = try c.count(max: c.remaining, "guest-bytes count")
-            if n == 1 {
-                // One blob, the common case: its list made once (no array per record).
-                let i = try c.varint()
-                guard i < UInt64(blobs.count) else { throw c.corrupt("guest-bytes index \(i) but only \(blobs.count) stored so far") }
-                refSingleBlob = Int(i)
-            } else {
-                var list: [Int] = []
-                list.reserveCapacity(n)
+            if refBytesSlot < 0 {
+                if !r.instructionBytes.isEmpty { r.instructionBytes = [] }
+            } else if !sameStorage(r.instructionBytes, recentBytes[refBytesSlot]) {
+                r.instructionBytes = recentBytes[refBytesSlot]
+            }
+            r.candidates = mask & RecordField.candidates != 0 ? try c.u8() : ref.candidates
+            if mask & RecordField.visibility != 0 { vis = try c.u8() }
+            guard let v = Visibility(rawValue: vis) else { throw c.corrupt("unknown visibility \(vis)") }
+            r.visibility = v
+            r.group = mask & RecordField.group != 0 ? r.seq &- (try c.varint()) : r.seq
+            r.fragment = 0
+            if mask & RecordField.fragment != 0 {
+                let f = try c.varint()
+                guard f <= UInt64(UInt32.max) else { throw c.corrupt("fragment \(f) exceeds 32 bits") }
+                r.fragment = UInt32(f)
+            }
+            r.lastFragment = mask & RecordField.notLast == 0
+            if mask & RecordField.stateAfter != 0 {
+                try StateCodec.decode(&c, old: refState.p, into: scratch.p)
+                r.stateAfter = scratch.state
+            } else if case .some = r.stateAfter {
+                r.stateAfter = nil  // only when set: storing nil clears the whole optional state
+            }
+            if mask & RecordField.accesses != 0 {
+                let n = try c.count(max: c.remaining, "access count")
+                var list: [DeviceAccess] = []
+                if n > 1 { list.reserveCapacity(n) }
+                var slot = -1
                 for _ in 0..<n {
+                    let spaceRaw = try c.u8()
+                    guard let space = DeviceAccess.Space(rawValue: spaceRaw) else { throw c.corrupt("unknown access space \(spaceRaw)") }
+                    let flags = try c.u8()
+                    let address = try c.varint()
+                    let size = try c.u8()
+                    let count = try c.varint()
+                    guard count <= UInt64(UInt32.max) else { throw c.corrupt("access count \(count) exceeds 32 bits") }
+                    let len = try c.count(max: c.remaining, "access data length")
+                    if n == 1 {
+                        slot = try recentAccess(&c, space: space, isWrite: flags & 1 != 0, address: address, size: size,
+                                                count: UInt32(count), len: len)
+                    } else {
+                        list.append(DeviceAccess(space: space, address: address, size: size, isWrite: flags & 1 != 0,
+                                                 count: UInt32(count), data: try c.bytes(len)))
+                    }
+                }
+                refAccessSlot = slot
+                if slot < 0 { refAccessList = list } else if !refAccessList.isEmpty { refAccessList = [] }
+            }
+            if refAccessSlot >= 0 {
+                if !sameStorage(r.accesses, recentAccesses[refAccessSlot]) { r.accesses = recentAccesses[refAccessSlot] }
+            } else if !sameStorage(r.accesses, refAccessList) {
+                r.accesses = refAccessList
+            }
+            if mask & RecordField.memory != 0 {
+                let n = try c.count(max: c.remaining, "guest-bytes count")
+                if n == 1 {
+                    // One blob, the common case: its list made once (no array per record).
                     let i = try c.varint()
                     guard i < UInt64(blobs.count) else { throw c.corrupt("guest-bytes index \(i) but only \(blobs.count) stored so far") }
-                    list.append(Int(i))
+                    refSingleBlob = Int(i)
+                } else {
+                    var list: [Int] = []
+                    list.reserveCapacity(n)
+                    for _ in 0..<n {
+                        let i = try c.varint()
+                        guard i < UInt64(blobs.count) else { throw c.corrupt("guest-bytes index \(i) but only \(blobs.count) stored so far") }
+                        list.append(Int(i))
+                    }
+                    refSingleBlob = -1
+                    refMemoryList = list
                 }
-                refSingleBlob = -1
-                refMemoryList = list
             }
-        }
-        if refSingleBlob >= 0 {
-            if !sameStorage(r.memory, singleBlobLists[refSingleBlob]) { r.memory = singleBlobLists[refSingleBlob] }
-        } else if refMemoryList.isEmpty {
-            if !r.memory.isEmpty { r.memory = [] }
-        } else if !holdsBlobs(r.memory, refMemoryList) {
-            // Rebuilt only when it differs from what `r` already holds (a loop keeps it).
-            r.memory = refMemoryList.map { blobs[$0] }
-        }
-        if !r.msrWrites.isEmpty { r.msrWrites.removeAll(keepingCapacity: true) }
-        if mask & RecordField.msrWrites != 0 {
-            let n = try c.count(max: c.remaining, "MSR write count")
-            r.msrWrites.reserveCapacity(n)
-            for _ in 0..<n {
-                let index = try c.varint()
-                guard index <= UInt64(UInt32.max) else { throw c.corrupt("MSR index \(index) exceeds 32 bits") }
-                r.msrWrites.append(MSRWrite(index: UInt32(index), value: try c.varint()))
+            if refSingleBlob >= 0 {
+                if !sameStorage(r.memory, singleBlobLists[refSingleBlob]) { r.memory = singleBlobLists[refSingleBlob] }
+            } else if refMemoryList.isEmpty {
+                if !r.memory.isEmpty { r.memory = [] }
+            } else if !holdsBlobs(r.memory, refMemoryList) {
+                // Rebuilt only when it differs from what `r` already holds (a loop keeps it).
+                r.memory = refMemoryList.map { blobs[$0] }
             }
+            if !r.msrWrites.isEmpty { r.msrWrites.removeAll(keepingCapacity: true) }
+            if mask & RecordField.msrWrites != 0 {
+                let n = try c.count(max: c.remaining, "MSR write count")
+                r.msrWrites.reserveCapacity(n)
+                for _ in 0..<n {
+                    let index = try c.varint()
+                    guard index <= UInt64(UInt32.max) else { throw c.corrupt("MSR index \(index) exceeds 32 bits") }
+                    r.msrWrites.append(MSRWrite(index: UInt32(index), value: try c.varint()))
+                }
+            }
+            r.code = mask & RecordField.code != 0 ? try c.varint() : ref.code
+            if mask & RecordField.note != 0 { ref.note = try c.string() }
+            if !(r.note.isEmpty && ref.note.isEmpty) { r.note = ref.note }
+            r.accessRefused = mask & RecordField.accessRefused != 0
+            if memoSlot >= 0 { rememberTail(memoSlot, mask: mask, c.base + tailStart, length: end - tailStart, r) }
         }
-        r.code = mask & RecordField.code != 0 ? try c.varint() : ref.code
-        if mask & RecordField.note != 0 { ref.note = try c.string() }
-        if !(r.note.isEmpty && ref.note.isEmpty) { r.note = ref.note }
-        r.accessRefused = mask & RecordField.accessRefused != 0
         guard c.pos <= end else { throw c.corrupt("record longer than its item length") }
         // Higher mask bits are fields of a newer minor version: the caller skips to the item's end.
 
