@@ -359,6 +359,20 @@ final class DecodeMemo {
         return decode(r.pointee.instructionBytes, start: start, mode: mode)
     }
 
+    /// `decode(_:identity:mode:)` into `target`, which is assigned only when it changes: a hit on
+    /// the decoding `target` already holds touches no reference count.
+    @inline(__always) func decode(_ r: RecordPointer, identity: UInt, mode: DecoderMode, into target: inout DecodedInstruction?) {
+        let start = r.pointee.instructionStart
+        let i = Int(truncatingIfNeeded: (start ^ start >> 8) & 255)
+        if entries[i].used && entries[i].start == start && entries[i].mode == mode
+            && entries[i].identity == identity && !r.pointee.instructionBytes.isEmpty {
+            if target !== entries[i].decoded { target = entries[i].decoded }
+            return
+        }
+        let d = decode(r.pointee.instructionBytes, start: start, mode: mode)
+        if target !== d { target = d }
+    }
+
     func decode(_ bytes: [UInt8], start: UInt64, mode: DecoderMode) -> DecodedInstruction? {
         guard bytes.count <= 15 else { return Self.decodeNow(bytes, mode: mode) }
         let i = Int(truncatingIfNeeded: (start ^ start >> 8) & 255)
@@ -847,8 +861,11 @@ public final class Replayer: @unchecked Sendable {
         if v.reference != ref { v.reference = ref }
         let mode = CPUState.mode(cr0: state.pointee.cr0, efer: state.pointee.efer, rflags: state.pointee.rflags,
                                  csLong: state.pointee.cs.long, csDefaultBig: state.pointee.cs.defaultBig)
-        let d = noBytes ? nil : memo.decode(r, identity: bytesIdentity, mode: DecoderMode(mode))
-        if v.decoded !== d { v.decoded = d }
+        if noBytes {
+            if case .some = v.decoded { v.decoded = nil }
+        } else {
+            memo.decode(r, identity: bytesIdentity, mode: DecoderMode(mode), into: &v.decoded)
+        }
         if !v.differences.isEmpty { v.differences.removeAll(keepingCapacity: true) }
         v.address = nil
         if v.hasReproduction { v.reproduction = nil }
@@ -889,12 +906,11 @@ public final class Replayer: @unchecked Sendable {
             return
         }
         setSimple(&v, first, state: firstState, .match, records: count)
-        guard let d = v.decoded else {
+        guard let inst = v.decoded?.instruction else {
             v.kind = .unsupported
             v.note = "the bytes do not decode"
             return
         }
-        let inst = d.instruction
         if let groupMemory {
             for m in groupMemory { memory.load(m.gpa, m.bytes) }
         } else {
@@ -1335,7 +1351,8 @@ public final class Replayer: @unchecked Sendable {
             before = StatePointer(stepBefore)
         }
         setSimple(&v, r, state: before, .match, records: count)
-        guard let d = v.decoded else {
+        // The instruction, copied once out of the shared decoding for the calls below.
+        guard let inst = v.decoded?.instruction else {
             v.kind = r.pointee.instructionBytes.isEmpty ? .unlocated : .unsupported
             return
         }
@@ -1347,7 +1364,6 @@ public final class Replayer: @unchecked Sendable {
         }
         stepFollowedByEvent = next.pointee.kind == .event
         defer { stepFollowedByEvent = false }
-        let inst = d.instruction  // one copy out of the shared decoding, used by each call below
         guard executeStep(&v, r, inst: inst, laterMemory: laterMemory, before: before) else { return }
         if lastDelivered && next.pointee.kind == .step && next.pointee.state.rip != cpu.instructionPointer {
             // kvm_pvm runs the handler's first instruction without a single-step trap (as after
