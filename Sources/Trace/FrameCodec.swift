@@ -291,6 +291,8 @@ public final class FrameDecoder {
     private var cursor: ByteCursor
     private var ref: RecordReference
     private let refState = StateSlots()
+    /// `refState` unflattened, kept up to date field by field as deltas change it.
+    private var refCPUState = CPUState()
     private let scratch = StateSlots()
     private var haveKeyframe = false
     private var blobs: [GuestBytes] = []
@@ -372,6 +374,7 @@ public final class FrameDecoder {
             case TraceFormat.tagKeyframe:
                 refState.zero()
                 try StateCodec.decode(&c, old: refState.p, into: refState.p)
+                StateCodec.unflatten(refState.p, into: &refCPUState)
                 haveKeyframe = true
             case TraceFormat.tagGuestBytes:
                 let roleRaw = try c.u8()
@@ -618,8 +621,12 @@ public final class FrameDecoder {
         var handling = ref.handling
         if mask & RecordField.handling != 0 { handling = UInt64(bitPattern: unzigzag(try c.varint())) }
         r.tscEntry = r.tscExit &+ handling
-        if mask & RecordField.state != 0 { try StateCodec.decode(&c, old: refState.p, into: refState.p) }
-        StateCodec.unflatten(refState.p, into: &r.state)
+        if mask & RecordField.state != 0 {
+            let changed = try StateCodec.decode(&c, old: refState.p, into: refState.p)
+            StateCodec.unflatten(refState.p, fields: changed, into: &refCPUState)
+        }
+        // One plain copy of the reference state (unflattening all 73 slots per record cost more).
+        withUnsafeMutablePointer(to: &r.state) { $0.update(from: &refCPUState, count: 1) }
         if mask & RecordField.accessData != 0 {
             // The reference's accesses with new data (same shape).
             var list = refAccessSlot >= 0 ? recentAccesses[refAccessSlot] : refAccessList

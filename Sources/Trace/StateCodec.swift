@@ -142,9 +142,9 @@ enum StateCodec {
 
     /// Reads a delta and applies it to `old`, writing the result to `new` (which may be `old`).
     /// The field layout (`fieldStart`, `slotWidth`) is spelled out here instead of read from the
-    /// tables: this runs for nearly every record.
-    @inline(__always)
-    static func decode(_ c: inout ByteCursor, old: UnsafePointer<UInt64>, into new: UnsafeMutablePointer<UInt64>) throws {
+    /// tables: this runs for nearly every record. Returns the mask of the fields it changed.
+    @inline(__always) @discardableResult
+    static func decode(_ c: inout ByteCursor, old: UnsafePointer<UInt64>, into new: UnsafeMutablePointer<UInt64>) throws -> UInt64 {
         let mask = try c.varint()
         if UnsafePointer(new) != old { new.update(from: old, count: slotCount) }
         // Bits beyond the known fields would need a newer reader: this frame cannot be read.
@@ -173,6 +173,72 @@ enum StateCodec {
                 let i = f + 26
                 let v = undelta(try c.varint(), new[i])
                 new[i] = f == 34 ? try slot(&c, f, width: 8, v) : v
+            }
+        }
+        return mask
+    }
+
+    /// Sets the fields of `s` named by `fields` (a delta's mask) from the flattened state `p`:
+    /// `unflatten` of only what a delta changed.
+    @inline(__always)
+    static func unflatten(_ p: UnsafePointer<UInt64>, fields: UInt64, into s: inout CPUState) {
+        var m = fields
+        while m != 0 {
+            let f = m.trailingZeroBitCount
+            m &= m - 1
+            @inline(__always) func seg(_ i: Int) -> Segment {
+                Segment(selector: UInt16(truncatingIfNeeded: p[i]), base: p[i + 1],
+                        limit: UInt32(truncatingIfNeeded: p[i + 2]), attributes: UInt16(truncatingIfNeeded: p[i + 3]))
+            }
+            switch f {
+            case 0: s.rax = p[0]
+            case 1: s.rcx = p[1]
+            case 2: s.rdx = p[2]
+            case 3: s.rbx = p[3]
+            case 4: s.rsp = p[4]
+            case 5: s.rbp = p[5]
+            case 6: s.rsi = p[6]
+            case 7: s.rdi = p[7]
+            case 8: s.r8 = p[8]
+            case 9: s.r9 = p[9]
+            case 10: s.r10 = p[10]
+            case 11: s.r11 = p[11]
+            case 12: s.r12 = p[12]
+            case 13: s.r13 = p[13]
+            case 14: s.r14 = p[14]
+            case 15: s.r15 = p[15]
+            case 16: s.rip = p[16]
+            case 17: s.rflags = p[17]
+            case 18: s.es = seg(18)
+            case 19: s.cs = seg(22)
+            case 20: s.ss = seg(26)
+            case 21: s.ds = seg(30)
+            case 22: s.fs = seg(34)
+            case 23: s.gs = seg(38)
+            case 24: s.ldtr = seg(42)
+            case 25: s.tr = seg(46)
+            case 26: s.gdtr = DescriptorTable(base: p[50], limit: UInt16(truncatingIfNeeded: p[51]))
+            case 27: s.idtr = DescriptorTable(base: p[52], limit: UInt16(truncatingIfNeeded: p[53]))
+            case 28: s.cr0 = p[54]
+            case 29: s.cr2 = p[55]
+            case 30: s.cr3 = p[56]
+            case 31: s.cr4 = p[57]
+            case 32: s.cr8 = p[58]
+            case 33: s.efer = p[59]
+            case 34: s.cpl = UInt8(truncatingIfNeeded: p[60])
+            case 35: s.dr6 = p[61]
+            case 36: s.dr7 = p[62]
+            case 37: s.star = p[63]
+            case 38: s.lstar = p[64]
+            case 39: s.cstar = p[65]
+            case 40: s.sfmask = p[66]
+            case 41: s.kernelGSBase = p[67]
+            case 42: s.sysenterCS = p[68]
+            case 43: s.sysenterESP = p[69]
+            case 44: s.sysenterEIP = p[70]
+            case 45: s.pat = p[71]
+            case 46: s.xcr0 = p[72] ^ 7
+            default: break
             }
         }
     }
