@@ -937,9 +937,12 @@ public final class Replayer: @unchecked Sendable {
             Reconstruction.applyMSRs(knownMSRs, to: &exitBefore.pointee)
             before = StatePointer(exitBefore)
         }
+        // Rebuilt by the step check, which compared it with the executor: unchanged unless MSRs
+        // were applied to it.
+        let matched = rebuilt && first.pointee.visibility == .committed && knownMSRs.isEmpty
         guard run(&v, before: before, inst: inst, recorded: recorded, exitCode: first.pointee.exitCode, exitInfo1: first.pointee.exitInfo1,
                   hasAfter: last.pointee.visibility == .committed || Self.hasStateAfter(last),
-                  refused: first.pointee.exitCode == .msr && last.pointee.accessRefused) else {
+                  refused: first.pointee.exitCode == .msr && last.pointee.accessRefused, matched: matched) else {
             return
         }
         compareNextRIP(&v, recorded: last.pointee.nextRIP, emulated: cpu.instructionPointer, inst: inst)
@@ -1034,13 +1037,19 @@ public final class Replayer: @unchecked Sendable {
     /// `hasAfter`: the trace holds the state after the instruction.
     /// `refused`: the record says the VMM refused its MSR access and the guest got #GP(0).
     /// `before` is read in place (the record's state or a replayer buffer), never copied.
+    /// `matched`: `before` is the replayer's exit buffer as the step check compared it with the
+    /// executor, unchanged since (the executor then loads only what may differ).
     func run(_ v: inout Verdict, before: StatePointer, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode,
-             exitInfo1: UInt64, hasAfter: Bool, compareDevice: Bool = true, refused: Bool = false) -> Bool {
+             exitInfo1: UInt64, hasAfter: Bool, compareDevice: Bool = true, refused: Bool = false, matched: Bool = false) -> Bool {
         ports.begin(recorded)
         msrs.begin(recorded, refused: refused)
         memory.beginGroup(recorded)
         // Caches survive from record to record unless memory changed under them.
-        cpu.load(from: before, keepingCaches: !memory.changed)
+        if matched {
+            cpu.load(from: before, keepingCaches: !memory.changed, matched: true)
+        } else {
+            cpu.load(from: before, keepingCaches: !memory.changed)
+        }
         memory.changed = false
         // One event (a port access) is the common log: removeLast is cheaper than removeAll's
         // generic range replacement; both keep the capacity.

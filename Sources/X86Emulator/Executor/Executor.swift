@@ -27,8 +27,11 @@ public final class X86Executor {
     /// XCR0 (XGETBV/XSETBV), part of the state (`CPUState.xcr0`).
     public var xcr0: UInt64 {
         get { sys.xcr0 }
-        set { sys.xcr0 = newValue }
+        set { sys.xcr0 = newValue; matchedState = nil }
     }
+    /// The state `stateMatches(at:)` last found equal to this executor's, while nothing has
+    /// changed either since (see `load(from:keepingCaches:matched:)`).
+    var matchedState: UnsafeRawPointer?
     /// Instructions retired by `step`/`run`.
     public internal(set) var retired: UInt64 = 0
 
@@ -137,13 +140,15 @@ public final class X86Executor {
               seg[0] == p.pointee.es, seg[1] == p.pointee.cs, seg[2] == p.pointee.ss, seg[3] == p.pointee.ds,
               seg[4] == p.pointee.fs, seg[5] == p.pointee.gs
         else { return false }
-        return sys.ldtr == p.pointee.ldtr && sys.tr == p.pointee.tr && sys.gdtr == p.pointee.gdtr && sys.idtr == p.pointee.idtr
+        let same = sys.ldtr == p.pointee.ldtr && sys.tr == p.pointee.tr && sys.gdtr == p.pointee.gdtr && sys.idtr == p.pointee.idtr
             && sys.cr0 == p.pointee.cr0 && sys.cr2 == p.pointee.cr2 && sys.cr3 == p.pointee.cr3 && sys.cr4 == p.pointee.cr4
             && sys.cr8 == p.pointee.cr8 && sys.efer == p.pointee.efer && sys.cpl == p.pointee.cpl && sys.dr6 == p.pointee.dr6
             && sys.dr7 == p.pointee.dr7 && sys.star == p.pointee.star && sys.lstar == p.pointee.lstar && sys.cstar == p.pointee.cstar
             && sys.sfmask == p.pointee.sfmask && sys.kernelGSBase == p.pointee.kernelGSBase && sys.sysenterCS == p.pointee.sysenterCS
             && sys.sysenterESP == p.pointee.sysenterESP && sys.sysenterEIP == p.pointee.sysenterEIP && sys.pat == p.pointee.pat
             && sys.xcr0 == p.pointee.xcr0
+        if same { matchedState = UnsafeRawPointer(p) }
+        return same
     }
 
     /// RIP (`state.rip` without building the state).
@@ -158,7 +163,27 @@ public final class X86Executor {
     }
 
     /// `load` with the state read in place (no copy of it on the way in).
+    /// `matched`: the caller knows `p` holds, unchanged, the state `stateMatches(at: p)` last
+    /// compared: when that comparison found this executor equal and nothing ran since, only
+    /// RFLAGS is loaded (its undefined bits may differ); the rest already is `p`.
+    public func load(from p: UnsafePointer<CPUState>, keepingCaches: Bool, matched: Bool) {
+        if matched && matchedState == UnsafeRawPointer(p) {
+            matchedState = nil
+            rflags = p.pointee.rflags
+            singleStepPending = false
+            fetchValid = false
+            // Paging registers are equal: the caches go only if memory changed behind them.
+            if !keepingCaches {
+                tlb.flushAll()
+                cache.flushAll()
+            }
+            return
+        }
+        load(from: p, keepingCaches: keepingCaches)
+    }
+
     public func load(from p: UnsafePointer<CPUState>, keepingCaches: Bool) {
+        matchedState = nil
         let samePaging = sys.cr0 == p.pointee.cr0 && sys.cr3 == p.pointee.cr3 && sys.cr4 == p.pointee.cr4 && sys.efer == p.pointee.efer
         // One copy of the plain-data state into `sys` (an assignment made two: via a temporary).
         withUnsafeMutablePointer(to: &sys) { UnsafeMutableRawPointer($0).copyMemory(from: p, byteCount: MemoryLayout<CPUState>.size) }
@@ -223,6 +248,7 @@ public final class X86Executor {
 
     /// Executes one instruction.
     public func step() -> StepResult {
+        matchedState = nil
         insnStart = rip
         singleStepTrapped = false
         let trapFlag = flagsRest & RFLAGS.tf != 0
@@ -269,6 +295,7 @@ public final class X86Executor {
 
     /// Runs until `count` instructions retired or something other than `.ok` happens.
     public func run(count: Int) -> (executed: Int, last: StepResult) {
+        matchedState = nil
         var n = 0
         while n < count {
             n += runFast(count - n)

@@ -55,6 +55,7 @@ extension X86Executor {
 
     /// Delivers an external interrupt (the caller decides it is deliverable: IF, shadow).
     public func injectInterrupt(_ vector: UInt8) -> StepResult {
+        matchedState = nil
         insnStart = rip
         taskSwitched = false
         let snap = snapshot()
