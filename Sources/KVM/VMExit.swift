@@ -181,6 +181,7 @@ public enum VMExit: Equatable, Sendable {
     /// KVM_EXIT_IO's number, for code that knows the exit is `.io` (no switch, no copy).
     public static let ioReason = UInt32(KVM_EXIT_IO)
 
+    @inline(__always)
     public var reason: UInt32 {
         switch self {
         case .io: return UInt32(KVM_EXIT_IO)

@@ -299,6 +299,18 @@ public final class Recorder: ExitObserver, @unchecked Sendable {
         pipeline.push(.flush, vcpu: vcpu)
     }
 
+    /// The VMM's short form of a port exit (no ObservedExit built): a loop's exit like its last
+    /// one is recorded here; anything else returns false and comes back as `exitHandled`.
+    public func portIOExitHandled(vcpu: Int, registers: SyncedRegistersView, io: IOExitInfo, data: UnsafeRawBufferPointer,
+                                  tscAtExit: UInt64, tscAtReentry: UInt64) -> Bool {
+        guard fastPortIO, vcpu >= 0, vcpu < laneReferences.count, io.count == 1, io.size <= 8,
+              data.count == Int(io.size) else { return false }
+        return laneReferences[vcpu]._withUnsafeGuaranteedRef {
+            $0.pushRepeatedPortIO(registers, port: io.port, size: io.size, isIn: io.direction == .in, data: data,
+                                  tscExit: tscAtExit, tscEntry: tscAtReentry)
+        }
+    }
+
     public func exitHandled(_ exit: borrowing ObservedExit) {
         guard exit.vcpu >= 0, exit.vcpu < lanes.count else { return }
         // A loop's port exit like its last one: done with the lane borrowed from `laneReferences`

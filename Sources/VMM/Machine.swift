@@ -583,7 +583,15 @@ public final class Machine: @unchecked Sendable {
             }
 
             // `observer != nil` and `observer?.`: binding it with `if let` retained it at every exit.
-            if observer != nil {
+            observe: if observer != nil {
+                // A plain port I/O exit goes to the observer's short form first (no ObservedExit built).
+                if lazyState, let e = ioExit, e.count == 1, outcome.marker == nil, resumes,
+                   let p = data.bytes(at: e.dataOffset, length: Int(e.size)),
+                   observer?.portIOExitHandled(vcpu: index, registers: vcpu.syncedRegisters, io: e,
+                                               data: UnsafeRawBufferPointer(start: p, count: Int(e.size)),
+                                               tscAtExit: tscExit, tscAtReentry: ckvm_rdtsc()) == true {
+                    break observe
+                }
                 if lazyState {
                     stateLoaded.pointee = false
                 } else {

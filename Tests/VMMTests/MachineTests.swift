@@ -299,6 +299,47 @@ final class MachineTests: XCTestCase {
         XCTAssertTrue(seen.allSatisfy { $0.events != nil && $0.events?.exceptionInjected == false }, "events were asked for")
     }
 
+    /// Takes the short form of port exits to 0x3F8 and declines the others.
+    final class ShortForm: ExitObserver, @unchecked Sendable {
+        struct Offer: Equatable { var port: UInt16; var isIn: Bool; var data: [UInt8]; var rip: UInt64; var tscOrdered: Bool }
+        let offers = Mutex<[Offer]>([])
+        let handled = Mutex<[UInt16]>([])
+        func portIOExitHandled(vcpu: Int, registers: SyncedRegistersView, io: IOExitInfo, data: UnsafeRawBufferPointer,
+                               tscAtExit: UInt64, tscAtReentry: UInt64) -> Bool {
+            offers.withLock { $0.append(Offer(port: io.port, isIn: io.direction == .in, data: Array(data), rip: registers.rip,
+                                              tscOrdered: tscAtExit <= tscAtReentry)) }
+            return io.port == 0x3F8
+        }
+        func exitHandled(_ e: borrowing ObservedExit) {
+            if let io = e.io { handled.withLock { $0.append(io.port) } }
+        }
+    }
+
+    func testPortExitsAreOfferedInShortFormAndATakenOneIsNotObservedAgain() throws {
+        // mov dx,0x502; mov al,9; out dx,al (marker); mov dx,0x3fd; in al,dx; mov dx,0x3f8;
+        // mov al,'H'; out dx,al; mov al,'i'; out dx,al; mov dx,0x501; out dx,al (exit status 'i')
+        let code: [UInt8] = [0xBA, 0x02, 0x05, 0xB0, 0x09, 0xEE, 0xBA, 0xFD, 0x03, 0xEC, 0xBA, 0xF8, 0x03,
+                             0xB0, 0x48, 0xEE, 0xB0, 0x69, 0xEE, 0xBA, 0x01, 0x05, 0xEE]
+        let obs = ShortForm()
+        let (s, text) = try run(code, mode: .real, at: 0x1000, observer: obs)
+        XCTAssertEqual(s.exitStatus, 0x69)
+        XCTAssertEqual(text, "Hi")
+        // Not offered: the marker write (the observer gets `marker` first) and the exit-port write
+        // (the run ends there). The IN comes with the device's answer, RIP on the IN (pending).
+        XCTAssertEqual(obs.offers.withLock { $0 }, [
+            .init(port: 0x3FD, isIn: true, data: [0x60], rip: 0x1009, tscOrdered: true),
+            .init(port: 0x3F8, isIn: false, data: [0x48], rip: 0x1010, tscOrdered: true),
+            .init(port: 0x3F8, isIn: false, data: [0x69], rip: 0x1013, tscOrdered: true)])
+        XCTAssertEqual(obs.handled.withLock { $0 }, [0x502, 0x3FD, 0x501], "a declined offer comes back as exitHandled")
+
+        // With fidelity full the observer needs the state after each exit: nothing is offered.
+        let full = ShortForm()
+        let (f, _) = try run(code, mode: .real, at: 0x1000, observer: full, options: ObserverOptions(fidelity: .full))
+        XCTAssertEqual(f.exitStatus, 0x69)
+        XCTAssertEqual(full.offers.withLock { $0 }, [])
+        XCTAssertEqual(full.handled.withLock { $0 }, [0x502, 0x3FD, 0x3F8, 0x3F8, 0x501])
+    }
+
     /// MMIO on this host: a write is shown committed (RIP past it), a read pending (RIP on it).
     func testMMIOWriteCommittedReadPending() throws {
         // mov eax,0x77; mov [0xD0000020],eax; mov ebx,[0xD0000020]; mov dx,0x501; mov al,bl; out dx,al
