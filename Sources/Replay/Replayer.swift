@@ -1041,9 +1041,16 @@ public final class Replayer: @unchecked Sendable {
     /// executor, unchanged since (the executor then loads only what may differ).
     func run(_ v: inout Verdict, before: StatePointer, inst: Instruction, recorded: [DeviceAccess], exitCode: SVMExitCode,
              exitInfo1: UInt64, hasAfter: Bool, compareDevice: Bool = true, refused: Bool = false, matched: Bool = false) -> Bool {
-        ports.begin(recorded)
-        msrs.begin(recorded, refused: refused)
-        memory.beginGroup(recorded)
+        if recorded.isEmpty || (recorded.count == 1 && recorded[0].space == .port && recorded[0].isWrite) {
+            // Nothing to answer (a step, an OUT): only last record's answers to drop.
+            ports.begin([])
+            msrs.begin([], refused: refused)
+            memory.beginGroup([])
+        } else {
+            ports.begin(recorded)
+            msrs.begin(recorded, refused: refused)
+            memory.beginGroup(recorded)
+        }
         // Caches survive from record to record unless memory changed under them.
         if matched {
             cpu.load(from: before, keepingCaches: !memory.changed, matched: true)
@@ -1215,7 +1222,15 @@ public final class Replayer: @unchecked Sendable {
         // The common case, one port item each way (IN, OUT): compared without building the lists.
         if recorded.count == 1, recorded[0].space == .port, recorded[0].count == 1, cpu.accessLog.count == 1,
            case .port(let e) = cpu.accessLog[0], memory.emulatedMMIO.isEmpty {
-            comparePort(&v, Self.portItem(recorded[0], 0), e, tag: "port.")
+            let r = Self.portItem(recorded[0], 0)
+            // Equal in every compared field (the usual case): nothing to record.
+            if r.port == e.port && r.size == e.size && r.isWrite == e.isWrite && r.value == e.value {
+                guard exitCode == .ioio else { return }
+                let info = IOIOInfo(exitInfo1: exitInfo1)
+                if info.isString == e.string && info.isRep == e.rep && info.isIn != e.isWrite && info.port == e.port
+                    && info.size == e.size { return }
+            }
+            comparePort(&v, r, e, tag: "port.")
             if exitCode == .ioio { compareIOIO(&v, exitInfo1: exitInfo1, e) }
             return
         }

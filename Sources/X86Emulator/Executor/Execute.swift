@@ -8,7 +8,16 @@ extension X86Executor {
     /// Fetches, decodes and executes one instruction; exceptions are returned, not delivered.
     func executeOne() -> StepResult {
         do {
-            let insn = try fetchDecode()
+            // A decoded-cache hit is copied once, here (returned through `fetchDecode` it was
+            // copied twice, 166 bytes each time).
+            let at = try fetchAddress()
+            let ci = DecodeCache.index(at.pa)
+            let insn: Instruction
+            if cache.tag[ci] == cache.key(at.pa, at.mode.rawValue) {
+                insn = cache.insn[ci]
+            } else {
+                insn = try fetchDecode(at)
+            }
             nextRIP = advanceIP(rip, Int(insn.length))
             outcome = .ok
             taskSwitched = false
@@ -70,13 +79,26 @@ extension X86Executor {
     /// instruction does not need (the next page, beyond the CS limit) is raised only if the
     /// decoder needs those bytes.
     func fetchDecode() throws(Stop) -> Instruction {
-        var buf: (UInt64, UInt64) = (0, 0)
-        let dmode = DecoderMode(mode)
-        let lin = try linearFetch(rip, 1)
-        let kind = AccessKind.fetch | userKind(false)
-        let pa = try translate(lin, kind)
+        let at = try fetchAddress()
         // Decoded-instruction cache, keyed by physical address and decoding mode.
-        if let hit = cache.lookup(pa, dmode.rawValue) { return hit }
+        if let hit = cache.lookup(at.pa, at.mode.rawValue) { return hit }
+        return try fetchDecode(at)
+    }
+
+    /// Where the instruction at CS:RIP starts (linear and physical) and its decoding mode.
+    @inline(__always) func fetchAddress() throws(Stop) -> (lin: UInt64, pa: UInt64, mode: DecoderMode) {
+        let lin = try linearFetch(rip, 1)
+        let pa = try translate(lin, AccessKind.fetch | userKind(false))
+        return (lin, pa, DecoderMode(mode))
+    }
+
+    /// `fetchDecode` past the decoded-instruction cache.
+    func fetchDecode(_ at: (lin: UInt64, pa: UInt64, mode: DecoderMode)) throws(Stop) -> Instruction {
+        var buf: (UInt64, UInt64) = (0, 0)
+        let dmode = at.mode
+        let lin = at.lin
+        let kind = AccessKind.fetch | userKind(false)
+        let pa = at.pa
         var avail = 15
         if mode != .long64 {
             let room = UInt64(seg[SR.cs].limit) &- rip &+ 1
