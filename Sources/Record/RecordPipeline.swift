@@ -232,12 +232,17 @@ final class RecordPipeline: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private let doorbell = Doorbell()
 
-    init(writer: TraceWriter, vcpus: Int, capacity: Int) {
+    /// `nice`: this thread's nice value (RecorderOptions.backgroundNice; 0 leaves it).
+    init(writer: TraceWriter, vcpus: Int, capacity: Int, nice: Int32 = 0) {
         self.writer = writer
         let doorbell = self.doorbell
         producers = (0..<max(1, vcpus)).map { _ in Producer(capacity: capacity, doorbell: doorbell) }
         mirrors = (0..<max(1, vcpus)).map { _ in LaneMirror() }
-        let thread = Thread { [self] in self.drainLoop() }
+        let thread = Thread { [self] in
+            // who = 0: on Linux the calling thread only. A refusal leaves the thread as it was.
+            if nice != 0 { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, nice) }
+            self.drainLoop()
+        }
         thread.name = "exitscope-records"
         thread.start()
     }

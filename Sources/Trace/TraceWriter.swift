@@ -18,6 +18,9 @@ public struct TraceWriterSettings: Sendable {
     /// Assign `seq`, `vcpuSeq` (and `group` of first fragments) in the writer. Off only for
     /// tools that copy records whose numbers are already final (they must increase per vCPU).
     public var assignSequenceNumbers: Bool
+    /// The compressor thread's nice value (0: as its process). A recorder raises it so that the
+    /// thread, ready at the same moments as the recorder's encoder, does not take a vCPU's CPU.
+    public var compressorNice: Int32 = 0
 
     public init(maxRecordsPerFrame: Int = 16384, maxFrameBytes: Int = 1 << 20, compressionLevel: Int32 = 6,
                 queueDepth: Int = 8, assignSequenceNumbers: Bool = true) {
@@ -100,7 +103,8 @@ public final class TraceWriter: @unchecked Sendable {
         s.u32(CRC32C.checksum(json))
         s.append(json)
         do { try file.write(s.bytes) } catch { file.close(); throw error }
-        pipeline = FramePipeline(file: file, level: settings.compressionLevel, depth: settings.queueDepth)
+        pipeline = FramePipeline(file: file, level: settings.compressionLevel, depth: settings.queueDepth,
+                                 nice: settings.compressorNice)
     }
 
     deinit {
@@ -302,12 +306,16 @@ final class FramePipeline: @unchecked Sendable {
     private(set) var offset: UInt64
     private var stats = TraceWriterStatistics()
 
-    init(file: OutputFile, level: Int32, depth: Int) {
+    init(file: OutputFile, level: Int32, depth: Int, nice: Int32 = 0) {
         self.file = file
         self.level = level
         self.depth = depth
         offset = UInt64(lseek(file.fd, 0, SEEK_CUR))
-        let t = Thread { [unowned self] in self.run() }
+        let t = Thread { [unowned self] in
+            // who = 0: on Linux the calling thread only. A refusal leaves the thread as it was.
+            if nice != 0 { _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, nice) }
+            self.run()
+        }
         t.name = "trace-compressor"
         t.start()
     }
