@@ -765,9 +765,10 @@ public final class FrameDecoder {
             if mask & RecordField.note != 0 { ref.note = try c.string() }
             if !(r.note.isEmpty && ref.note.isEmpty) { r.note = ref.note }
             r.accessRefused = mask & RecordField.accessRefused != 0
-            if memoSlot >= 0 { rememberTail(memoSlot, mask: mask, c.base + tailStart, length: end - tailStart, r) }
         }
         guard c.pos <= end else { throw c.corrupt("record longer than its item length") }
+        // Remembered only once it decoded within its item: a tail that ran past it stays an error.
+        if memoSlot >= 0 && !hit { rememberTail(memoSlot, mask: mask, c.base + tailStart, length: end - tailStart, r) }
         // Higher mask bits are fields of a newer minor version: the caller skips to the item's end.
 
         ref.seq = r.seq
