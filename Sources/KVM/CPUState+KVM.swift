@@ -72,12 +72,25 @@ extension CPUState {
     /// do not hold (MSRs, XCR0, debug registers) keep their values.
     @inline(__always)
     public mutating func update(regs r: UnsafePointer<kvm_regs>, sregs s: UnsafePointer<kvm_sregs>) {
+        updateGeneralRegisters(r)
+        update(sregs: s)
+    }
+
+    /// Only kvm_regs, for a state whose system part already came from the same kvm_sregs: the
+    /// result equals `update(regs:sregs:)` (CPL, which depends on RFLAGS.VM, is derived again).
+    @inline(__always)
+    public mutating func update(regsOnly r: UnsafePointer<kvm_regs>) {
+        updateGeneralRegisters(r)
+        cpl = CPUState.cpl(cr0: cr0, rflags: rflags, ssDPL: ss.dpl)
+    }
+
+    @inline(__always)
+    mutating func updateGeneralRegisters(_ r: UnsafePointer<kvm_regs>) {
         rax = r.pointee.rax; rcx = r.pointee.rcx; rdx = r.pointee.rdx; rbx = r.pointee.rbx
         rsp = r.pointee.rsp; rbp = r.pointee.rbp; rsi = r.pointee.rsi; rdi = r.pointee.rdi
         r8 = r.pointee.r8; r9 = r.pointee.r9; r10 = r.pointee.r10; r11 = r.pointee.r11
         r12 = r.pointee.r12; r13 = r.pointee.r13; r14 = r.pointee.r14; r15 = r.pointee.r15
         rip = r.pointee.rip; rflags = r.pointee.rflags
-        update(sregs: s)
     }
 
     public var kvmRegs: kvm_regs {
@@ -121,6 +134,14 @@ public struct SyncedRegisters: Sendable {
     public static func load(_ p: UnsafePointer<SyncedRegisters>, into state: inout CPUState) {
         guard let r = p.pointer(to: \.regs), let s = p.pointer(to: \.sregs) else { state = p.pointee.state; return }
         SyncedRegistersView(regs: r, sregs: s).load(into: &state)
+    }
+
+    /// Only the kvm_regs at `p` into a state that `load` last filled from equal kvm_sregs (the
+    /// same result as `load`; `p`'s sregs are not read).
+    @inline(__always)
+    public static func loadRegs(_ p: UnsafePointer<SyncedRegisters>, into state: inout CPUState) {
+        guard let r = p.pointer(to: \.regs) else { withUnsafePointer(to: p.pointee.regs) { state.update(regsOnly: $0) }; return }
+        state.update(regsOnly: r)
     }
 }
 

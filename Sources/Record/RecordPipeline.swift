@@ -113,6 +113,9 @@ final class RecordPipeline: @unchecked Sendable {
         var size: UInt8
         var isIn: Bool
         var slot: UInt8
+        /// kvm_sregs equal the previous `portIO` item's of this ring: only kvm_regs were copied
+        /// into the side buffer, and the state's system part stays as that item left it.
+        var sregsUnchanged = false
     }
 
     /// How long the consumer sleeps when the rings are empty: at this host's ~8 µs per exit a ring
@@ -169,16 +172,29 @@ final class RecordPipeline: @unchecked Sendable {
         /// A push that leaves this many items waiting wakes the consumer (three quarters of the ring:
         /// normally the consumer's own period drains it first, so the vCPU thread makes no system call).
         let wakeAt: Int
+        /// `sregs`: the kvm_sregs of the last `portIO` item (producer side only): a loop's exits rarely change
+        /// them, and an exit whose sregs are equal copies only its 144 bytes of kvm_regs (the 312
+        /// bytes of sregs were five more cache lines per exit for the vCPU thread to write and the
+        /// pipeline's to read, and the pipeline converts only the general registers).
+        let last: UnsafeMutablePointer<SyncedRegisters>
+        var haveLastSregs = false
+        let sregsOffset = MemoryLayout<SyncedRegisters>.offset(of: \.sregs)!
+        let sregsBytes = MemoryLayout<SyncedRegisters>.size - MemoryLayout<SyncedRegisters>.offset(of: \.sregs)!
 
         init(capacity: Int, doorbell: Doorbell) {
             ring = SPSCRing(capacity: capacity)
             states = .allocate(capacity: ring.capacity)
             states.initialize(repeating: SyncedRegisters(), count: ring.capacity)
+            last = .allocate(capacity: 1)
+            last.initialize(to: SyncedRegisters())
             self.doorbell = doorbell
             wakeAt = max(1, capacity * 3 / 4)
         }
 
-        deinit { states.deinitialize(count: ring.capacity); states.deallocate() }
+        deinit {
+            states.deinitialize(count: ring.capacity); states.deallocate()
+            last.deinitialize(count: 1); last.deallocate()
+        }
 
         /// From the vCPU's thread only.
         func push(_ item: consuming Item) {
@@ -192,9 +208,17 @@ final class RecordPipeline: @unchecked Sendable {
         func pushPortIO(registers: SyncedRegistersView, tscExit: UInt64, tscEntry: UInt64, data: UInt64,
                         kvmExitReason: UInt32, port: UInt16, size: UInt8, isIn: Bool, slot: UInt8) {
             waitForRoom()
-            registers.copy(to: states + ring.nextSlot)
+            let slotRegisters = states + ring.nextSlot
+            let unchanged = haveLastSregs && memcmp(UnsafeRawPointer(last) + sregsOffset,
+                                                    registers.sregs, sregsBytes) == 0
+            slotRegisters.pointee.regs = registers.regs.pointee
+            if !unchanged {
+                slotRegisters.pointee.sregs = registers.sregs.pointee
+                last.pointee.sregs = registers.sregs.pointee
+                haveLastSregs = true
+            }
             ring.push(.portIO(PortIOExit(tscExit: tscExit, tscEntry: tscEntry, data: data, kvmExitReason: kvmExitReason,
-                                         port: port, size: size, isIn: isIn, slot: slot)))
+                                         port: port, size: size, isIn: isIn, slot: slot, sregsUnchanged: unchanged)))
             if ring.holds(atLeast: wakeAt) { doorbell.wakeConsumer() }
         }
 
@@ -299,7 +323,11 @@ final class RecordPipeline: @unchecked Sendable {
                     guard Int(e.slot) < m.located.count else { return }
                     // The state the VMM would have lent (its loadSyncedState into a state that holds
                     // nothing else, as lastPortIOState: only portIO items write it).
-                    SyncedRegisters.load(stateSlots + slot, into: &m.lastPortIOState)
+                    if e.sregsUnchanged {
+                        SyncedRegisters.loadRegs(stateSlots + slot, into: &m.lastPortIOState)
+                    } else {
+                        SyncedRegisters.load(stateSlots + slot, into: &m.lastPortIOState)
+                    }
                     let key = PortIOKey(slot: e.slot, port: e.port, size: e.size, isIn: e.isIn, data: e.data,
                                         kvmExitReason: e.kvmExitReason)
                     let r = m.portIORecord

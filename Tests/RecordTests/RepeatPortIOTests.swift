@@ -108,3 +108,37 @@ final class RepeatPortIOTests: XCTestCase {
         }
     }
 }
+
+/// The pipeline converts only kvm_regs when an exit's kvm_sregs equal the previous one's
+/// (RecordPipeline.Producer.pushPortIO): that must give the state a full conversion gives.
+final class RegistersOnlyLoadTests: XCTestCase {
+    func testRegistersOnlyLoadEqualsTheFullLoadForEqualSregs() {
+        var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> UInt64 { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng }
+        let modes: [CPUMode] = [.real, .virtual8086, .protected16, .protected32, .compat16, .compat32, .long64]
+        for mode in modes {
+            for dpl: UInt16 in [0, 3] {
+                var first = CPUState.flat(mode)
+                first.ss.attributes = first.ss.attributes & ~(3 << 5) | dpl << 5
+                var k = SyncedRegisters()
+                k.regs = first.kvmRegs
+                k.sregs = first.kvmSregs()
+                var incremental = CPUState()
+                SyncedRegisters.load(&k, into: &incremental)
+                for i in 0..<200 {
+                    // New general registers and RFLAGS (VM flipping too: it moves CPL), same sregs.
+                    k.regs.rax = next(); k.regs.rcx = next(); k.regs.rdx = next(); k.regs.rbx = next()
+                    k.regs.rsp = next(); k.regs.rbp = next(); k.regs.rsi = next(); k.regs.rdi = next()
+                    k.regs.r8 = next(); k.regs.r9 = next(); k.regs.r10 = next(); k.regs.r11 = next()
+                    k.regs.r12 = next(); k.regs.r13 = next(); k.regs.r14 = next(); k.regs.r15 = next()
+                    k.regs.rip = next(); k.regs.rflags = next() & 0x3F_7FD7 | 2
+                    SyncedRegisters.loadRegs(&k, into: &incremental)
+                    var full = CPUState()
+                    SyncedRegisters.load(&k, into: &full)
+                    XCTAssertEqual(incremental, full, "\(mode), SS.DPL \(dpl), step \(i)")
+                    XCTAssertEqual(incremental.cpl, k.state.cpl, "\(mode), SS.DPL \(dpl), step \(i)")
+                }
+            }
+        }
+    }
+}
