@@ -181,12 +181,24 @@ final class RecordPipeline: @unchecked Sendable {
         let sregsOffset = MemoryLayout<SyncedRegisters>.offset(of: \.sregs)!
         let sregsBytes = MemoryLayout<SyncedRegisters>.size - MemoryLayout<SyncedRegisters>.offset(of: \.sregs)!
 
+        /// Port exits staged on the vCPU thread before they go into the ring (`stageLimit` at a
+        /// time, in order): a ring slot's lines were last read on the pipeline's core, and writing
+        /// them costs the vCPU thread their ownership. Staged in private memory and published
+        /// together, the exits' ring writes overlap instead of each exit waiting for its own.
+        static let stageLimit = 16
+        let stagedItems: UnsafeMutablePointer<PortIOExit>
+        let stagedRegisters: UnsafeMutablePointer<SyncedRegisters>
+        var staged = 0
+
         init(capacity: Int, doorbell: Doorbell) {
             ring = SPSCRing(capacity: capacity)
             states = .allocate(capacity: ring.capacity)
             states.initialize(repeating: SyncedRegisters(), count: ring.capacity)
             last = .allocate(capacity: 1)
             last.initialize(to: SyncedRegisters())
+            stagedItems = .allocate(capacity: Self.stageLimit)
+            stagedRegisters = .allocate(capacity: Self.stageLimit)
+            stagedRegisters.initialize(repeating: SyncedRegisters(), count: Self.stageLimit)
             self.doorbell = doorbell
             wakeAt = max(1, capacity * 3 / 4)
         }
@@ -194,31 +206,51 @@ final class RecordPipeline: @unchecked Sendable {
         deinit {
             states.deinitialize(count: ring.capacity); states.deallocate()
             last.deinitialize(count: 1); last.deallocate()
+            stagedItems.deallocate()
+            stagedRegisters.deinitialize(count: Self.stageLimit); stagedRegisters.deallocate()
         }
 
-        /// From the vCPU's thread only.
+        /// From the vCPU's thread only. Staged port exits go first: the ring keeps the vCPU's order.
         func push(_ item: consuming Item) {
+            if staged > 0 { publishStaged() }
             waitForRoom()
             ring.push(item)
             if ring.holds(atLeast: wakeAt) { doorbell.wakeConsumer() }
         }
 
-        /// A `portIO` item, built in its ring slot (KVM's registers are copied once, from kvm_run).
+        /// A `portIO` item: KVM's registers are copied once from kvm_run into the staging area
+        /// (only kvm_regs when kvm_sregs equal the previous item's), then into the ring with the
+        /// other staged exits.
         @inline(__always)
         func pushPortIO(registers: SyncedRegistersView, tscExit: UInt64, tscEntry: UInt64, data: UInt64,
                         kvmExitReason: UInt32, port: UInt16, size: UInt8, isIn: Bool, slot: UInt8) {
-            waitForRoom()
-            let slotRegisters = states + ring.nextSlot
+            let stagedRegs = stagedRegisters + staged
             let unchanged = haveLastSregs && memcmp(UnsafeRawPointer(last) + sregsOffset,
                                                     registers.sregs, sregsBytes) == 0
-            slotRegisters.pointee.regs = registers.regs.pointee
+            stagedRegs.pointee.regs = registers.regs.pointee
             if !unchanged {
-                slotRegisters.pointee.sregs = registers.sregs.pointee
+                stagedRegs.pointee.sregs = registers.sregs.pointee
                 last.pointee.sregs = registers.sregs.pointee
                 haveLastSregs = true
             }
-            ring.push(.portIO(PortIOExit(tscExit: tscExit, tscEntry: tscEntry, data: data, kvmExitReason: kvmExitReason,
-                                         port: port, size: size, isIn: isIn, slot: slot, sregsUnchanged: unchanged)))
+            (stagedItems + staged).initialize(to: PortIOExit(tscExit: tscExit, tscEntry: tscEntry, data: data,
+                                                             kvmExitReason: kvmExitReason, port: port, size: size,
+                                                             isIn: isIn, slot: slot, sregsUnchanged: unchanged))
+            staged += 1
+            if staged >= Self.stageLimit { publishStaged() }
+        }
+
+        /// The staged port exits into the ring, in order.
+        func publishStaged() {
+            for i in 0..<staged {
+                waitForRoom()
+                let e = stagedItems[i]
+                let slotRegisters = states + ring.nextSlot
+                slotRegisters.pointee.regs = stagedRegisters[i].regs
+                if !e.sregsUnchanged { slotRegisters.pointee.sregs = stagedRegisters[i].sregs }
+                ring.push(.portIO(e))
+            }
+            staged = 0
             if ring.holds(atLeast: wakeAt) { doorbell.wakeConsumer() }
         }
 

@@ -59,6 +59,27 @@ final class RecordSampleTests: XCTestCase {
         XCTAssertTrue(kinds.isSuperset(of: [.exit, .event]))
     }
 
+    /// The port loop's exits are staged on the vCPU thread and reach the ring in groups
+    /// (RecordPipeline.Producer.stageLimit): every exit is there, in order, each with its own
+    /// RCX, and the stop event that follows them carries the last exit's state.
+    func testIOLoopTraceHoldsEveryExitInOrderAndTheStopEventFollowsTheLast() throws {
+        let (reader, summary, recording) = try record("io-loop-1000")
+        XCTAssertEqual(summary.exitStatus, 0)
+        var exits: [TraceRecord] = []
+        var stop: TraceRecord? = nil
+        try reader.forEachRecord { r in
+            if r.kind == .exit { exits.append(r) }
+            if r.kind == .event && r.code == EventCode.vcpuStopped { stop = r }
+        }
+        XCTAssertEqual(UInt64(exits.count), recording.exits)
+        XCTAssertEqual(exits.map(\.vcpuSeq), exits.indices.map { exits[0].vcpuSeq + UInt64($0) })
+        // The loop's OUTs: ECX counts down by one from 1000 (the OUT comes before the DEC).
+        let loop = exits.filter { $0.accesses.first?.address == 0x3FF }
+        XCTAssertEqual(loop.count, 1000)
+        XCTAssertEqual(loop.map { $0.state.rcx & 0xFFFF_FFFF }, (1...1000).reversed().map { UInt64($0) })
+        XCTAssertEqual(stop?.state, exits.last?.state)
+    }
+
     func testHelloRealTraceHoldsEveryExitWithItsInstruction() throws {
         let (reader, summary, recording) = try record("hello-real")
         XCTAssertEqual(summary.exitStatus, 0)
