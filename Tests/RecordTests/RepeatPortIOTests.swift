@@ -86,25 +86,33 @@ final class RepeatPortIOTests: XCTestCase {
     /// The check's mode and CPL come from KVM's registers, the record's from the state built from
     /// them: they must agree in every mode, or a loop would repeat under a wrong key.
     func testModeAndCPLFromKVMsRegistersAgreeWithTheState() {
-        let modes: [CPUMode] = [.real, .virtual8086, .protected16, .protected32, .compat16, .compat32, .long64]
-        for mode in modes {
-            for dpl: UInt16 in [0, 3] {
-                var s = CPUState.flat(mode)
-                s.ss.attributes = s.ss.attributes & ~(3 << 5) | dpl << 5
-                var k = SyncedRegisters()
-                k.regs = s.kvmRegs
-                k.sregs = s.kvmSregs()
-                let state = k.state
-                let (viewMode, viewCPL) = withUnsafePointer(to: k.regs) { regs in
-                    withUnsafePointer(to: k.sregs) { sregs in
-                        let v = SyncedRegistersView(regs: regs, sregs: sregs)
-                        return (v.mode, v.cpl)
-                    }
+        forEachModeAndStackDPL { mode, dpl, k in
+            let state = k.state
+            let (viewMode, viewCPL) = withUnsafePointer(to: k.regs) { regs in
+                withUnsafePointer(to: k.sregs) { sregs in
+                    let v = SyncedRegistersView(regs: regs, sregs: sregs)
+                    return (v.mode, v.cpl)
                 }
-                XCTAssertEqual(viewMode, state.mode, "\(mode), SS.DPL \(dpl)")
-                XCTAssertEqual(viewMode, mode, "\(mode), SS.DPL \(dpl)")
-                XCTAssertEqual(viewCPL, state.cpl, "\(mode), SS.DPL \(dpl)")
             }
+            XCTAssertEqual(viewMode, state.mode, "\(mode), SS.DPL \(dpl)")
+            XCTAssertEqual(viewMode, mode, "\(mode), SS.DPL \(dpl)")
+            XCTAssertEqual(viewCPL, state.cpl, "\(mode), SS.DPL \(dpl)")
+        }
+    }
+}
+
+/// Calls `body` with KVM's registers of a flat state in every mode, with SS.DPL 0 and 3 (the
+/// DPL that gives CPL outside real and virtual-8086 mode).
+private func forEachModeAndStackDPL(_ body: (CPUMode, UInt16, inout SyncedRegisters) -> Void) {
+    let modes: [CPUMode] = [.real, .virtual8086, .protected16, .protected32, .compat16, .compat32, .long64]
+    for mode in modes {
+        for dpl: UInt16 in [0, 3] {
+            var s = CPUState.flat(mode)
+            s.ss.attributes = s.ss.attributes & ~(3 << 5) | dpl << 5
+            var k = SyncedRegisters()
+            k.regs = s.kvmRegs
+            k.sregs = s.kvmSregs()
+            body(mode, dpl, &k)
         }
     }
 }
@@ -115,29 +123,21 @@ final class RegistersOnlyLoadTests: XCTestCase {
     func testRegistersOnlyLoadEqualsTheFullLoadForEqualSregs() {
         var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
         func next() -> UInt64 { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng }
-        let modes: [CPUMode] = [.real, .virtual8086, .protected16, .protected32, .compat16, .compat32, .long64]
-        for mode in modes {
-            for dpl: UInt16 in [0, 3] {
-                var first = CPUState.flat(mode)
-                first.ss.attributes = first.ss.attributes & ~(3 << 5) | dpl << 5
-                var k = SyncedRegisters()
-                k.regs = first.kvmRegs
-                k.sregs = first.kvmSregs()
-                var incremental = CPUState()
-                SyncedRegisters.load(&k, into: &incremental)
-                for i in 0..<200 {
-                    // New general registers and RFLAGS (VM flipping too: it moves CPL), same sregs.
-                    k.regs.rax = next(); k.regs.rcx = next(); k.regs.rdx = next(); k.regs.rbx = next()
-                    k.regs.rsp = next(); k.regs.rbp = next(); k.regs.rsi = next(); k.regs.rdi = next()
-                    k.regs.r8 = next(); k.regs.r9 = next(); k.regs.r10 = next(); k.regs.r11 = next()
-                    k.regs.r12 = next(); k.regs.r13 = next(); k.regs.r14 = next(); k.regs.r15 = next()
-                    k.regs.rip = next(); k.regs.rflags = next() & 0x3F_7FD7 | 2
-                    SyncedRegisters.loadRegs(&k, into: &incremental)
-                    var full = CPUState()
-                    SyncedRegisters.load(&k, into: &full)
-                    XCTAssertEqual(incremental, full, "\(mode), SS.DPL \(dpl), step \(i)")
-                    XCTAssertEqual(incremental.cpl, k.state.cpl, "\(mode), SS.DPL \(dpl), step \(i)")
-                }
+        forEachModeAndStackDPL { mode, dpl, k in
+            var incremental = CPUState()
+            SyncedRegisters.load(&k, into: &incremental)
+            for i in 0..<200 {
+                // New general registers and RFLAGS (VM flipping too: it moves CPL), same sregs.
+                k.regs.rax = next(); k.regs.rcx = next(); k.regs.rdx = next(); k.regs.rbx = next()
+                k.regs.rsp = next(); k.regs.rbp = next(); k.regs.rsi = next(); k.regs.rdi = next()
+                k.regs.r8 = next(); k.regs.r9 = next(); k.regs.r10 = next(); k.regs.r11 = next()
+                k.regs.r12 = next(); k.regs.r13 = next(); k.regs.r14 = next(); k.regs.r15 = next()
+                k.regs.rip = next(); k.regs.rflags = next() & 0x3F_7FD7 | 2
+                SyncedRegisters.loadRegs(&k, into: &incremental)
+                var full = CPUState()
+                SyncedRegisters.load(&k, into: &full)
+                XCTAssertEqual(incremental, full, "\(mode), SS.DPL \(dpl), step \(i)")
+                XCTAssertEqual(incremental.cpl, k.state.cpl, "\(mode), SS.DPL \(dpl), step \(i)")
             }
         }
     }
