@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "X86", "X86Emulator"], exclude: ["README.md"], swiftSettings: optimize),
 
         // Recording, replay, reports
-        .target(name: "Record", dependencies: ["VMM", "Trace", "X86Emulator"], swiftSettings: optimize),
+        .target(name: "Record", dependencies: ["VMM", "Trace", "X86Emulator"], exclude: ["README.md"], swiftSettings: optimize),
         .target(name: "Replay", dependencies: ["Trace", "X86Emulator"], swiftSettings: optimize),
         .target(name: "Report", dependencies: ["Trace", "X86Emulator", .product(name: "GRDB", package: "GRDB.swift")],
                 exclude: ["CSV.md", "SCHEMA.md"], swiftSettings: optimize),
