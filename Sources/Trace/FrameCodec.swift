@@ -514,26 +514,11 @@ public final class FrameDecoder {
     /// false (nothing changed) when a slot no longer holds the array the entry found there.
     private func applyTail(_ i: Int, mask: UInt64, into r: inout TraceRecord) -> Bool {
         let e = tailMemo.entries + i
-        // The recent-value slots must hold what the decode would leave there: the entry's array
-        // (the same storage, or equal contents), or, where the tail itself carries the value and
-        // another value took its slot since, the decode would put it back (the entry's array is
-        // those contents).
-        let b = e.pointee.after.bytesSlot
-        if b >= 0 {
-            let have = recentBytes.withUnsafeBufferPointer { Self.identity($0, b) }
-            if have != Self.identity(of: e.pointee.bytes) && recentBytes[b] != e.pointee.bytes {
-                guard mask & RecordField.instructionBytes != 0 else { return false }
-                recentBytes[b] = e.pointee.bytes
-            }
-        }
-        let a = e.pointee.after.accessSlot
-        if a >= 0 {
-            let have = recentAccesses.withUnsafeBufferPointer { Self.identity($0, a) }
-            if have != Self.identity(of: e.pointee.accesses) && recentAccesses[a] != e.pointee.accesses {
-                guard mask & RecordField.accesses != 0 else { return false }
-                recentAccesses[a] = e.pointee.accesses
-            }
-        }
+        // The recent-value slots must hold what the decode would leave there.
+        guard Self.recentSlot(&recentBytes, e.pointee.after.bytesSlot, holds: e.pointee.bytes,
+                        carried: mask & RecordField.instructionBytes != 0),
+              Self.recentSlot(&recentAccesses, e.pointee.after.accessSlot, holds: e.pointee.accesses,
+                        carried: mask & RecordField.accesses != 0) else { return false }
         r.kind = e.pointee.kind
         r.kvmExitReason = UInt32(truncatingIfNeeded: e.pointee.after.kvmExitReason)
         r.exitCode = SVMExitCode(e.pointee.after.exitCode)
@@ -572,6 +557,19 @@ public final class FrameDecoder {
         r.code = e.pointee.after.code
         if !(r.note.isEmpty && ref.note.isEmpty) { r.note = ref.note }
         r.accessRefused = mask & RecordField.accessRefused != 0
+        return true
+    }
+
+    /// Whether recent-value slot `i` (-1: none) of `slots` holds `want` (the same storage or equal
+    /// contents) as the decode would leave it; a tail that carries the value itself (`carried`) puts
+    /// it back when another value took the slot since.
+    @inline(__always) private static func recentSlot<T: Equatable>(_ slots: inout [[T]], _ i: Int, holds want: borrowing [T],
+                                                                  carried: Bool) -> Bool {
+        guard i >= 0 else { return true }
+        let have = slots.withUnsafeBufferPointer { identity($0, i) }
+        if have == identity(of: want) || slots[i] == want { return true }
+        guard carried else { return false }
+        slots[i] = copy want
         return true
     }
 

@@ -84,11 +84,10 @@ struct RecordTailMemo {
         mask & (excluded | ~RecordField.known) == 0 && (mask & tailBits).nonzeroBitCount >= minFields
     }
 
-    /// The entry slot for a tail with this mask and these bytes, or -1 when such a tail is not
-    /// remembered.
+    /// The entry slot for a tail with this mask (one `worthTrying` accepted) and these bytes, or -1
+    /// when such a tail is not remembered.
     @inline(__always) static func slot(mask: UInt64, _ p: UnsafeRawPointer, length n: Int) -> Int {
-        guard mask & (excluded | ~RecordField.known) == 0, n > 0, n <= maxLength,
-              (mask & tailBits).nonzeroBitCount >= minFields else { return -1 }
+        guard n > 0, n <= maxLength else { return -1 }
         let first = UInt64(p.load(as: UInt8.self)), last = UInt64(p.load(fromByteOffset: n - 1, as: UInt8.self))
         let h = (mask >> 6) &* 0x9E37_79B9 ^ UInt64(n) &* 31 ^ first &* 7 ^ last
         return Int(truncatingIfNeeded: (h ^ h >> 17) & UInt64(slotCount - 1))
@@ -97,15 +96,7 @@ struct RecordTailMemo {
     /// Whether entry `i` holds this tail decoded against `before`.
     @inline(__always) func matches(_ i: Int, mask: UInt64, _ p: UnsafeRawPointer, length n: Int, before b: RecordTail) -> Bool {
         let e = entries + i
-        guard e.pointee.used, e.pointee.mask == mask, e.pointee.length == n,
-              e.pointee.before.instructionStart == b.instructionStart, e.pointee.before.nextRIP == b.nextRIP,
-              e.pointee.before.exitInfo1 == b.exitInfo1, e.pointee.before.exitCode == b.exitCode,
-              e.pointee.before.kind == b.kind, e.pointee.before.visibility == b.visibility,
-              e.pointee.before.candidates == b.candidates, e.pointee.before.kvmExitReason == b.kvmExitReason,
-              e.pointee.before.exitInfo2 == b.exitInfo2, e.pointee.before.exitIntInfo == b.exitIntInfo,
-              e.pointee.before.code == b.code, e.pointee.before.bytesSlot == b.bytesSlot,
-              e.pointee.before.accessSlot == b.accessSlot, e.pointee.before.singleBlob == b.singleBlob
-        else { return false }
+        guard e.pointee.used, e.pointee.mask == mask, e.pointee.length == n, e.pointee.before == b else { return false }
         return memcmp(bytes + i * Self.maxLength, p, n) == 0
     }
 
