@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "VMM", dependencies: ["KVM", "X86", "X86Emulator"], exclude: ["README.md"], swiftSettings: optimize),
 
         // Recording, replay, reports
-        .target(name: "Record", dependencies: ["VMM", "Trace", "X86Emulator"], exclude: ["README.md"], swiftSettings: optimize),
+        .target(name: "Record", dependencies: ["CKVM", "VMM", "Trace", "X86Emulator"], exclude: ["README.md"], swiftSettings: optimize),
         .target(name: "Replay", dependencies: ["Trace", "X86Emulator"], swiftSettings: optimize),
         .target(name: "Report", dependencies: ["Trace", "X86Emulator", .product(name: "GRDB", package: "GRDB.swift")],
                 exclude: ["CSV.md", "SCHEMA.md"], swiftSettings: optimize),
@@ -57,7 +57,7 @@ let package = Package(
         .testTarget(name: "TraceTests", dependencies: ["Trace", "X86"], exclude: ["Fixtures"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "KVM", "X86", "X86Emulator"]),
-        .testTarget(name: "RecordTests", dependencies: ["Record", "VMM", "Trace", "KVM"]),
+        .testTarget(name: "RecordTests", dependencies: ["Record", "VMM", "Trace", "KVM", "CKVM"]),
         .testTarget(name: "ReplayTests", dependencies: ["Replay", "Record", "VMM", "Trace", "X86Emulator"]),
         .testTarget(name: "ReportTests", dependencies: ["Report", "Trace"]),
         .testTarget(name: "CLITests", dependencies: ["exitscope"]),

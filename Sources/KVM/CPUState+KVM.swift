@@ -115,36 +115,6 @@ extension CPUState {
     }
 }
 
-/// The registers KVM_CAP_SYNC_REGS leaves in kvm_run at an exit (kvm_regs and kvm_sregs), in
-/// KVM's layout. A recorder copies them (456 bytes) on the vCPU thread and builds the CPUState
-/// on another thread: the conversion (eight segments' attribute bits and the rest, ~400
-/// instructions) was the largest part of recording's work per exit on the vCPU thread.
-public struct SyncedRegisters: Sendable {
-    public var regs: kvm_regs
-    public var sregs: kvm_sregs
-    public init() { regs = kvm_regs(); sregs = kvm_sregs() }
-
-    /// The state they describe: what `VCPU.syncedState()` gives for them.
-    @inline(__always)
-    public var state: CPUState { CPUState(regs: regs, sregs: sregs) }
-
-    /// The registers at `p` into `state` in place, without copying them first (fields sync regs
-    /// do not carry keep their values, as with `VCPU.loadSyncedState`).
-    @inline(__always)
-    public static func load(_ p: UnsafePointer<SyncedRegisters>, into state: inout CPUState) {
-        guard let r = p.pointer(to: \.regs), let s = p.pointer(to: \.sregs) else { state = p.pointee.state; return }
-        SyncedRegistersView(regs: r, sregs: s).load(into: &state)
-    }
-
-    /// Only the kvm_regs at `p` into a state that `load` last filled from equal kvm_sregs (the
-    /// same result as `load`; `p`'s sregs are not read).
-    @inline(__always)
-    public static func loadRegs(_ p: UnsafePointer<SyncedRegisters>, into state: inout CPUState) {
-        guard let r = p.pointer(to: \.regs) else { withUnsafePointer(to: p.pointee.regs) { state.update(regsOnly: $0) }; return }
-        state.update(regsOnly: r)
-    }
-}
-
 /// The synced registers in place in the vCPU's kvm_run page: valid until its next KVM_RUN.
 /// The fields a recorder compares per exit are read here without building a state.
 public struct SyncedRegistersView {
@@ -167,13 +137,6 @@ public struct SyncedRegistersView {
     @inlinable public var mode: CPUMode {
         CPUState.mode(cr0: cr0, efer: efer, rflags: rflags, csLong: sregs.pointee.cs.l & 1 != 0,
                       csDefaultBig: sregs.pointee.cs.db & 1 != 0)
-    }
-
-    /// Copies them out (two plain copies, no conversion).
-    @inlinable
-    public func copy(to p: UnsafeMutablePointer<SyncedRegisters>) {
-        p.pointee.regs = regs.pointee
-        p.pointee.sregs = sregs.pointee
     }
 
     /// The state they describe, into `state` in place (fields sync regs do not carry keep theirs).

@@ -1,3 +1,4 @@
+import CKVM
 import Foundation
 import KVM
 import Synchronization
@@ -17,7 +18,7 @@ final class SPSCRing<Element>: @unchecked Sendable {
     // Written by the producer.
     private let tail = Atomic<Int>(0)
     // Producer-only and consumer-only copies.
-    private var producerTail = 0, producerSeenHead = 0
+    private var producerTail = 0, producerSeenHead = 0, producerPublished = 0
     private var consumerHead = 0, consumerSeenTail = 0
 
     /// Holds `capacity` elements, rounded up to a power of two.
@@ -52,10 +53,27 @@ final class SPSCRing<Element>: @unchecked Sendable {
 
     /// Producer side; the caller has checked `isFull`.
     func push(_ e: consuming Element) {
+        stage(e)
+        publish()
+    }
+
+    /// Producer side: fills the next slot without showing it to the consumer (`publish` does);
+    /// the caller has checked `isFull`, which counts staged elements.
+    @inline(__always)
+    func stage(_ e: consuming Element) {
         (slots + (producerTail & mask)).initialize(to: e)
         producerTail += 1
+    }
+
+    /// Producer side: the staged elements become the consumer's.
+    @inline(__always)
+    func publish() {
+        producerPublished = producerTail
         tail.store(producerTail, ordering: .releasing)
     }
+
+    /// Producer side: elements staged and not yet published.
+    var unpublished: Int { producerTail - producerPublished }
 
     /// Producer side: the slot the next push fills, for a side buffer of `capacity` entries
     /// that the caller fills before pushing (published with the element).
@@ -97,12 +115,13 @@ final class RecordPipeline: @unchecked Sendable {
         indirect case msrs(SaveAreaMSRs?)
         /// Slot `slot` of the vCPU's table of known instructions now holds this one.
         indirect case located(slot: Int, LocatedInstruction, [GuestBytes])
-        case portIO(PortIOExit)
+        /// A port I/O exit in the producer's `portIOSlots` at the item's ring slot.
+        case portIO
     }
 
     /// A port I/O exit the vCPU thread located through its cache (`Recorder`'s fast path): the
-    /// record is built here from it, its state (in the ring's side buffer of states: one plain
-    /// copy, and a small ring item) and the instruction in `slot`, with no guest memory read.
+    /// record is built here from it, its kvm_regs (beside it in the ring's side buffer of slots),
+    /// its kvm_sregs when they changed, and the instruction in `slot`, with no guest memory read.
     struct PortIOExit {
         var tscExit: UInt64
         var tscEntry: UInt64
@@ -165,92 +184,99 @@ final class RecordPipeline: @unchecked Sendable {
     /// pushes without looking the ring up (no array access, no reference counting per exit).
     final class Producer: @unchecked Sendable {
         let ring: SPSCRing<Item>
-        /// The registers of the ring's `portIO` items, by slot (KVM's layout: the consumer builds
-        /// the state).
-        let states: UnsafeMutablePointer<SyncedRegisters>
+        /// The `portIO` items' side buffer, by ring slot, `slotBytes` each: kvm_regs (KVM's layout:
+        /// the consumer builds the state), then the PortIOExit, three whole cache lines, written
+        /// with non-temporal stores (`ckvm_stream_store2`): the lines were last read on the
+        /// consumer's core, and ordinary stores made the vCPU thread fetch each one back first
+        /// and filled its cache with lines it never reads again.
+        let portIOSlots: UnsafeMutableRawPointer
+        static let slotBytes = 192
+        static let exitOffset = MemoryLayout<kvm_regs>.size
+        /// The `portIO` items' kvm_sregs, by ring slot, when they differ from the previous item's.
+        let sregsSlots: UnsafeMutablePointer<kvm_sregs>
         let doorbell: Doorbell
-        /// A push that leaves this many items waiting wakes the consumer (three quarters of the ring:
+        /// A publish that leaves this many items waiting wakes the consumer (three quarters of the ring:
         /// normally the consumer's own period drains it first, so the vCPU thread makes no system call).
         let wakeAt: Int
-        /// `sregs`: the kvm_sregs of the last `portIO` item (producer side only): a loop's exits rarely change
-        /// them, and an exit whose sregs are equal copies only its 144 bytes of kvm_regs (the 312
-        /// bytes of sregs were five more cache lines per exit for the vCPU thread to write and the
-        /// pipeline's to read, and the pipeline converts only the general registers).
-        let last: UnsafeMutablePointer<SyncedRegisters>
+        /// The kvm_sregs of the last `portIO` item (producer side only): a loop's exits rarely change
+        /// them, and an exit whose sregs are equal (a memcmp) leaves them out: the pipeline then
+        /// converts only the general registers.
+        let lastSregs: UnsafeMutablePointer<kvm_sregs>
         var haveLastSregs = false
-        let sregsOffset = MemoryLayout<SyncedRegisters>.offset(of: \.sregs)!
-        let sregsBytes = MemoryLayout<SyncedRegisters>.size - MemoryLayout<SyncedRegisters>.offset(of: \.sregs)!
 
-        /// Port exits staged on the vCPU thread before they go into the ring (`stageLimit` at a
-        /// time, in order): a ring slot's lines were last read on the pipeline's core, and writing
-        /// them costs the vCPU thread their ownership. Staged in private memory and published
-        /// together, the exits' ring writes overlap instead of each exit waiting for its own.
-        static let stageLimit = 16
-        let stagedItems: UnsafeMutablePointer<PortIOExit>
-        let stagedRegisters: UnsafeMutablePointer<SyncedRegisters>
-        var staged = 0
+        /// Port exits are published `publishEvery` at a time (one store of the shared tail index, one
+        /// fence); any other item publishes the ones before it, so the ring keeps the vCPU's order.
+        static let publishEvery = 16
 
         init(capacity: Int, doorbell: Doorbell) {
             ring = SPSCRing(capacity: capacity)
-            states = .allocate(capacity: ring.capacity)
-            states.initialize(repeating: SyncedRegisters(), count: ring.capacity)
-            last = .allocate(capacity: 1)
-            last.initialize(to: SyncedRegisters())
-            stagedItems = .allocate(capacity: Self.stageLimit)
-            stagedRegisters = .allocate(capacity: Self.stageLimit)
-            stagedRegisters.initialize(repeating: SyncedRegisters(), count: Self.stageLimit)
+            precondition(MemoryLayout<PortIOExit>.size <= Self.slotBytes - Self.exitOffset && Self.exitOffset % 16 == 0)
+            portIOSlots = .allocate(byteCount: ring.capacity * Self.slotBytes, alignment: 64)
+            portIOSlots.initializeMemory(as: UInt8.self, repeating: 0, count: ring.capacity * Self.slotBytes)
+            sregsSlots = .allocate(capacity: ring.capacity)
+            sregsSlots.initialize(repeating: kvm_sregs(), count: ring.capacity)
+            lastSregs = .allocate(capacity: 1)
+            lastSregs.initialize(to: kvm_sregs())
             self.doorbell = doorbell
             wakeAt = max(1, capacity * 3 / 4)
         }
 
         deinit {
-            states.deinitialize(count: ring.capacity); states.deallocate()
-            last.deinitialize(count: 1); last.deallocate()
-            stagedItems.deallocate()
-            stagedRegisters.deinitialize(count: Self.stageLimit); stagedRegisters.deallocate()
+            portIOSlots.deallocate()
+            sregsSlots.deinitialize(count: ring.capacity); sregsSlots.deallocate()
+            lastSregs.deinitialize(count: 1); lastSregs.deallocate()
         }
 
-        /// From the vCPU's thread only. Staged port exits go first: the ring keeps the vCPU's order.
+        /// From the vCPU's thread only. Port exits staged before it stay ahead of it in the ring.
         func push(_ item: consuming Item) {
-            if staged > 0 { publishStaged() }
             waitForRoom()
-            ring.push(item)
-            if ring.holds(atLeast: wakeAt) { doorbell.wakeConsumer() }
+            ring.stage(item)
+            publish()
         }
 
-        /// A `portIO` item: KVM's registers are copied once from kvm_run into the staging area
-        /// (only kvm_regs when kvm_sregs equal the previous item's), then into the ring with the
-        /// other staged exits.
+        /// A `portIO` item: KVM's kvm_regs and the exit go straight from kvm_run into the ring's side
+        /// buffer (kvm_sregs too when they differ from the previous item's); published with the
+        /// next `publishEvery - 1` port exits or the next other item.
         @inline(__always)
         func pushPortIO(registers: SyncedRegistersView, tscExit: UInt64, tscEntry: UInt64, data: UInt64,
                         kvmExitReason: UInt32, port: UInt16, size: UInt8, isIn: Bool, slot: UInt8) {
-            let stagedRegs = stagedRegisters + staged
-            let unchanged = haveLastSregs && memcmp(UnsafeRawPointer(last) + sregsOffset,
-                                                    registers.sregs, sregsBytes) == 0
-            stagedRegs.pointee.regs = registers.regs.pointee
+            waitForRoom()
+            let i = ring.nextSlot
+            let unchanged = haveLastSregs && memcmp(lastSregs, registers.sregs, MemoryLayout<kvm_sregs>.size) == 0
             if !unchanged {
-                stagedRegs.pointee.sregs = registers.sregs.pointee
-                last.pointee.sregs = registers.sregs.pointee
+                lastSregs.pointee = registers.sregs.pointee
+                sregsSlots[i] = registers.sregs.pointee
                 haveLastSregs = true
             }
-            (stagedItems + staged).initialize(to: PortIOExit(tscExit: tscExit, tscEntry: tscEntry, data: data,
-                                                             kvmExitReason: kvmExitReason, port: port, size: size,
-                                                             isIn: isIn, slot: slot, sregsUnchanged: unchanged))
-            staged += 1
-            if staged >= Self.stageLimit { publishStaged() }
+            var e = PortIOExit(tscExit: tscExit, tscEntry: tscEntry, data: data, kvmExitReason: kvmExitReason,
+                               port: port, size: size, isIn: isIn, slot: slot, sregsUnchanged: unchanged)
+            _ = ckvm_stream_store2(portIOSlots + i * Self.slotBytes, registers.regs, Self.exitOffset,
+                                   &e, MemoryLayout<PortIOExit>.size)
+            ring.stage(.portIO)
+            if ring.unpublished >= Self.publishEvery { publish() }
         }
 
-        /// The staged port exits into the ring, in order.
-        func publishStaged() {
-            for i in 0..<staged {
-                waitForRoom()
-                let e = stagedItems[i]
-                let slotRegisters = states + ring.nextSlot
-                slotRegisters.pointee.regs = stagedRegisters[i].regs
-                if !e.sregsUnchanged { slotRegisters.pointee.sregs = stagedRegisters[i].sregs }
-                ring.push(.portIO(e))
+        /// Consumer side: the `portIO` exit in ring slot `slot`, its registers loaded into `state`,
+        /// which holds what the previous `portIO` item left there (its kvm_sregs, when this exit's
+        /// were equal and only kvm_regs came).
+        @inline(__always)
+        func takePortIO(slot: Int, into state: inout CPUState) -> PortIOExit {
+            let at = UnsafeRawPointer(portIOSlots) + slot * Self.slotBytes
+            let e = at.load(fromByteOffset: Self.exitOffset, as: PortIOExit.self)
+            let regs = at.assumingMemoryBound(to: kvm_regs.self)
+            if e.sregsUnchanged {
+                state.update(regsOnly: regs)
+            } else {
+                SyncedRegistersView(regs: regs, sregs: sregsSlots + slot).load(into: &state)
             }
-            staged = 0
+            return e
+        }
+
+        /// The staged items become the consumer's (after the fence: the side buffer's non-temporal
+        /// stores are visible before the index that names them).
+        func publish() {
+            ckvm_store_fence()
+            ring.publish()
             if ring.holds(atLeast: wakeAt) { doorbell.wakeConsumer() }
         }
 
@@ -258,6 +284,7 @@ final class RecordPipeline: @unchecked Sendable {
         private func waitForRoom() {
             if ring.isFull {
                 doorbell.stalls.add(1, ordering: .relaxed)
+                publish()  // the consumer can only drain what it sees
                 while ring.isFull { doorbell.wakeConsumer(); usleep(50) }
             }
         }
@@ -341,7 +368,6 @@ final class RecordPipeline: @unchecked Sendable {
         for (v, producer) in producers.enumerated() {
             let m = mirrors[v]
             let ring = producer.ring
-            let stateSlots = producer.states
             while ring.consume({ item, slot in
                 n += 1
                 switch item {
@@ -351,15 +377,11 @@ final class RecordPipeline: @unchecked Sendable {
                     r.state = m.lastPortIOState
                     m.msrs?.apply(to: &r.state)
                     append(r, mirror: m)
-                case let .portIO(e):
-                    guard Int(e.slot) < m.located.count else { return }
+                case .portIO:
                     // The state the VMM would have lent (its loadSyncedState into a state that holds
                     // nothing else, as lastPortIOState: only portIO items write it).
-                    if e.sregsUnchanged {
-                        SyncedRegisters.loadRegs(stateSlots + slot, into: &m.lastPortIOState)
-                    } else {
-                        SyncedRegisters.load(stateSlots + slot, into: &m.lastPortIOState)
-                    }
+                    let e = producer.takePortIO(slot: slot, into: &m.lastPortIOState)
+                    guard Int(e.slot) < m.located.count else { return }
                     let key = PortIOKey(slot: e.slot, port: e.port, size: e.size, isIn: e.isIn, data: e.data,
                                         kvmExitReason: e.kvmExitReason)
                     let r = m.portIORecord

@@ -60,7 +60,7 @@ final class RecordSampleTests: XCTestCase {
     }
 
     /// The port loop's exits are staged on the vCPU thread and reach the ring in groups
-    /// (RecordPipeline.Producer.stageLimit): every exit is there, in order, each with its own
+    /// (RecordPipeline.Producer.publishEvery): every exit is there, in order, each with its own
     /// RCX, and the stop event that follows them carries the last exit's state.
     func testIOLoopTraceHoldsEveryExitInOrderAndTheStopEventFollowsTheLast() throws {
         let (reader, summary, recording) = try record("io-loop-1000")

@@ -1,4 +1,5 @@
 @testable import Record
+import CKVM
 import KVM
 import Trace
 import VMM
@@ -31,14 +32,7 @@ final class RepeatPortIOTests: XCTestCase {
 
     /// The check reads KVM's registers in place (as sync regs leave them in kvm_run).
     func matches(_ r: Recorder.RepeatPortIO, _ s: CPUState, isIn: Bool, port: UInt16, size: UInt8, view: GuestMemoryView) -> Bool {
-        var k = SyncedRegisters()
-        k.regs = s.kvmRegs
-        k.sregs = s.kvmSregs()
-        return withUnsafePointer(to: k.regs) { regs in
-            withUnsafePointer(to: k.sregs) { sregs in
-                r.matches(SyncedRegistersView(regs: regs, sregs: sregs), isIn: isIn, port: port, size: size, view: view)
-            }
-        }
+        KVMRegisters(s).withView { r.matches($0, isIn: isIn, port: port, size: size, view: view) }
     }
 
     func testTheSameExitRepeats() throws {
@@ -88,12 +82,7 @@ final class RepeatPortIOTests: XCTestCase {
     func testModeAndCPLFromKVMsRegistersAgreeWithTheState() {
         forEachModeAndStackDPL { mode, dpl, k in
             let state = k.state
-            let (viewMode, viewCPL) = withUnsafePointer(to: k.regs) { regs in
-                withUnsafePointer(to: k.sregs) { sregs in
-                    let v = SyncedRegistersView(regs: regs, sregs: sregs)
-                    return (v.mode, v.cpl)
-                }
-            }
+            let (viewMode, viewCPL) = k.withView { ($0.mode, $0.cpl) }
             XCTAssertEqual(viewMode, state.mode, "\(mode), SS.DPL \(dpl)")
             XCTAssertEqual(viewMode, mode, "\(mode), SS.DPL \(dpl)")
             XCTAssertEqual(viewCPL, state.cpl, "\(mode), SS.DPL \(dpl)")
@@ -103,29 +92,38 @@ final class RepeatPortIOTests: XCTestCase {
 
 /// Calls `body` with KVM's registers of a flat state in every mode, with SS.DPL 0 and 3 (the
 /// DPL that gives CPL outside real and virtual-8086 mode).
-private func forEachModeAndStackDPL(_ body: (CPUMode, UInt16, inout SyncedRegisters) -> Void) {
+func forEachModeAndStackDPL(_ body: (CPUMode, UInt16, inout KVMRegisters) -> Void) {
     let modes: [CPUMode] = [.real, .virtual8086, .protected16, .protected32, .compat16, .compat32, .long64]
     for mode in modes {
         for dpl: UInt16 in [0, 3] {
             var s = CPUState.flat(mode)
             s.ss.attributes = s.ss.attributes & ~(3 << 5) | dpl << 5
-            var k = SyncedRegisters()
-            k.regs = s.kvmRegs
-            k.sregs = s.kvmSregs()
+            var k = KVMRegisters(s)
             body(mode, dpl, &k)
         }
     }
 }
 
+/// kvm_regs and kvm_sregs as sync regs leave them in kvm_run, for tests.
+struct KVMRegisters {
+    var regs: kvm_regs
+    var sregs: kvm_sregs
+    init(_ s: CPUState) { regs = s.kvmRegs; sregs = s.kvmSregs() }
+    var state: CPUState { CPUState(regs: regs, sregs: sregs) }
+    func withView<T>(_ body: (SyncedRegistersView) -> T) -> T {
+        withUnsafePointer(to: regs) { r in withUnsafePointer(to: sregs) { body(SyncedRegistersView(regs: r, sregs: $0)) } }
+    }
+}
+
 /// The pipeline converts only kvm_regs when an exit's kvm_sregs equal the previous one's
-/// (RecordPipeline.Producer.pushPortIO): that must give the state a full conversion gives.
+/// (RecordPipeline.Producer.takePortIO): that must give the state a full conversion gives.
 final class RegistersOnlyLoadTests: XCTestCase {
     func testRegistersOnlyLoadEqualsTheFullLoadForEqualSregs() {
         var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
         func next() -> UInt64 { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng }
         forEachModeAndStackDPL { mode, dpl, k in
             var incremental = CPUState()
-            SyncedRegisters.load(&k, into: &incremental)
+            k.withView { $0.load(into: &incremental) }
             for i in 0..<200 {
                 // New general registers and RFLAGS (VM flipping too: it moves CPL), same sregs.
                 k.regs.rax = next(); k.regs.rcx = next(); k.regs.rdx = next(); k.regs.rbx = next()
@@ -133,9 +131,9 @@ final class RegistersOnlyLoadTests: XCTestCase {
                 k.regs.r8 = next(); k.regs.r9 = next(); k.regs.r10 = next(); k.regs.r11 = next()
                 k.regs.r12 = next(); k.regs.r13 = next(); k.regs.r14 = next(); k.regs.r15 = next()
                 k.regs.rip = next(); k.regs.rflags = next() & 0x3F_7FD7 | 2
-                SyncedRegisters.loadRegs(&k, into: &incremental)
+                withUnsafePointer(to: k.regs) { incremental.update(regsOnly: $0) }
                 var full = CPUState()
-                SyncedRegisters.load(&k, into: &full)
+                k.withView { $0.load(into: &full) }
                 XCTAssertEqual(incremental, full, "\(mode), SS.DPL \(dpl), step \(i)")
                 XCTAssertEqual(incremental.cpl, k.state.cpl, "\(mode), SS.DPL \(dpl), step \(i)")
             }

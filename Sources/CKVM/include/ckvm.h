@@ -13,6 +13,9 @@
 #include <pthread.h>
 #include <sys/ioctl.h>
 #include <stdlib.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 
 // MARK: ioctl wrappers: return the ioctl's result; on failure -1 and *err = errno.
 
@@ -44,6 +47,45 @@ static inline uint64_t ckvm_rdtsc(void) {
     uint32_t lo, hi;
     __asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
     return ((uint64_t)hi << 32) | lo;
+}
+
+// MARK: non-temporal stores, for a recorder's ring (Record's RecordPipeline): a vCPU thread writes
+// each exit's registers into ring slots that the consumer's core read last. Ordinary stores first
+// fetch every such line back into this core's cache (and fill it with lines it never reads again);
+// these go to memory through the write-combining buffers instead. `ckvm_store_fence` orders them
+// before the store that publishes the slots.
+
+/// `a` (aBytes, a multiple of 16) then `b` (bBytes <= 64, zero-padded to a multiple of 16) to
+/// `dst` (16-byte aligned) with non-temporal stores; returns the bytes written.
+static inline size_t ckvm_stream_store2(void *dst, const void *a, size_t aBytes, const void *b, size_t bBytes) {
+    if (bBytes > 64) bBytes = 64;
+#if defined(__x86_64__)
+    char *d = (char *)dst;
+    const char *s = (const char *)a;
+    for (size_t i = 0; i < aBytes; i += 16)
+        _mm_stream_si128((__m128i *)(d + i), _mm_loadu_si128((const __m128i *)(s + i)));
+    _Alignas(16) char t[64] = {0};
+    memcpy(t, b, bBytes);
+    size_t n = (bBytes + 15) / 16;
+    for (size_t i = 0; i < n; i++)
+        _mm_stream_si128((__m128i *)(d + aBytes) + i, _mm_load_si128((const __m128i *)t + i));
+    return aBytes + n * 16;
+#else
+    memcpy(dst, a, aBytes);
+    size_t n = (bBytes + 15) / 16 * 16;
+    memset((char *)dst + aBytes, 0, n);
+    memcpy((char *)dst + aBytes, b, bBytes);
+    return aBytes + n;
+#endif
+}
+
+/// Orders the non-temporal stores before later stores (SFENCE).
+static inline void ckvm_store_fence(void) {
+#if defined(__x86_64__)
+    __asm__ __volatile__("sfence" ::: "memory");
+#else
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
 }
 
 // MARK: signal used to kick a vCPU thread out of KVM_RUN (the handler does nothing:
