@@ -313,9 +313,12 @@ public struct TraceText {
 
     // MARK: JSON
 
-    /// One record as a JSON object on one line; states in CPUState's JSON form.
-    public func json(_ r: TraceRecord) throws -> String {
-        try String(decoding: TraceText.encoder.encode(RecordJSON(r, text: self)), as: UTF8.self)
+    /// One record as a JSON object on one line; states in CPUState's JSON form (schema:
+    /// RecordJSONWriter, snake_case keys, 64-bit values as hex strings, byte strings as plain hex).
+    public func json(_ r: TraceRecord) -> String {
+        var w = RecordJSONWriter()
+        w.record(r, text: self)
+        return String(decoding: w.bytes, as: UTF8.self)
     }
 
     /// The summary as one JSON object.
@@ -347,47 +350,6 @@ struct SummaryJSON: Encodable {
     var image_path: String, image_sha256: String, command_line: [String], options: [String: String], start_time: String
     var records: UInt64, total_records: UInt64, by_reason: [String: UInt64], by_vcpu: [String: UInt64]
     var first_tsc: UInt64?, last_tsc: UInt64?, handling_cycles: UInt64
-}
-
-/// The JSON-lines form of a record (`show --json`): snake_case keys, 64-bit values as hex
-/// strings, byte strings as plain hex, states in CPUState's JSON form.
-struct RecordJSON: Encodable {
-    struct Access: Encodable { var space: String, address: String, size: UInt8, write: Bool, count: UInt32, data: String }
-    struct Bytes: Encodable { var role: String, gpa: String, bytes: String }
-    struct MSR: Encodable { var index: String, value: String }
-    var seq: UInt64, vcpu: UInt16, vcpu_seq: UInt64, kind: String, reason: String
-    var kvm_exit_reason: UInt32, kvm_exit_name: String
-    var exit_code: String, exit_info1: String, exit_info2: String, exit_int_info: String, next_rip: String
-    var instruction_start: String, instruction_bytes: String, instruction_text: String?
-    var candidates: UInt8, visibility: String, group: UInt64, fragment: UInt32, last_fragment: Bool
-    var tsc_exit: UInt64, tsc_entry: UInt64, symbol: String?
-    var state: CPUState, state_after: CPUState?
-    var accesses: [Access], memory: [Bytes], msr_writes: [MSR], access_refused: Bool, code: UInt64, note: String
-
-    init(_ r: TraceRecord, text: TraceText) {
-        seq = r.seq; vcpu = r.vcpu; vcpu_seq = r.vcpuSeq; kind = r.kind.name; reason = r.reasonName
-        kvm_exit_reason = r.kvmExitReason; kvm_exit_name = text.naming.kvmExitName(r.kvmExitReason)
-        exit_code = Hex.string(r.exitCode.rawValue); exit_info1 = Hex.string(r.exitInfo1); exit_info2 = Hex.string(r.exitInfo2)
-        exit_int_info = Hex.string(r.exitIntInfo); next_rip = Hex.string(r.nextRIP)
-        instruction_start = Hex.string(r.instructionStart); instruction_bytes = Hex.bytes(r.instructionBytes)
-        instruction_text = text.instructionText(r)
-        candidates = r.candidates
-        visibility = r.visibility == .committed ? "committed" : r.visibility == .pending ? "pending" : "none"
-        group = r.group; fragment = r.fragment; last_fragment = r.lastFragment
-        tsc_exit = r.tscExit; tsc_entry = r.tscEntry; symbol = text.symbols.describe(r.state.rip)
-        state = r.state; state_after = r.stateAfter
-        accesses = r.accesses.map {
-            Access(space: $0.space == .port ? "port" : $0.space == .mmio ? "mmio" : "msr", address: Hex.string($0.address),
-                   size: $0.size, write: $0.isWrite, count: $0.count, data: Hex.bytes($0.data))
-        }
-        memory = r.memory.map {
-            Bytes(role: ["", "instruction", "page_table", "operand_read", "written"][Int($0.role.rawValue)],
-                  gpa: Hex.string($0.gpa), bytes: Hex.bytes($0.bytes))
-        }
-        msr_writes = r.msrWrites.map { MSR(index: Hex.string($0.index), value: Hex.string($0.value)) }
-        access_refused = r.accessRefused
-        code = r.code; note = r.note
-    }
 }
 
 extension String {

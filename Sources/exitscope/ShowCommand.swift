@@ -101,7 +101,7 @@ struct ShowCommand: ParsableCommand {
 
         if let n = exitSeq {
             let r = try reader.record(seq: n)
-            if json { out.line(try text.json(r)) } else { out.write(text.full(r)) }
+            if json { out.line(text.json(r)) } else { out.write(text.full(r)) }
             return
         }
 
@@ -127,7 +127,7 @@ struct ShowCommand: ParsableCommand {
         while let r = try it.next() {
             if let l = limit, printed >= l { break }
             guard selected(r) else { continue }
-            out.line(json ? try text.json(r) : text.line(r))
+            out.line(json ? text.json(r) : text.line(r))
             printed += 1
         }
     }

@@ -42,7 +42,7 @@ final class TraceTextTests: XCTestCase {
 
     func testJSONLineCarriesTheStateInTheSchemaForm() throws {
         let r = everyKindRecords()[0]
-        let line = try TraceText(header: sampleHeader(), naming: naming).json(r)
+        let line = TraceText(header: sampleHeader(), naming: naming).json(r)
         XCTAssertFalse(line.contains("\n"))
         let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
         XCTAssertEqual(obj["reason"] as? String, "IOIO")
