@@ -81,3 +81,22 @@ final class TraceTextTests: XCTestCase {
         XCTAssertNil(t.describe(0xfff))
     }
 }
+
+/// `show`'s columns: `padded(to:)` must pad and cut exactly as Foundation's `padding(toLength:)`.
+final class PaddedStringTests: XCTestCase {
+    func testPaddedMatchesFoundationsPadding() {
+        for s in ["", "IOIO", "EXCEPTION_DB", "0123456789", "é", "漢字漢字漢字", "🦀🦀🦀🦀🦀🦀", "a🦀b"] {
+            for n in [0, 1, 4, 10, 14, 16] {
+                XCTAssertEqual(s.padded(to: n), s.padding(toLength: n, withPad: " ", startingAt: 0), "\(s.debugDescription) to \(n)")
+            }
+        }
+    }
+
+    func testHexBytesWithAndWithoutSeparator() {
+        XCTAssertEqual(Hex.bytes([UInt8]()), "")
+        XCTAssertEqual(Hex.bytes([0x0F, 0x01, 0xD9, 0xA0]), "0f01d9a0")
+        XCTAssertEqual(Hex.bytes([0xEE], separator: UInt8(ascii: " ")), "ee")
+        XCTAssertEqual(Hex.bytes([0x66, 0x0F, 0xFF], separator: UInt8(ascii: " ")), "66 0f ff")
+        XCTAssertEqual(Hex.bytes([0x12, 0x34].prefix(1)), "12")
+    }
+}
