@@ -55,7 +55,7 @@ public enum ReplayText {
         var out = ""
         out += "  seq \(v.seq), vcpu \(v.vcpu), \(v.reason)" + (v.records > 1 ? " (\(v.records) fragments)" : "") + "\n"
         out += "  verdict: \(v.kind.rawValue)" + (v.reference.isEmpty ? "" : " (reference: \(v.reference))") + "\n"
-        out += "  instruction: \(Hex.string(v.rip))  " + v.bytes.map { hex2($0) }.joined(separator: " ")
+        out += "  instruction: \(Hex.string(v.rip))  " + Hex.bytes(v.bytes, separator: UInt8(ascii: " "))
         if !v.text.isEmpty { out += "  \(v.text)  [\(v.form)]" }
         out += "\n"
         if let a = v.address { out += "  unrecorded address: \(Hex.string(a))\n" }
@@ -119,7 +119,7 @@ public enum DivergenceExport {
             throw ExportError(message: "state of \(v.seq) did not encode as an object")
         }
         var mem: [String: String] = [:]
-        for m in r.memory { mem[Hex.string(m.gpa)] = m.bytes.map { hex2($0) }.joined(separator: " ") }
+        for m in r.memory { mem[Hex.string(m.gpa)] = Hex.bytes(m.bytes, separator: UInt8(ascii: " ")) }
         obj["memory"] = mem
         if !r.ports.isEmpty {
             var p: [String: [String]] = [:]

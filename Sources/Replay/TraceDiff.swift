@@ -172,7 +172,7 @@ public enum TraceDiff {
 
     static func describe(_ r: TraceRecord) -> String {
         var s = "seq \(r.seq): " + ExitKey(r).text
-        if let a = r.accesses.first, !a.data.isEmpty { s += " data " + a.data.prefix(16).map { hex2($0) }.joined(separator: " ") }
+        if let a = r.accesses.first, !a.data.isEmpty { s += " data " + Hex.bytes(a.data.prefix(16), separator: UInt8(ascii: " ")) }
         return s
     }
 

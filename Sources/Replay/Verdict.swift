@@ -170,7 +170,7 @@ public struct Verdict: Sendable {
         parts.append("\"mnemonic\":\(jsonString(mnemonic))")
         parts.append("\"form\":\(jsonString(form))")
         parts.append("\"text\":\(jsonString(text))")
-        parts.append("\"bytes\":\(jsonString(bytes.map { hex2($0) }.joined(separator: " ")))")
+        parts.append("\"bytes\":\(jsonString(Hex.bytes(bytes, separator: UInt8(ascii: " "))))")
         let diffs = differences.map {
             "{\"field\":\(jsonString($0.field)),\"recorded\":\(jsonString($0.recorded)),\"emulated\":\(jsonString($0.emulated))}"
         }
@@ -193,11 +193,6 @@ public struct Verdict: Sendable {
     }
 }
 
-func hex2(_ b: UInt8) -> String {
-    let d = Array("0123456789abcdef")
-    return String([d[Int(b >> 4)], d[Int(b & 15)]])
-}
-
 func jsonString(_ s: String) -> String {
     var out = "\""
     for u in s.unicodeScalars {
@@ -209,7 +204,7 @@ func jsonString(_ s: String) -> String {
         case "\t": out += "\\t"
         default:
             if u.value < 0x20 {
-                out += "\\u00" + hex2(UInt8(u.value))
+                out += "\\u00" + Hex.bytes(CollectionOfOne(UInt8(u.value)))
             } else {
                 out.unicodeScalars.append(u)
             }

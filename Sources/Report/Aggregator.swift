@@ -397,6 +397,6 @@ public struct Aggregator: Sendable {
             return d.mnemonic
         }
         if !r.note.isEmpty { return r.note }
-        return r.instructionBytes.isEmpty ? "(no bytes)" : "bytes " + Disassembly.hexBytes(r.instructionBytes.prefix(3))
+        return r.instructionBytes.isEmpty ? "(no bytes)" : "bytes " + Hex.bytes(r.instructionBytes.prefix(3), separator: UInt8(ascii: " "))
     }
 }

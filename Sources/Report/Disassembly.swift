@@ -17,8 +17,4 @@ public enum Disassembly {
         guard case .success(let i) = X86Emulator.decode(bytes: bytes, mode: mode) else { return nil }
         return Text(mnemonic: i.mnemonic.name, intel: i.text(address: rip))
     }
-
-    public static func hexBytes<C: Collection>(_ b: C) -> String where C.Element == UInt8 {
-        b.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: " ")
-    }
 }

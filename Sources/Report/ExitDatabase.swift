@@ -222,7 +222,7 @@ public final class ExitDatabase {
                         hasExit ? reasonName(r) : nil, hasExit ? KVMExitReasonName.name(r.kvmExitReason) : nil,
                         r.exitCode == .none ? nil : Self.int(r.exitCode.rawValue),
                         hasExit ? Self.int(r.exitInfo1) : nil, hasExit ? Self.int(r.exitInfo2) : nil,
-                        Self.int(rip), Self.int(r.instructionStart), Disassembly.hexBytes(r.instructionBytes), text,
+                        Self.int(rip), Self.int(r.instructionStart), Hex.bytes(r.instructionBytes, separator: UInt8(ascii: " ")), text,
                         symbols.describe(rip), String(describing: r.visibility), Self.int(r.group), Int64(r.fragment),
                         port, gpa, msr, dir, size, count, data,
                         Self.int(r.tscExit), Self.int(r.tscEntry), ns(vmm), ns(guest),

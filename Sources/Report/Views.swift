@@ -270,7 +270,7 @@ public struct Report: Sendable {
         var rows: [[Cell]] = a.rips.entries.sorted { $0.key < $1.key }.map { rip, info in
             let d = Disassembly.decode(info.bytes, bits: info.bits, rip: rip)
             return [.text(hex(rip)), .text(symbols.describe(rip) ?? ""), .text(info.reason),
-                    .text(d?.intel ?? ""), .text(Disassembly.hexBytes(info.bytes))]
+                    .text(d?.intel ?? ""), .text(Hex.bytes(info.bytes, separator: UInt8(ascii: " ")))]
                 + statCells(info.stats, of: total, percentiles: false)
         }
         if a.rips.otherUsed {

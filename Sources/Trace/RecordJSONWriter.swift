@@ -173,17 +173,7 @@ struct RecordJSONWriter {
 
     private mutating func bool(_ v: Bool) { raw(v ? "true" : "false") }
 
-    private mutating func decimal(_ v: UInt64) {
-        if v == 0 { bytes.append(UInt8(ascii: "0")); return }
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for 20 digits
-        withUnsafeMutableBytes(of: &digits) { d in
-            var n = v, i = d.count
-            while n > 0 { i -= 1; d[i] = UInt8(truncatingIfNeeded: 48 &+ n % 10); n /= 10 }
-            bytes.append(contentsOf: d[i...])
-        }
-    }
-
-    private static let digits: StaticString = "0123456789abcdef"
+    private mutating func decimal(_ v: UInt64) { bytes.append(contentsOf: String(v).utf8) }
 
     /// `Hex.string`: "0x" and lowercase digits, no leading zeros, quoted.
     private mutating func hex<T: FixedWidthInteger & UnsignedInteger>(_ value: T) {
@@ -192,11 +182,9 @@ struct RecordJSONWriter {
         bytes.append(UInt8(ascii: "0"))
         bytes.append(UInt8(ascii: "x"))
         var shift = v == 0 ? 0 : (63 - v.leadingZeroBitCount) / 4 * 4
-        Self.digits.withUTF8Buffer { d in
-            while shift >= 0 {
-                bytes.append(d[Int((v >> UInt64(shift)) & 15)])
-                shift -= 4
-            }
+        while shift >= 0 {
+            bytes.append(Hex.digit(UInt8(truncatingIfNeeded: v >> UInt64(shift)) & 15))
+            shift -= 4
         }
         bytes.append(UInt8(ascii: "\""))
     }
@@ -204,11 +192,9 @@ struct RecordJSONWriter {
     /// `Hex.bytes`: two lowercase digits per byte, quoted.
     private mutating func hexBytes(_ b: [UInt8]) {
         bytes.append(UInt8(ascii: "\""))
-        Self.digits.withUTF8Buffer { d in
-            for x in b {
-                bytes.append(d[Int(x >> 4)])
-                bytes.append(d[Int(x & 15)])
-            }
+        for x in b {
+            bytes.append(Hex.digit(x >> 4))
+            bytes.append(Hex.digit(x & 15))
         }
         bytes.append(UInt8(ascii: "\""))
     }
@@ -228,10 +214,8 @@ struct RecordJSONWriter {
             case 0x09: raw("\\t")
             case 0..<0x20:
                 raw("\\u00")
-                Self.digits.withUTF8Buffer { d in
-                    bytes.append(d[Int(c >> 4)])
-                    bytes.append(d[Int(c & 15)])
-                }
+                bytes.append(Hex.digit(c >> 4))
+                bytes.append(Hex.digit(c & 15))
             default: bytes.append(c)
             }
         }

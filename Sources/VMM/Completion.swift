@@ -198,18 +198,13 @@ public struct Completion: Sendable, Equatable {
 
     /// What the run's report says when it ends here.
     public var failureDetail: String {
-        let bytes = instructionBytes.map { hexByte($0) }.joined(separator: " ")
+        let bytes = Hex.bytes(instructionBytes, separator: UInt8(ascii: " "))
         switch outcome {
         case .completed, .exceptionDelivered: return ""
         case .unsupported: return "ExitScope's emulator does not implement it either (bytes \(bytes))"
         case let .failed(why): return "completion of \(mnemonic) (bytes \(bytes)) failed: \(why)"
         }
     }
-}
-
-func hexByte(_ b: UInt8) -> String {
-    let d = Array("0123456789abcdef")
-    return String([d[Int(b >> 4)], d[Int(b & 15)]])
 }
 
 /// Performs the instruction at CS:RIP of a state with the executor (no KVM involved).

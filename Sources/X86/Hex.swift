@@ -29,8 +29,9 @@ public enum Hex {
         }
     }
 
+    /// The ASCII lowercase hex digit of `d` (0...15).
     @inline(__always)
-    static func digit(_ d: UInt8) -> UInt8 { d < 10 ? 0x30 + d : 0x57 + d }
+    public static func digit(_ d: UInt8) -> UInt8 { d < 10 ? 0x30 + d : 0x57 + d }
 
     /// Parses "0f 01 d9", "0f01d9" or "\x0f\x01"; nil on an odd digit count or a non-hex character.
     public static func parseBytes(_ s: String) -> [UInt8]? {
